@@ -1,0 +1,63 @@
+package event
+
+import (
+	"encoding/binary"
+	"errors"
+)
+
+// codecVersion is the first byte of every encoded event, so the format can evolve.
+const codecVersion = 1
+
+// ErrCorrupt is returned by Decode for bytes that are not an encoded event.
+var ErrCorrupt = errors.New("event: corrupt record")
+
+// AppendBinary appends the binary encoding of e to b and returns the extended slice.
+//
+// Layout: version, type, invalid reason, then varints time, recv time, price, then the
+// strings name, ad, campaign, advertiser, impression, event, user, catalog, each as a uvarint
+// length and its bytes. It allocates nothing when b has room.
+func (e *Event) AppendBinary(b []byte) []byte {
+	b = append(b, codecVersion, byte(e.Type), byte(e.Invalid))
+	b = binary.AppendVarint(b, e.Time)
+	b = binary.AppendVarint(b, e.RecvTime)
+	b = binary.AppendVarint(b, e.PriceMicros)
+	for _, s := range [...]string{e.Name, e.AdID, e.CampaignID, e.AdvertiserID, e.ImpressionID, e.EventID, e.UserID, e.CatalogID} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+// EncodedSizeHint is a capacity that fits most encoded events without growing.
+const EncodedSizeHint = 160
+
+// Decode parses an encoded event into e. Strings are copied out of b, so b may be reused.
+func (e *Event) Decode(b []byte) error {
+	if len(b) < 3 || b[0] != codecVersion {
+		return ErrCorrupt
+	}
+	e.Type, e.Invalid = Type(b[1]), Reason(b[2])
+	if e.Type < TypeImpression || e.Type > TypeInteraction {
+		return ErrCorrupt
+	}
+	b = b[3:]
+	for _, p := range [...]*int64{&e.Time, &e.RecvTime, &e.PriceMicros} {
+		v, n := binary.Varint(b)
+		if n <= 0 {
+			return ErrCorrupt
+		}
+		*p, b = v, b[n:]
+	}
+	for _, p := range [...]*string{&e.Name, &e.AdID, &e.CampaignID, &e.AdvertiserID, &e.ImpressionID, &e.EventID, &e.UserID, &e.CatalogID} {
+		l, n := binary.Uvarint(b)
+		if n <= 0 || l > uint64(len(b)-n) {
+			return ErrCorrupt
+		}
+		*p = string(b[n : n+int(l)])
+		b = b[n+int(l):]
+	}
+	if len(b) != 0 {
+		return ErrCorrupt
+	}
+	return nil
+}

@@ -1,0 +1,206 @@
+// Package event defines what flows through adpulse's pipeline: one ad event (an impression, a
+// click or another interaction), its idempotency key, the validation rules of the HTTP contract,
+// and a compact binary codec used by the event log.
+//
+// Invariants: an Event that passed Validate has well-formed ids, a known type and a key; the
+// codec round-trips every such Event exactly; Decode never panics on arbitrary bytes.
+package event
+
+import (
+	"fmt"
+)
+
+// Type is the kind of an event.
+type Type uint8
+
+// Event types. Every interaction other than an impression or a click is TypeInteraction with
+// its name in Event.Name.
+const (
+	TypeImpression  Type = 1
+	TypeClick       Type = 2
+	TypeInteraction Type = 3
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeImpression:
+		return "impression"
+	case TypeClick:
+		return "click"
+	case TypeInteraction:
+		return "interaction"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Reason says why a click is invalid traffic. ReasonNone marks a valid event.
+type Reason uint8
+
+// Invalid-traffic reasons. New reasons are appended; the numbers are stored in the log.
+const (
+	ReasonNone    Reason = 0
+	ReasonExpired Reason = 1 // the click token is older than the click validity window
+	ReasonBot     Reason = 2 // a known bot or crawler user agent
+	ReasonInactive Reason = 3 // reserved: the ad was unknown or removed when the click arrived
+)
+
+// reasonNames maps each reason to the name used in metrics and the API.
+var reasonNames = [...]string{"", "expired", "bot", "inactive"}
+
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return fmt.Sprintf("reason_%d", uint8(r))
+}
+
+// Event is one ad event. Times are Unix microseconds. CampaignID and AdvertiserID are resolved
+// from the catalog when the event is accepted, so the rest of the pipeline never looks them up
+// and later catalog changes do not move history.
+type Event struct {
+	Type         Type
+	Name         string // interaction name for TypeInteraction, such as "add_to_cart"
+	Invalid      Reason
+	Time         int64 // event time
+	RecvTime     int64 // when adpulse received it
+	PriceMicros  int64 // the auction price a click token carried; 0 means the ad's bid
+	AdID         string
+	CampaignID   string
+	AdvertiserID string
+	ImpressionID string
+	EventID      string
+	UserID       string
+	CatalogID    string
+}
+
+// TypeName is the name of the event's type as the API spells it.
+func (e *Event) TypeName() string {
+	switch e.Type {
+	case TypeImpression:
+		return "impression"
+	case TypeClick:
+		return "click"
+	}
+	return e.Name
+}
+
+// Key returns the idempotency key: at most one event per key is counted.
+//
+// Impressions and clicks are keyed by impression id (one of each per impression, whatever
+// event_id a client sends), which is what makes a retried click cost the advertiser once.
+// Invalid clicks have their own key per reason, so a crawler that prefetches a click URL does
+// not use up the real person's click. Other interactions are keyed by event_id, or by their
+// type and impression id when they carry no event_id.
+func (e *Event) Key() string {
+	switch {
+	case e.Type == TypeClick && e.Invalid != ReasonNone && e.ImpressionID != "":
+		return "x" + string('0'+rune(e.Invalid)) + ":" + e.ImpressionID
+	case (e.Type == TypeImpression || e.Type == TypeClick) && e.ImpressionID != "":
+		if e.Type == TypeImpression {
+			return "i:" + e.ImpressionID
+		}
+		return "c:" + e.ImpressionID
+	case e.EventID != "":
+		return "e:" + e.EventID
+	case e.ImpressionID != "":
+		return "t:" + e.Name + ":" + e.ImpressionID
+	}
+	return ""
+}
+
+// MaxIDLen is the longest id the API accepts.
+const MaxIDLen = 64
+
+// ValidID reports whether s is 1-64 characters of [A-Za-z0-9._:-].
+func ValidID(s string) bool {
+	if len(s) == 0 || len(s) > MaxIDLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidInteractionName reports whether s matches [a-z][a-z0-9_]{0,31} and is not one of the
+// two built-in types.
+func ValidInteractionName(s string) bool {
+	if len(s) == 0 || len(s) > 32 || !(s[0] >= 'a' && s[0] <= 'z') {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// FieldError is a validation error that names the offending field.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// Validate checks the ids and type of an event as the API contract states them.
+func (e *Event) Validate() error {
+	switch e.Type {
+	case TypeImpression, TypeClick:
+	case TypeInteraction:
+		if !ValidInteractionName(e.Name) || e.Name == "impression" || e.Name == "click" {
+			return &FieldError{"type", "must be impression, click or match [a-z][a-z0-9_]{0,31}"}
+		}
+	default:
+		return &FieldError{"type", "unknown event type"}
+	}
+	ids := [...]struct {
+		name, v  string
+		required bool
+	}{
+		{"ad_id", e.AdID, true},
+		{"campaign_id", e.CampaignID, false},
+		{"advertiser_id", e.AdvertiserID, false},
+		{"impression_id", e.ImpressionID, false},
+		{"event_id", e.EventID, false},
+		{"user_id", e.UserID, false},
+		{"catalog_id", e.CatalogID, false},
+	}
+	for _, id := range ids {
+		if id.v == "" {
+			if id.required {
+				return &FieldError{id.name, "is required"}
+			}
+			continue
+		}
+		if !ValidID(id.v) {
+			return &FieldError{id.name, "must be 1-64 characters of [A-Za-z0-9._:-]"}
+		}
+	}
+	if e.ImpressionID == "" && e.EventID == "" {
+		return &FieldError{"impression_id", "impression_id or event_id is required"}
+	}
+	if e.PriceMicros < 0 {
+		return &FieldError{"cpc_micros", "must not be negative"}
+	}
+	return nil
+}
+
+// ParseTypeName maps a wire type name ("impression", "click", "add_to_cart") to Type and Name.
+func ParseTypeName(s string) (Type, string, bool) {
+	switch s {
+	case "impression":
+		return TypeImpression, "", true
+	case "click":
+		return TypeClick, "", true
+	}
+	if ValidInteractionName(s) {
+		return TypeInteraction, s, true
+	}
+	return 0, "", false
+}

@@ -1,0 +1,53 @@
+// Package eventlog defines the event log: the durable, partitioned, append-only sequence of
+// encoded events between ingest and every consumer (aggregation, charging, archive).
+//
+// Invariants every implementation keeps (the conformance suite in eventlogtest checks them):
+//   - Append returns nil only once every message is durable (fsynced, or acknowledged by all
+//     in-sync replicas), and then each message has its partition offset set.
+//   - Offsets in a partition start at 0 (or the first retained offset), grow by one per
+//     message, and never change meaning: Read at an offset always returns the same bytes.
+//   - A partition is read in offset order; what Read returns was acknowledged by Append or was
+//     durable before a crash (never a torn or corrupted record).
+package eventlog
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Message is one record of the log.
+type Message struct {
+	Partition int32
+	Offset    int64     // set by Append; ignored on input
+	Time      time.Time // append time, set by Append (millisecond precision)
+	Value     []byte
+}
+
+// Log is a partitioned, durable, append-only log.
+type Log interface {
+	// Partitions is the fixed number of partitions, numbered from 0.
+	Partitions() int
+	// Append makes msgs durable and sets their Offset and Time. Concurrent calls share the
+	// cost of syncing (group commit). On error, none of msgs may be treated as acknowledged,
+	// though some may have been written.
+	Append(ctx context.Context, msgs []Message) error
+	// Read returns messages of partition from offset on, at least one if any exist past
+	// offset, and about maxBytes of values at most. It does not wait for new messages: at the
+	// end of the partition it returns none. An offset below the first retained one returns
+	// ErrOffsetOutOfRange.
+	Read(ctx context.Context, partition int, offset int64, maxBytes int) ([]Message, error)
+	// Offsets returns the first retained offset and the end offset (the next to be assigned).
+	Offsets(ctx context.Context, partition int) (start, end int64, err error)
+	// OffsetForTime returns the first offset whose append time is at or after t, or the end
+	// offset if there is none.
+	OffsetForTime(ctx context.Context, partition int, t time.Time) (int64, error)
+	Close() error
+}
+
+// Sentinel errors.
+var (
+	ErrOffsetOutOfRange = errors.New("eventlog: offset out of range")
+	ErrClosed           = errors.New("eventlog: closed")
+	ErrBadPartition     = errors.New("eventlog: no such partition")
+)
