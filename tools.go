@@ -1,0 +1,15 @@
+//go:build tools
+
+// Package tools pins the dependencies adpulse's packages are being built on, so the module
+// graph is complete while those packages land.
+package tools
+
+import (
+	_ "github.com/HdrHistogram/hdrhistogram-go"
+	_ "github.com/cespare/xxhash/v2"
+	_ "github.com/cockroachdb/pebble"
+	_ "github.com/mileusna/useragent"
+	_ "github.com/prometheus/client_golang/prometheus"
+	_ "github.com/valyala/fastjson"
+	_ "modernc.org/sqlite"
+)
