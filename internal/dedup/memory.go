@@ -1,0 +1,168 @@
+package dedup
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// Memory is the embedded Store: a sharded in-process set of 128-bit key fingerprints, each
+// with the minute its window ends. It is rebuilt from the event log on start (see Rebuild in
+// package ingest), which is what makes "key and event committed together" hold without a
+// second durable write: after a crash, a key is reserved again exactly when its event is in
+// the log.
+//
+// Fingerprints are 128 bits so a false duplicate (two keys sharing a fingerprint) is not a
+// practical concern even at billions of keys per window; the full key is not kept, which
+// bounds memory to about 40 bytes per key.
+type Memory struct {
+	window time.Duration
+	shards [memShards]memShard
+	keys   atomic.Int64
+}
+
+const memShards = 256
+
+// inFlightExpiry marks a reservation that is not committed yet.
+const inFlightExpiry = ^uint32(0)
+
+type fingerprint [2]uint64
+
+type memShard struct {
+	mu sync.Mutex
+	m  map[fingerprint]uint32 // fingerprint -> Unix minute its window ends, or inFlightExpiry
+	_  [40]byte               // keep shards on separate cache lines
+}
+
+var _ Store = (*Memory)(nil)
+
+// NewMemory returns an empty in-process store with the given window.
+func NewMemory(window time.Duration) *Memory {
+	m := &Memory{window: window}
+	for i := range m.shards {
+		m.shards[i].m = make(map[fingerprint]uint32)
+	}
+	return m
+}
+
+func fingerprintOf(key string) fingerprint {
+	// Two independent 64-bit hashes: xxhash of the key, and of the key behind a fixed
+	// prefix byte (xxhash mixes the whole input, so the two are independent in practice).
+	d := xxhash.New()
+	_, _ = d.WriteString("\x01")
+	_, _ = d.WriteString(key)
+	return fingerprint{xxhash.Sum64String(key), d.Sum64()}
+}
+
+func (m *Memory) shard(fp fingerprint) *memShard { return &m.shards[fp[0]%memShards] }
+
+func (m *Memory) expiry(now time.Time) uint32 {
+	return uint32(now.Add(m.window).Unix()/60) + 1
+}
+
+// Reserve implements Store.
+func (m *Memory) Reserve(_ context.Context, keys []string, now time.Time, out []Status) error {
+	nowMin := uint32(now.Unix() / 60)
+	for i, k := range keys {
+		fp := fingerprintOf(k)
+		s := m.shard(fp)
+		s.mu.Lock()
+		exp, ok := s.m[fp]
+		switch {
+		case ok && exp == inFlightExpiry:
+			out[i] = InFlight
+		case ok && exp > nowMin:
+			out[i] = Duplicate
+		default:
+			if !ok {
+				m.keys.Add(1)
+			}
+			s.m[fp] = inFlightExpiry
+			out[i] = Reserved
+		}
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// Commit implements Store.
+func (m *Memory) Commit(_ context.Context, keys []string, now time.Time) error {
+	exp := m.expiry(now)
+	for _, k := range keys {
+		m.set(fingerprintOf(k), exp)
+	}
+	return nil
+}
+
+func (m *Memory) set(fp fingerprint, exp uint32) {
+	s := m.shard(fp)
+	s.mu.Lock()
+	if _, ok := s.m[fp]; !ok {
+		m.keys.Add(1)
+	}
+	s.m[fp] = exp
+	s.mu.Unlock()
+}
+
+// Restore records a key read back from the log on start, with the window measured from the
+// event's original receive time.
+func (m *Memory) Restore(key string, received time.Time) {
+	m.set(fingerprintOf(key), m.expiry(received))
+}
+
+// Release implements Store.
+func (m *Memory) Release(_ context.Context, keys []string) error {
+	for _, k := range keys {
+		fp := fingerprintOf(k)
+		s := m.shard(fp)
+		s.mu.Lock()
+		if exp, ok := s.m[fp]; ok && exp == inFlightExpiry {
+			delete(s.m, fp)
+			m.keys.Add(-1)
+		}
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// Sweep deletes keys whose window ended before now, one shard at a time so reservations
+// wait at most for one shard's sweep.
+func (m *Memory) Sweep(now time.Time) (removed int) {
+	nowMin := uint32(now.Unix() / 60)
+	for i := range m.shards {
+		s := &m.shards[i]
+		s.mu.Lock()
+		for fp, exp := range s.m {
+			if exp != inFlightExpiry && exp <= nowMin {
+				delete(s.m, fp)
+				removed++
+			}
+		}
+		s.mu.Unlock()
+	}
+	m.keys.Add(int64(-removed))
+	return removed
+}
+
+// Run sweeps expired keys every interval until ctx ends.
+func (m *Memory) Run(ctx context.Context, interval time.Duration, now func() time.Time) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			m.Sweep(now())
+		}
+	}
+}
+
+// Len is the number of keys held, including in-flight ones.
+func (m *Memory) Len() int64 { return m.keys.Load() }
+
+// Close implements Store.
+func (m *Memory) Close() error { return nil }
