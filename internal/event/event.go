@@ -38,9 +38,9 @@ type Reason uint8
 
 // Invalid-traffic reasons. New reasons are appended; the numbers are stored in the log.
 const (
-	ReasonNone    Reason = 0
-	ReasonExpired Reason = 1 // the click token is older than the click validity window
-	ReasonBot     Reason = 2 // a known bot or crawler user agent
+	ReasonNone     Reason = 0
+	ReasonExpired  Reason = 1 // the click token is older than the click validity window
+	ReasonBot      Reason = 2 // a known bot or crawler user agent
 	ReasonInactive Reason = 3 // reserved: the ad was unknown or removed when the click arrived
 )
 

@@ -27,7 +27,9 @@ func Run(t *testing.T, newStore Factory) {
 		}
 		return out[0]
 	}
-	uniq := func(t *testing.T, k string) string { return t.Name() + "/" + k + "/" + fmt.Sprint(time.Now().UnixNano()) }
+	uniq := func(t *testing.T, k string) string {
+		return t.Name() + "/" + k + "/" + fmt.Sprint(time.Now().UnixNano())
+	}
 
 	t.Run("Lifecycle", func(t *testing.T) {
 		s := newStore(t, time.Hour)
