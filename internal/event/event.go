@@ -38,14 +38,13 @@ type Reason uint8
 
 // Invalid-traffic reasons. New reasons are appended; the numbers are stored in the log.
 const (
-	ReasonNone     Reason = 0
-	ReasonExpired  Reason = 1 // the click token is older than the click validity window
-	ReasonBot      Reason = 2 // a known bot or crawler user agent
-	ReasonInactive Reason = 3 // reserved: the ad was unknown or removed when the click arrived
+	ReasonNone    Reason = 0
+	ReasonExpired Reason = 1 // the click token is older than the click validity window
+	ReasonBot     Reason = 2 // a known bot or crawler user agent
 )
 
 // reasonNames maps each reason to the name used in metrics and the API.
-var reasonNames = [...]string{"", "expired", "bot", "inactive"}
+var reasonNames = [...]string{"", "expired", "bot"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
@@ -88,14 +87,15 @@ func (e *Event) TypeName() string {
 //
 // Impressions and clicks are keyed by impression id (one of each per impression, whatever
 // event_id a client sends), which is what makes a retried click cost the advertiser once.
-// Invalid clicks have their own key per reason, so a crawler that prefetches a click URL does
-// not use up the real person's click. Other interactions are keyed by event_id, or by their
-// type and impression id when they carry no event_id.
+// Invalid impressions and clicks have their own key per reason, so a crawler that prefetches
+// a click URL or a pixel does not use up the real person's click or view. Other interactions
+// are keyed by event_id, or by their type and impression id when they carry no event_id.
 func (e *Event) Key() string {
+	builtin := e.Type == TypeImpression || e.Type == TypeClick
 	switch {
-	case e.Type == TypeClick && e.Invalid != ReasonNone && e.ImpressionID != "":
-		return "x" + string('0'+rune(e.Invalid)) + ":" + e.ImpressionID
-	case (e.Type == TypeImpression || e.Type == TypeClick) && e.ImpressionID != "":
+	case builtin && e.Invalid != ReasonNone && e.ImpressionID != "":
+		return "x" + string(rune('0'+e.Type)) + string(rune('0'+e.Invalid)) + ":" + e.ImpressionID
+	case builtin && e.ImpressionID != "":
 		if e.Type == TypeImpression {
 			return "i:" + e.ImpressionID
 		}

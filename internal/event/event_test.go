@@ -52,7 +52,8 @@ func TestKey(t *testing.T) {
 	}{
 		{Event{Type: TypeClick, ImpressionID: "i1", EventID: "e1"}, "c:i1"},
 		{Event{Type: TypeImpression, ImpressionID: "i1"}, "i:i1"},
-		{Event{Type: TypeClick, ImpressionID: "i1", Invalid: ReasonBot}, "x2:i1"},
+		{Event{Type: TypeClick, ImpressionID: "i1", Invalid: ReasonBot}, "x22:i1"},
+		{Event{Type: TypeImpression, ImpressionID: "i1", Invalid: ReasonBot}, "x12:i1"},
 		{Event{Type: TypeClick, EventID: "e1"}, "e:e1"},
 		{Event{Type: TypeInteraction, Name: "order", ImpressionID: "i1", EventID: "e1"}, "e:e1"},
 		{Event{Type: TypeInteraction, Name: "order", ImpressionID: "i1"}, "t:order:i1"},

@@ -1,0 +1,352 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/clicktoken"
+	"github.com/adpulse/adpulse/internal/event"
+	"github.com/adpulse/adpulse/internal/httpapi"
+)
+
+// Ad is what the hot path needs to know about an ad, from the in-memory catalog index.
+type Ad struct {
+	CampaignID, AdvertiserID, LandingURL, CatalogID string
+	BidMicros                                       int64
+}
+
+// Ads looks ads up without touching a database.
+type Ads interface {
+	LookupAd(id string) (Ad, bool)
+}
+
+// Bots tells bot user agents from people.
+type Bots interface {
+	IsBot(userAgent string) bool
+}
+
+// Options configures the handlers.
+type Options struct {
+	Intake    *Intake
+	Ads       Ads
+	Tokens    *clicktoken.Keyring
+	Bots      Bots
+	PublicURL string // base of click and impression URLs, e.g. https://t.example.com
+	ClickTTL  time.Duration
+	Limits    BatchLimits
+	MaxBody   int64 // bytes of a POST /events body
+	Now       func() time.Time
+	Logger    *slog.Logger
+}
+
+// Handlers serves the ingest endpoints of the API contract.
+type Handlers struct {
+	o       Options
+	parsers sync.Pool // *batchParser
+	lines   sync.Pool // *[]ParsedLine
+}
+
+// NewHandlers returns the ingest handlers.
+func NewHandlers(o Options) *Handlers {
+	return &Handlers{o: o}
+}
+
+// Register adds the ingest routes to mux.
+func (h *Handlers) Register(mux *http.ServeMux) {
+	mux.HandleFunc("GET /c/{token}", h.clickRedirect)
+	mux.HandleFunc("GET /i/{token}", h.impressionPixel)
+	mux.HandleFunc("POST /click", h.appClick)
+	mux.HandleFunc("POST /events", h.events)
+	mux.HandleFunc("POST /api/v1/click-urls", h.clickURLs)
+}
+
+// transparentGIF is the smallest valid 1x1 transparent GIF.
+var transparentGIF = []byte("GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+var errBadToken = httpapi.BadField("token", "malformed or bad signature")
+
+// recordOne records a single event; it is the click and pixel path.
+func (h *Handlers) recordOne(ctx context.Context, e *event.Event, now time.Time) error {
+	evs := [1]event.Event{*e}
+	var out [1]Outcome
+	if err := h.o.Intake.Record(ctx, evs[:], now, out[:]); err != nil {
+		h.o.Logger.Warn("record event", "err", err)
+		return httpapi.Errorf(httpapi.CodeUnavailable, "event log unavailable, retry")
+	}
+	return nil
+}
+
+func (h *Handlers) clickRedirect(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	tok, err := h.o.Tokens.Verify(r.PathValue("token"))
+	if err != nil {
+		httpapi.WriteError(w, errBadToken)
+		return
+	}
+	ad, ok := h.o.Ads.LookupAd(tok.AdID)
+	if !ok {
+		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeNotFound, "ad_id: no such ad"))
+		return
+	}
+	now := h.o.Now()
+	e := event.Event{Type: event.TypeClick, ImpressionID: tok.ImpressionID, UserID: tok.UserID, PriceMicros: tok.PriceMicros}
+	switch {
+	case tok.Expired(now, h.o.ClickTTL):
+		e.Invalid = event.ReasonExpired
+	case h.o.Bots.IsBot(r.UserAgent()):
+		e.Invalid = event.ReasonBot
+	}
+	fill(&e, tok.AdID, ad, now)
+	if err := h.recordOne(r.Context(), &e, now); err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	redirect(w, ad.LandingURL)
+}
+
+// redirect answers 302 to a landing URL. The URL always comes from the catalog, which only
+// stores absolute http(s) URLs: nothing in the request can choose where a person is sent.
+func redirect(w http.ResponseWriter, landingURL string) {
+	w.Header().Set("Location", landingURL)
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Referrer-Policy", "no-referrer")
+	w.WriteHeader(http.StatusFound)
+}
+
+func fill(e *event.Event, adID string, ad Ad, now time.Time) {
+	e.AdID, e.CampaignID, e.AdvertiserID = adID, ad.CampaignID, ad.AdvertiserID
+	if e.CatalogID == "" {
+		e.CatalogID = ad.CatalogID
+	}
+	e.Time, e.RecvTime = now.UnixMicro(), now.UnixMicro()
+}
+
+func (h *Handlers) impressionPixel(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	tok, err := h.o.Tokens.Verify(r.PathValue("token"))
+	if err != nil {
+		httpapi.WriteError(w, errBadToken)
+		return
+	}
+	ad, ok := h.o.Ads.LookupAd(tok.AdID)
+	if !ok {
+		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeNotFound, "ad_id: no such ad"))
+		return
+	}
+	now := h.o.Now()
+	e := event.Event{Type: event.TypeImpression, ImpressionID: tok.ImpressionID, UserID: tok.UserID}
+	if h.o.Bots.IsBot(r.UserAgent()) {
+		e.Invalid = event.ReasonBot
+	}
+	fill(&e, tok.AdID, ad, now)
+	if err := h.recordOne(r.Context(), &e, now); err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "image/gif")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(transparentGIF)
+}
+
+// appClick is POST /click: a click an app reports, answered with the landing URL.
+func (h *Handlers) appClick(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	var req struct {
+		AdID         string `json:"ad_id"`
+		ImpressionID string `json:"impression_id"`
+		UserID       string `json:"user_id"`
+	}
+	if err := httpapi.DecodeJSON(w, r, 64<<10, &req); err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	if req.ImpressionID == "" {
+		req.ImpressionID = r.Header.Get("Idempotency-Key")
+	}
+	if req.AdID == "" {
+		httpapi.WriteError(w, httpapi.BadField("ad_id", "is required"))
+		return
+	}
+	if req.ImpressionID == "" {
+		httpapi.WriteError(w, httpapi.BadField("impression_id", "is required (or an Idempotency-Key header): clicks must be idempotent"))
+		return
+	}
+	e := event.Event{Type: event.TypeClick, AdID: req.AdID, ImpressionID: req.ImpressionID, UserID: req.UserID}
+	if err := e.Validate(); err != nil {
+		fe := err.(*event.FieldError)
+		httpapi.WriteError(w, httpapi.BadField(fe.Field, fe.Reason))
+		return
+	}
+	ad, ok := h.o.Ads.LookupAd(req.AdID)
+	if !ok {
+		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeNotFound, "ad_id: no such ad"))
+		return
+	}
+	if h.o.Bots.IsBot(r.UserAgent()) {
+		e.Invalid = event.ReasonBot
+	}
+	now := h.o.Now()
+	fill(&e, req.AdID, ad, now)
+	if err := h.recordOne(r.Context(), &e, now); err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	redirect(w, ad.LandingURL)
+}
+
+// batchResponse is the answer to POST /events.
+type batchResponse struct {
+	Accepted   int         `json:"accepted"`
+	Duplicates int         `json:"duplicates"`
+	Rejected   int         `json:"rejected"`
+	Errors     []LineError `json:"errors"`
+}
+
+// maxListedErrors caps the errors listed in one response; Rejected still counts them all.
+const maxListedErrors = 1000
+
+func (h *Handlers) events(w http.ResponseWriter, r *http.Request) {
+	switch p := httpapi.PrincipalFrom(r.Context()); p.Role {
+	case httpapi.RoleAdmin, httpapi.RoleIngest:
+	case httpapi.RoleNone:
+		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeUnauthenticated, "authorization: an admin or ingest key is required"))
+		return
+	default:
+		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodePermissionDenied, "authorization: this key may not send events"))
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.o.MaxBody))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			httpapi.WriteError(w, httpapi.Errorf(httpapi.CodePayloadTooLarge, "body: larger than the limit of "+itoa(int(h.o.MaxBody))+" bytes; nothing was accepted"))
+			return
+		}
+		httpapi.WriteError(w, httpapi.BadField("body", "could not be read"))
+		return
+	}
+	now := h.o.Now()
+	bp, _ := h.parsers.Get().(*batchParser)
+	if bp == nil {
+		bp = &batchParser{}
+	}
+	linesp, _ := h.lines.Get().(*[]ParsedLine)
+	if linesp == nil {
+		linesp = new([]ParsedLine)
+	}
+	defer func() {
+		clear(*linesp) // drop references to strings of this request
+		h.lines.Put(linesp)
+	}()
+	lines, err := bp.parse(body, now, h.o.Limits, *linesp)
+	h.parsers.Put(bp)
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	*linesp = lines
+
+	resp := batchResponse{Errors: []LineError{}}
+	evs := make([]event.Event, 0, len(lines))
+	for i := range lines {
+		pl := &lines[i]
+		if pl.Err == nil {
+			ad, ok := h.o.Ads.LookupAd(pl.Event.AdID)
+			if !ok {
+				pl.Err = &LineError{Line: pl.Line, Code: httpapi.CodeNotFound, Message: "ad_id: no such ad"}
+			} else {
+				e := pl.Event
+				if pl.UserAgent != "" && h.o.Bots.IsBot(pl.UserAgent) && (e.Type == event.TypeClick || e.Type == event.TypeImpression) {
+					e.Invalid = event.ReasonBot
+				}
+				t, recv := e.Time, e.RecvTime
+				fill(&e, e.AdID, ad, now)
+				e.Time, e.RecvTime = t, recv
+				evs = append(evs, e)
+				continue
+			}
+		}
+		resp.Rejected++
+		if len(resp.Errors) < maxListedErrors {
+			resp.Errors = append(resp.Errors, *pl.Err)
+		}
+	}
+	out := make([]Outcome, len(evs))
+	if err := h.o.Intake.Record(r.Context(), evs, now, out); err != nil {
+		h.o.Logger.Warn("record batch", "events", len(evs), "err", err)
+		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeUnavailable, "event log unavailable, nothing was accepted; retry the batch"))
+		return
+	}
+	for _, o := range out {
+		if o == Accepted {
+			resp.Accepted++
+		} else {
+			resp.Duplicates++
+		}
+	}
+	httpapi.WriteJSON(w, http.StatusOK, resp)
+}
+
+// clickURLs is POST /api/v1/click-urls: signed click and impression URLs for an ad server.
+func (h *Handlers) clickURLs(w http.ResponseWriter, r *http.Request) {
+	switch httpapi.PrincipalFrom(r.Context()).Role {
+	case httpapi.RoleAdmin:
+	case httpapi.RoleNone:
+		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeUnauthenticated, "authorization: an admin key is required"))
+		return
+	default:
+		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodePermissionDenied, "authorization: an admin key is required"))
+		return
+	}
+	var req struct {
+		AdID         string `json:"ad_id"`
+		ImpressionID string `json:"impression_id"`
+		UserID       string `json:"user_id"`
+		CPCMicros    *int64 `json:"cpc_micros"`
+	}
+	if err := httpapi.DecodeJSON(w, r, 64<<10, &req); err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	tok := clicktoken.Claims{AdID: req.AdID, ImpressionID: req.ImpressionID, UserID: req.UserID, IssuedAt: h.o.Now()}
+	for _, f := range [...]struct{ name, v string }{{"ad_id", req.AdID}, {"impression_id", req.ImpressionID}} {
+		if f.v == "" {
+			httpapi.WriteError(w, httpapi.BadField(f.name, "is required"))
+			return
+		}
+	}
+	for _, f := range [...]struct{ name, v string }{{"ad_id", req.AdID}, {"impression_id", req.ImpressionID}, {"user_id", req.UserID}} {
+		if f.v != "" && !event.ValidID(f.v) {
+			httpapi.WriteError(w, httpapi.BadField(f.name, "must be 1-64 characters of [A-Za-z0-9._:-]"))
+			return
+		}
+	}
+	if req.CPCMicros != nil {
+		if *req.CPCMicros <= 0 || *req.CPCMicros > maxMicros {
+			httpapi.WriteError(w, httpapi.BadField("cpc_micros", "must be an integer from 1 to 1e15"))
+			return
+		}
+		tok.PriceMicros = *req.CPCMicros
+	}
+	if _, ok := h.o.Ads.LookupAd(req.AdID); !ok {
+		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeNotFound, "ad_id: no such ad"))
+		return
+	}
+	s, err := h.o.Tokens.Sign(tok)
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	base := strings.TrimRight(h.o.PublicURL, "/")
+	httpapi.WriteJSON(w, http.StatusOK, map[string]string{
+		"click_url":      base + "/c/" + s,
+		"impression_url": base + "/i/" + s,
+		"expires_at":     httpapi.FormatTime(tok.IssuedAt.Add(h.o.ClickTTL)),
+	})
+}

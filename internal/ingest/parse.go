@@ -1,0 +1,228 @@
+package ingest
+
+import (
+	"bytes"
+	"strconv"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/event"
+	"github.com/adpulse/adpulse/internal/httpapi"
+	"github.com/valyala/fastjson"
+)
+
+// LineError is a rejected line of a batch, numbered from 1.
+type LineError struct {
+	Line    int    `json:"line"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// BatchLimits bound what one batch may hold.
+type BatchLimits struct {
+	MaxEvents    int           // lines per batch
+	MaxLateness  time.Duration // oldest event_time accepted, before now
+	MaxClockSkew time.Duration // newest event_time accepted, after now
+}
+
+// batchParser parses POST /events bodies. It is not safe for concurrent use; handlers take
+// one from a pool.
+type batchParser struct {
+	p   fastjson.Parser
+	arr fastjson.Parser
+}
+
+// ParsedLine is one line of a batch: an event, or why it was rejected.
+type ParsedLine struct {
+	Line      int // from 1; for an array, the element's position
+	Event     event.Event
+	UserAgent string // optional "user_agent" of the original request, for bot filtering
+	Err       *LineError
+}
+
+// errTooManyEvents is returned when a batch exceeds MaxEvents.
+var errTooManyEvents = httpapi.Errorf(httpapi.CodeInvalidArgument, "body: too many events in one batch")
+
+// parse splits body into events: NDJSON (one object a line, blank lines ignored) or a JSON
+// array of objects. Each line is validated on its own; a bad line never fails the others.
+// The only whole-body errors are a malformed array and too many events.
+func (bp *batchParser) parse(body []byte, now time.Time, lim BatchLimits, out []ParsedLine) ([]ParsedLine, error) {
+	out = out[:0]
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	if len(trimmed) > 0 && trimmed[0] == '[' {
+		v, err := bp.arr.ParseBytes(trimmed)
+		if err != nil {
+			return nil, httpapi.BadField("body", "invalid JSON array: "+err.Error())
+		}
+		items, err := v.Array()
+		if err != nil {
+			return nil, httpapi.BadField("body", "invalid JSON array")
+		}
+		if len(items) > lim.MaxEvents {
+			return nil, errTooManyEvents
+		}
+		for i, it := range items {
+			out = append(out, ParsedLine{Line: i + 1})
+			parseObject(it, i+1, now, lim, &out[len(out)-1])
+		}
+		return out, nil
+	}
+	line := 0
+	for len(body) > 0 {
+		var l []byte
+		if i := bytes.IndexByte(body, '\n'); i >= 0 {
+			l, body = body[:i], body[i+1:]
+		} else {
+			l, body = body, nil
+		}
+		line++
+		if len(bytes.TrimSpace(l)) == 0 {
+			continue
+		}
+		if len(out) >= lim.MaxEvents {
+			return nil, errTooManyEvents
+		}
+		out = append(out, ParsedLine{Line: line})
+		pl := &out[len(out)-1]
+		v, err := bp.p.ParseBytes(l)
+		if err != nil {
+			pl.Err = &LineError{Line: line, Code: httpapi.CodeInvalidArgument, Message: "invalid JSON: " + err.Error()}
+			continue
+		}
+		parseObject(v, line, now, lim, pl)
+	}
+	return out, nil
+}
+
+func reject(pl *ParsedLine, line int, field, msg string) {
+	pl.Err = &LineError{Line: line, Code: httpapi.CodeInvalidArgument, Message: field + ": " + msg}
+}
+
+// parseObject fills pl from one JSON object. Unknown fields are ignored so ad servers can send
+// more than adpulse reads.
+func parseObject(v *fastjson.Value, line int, now time.Time, lim BatchLimits, pl *ParsedLine) {
+	obj, err := v.Object()
+	if err != nil {
+		reject(pl, line, "body", "each event must be a JSON object")
+		return
+	}
+	e := &pl.Event
+	var typ string
+	var bad string // the first field with a wrong JSON type
+	var timeVal *fastjson.Value
+	obj.Visit(func(k []byte, fv *fastjson.Value) {
+		if bad != "" {
+			return
+		}
+		var dst *string
+		switch string(k) {
+		case "type":
+			dst = &typ
+		case "ad_id":
+			dst = &e.AdID
+		case "impression_id":
+			dst = &e.ImpressionID
+		case "event_id":
+			dst = &e.EventID
+		case "user_id":
+			dst = &e.UserID
+		case "catalog_id":
+			dst = &e.CatalogID
+		case "user_agent":
+			dst = &pl.UserAgent
+		case "event_time":
+			timeVal = fv
+			return
+		case "cpc_micros":
+			n, err := fv.Int64()
+			if err != nil || n < 0 || n > maxMicros {
+				bad = "cpc_micros: must be an integer from 0 to 1e15"
+				return
+			}
+			e.PriceMicros = n
+			return
+		default:
+			return
+		}
+		if fv.Type() == fastjson.TypeNull {
+			return
+		}
+		sb, err := fv.StringBytes()
+		if err != nil {
+			bad = string(k) + ": must be a string"
+			return
+		}
+		if len(sb) > 1024 {
+			bad = string(k) + ": too long"
+			return
+		}
+		*dst = string(sb)
+	})
+	if bad != "" {
+		pl.Err = &LineError{Line: line, Code: httpapi.CodeInvalidArgument, Message: bad}
+		return
+	}
+	if typ == "" {
+		reject(pl, line, "type", "is required")
+		return
+	}
+	var ok bool
+	if e.Type, e.Name, ok = event.ParseTypeName(typ); !ok {
+		reject(pl, line, "type", "must be impression, click or match [a-z][a-z0-9_]{0,31}")
+		return
+	}
+	if e.PriceMicros != 0 && e.Type != event.TypeClick {
+		reject(pl, line, "cpc_micros", "only clicks carry a price")
+		return
+	}
+	recv := now.UnixMicro()
+	e.RecvTime, e.Time = recv, recv
+	if timeVal != nil && timeVal.Type() != fastjson.TypeNull {
+		t, msg := parseEventTime(timeVal)
+		if msg != "" {
+			reject(pl, line, "event_time", msg)
+			return
+		}
+		if t.Before(now.Add(-lim.MaxLateness)) {
+			reject(pl, line, "event_time", "older than the accepted lateness of "+lim.MaxLateness.String())
+			return
+		}
+		if t.After(now.Add(lim.MaxClockSkew)) {
+			reject(pl, line, "event_time", "more than "+lim.MaxClockSkew.String()+" in the future")
+			return
+		}
+		e.Time = t.UnixMicro()
+	}
+	if err := e.Validate(); err != nil {
+		fe := err.(*event.FieldError)
+		reject(pl, line, fe.Field, fe.Reason)
+		return
+	}
+}
+
+// maxMicros bounds money fields: a billion units of any currency is past any real click.
+const maxMicros = 1_000_000_000_000_000
+
+func parseEventTime(v *fastjson.Value) (time.Time, string) {
+	switch v.Type() {
+	case fastjson.TypeNumber:
+		n, err := v.Int64()
+		if err != nil {
+			return time.Time{}, "must be RFC 3339 or integer Unix seconds"
+		}
+		if n < 0 || n > 1<<40 {
+			return time.Time{}, "Unix seconds out of range"
+		}
+		return time.Unix(n, 0), ""
+	case fastjson.TypeString:
+		sb, _ := v.StringBytes()
+		t, err := httpapi.ParseTime(string(sb))
+		if err != nil {
+			return time.Time{}, err.Error()
+		}
+		return t, ""
+	}
+	return time.Time{}, "must be RFC 3339 or integer Unix seconds"
+}
+
+// itoa avoids fmt on the hot path.
+func itoa(n int) string { return strconv.Itoa(n) }
