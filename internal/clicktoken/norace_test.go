@@ -1,0 +1,5 @@
+//go:build !race
+
+package clicktoken
+
+const raceEnabled = false
