@@ -26,15 +26,17 @@ type Memory struct {
 
 const memShards = 256
 
-// inFlightExpiry marks a reservation that is not committed yet.
-const inFlightExpiry = ^uint32(0)
-
 type fingerprint [2]uint64
 
+// memShard holds one slice of the key space. A reservation writes the key into m with its
+// final expiry right away and remembers it in pending until it is committed or released, so
+// the large table m is touched once per new key (one cache miss) and the small, hot pending
+// set carries the in-flight state.
 type memShard struct {
-	mu sync.Mutex
-	m  map[fingerprint]uint32 // fingerprint -> Unix minute its window ends, or inFlightExpiry
-	_  [40]byte               // keep shards on separate cache lines
+	mu      sync.Mutex
+	m       map[fingerprint]uint32 // fingerprint -> Unix minute its window ends
+	pending map[fingerprint]struct{}
+	_       [32]byte // keep shards on separate cache lines
 }
 
 var _ Store = (*Memory)(nil)
@@ -44,6 +46,7 @@ func NewMemory(window time.Duration) *Memory {
 	m := &Memory{window: window}
 	for i := range m.shards {
 		m.shards[i].m = make(map[fingerprint]uint32)
+		m.shards[i].pending = make(map[fingerprint]struct{})
 	}
 	return m
 }
@@ -66,21 +69,25 @@ func (m *Memory) expiry(now time.Time) uint32 {
 // Reserve implements Store.
 func (m *Memory) Reserve(_ context.Context, keys []string, now time.Time, out []Status) error {
 	nowMin := uint32(now.Unix() / 60)
+	exp := m.expiry(now)
 	for i, k := range keys {
 		fp := fingerprintOf(k)
 		s := m.shard(fp)
 		s.mu.Lock()
-		exp, ok := s.m[fp]
+		old, ok := s.m[fp]
 		switch {
-		case ok && exp == inFlightExpiry:
-			out[i] = InFlight
-		case ok && exp > nowMin:
-			out[i] = Duplicate
+		case ok && old > nowMin:
+			if _, inFlight := s.pending[fp]; inFlight {
+				out[i] = InFlight
+			} else {
+				out[i] = Duplicate
+			}
 		default:
 			if !ok {
 				m.keys.Add(1)
 			}
-			s.m[fp] = inFlightExpiry
+			s.m[fp] = exp
+			s.pending[fp] = struct{}{}
 			out[i] = Reserved
 		}
 		s.mu.Unlock()
@@ -88,29 +95,30 @@ func (m *Memory) Reserve(_ context.Context, keys []string, now time.Time, out []
 	return nil
 }
 
-// Commit implements Store.
-func (m *Memory) Commit(_ context.Context, keys []string, now time.Time) error {
-	exp := m.expiry(now)
+// Commit implements Store. The expiry was set by Reserve (same receive time), so committing
+// only ends the in-flight state.
+func (m *Memory) Commit(_ context.Context, keys []string, _ time.Time) error {
 	for _, k := range keys {
-		m.set(fingerprintOf(k), exp)
+		fp := fingerprintOf(k)
+		s := m.shard(fp)
+		s.mu.Lock()
+		delete(s.pending, fp)
+		s.mu.Unlock()
 	}
 	return nil
-}
-
-func (m *Memory) set(fp fingerprint, exp uint32) {
-	s := m.shard(fp)
-	s.mu.Lock()
-	if _, ok := s.m[fp]; !ok {
-		m.keys.Add(1)
-	}
-	s.m[fp] = exp
-	s.mu.Unlock()
 }
 
 // Restore records a key read back from the log on start, with the window measured from the
 // event's original receive time.
 func (m *Memory) Restore(key string, received time.Time) {
-	m.set(fingerprintOf(key), m.expiry(received))
+	fp := fingerprintOf(key)
+	s := m.shard(fp)
+	s.mu.Lock()
+	if _, ok := s.m[fp]; !ok {
+		m.keys.Add(1)
+	}
+	s.m[fp] = m.expiry(received)
+	s.mu.Unlock()
 }
 
 // Release implements Store.
@@ -119,7 +127,8 @@ func (m *Memory) Release(_ context.Context, keys []string) error {
 		fp := fingerprintOf(k)
 		s := m.shard(fp)
 		s.mu.Lock()
-		if exp, ok := s.m[fp]; ok && exp == inFlightExpiry {
+		if _, ok := s.pending[fp]; ok {
+			delete(s.pending, fp)
 			delete(s.m, fp)
 			m.keys.Add(-1)
 		}
@@ -136,7 +145,7 @@ func (m *Memory) Sweep(now time.Time) (removed int) {
 		s := &m.shards[i]
 		s.mu.Lock()
 		for fp, exp := range s.m {
-			if exp != inFlightExpiry && exp <= nowMin {
+			if _, inFlight := s.pending[fp]; !inFlight && exp <= nowMin {
 				delete(s.m, fp)
 				removed++
 			}

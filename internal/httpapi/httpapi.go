@@ -162,8 +162,9 @@ func ParseTime(s string) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, errors.New("empty time")
 	}
-	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
-		if n < 0 || n > 1<<40 {
+	if allDigits(s) { // checked first: a failed ParseInt allocates its error
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n > 1<<40 {
 			return time.Time{}, errors.New("unix seconds out of range")
 		}
 		return time.Unix(n, 0).UTC(), nil
@@ -173,6 +174,15 @@ func ParseTime(s string) (time.Time, error) {
 		return time.Time{}, errors.New("must be RFC 3339 or Unix seconds")
 	}
 	return t.UTC(), nil
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // FormatTime formats t as the API does: RFC 3339 in UTC.

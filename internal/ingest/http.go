@@ -49,7 +49,49 @@ type Options struct {
 type Handlers struct {
 	o       Options
 	parsers sync.Pool // *batchParser
-	lines   sync.Pool // *[]ParsedLine
+	scratch sync.Pool // *batchScratch
+}
+
+// batchScratch is the reusable memory of one POST /events request.
+type batchScratch struct {
+	body     []byte
+	lines    []ParsedLine
+	events   []event.Event
+	outcomes []Outcome
+}
+
+// maxPooledBody keeps one huge request from pinning its buffers in the pool forever.
+const maxPooledBody = 4 << 20
+
+func (h *Handlers) putScratch(sc *batchScratch) {
+	if cap(sc.body) > maxPooledBody {
+		return
+	}
+	clear(sc.lines) // drop references to this request's strings
+	clear(sc.events)
+	h.scratch.Put(sc)
+}
+
+// readBody reads a request body of at most limit bytes into buf, sized up front from
+// Content-Length so a large batch is not copied through a series of doublings.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64, buf []byte) ([]byte, error) {
+	if n := r.ContentLength; n > 0 && n <= limit && int64(cap(buf)) < n+1 {
+		buf = make([]byte, 0, n+1) // +1 so the final read sees EOF without growing
+	}
+	rd := http.MaxBytesReader(w, r.Body, limit)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := rd.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
 }
 
 // NewHandlers returns the ingest handlers.
@@ -221,7 +263,13 @@ func (h *Handlers) events(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodePermissionDenied, "authorization: this key may not send events"))
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.o.MaxBody))
+	sc, _ := h.scratch.Get().(*batchScratch)
+	if sc == nil {
+		sc = &batchScratch{}
+	}
+	defer h.putScratch(sc)
+	body, err := readBody(w, r, h.o.MaxBody, sc.body[:0])
+	sc.body = body
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
@@ -236,24 +284,16 @@ func (h *Handlers) events(w http.ResponseWriter, r *http.Request) {
 	if bp == nil {
 		bp = &batchParser{}
 	}
-	linesp, _ := h.lines.Get().(*[]ParsedLine)
-	if linesp == nil {
-		linesp = new([]ParsedLine)
-	}
-	defer func() {
-		clear(*linesp) // drop references to strings of this request
-		h.lines.Put(linesp)
-	}()
-	lines, err := bp.parse(body, now, h.o.Limits, *linesp)
+	lines, err := bp.parse(body, now, h.o.Limits, sc.lines)
 	h.parsers.Put(bp)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
-	*linesp = lines
+	sc.lines = lines
 
 	resp := batchResponse{Errors: []LineError{}}
-	evs := make([]event.Event, 0, len(lines))
+	evs := sc.events[:0]
 	for i := range lines {
 		pl := &lines[i]
 		if pl.Err == nil {
@@ -277,7 +317,9 @@ func (h *Handlers) events(w http.ResponseWriter, r *http.Request) {
 			resp.Errors = append(resp.Errors, *pl.Err)
 		}
 	}
-	out := make([]Outcome, len(evs))
+	sc.events = evs
+	out := append(sc.outcomes[:0], make([]Outcome, len(evs))...)
+	sc.outcomes = out
 	if err := h.o.Intake.Record(r.Context(), evs, now, out); err != nil {
 		h.o.Logger.Warn("record batch", "events", len(evs), "err", err)
 		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeUnavailable, "event log unavailable, nothing was accepted; retry the batch"))

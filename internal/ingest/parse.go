@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/event"
@@ -107,60 +108,55 @@ func parseObject(v *fastjson.Value, line int, now time.Time, lim BatchLimits, pl
 	}
 	e := &pl.Event
 	var typ string
-	var bad string // the first field with a wrong JSON type
-	var timeVal *fastjson.Value
-	obj.Visit(func(k []byte, fv *fastjson.Value) {
-		if bad != "" {
-			return
-		}
-		var dst *string
-		switch string(k) {
-		case "type":
-			dst = &typ
-		case "ad_id":
-			dst = &e.AdID
-		case "impression_id":
-			dst = &e.ImpressionID
-		case "event_id":
-			dst = &e.EventID
-		case "user_id":
-			dst = &e.UserID
-		case "catalog_id":
-			dst = &e.CatalogID
-		case "user_agent":
-			dst = &pl.UserAgent
-		case "event_time":
-			timeVal = fv
-			return
-		case "cpc_micros":
-			n, err := fv.Int64()
-			if err != nil || n < 0 || n > maxMicros {
-				bad = "cpc_micros: must be an integer from 0 to 1e15"
-				return
-			}
-			e.PriceMicros = n
-			return
-		default:
-			return
-		}
-		if fv.Type() == fastjson.TypeNull {
-			return
+	// String fields are read first and then copied into one allocation per line: the bytes
+	// fastjson returns live in its reusable buffer, and one string per field would be most of
+	// the allocations of batch ingest. Fields are looked up by name (rather than visited) so
+	// nothing escapes to the heap through a closure.
+	stringFields := [...]struct {
+		name string
+		dst  *string
+	}{
+		{"type", &typ}, {"ad_id", &e.AdID}, {"impression_id", &e.ImpressionID}, {"event_id", &e.EventID},
+		{"user_id", &e.UserID}, {"catalog_id", &e.CatalogID}, {"user_agent", &pl.UserAgent},
+	}
+	var raw [len(stringFields)][]byte
+	total := 0
+	for i, f := range stringFields {
+		fv := obj.Get(f.name)
+		if fv == nil || fv.Type() == fastjson.TypeNull {
+			continue
 		}
 		sb, err := fv.StringBytes()
 		if err != nil {
-			bad = string(k) + ": must be a string"
+			reject(pl, line, f.name, "must be a string")
 			return
 		}
 		if len(sb) > 1024 {
-			bad = string(k) + ": too long"
+			reject(pl, line, f.name, "too long")
 			return
 		}
-		*dst = string(sb)
-	})
-	if bad != "" {
-		pl.Err = &LineError{Line: line, Code: httpapi.CodeInvalidArgument, Message: bad}
-		return
+		raw[i] = sb
+		total += len(sb)
 	}
+	var arena strings.Builder
+	arena.Grow(total)
+	for _, b := range raw {
+		arena.Write(b)
+	}
+	all, off := arena.String(), 0
+	for i, b := range raw {
+		*stringFields[i].dst = all[off : off+len(b)]
+		off += len(b)
+	}
+	if fv := obj.Get("cpc_micros"); fv != nil && fv.Type() != fastjson.TypeNull {
+		n, err := fv.Int64()
+		if err != nil || n < 0 || n > maxMicros {
+			reject(pl, line, "cpc_micros", "must be an integer from 0 to 1e15")
+			return
+		}
+		e.PriceMicros = n
+	}
+	timeVal := obj.Get("event_time")
 	if typ == "" {
 		reject(pl, line, "type", "is required")
 		return

@@ -60,6 +60,7 @@ func Run(t *testing.T, newStore Factory) {
 	t.Run("Batch", func(t *testing.T) {
 		s := newStore(t, time.Hour)
 		a, b := uniq(t, "a"), uniq(t, "b")
+		one(t, s, a, base)
 		if err := s.Commit(ctx, []string{a}, base); err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,65 @@
+package ingest
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+)
+
+func batchBody(n, seq int) []byte {
+	var buf bytes.Buffer
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&buf, `{"type":"impression","impression_id":"imp-%d-%d","ad_id":"ad%d","user_id":"user-%d","catalog_id":"cat-%d","event_time":"2026-11-21T09:59:03Z"}`+"\n", seq, i, 1+i%2, i%5000, i%50)
+	}
+	return buf.Bytes()
+}
+
+// BenchmarkParseBatch is the parsing share of POST /events.
+func BenchmarkParseBatch(b *testing.B) {
+	body := batchBody(1000, 0)
+	now := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+	lim := BatchLimits{MaxEvents: 100000, MaxLateness: 24 * time.Hour, MaxClockSkew: 5 * time.Minute}
+	var bp batchParser
+	var lines []ParsedLine
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		var err error
+		if lines, err = bp.parse(body, now, lim, lines); err != nil || len(lines) != 1000 {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkEventsHandler is POST /events without the network: parse, resolve, dedup and
+// append to an in-memory log.
+func BenchmarkEventsHandler(b *testing.B) {
+	big := func() *fixture {
+		f := newFixture(b)
+		f.h.o.Limits.MaxEvents, f.h.o.MaxBody = 100_000, 10<<20
+		return f
+	}
+	f := big()
+	bodies := make([][]byte, 64)
+	for i := range bodies {
+		bodies[i] = batchBody(1000, i)
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if i%len(bodies) == 0 && i > 0 {
+			f = big() // keep the batches new, not duplicates
+		}
+		r := httptest.NewRequest("POST", "/events", bytes.NewReader(bodies[i%len(bodies)]))
+		r.Header.Set("Authorization", "Bearer ingest")
+		w := httptest.NewRecorder()
+		f.mux.ServeHTTP(w, r)
+		if w.Code != http.StatusOK || !bytes.Contains(w.Body.Bytes(), []byte(`"accepted":1000`)) {
+			b.Fatalf("%d %s", w.Code, w.Body)
+		}
+	}
+	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "events/s")
+}
