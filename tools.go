@@ -8,7 +8,6 @@ import (
 	_ "github.com/HdrHistogram/hdrhistogram-go"
 	_ "github.com/cespare/xxhash/v2"
 	_ "github.com/cockroachdb/pebble"
-	_ "github.com/mileusna/useragent"
 	_ "github.com/prometheus/client_golang/prometheus"
 	_ "github.com/valyala/fastjson"
 	_ "modernc.org/sqlite"

@@ -107,8 +107,10 @@ func DecodeJSON(w http.ResponseWriter, r *http.Request, maxBytes int64, v any) e
 		switch {
 		case errors.As(err, &tooLarge):
 			return Errorf(CodePayloadTooLarge, "body: larger than "+strconv.FormatInt(maxBytes, 10)+" bytes")
+		case errors.As(err, &typ) && typ.Field == "":
+			return BadField("body", "must be a JSON object")
 		case errors.As(err, &typ):
-			return BadField(typ.Field, "must be "+typ.Type.String())
+			return BadField(typ.Field, "must be of JSON type "+jsonKind(typ.Type.Kind().String()))
 		case errors.As(err, &syn):
 			return BadField("body", "invalid JSON: "+syn.Error())
 		default:
@@ -119,6 +121,21 @@ func DecodeJSON(w http.ResponseWriter, r *http.Request, maxBytes int64, v any) e
 		return BadField("body", "trailing data after the JSON object")
 	}
 	return nil
+}
+
+// jsonKind names a Go kind the way a JSON client thinks of it.
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "string":
+		return "string"
+	case "bool":
+		return "boolean"
+	case "struct", "map":
+		return "object"
+	case "slice", "array":
+		return "array"
+	}
+	return "number"
 }
 
 // Role is what a caller's key allows.

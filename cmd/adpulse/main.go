@@ -1,0 +1,220 @@
+// Command adpulse is the adpulse binary: `adpulse serve` runs the service, the other
+// subcommands are tools around it. main only wires: flags and ADPULSE_* variables become a
+// config.Config, and internal/server does the rest.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+	_ "time/tzdata" // advertiser time zones must resolve on machines without a zoneinfo database
+
+	"github.com/adpulse/adpulse/internal/clicktoken"
+	"github.com/adpulse/adpulse/internal/config"
+	"github.com/adpulse/adpulse/internal/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+type command struct {
+	name, summary string
+	run           func(args []string, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "run the service (embedded by default; all state under --data-dir)", serve},
+		{"sign", "print a signed click URL and impression URL for an ad", sign},
+		{"version", "print the version", func(_ []string, stdout, _ io.Writer) error {
+			fmt.Fprintln(stdout, versionString())
+			return nil
+		}},
+		{"help", "list the subcommands", func(_ []string, stdout, _ io.Writer) error {
+			usage(stdout)
+			return nil
+		}},
+	}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			if err := c.run(args[1:], stdout, stderr); err != nil {
+				if errors.Is(err, flag.ErrHelp) {
+					return 0
+				}
+				fmt.Fprintf(stderr, "adpulse %s: %v\n", c.name, err)
+				return 1
+			}
+			return 0
+		}
+	}
+	if args[0] == "-h" || args[0] == "--help" {
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "adpulse: unknown subcommand %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "adpulse: ad event tracking, exact real-time metrics and budget charging\n\nUsage: adpulse <subcommand> [flags]\n\nSubcommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun 'adpulse <subcommand> -h' for its flags. Every flag can also be set as an environment\nvariable: --click-secret is ADPULSE_CLICK_SECRET.")
+}
+
+func versionString() string {
+	v := version
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v += " " + s.Value[:12]
+			}
+		}
+		v += " " + bi.GoVersion
+	}
+	return "adpulse " + v
+}
+
+// parseFlags parses args, then fills every flag not given on the command line from its
+// ADPULSE_* environment variable.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "ADPULSE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok && !set[f.Name] && err == nil {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s: %w", env, e)
+			}
+		}
+	})
+	return err
+}
+
+func serveFlags(fs *flag.FlagSet, c *config.Config) {
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory holding all embedded state")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "API listen address")
+	fs.StringVar(&c.OpsListen, "ops-listen", c.OpsListen, "ops listen address (Prometheus /metrics, /healthz, /readyz, pprof)")
+	fs.StringVar(&c.AdminKey, "admin-key", c.AdminKey, "admin API key (generated and stored in the data dir when empty)")
+	fs.StringVar(&c.ClickSecret, "click-secret", c.ClickSecret, "click token secret, or a keyring 'id:secret,id:secret' whose first key signs (generated when empty)")
+	fs.StringVar(&c.PublicURL, "public-url", c.PublicURL, "base URL of click and impression URLs (default: the listen address)")
+	fs.DurationVar(&c.ClickTTL, "click-ttl", c.ClickTTL, "click validity window; older clicks redirect but count as invalid")
+	fs.DurationVar(&c.MaxLateness, "max-lateness", c.MaxLateness, "oldest event_time accepted by POST /events")
+	fs.DurationVar(&c.MaxClockSkew, "max-clock-skew", c.MaxClockSkew, "how far in the future an event_time may be")
+	fs.DurationVar(&c.DedupWindow, "dedup-window", c.DedupWindow, "how long an idempotency key is remembered")
+	fs.Int64Var(&c.MaxBody, "max-body", c.MaxBody, "largest POST /events body in bytes")
+	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most events in one POST /events body")
+	fs.IntVar(&c.Partitions, "partitions", c.Partitions, "event log partitions (fixed when the data dir is created)")
+	fs.Int64Var(&c.SegmentBytes, "segment-bytes", c.SegmentBytes, "event log segment size")
+	fs.DurationVar(&c.LogRetention, "log-retention", c.LogRetention, "how long raw events stay in the event log")
+	fs.DurationVar(&c.MinuteRetention, "minute-retention", c.MinuteRetention, "how long one-minute metric buckets are kept")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long in-flight requests may take on shutdown")
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+func serve(args []string, _, stderr io.Writer) error {
+	cfg := config.Default()
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	serveFlags(fs, &cfg)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return err
+	}
+	app, err := server.New(cfg, logger)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	logger.Info("starting adpulse", "version", versionString(), "data_dir", cfg.DataDir)
+	return app.Run(ctx)
+}
+
+func sign(args []string, stdout, stderr io.Writer) error {
+	cfg := config.Default()
+	fs := flag.NewFlagSet("sign", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data dir whose stored click secret signs (when --click-secret is not given)")
+	fs.StringVar(&cfg.ClickSecret, "click-secret", "", "click token secret or keyring")
+	fs.StringVar(&cfg.PublicURL, "public-url", "http://localhost:8080", "base URL of the printed URLs")
+	var c clicktoken.Claims
+	fs.StringVar(&c.AdID, "ad-id", "", "ad id (required)")
+	fs.StringVar(&c.ImpressionID, "impression-id", "", "impression id (default: a random one)")
+	fs.StringVar(&c.UserID, "user-id", "", "user id (optional)")
+	fs.Int64Var(&c.PriceMicros, "cpc-micros", 0, "click price in micros (default: the ad's bid)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if c.AdID == "" {
+		return errors.New("--ad-id is required")
+	}
+	if c.ImpressionID == "" {
+		c.ImpressionID = fmt.Sprintf("imp-%d", time.Now().UnixNano())
+	}
+	if cfg.ClickSecret == "" {
+		b, err := os.ReadFile(filepath.Join(cfg.DataDir, "secrets", "click-secret"))
+		if err != nil {
+			return fmt.Errorf("no --click-secret and none stored in the data dir: %w", err)
+		}
+		cfg.ClickSecret = strings.TrimSpace(string(b))
+	}
+	kr, err := clicktoken.ParseKeyring(cfg.ClickSecret)
+	if err != nil {
+		return err
+	}
+	c.IssuedAt = time.Now()
+	tok, err := kr.Sign(c)
+	if err != nil {
+		return err
+	}
+	base := strings.TrimRight(cfg.PublicURL, "/")
+	fmt.Fprintf(stdout, "click_url=%s/c/%s\nimpression_url=%s/i/%s\n", base, tok, base, tok)
+	return nil
+}

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/clicktoken"
+	"github.com/adpulse/adpulse/internal/config"
+)
+
+func TestFlagsFromEnvironment(t *testing.T) {
+	t.Setenv("ADPULSE_CLICK_SECRET", "from-env-secret-0123456789")
+	t.Setenv("ADPULSE_LISTEN", ":9999")
+	t.Setenv("ADPULSE_CLICK_TTL", "30m")
+	cfg := config.Default()
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	serveFlags(fs, &cfg)
+	if err := parseFlags(fs, []string{"--listen", ":7777"}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ClickSecret != "from-env-secret-0123456789" || cfg.ClickTTL != 30*time.Minute {
+		t.Fatalf("environment not applied: %+v", cfg)
+	}
+	if cfg.Listen != ":7777" {
+		t.Fatalf("a flag on the command line must win over the environment, got %q", cfg.Listen)
+	}
+	if cfg.DataDir != "./adpulse-data" || cfg.OpsListen != "127.0.0.1:9464" {
+		t.Fatalf("defaults of the API contract changed: %+v", cfg)
+	}
+}
+
+func TestBadEnvironmentValue(t *testing.T) {
+	t.Setenv("ADPULSE_CLICK_TTL", "soon")
+	cfg := config.Default()
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	serveFlags(fs, &cfg)
+	if err := parseFlags(fs, nil); err == nil || !strings.Contains(err.Error(), "ADPULSE_CLICK_TTL") {
+		t.Fatalf("want an error naming ADPULSE_CLICK_TTL, got %v", err)
+	}
+}
+
+func TestHelpAndUnknown(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"help"}, &out, &errOut); code != 0 {
+		t.Fatalf("help exit %d", code)
+	}
+	for _, sub := range []string{"serve", "sign", "version", "help"} {
+		if !strings.Contains(out.String(), sub) {
+			t.Errorf("help does not list %s", sub)
+		}
+	}
+	if code := run([]string{"frobnicate"}, &out, &errOut); code != 2 {
+		t.Fatalf("unknown subcommand exit %d, want 2", code)
+	}
+}
+
+func TestSign(t *testing.T) {
+	const secret = "k1:0123456789abcdef0123456789abcdef"
+	var out, errOut bytes.Buffer
+	code := run([]string{"sign", "--click-secret", secret, "--ad-id", "ad1", "--impression-id", "imp1", "--public-url", "https://t.example/"}, &out, &errOut)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var tok string
+	for _, line := range strings.Split(out.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, "click_url=https://t.example/c/"); ok {
+			tok = v
+		}
+	}
+	kr, _ := clicktoken.ParseKeyring(secret)
+	c, err := kr.Verify(tok)
+	if err != nil || c.AdID != "ad1" || c.ImpressionID != "imp1" {
+		t.Fatalf("printed %q: %+v %v", out.String(), c, err)
+	}
+	if code := run([]string{"sign", "--click-secret", secret}, &out, &errOut); code == 0 {
+		t.Fatal("sign without --ad-id must fail")
+	}
+}

@@ -1,0 +1,511 @@
+// Package catalog holds adpulse's advertisers, campaigns, ads and API keys: what the pipeline
+// resolves events against and who may call the API. It stores them through database/sql
+// (embedded: SQLite via modernc.org/sqlite; the statements are portable to MySQL and
+// PostgreSQL, see dialect.go) and keeps an in-memory copy, so the click and event paths, and
+// authentication, never query SQL.
+//
+// Invariants:
+//   - The in-memory index mirrors what this process committed: it is loaded at Open and every
+//     write updates it only after its transaction commits. Writes are serialized (writeMu), so
+//     the index applies commits in commit order.
+//   - An ad's bid is resolved through its campaign at lookup time: a campaign bid change is
+//     seen at once by all of its ads.
+//   - Ownership is fixed: a campaign never changes advertiser and an ad never moves to another
+//     advertiser's campaign, because history (metrics, spend) was attributed to the owner at
+//     ingest time and tenant isolation relies on it.
+//   - Only SHA-256 hashes of API keys are stored; a key is shown once, when it is created.
+//   - Lookups (Ad, Campaign, Advertiser, Authenticate) take no lock.
+//   - Validation errors are *httpapi.Error values naming the bad field; lookups of missing
+//     objects return errors wrapping ErrNotFound.
+//
+// A PUT replaces the whole object: an omitted optional field returns to its default.
+//
+// Lock order: writeMu, then the locks inside the index (adShard.mu, recTable.mu).
+package catalog
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrNotFound is wrapped by the errors of lookups of advertisers, campaigns and ads that do not
+// exist.
+var ErrNotFound = errors.New("not found")
+
+// Status is the state an advertiser sets on a campaign.
+type Status string
+
+// Campaign statuses.
+const (
+	StatusActive Status = "active"
+	StatusPaused Status = "paused"
+)
+
+// Serving statuses of GET /api/v1/campaigns/{id}.
+const (
+	ServingActive          = "active"
+	ServingPaused          = "paused"
+	ServingBudgetExhausted = "budget_exhausted"
+	ServingNotStarted      = "not_started"
+	ServingEnded           = "ended"
+)
+
+// Limits of the API contract.
+const (
+	MaxNameLen       = 256 // characters
+	MaxLandingURLLen = 2048
+	MaxMicros        = 1_000_000_000_000_000 // 1e15: a billion units of any currency
+)
+
+// Advertiser is an advertiser as stored.
+type Advertiser struct {
+	ID       string
+	Name     string
+	Timezone string // IANA name; budget days follow it
+	// CreatedAt and UpdatedAt are set by the catalog; they are ignored on writes.
+	CreatedAt, UpdatedAt time.Time
+}
+
+// Campaign is a campaign as stored.
+type Campaign struct {
+	ID                string
+	AdvertiserID      string
+	Name              string
+	Status            Status
+	CPCBidMicros      int64
+	DailyBudgetMicros int64     // 0: unlimited
+	TotalBudgetMicros int64     // 0: unlimited
+	StartTime         time.Time // zero: no start
+	EndTime           time.Time // zero: no end
+	CreatedAt         time.Time
+	UpdatedAt         time.Time
+}
+
+// Ad is an ad as stored.
+type Ad struct {
+	ID           string
+	CampaignID   string
+	LandingURL   string
+	CatalogID    string // "": none
+	CPCBidMicros *int64 // nil: the campaign's bid; may point at 0, an explicit zero bid
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
+// AdInfo is what the ingest hot path needs to know about an ad.
+type AdInfo struct {
+	AdID         string
+	CampaignID   string
+	AdvertiserID string
+	LandingURL   string
+	CatalogID    string
+	// CPCBidMicros is the ad's override if it has one, else its campaign's current bid.
+	CPCBidMicros int64
+}
+
+// CampaignInfo is a campaign as the in-memory index holds it.
+type CampaignInfo struct {
+	CampaignID        string
+	AdvertiserID      string
+	Status            Status
+	CPCBidMicros      int64
+	DailyBudgetMicros int64
+	TotalBudgetMicros int64
+	StartTime         time.Time
+	EndTime           time.Time
+}
+
+// AdvertiserInfo is an advertiser as the in-memory index holds it.
+type AdvertiserInfo struct {
+	AdvertiserID string
+	Name         string
+	Timezone     string
+	Location     *time.Location // loaded from Timezone
+}
+
+// Options configure Open.
+type Options struct {
+	// DB is an open database. When set, DSN and Driver are ignored and Close leaves DB open;
+	// the caller sets any per-connection settings (for SQLite: busy timeout, foreign keys).
+	DB *sql.DB
+	// Dialect of the database; default DialectSQLite.
+	Dialect Dialect
+	// DSN is, for SQLite, a file name (or "file:" URI); Open adds WAL, a busy timeout,
+	// synchronous=FULL and foreign keys. For other dialects it is passed to sql.Open as is.
+	DSN string
+	// Driver is the database/sql driver name; default "sqlite" for SQLite. Other dialects need
+	// their driver registered by the caller.
+	Driver string
+	// AdminKey, when not empty, authenticates as RoleAdmin.
+	AdminKey string
+	Logger   *slog.Logger
+	Now      func() time.Time // default time.Now
+}
+
+// Catalog is the store and its in-memory index. It is safe for concurrent use.
+type Catalog struct {
+	db    *sql.DB
+	ownDB bool
+	d     dialect
+	log   *slog.Logger
+	now   func() time.Time
+
+	adminHash [sha256.Size]byte
+	hasAdmin  bool
+
+	// writeMu serializes writes, each spanning its SQL transaction and its index update, so
+	// the index sees commits in commit order (two racing PUTs of one ad cannot leave the
+	// index on the one SQL overwrote).
+	writeMu sync.Mutex
+
+	ads         *adIndex
+	campaigns   recTable[campaignRec]
+	advertisers recTable[AdvertiserInfo]
+
+	keys           sync.Map // [sha256.Size]byte -> httpapi.Principal
+	advertiserKeys atomic.Int64
+	ingestKeys     atomic.Int64
+}
+
+type campaignRec struct {
+	info   CampaignInfo
+	advIdx uint32
+}
+
+// Open opens the catalog: it connects, creates the schema if needed and loads the in-memory
+// index.
+func Open(ctx context.Context, o Options) (*Catalog, error) {
+	d, err := dialectFor(o.Dialect)
+	if err != nil {
+		return nil, err
+	}
+	c := &Catalog{db: o.DB, d: d, log: o.Logger, now: o.Now, ads: newAdIndex()}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if o.AdminKey != "" {
+		c.adminHash, c.hasAdmin = sha256.Sum256([]byte(o.AdminKey)), true
+	}
+	if c.db == nil {
+		if o.DSN == "" {
+			return nil, errors.New("open catalog: Options.DB or Options.DSN is required")
+		}
+		driver, dsn := o.Driver, o.DSN
+		if driver == "" {
+			driver = d.driver
+		}
+		if d.name == DialectSQLite {
+			dsn = sqliteDSN(dsn)
+		}
+		c.db, err = sql.Open(driver, dsn)
+		if err != nil {
+			return nil, fmt.Errorf("open catalog database: %w", err)
+		}
+		c.ownDB = true
+		if d.name == DialectSQLite && sqliteInMemory(o.DSN) {
+			c.db.SetMaxOpenConns(1)
+		}
+	}
+	if err := c.init(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Catalog) init(ctx context.Context) error {
+	start := time.Now()
+	for _, s := range c.d.setup {
+		if _, err := c.db.ExecContext(ctx, s); err != nil {
+			return fmt.Errorf("catalog setup %q: %w", s, err)
+		}
+	}
+	for _, s := range schema() {
+		if _, err := c.db.ExecContext(ctx, s); err != nil {
+			return fmt.Errorf("create catalog schema: %w", err)
+		}
+	}
+	if err := c.load(ctx); err != nil {
+		return err
+	}
+	st := c.Stats()
+	c.log.Info("catalog loaded", "advertisers", st.Advertisers, "campaigns", st.Campaigns, "ads", st.Ads,
+		"keys", st.AdvertiserKeys+st.IngestKeys, "index_bytes", st.IndexBytes, "took", time.Since(start))
+	return nil
+}
+
+// load fills the in-memory index from SQL, parents first so that every reference resolves.
+func (c *Catalog) load(ctx context.Context) error {
+	if err := c.loadAdvertisers(ctx); err != nil {
+		return fmt.Errorf("load advertisers: %w", err)
+	}
+	if err := c.loadCampaigns(ctx); err != nil {
+		return fmt.Errorf("load campaigns: %w", err)
+	}
+	if err := c.loadAds(ctx); err != nil {
+		return fmt.Errorf("load ads: %w", err)
+	}
+	if err := c.loadKeys(ctx); err != nil {
+		return fmt.Errorf("load api keys: %w", err)
+	}
+	return nil
+}
+
+func (c *Catalog) loadAdvertisers(ctx context.Context) error {
+	rows, err := c.db.QueryContext(ctx, c.d.q(`SELECT id, name, timezone, created_at, updated_at FROM advertisers`))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var a Advertiser
+		var created, updated int64
+		if err := rows.Scan(&a.ID, &a.Name, &a.Timezone, &created, &updated); err != nil {
+			return err
+		}
+		c.indexAdvertiser(a)
+	}
+	return rows.Err()
+}
+
+func (c *Catalog) loadCampaigns(ctx context.Context) error {
+	rows, err := c.db.QueryContext(ctx, c.d.q(`SELECT `+campaignCols+` FROM campaigns`))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		cp, err := scanCampaign(rows)
+		if err != nil {
+			return err
+		}
+		if err := c.indexCampaign(cp); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+func (c *Catalog) loadAds(ctx context.Context) error {
+	rows, err := c.db.QueryContext(ctx, c.d.q(`SELECT id, campaign_id, landing_url, catalog_id, cpc_bid_micros FROM ads`))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	// RawBytes and a local campaign map keep loading ten million ads from allocating per row
+	// beyond what the index copies.
+	campIdx := make(map[string]uint32, c.campaigns.len())
+	var id, campaign, landing, catalogID sql.RawBytes
+	var bid sql.NullInt64
+	for rows.Next() {
+		if err := rows.Scan(&id, &campaign, &landing, &catalogID, &bid); err != nil {
+			return err
+		}
+		idx, ok := campIdx[string(campaign)]
+		if !ok {
+			if _, idx, ok = c.campaigns.get(string(campaign)); !ok {
+				c.log.Warn("catalog: ad of an unknown campaign skipped", "ad_id", string(id), "campaign_id", string(campaign))
+				continue
+			}
+			campIdx[string(campaign)] = idx
+		}
+		if err := c.ads.put(string(id), idx, string(landing), string(catalogID), bid.Int64, bid.Valid); err != nil {
+			return fmt.Errorf("index ad %q: %w", id, err)
+		}
+	}
+	return rows.Err()
+}
+
+// indexAdvertiser puts a stored advertiser into the index. A time zone that no longer loads
+// (a binary built without tzdata) falls back to UTC rather than losing the advertiser.
+func (c *Catalog) indexAdvertiser(a Advertiser) {
+	loc, err := time.LoadLocation(a.Timezone)
+	if err != nil {
+		c.log.Warn("catalog: advertiser time zone does not load; using UTC", "advertiser_id", a.ID, "timezone", a.Timezone, "err", err)
+		loc = time.UTC
+	}
+	c.advertisers.put(a.ID, &AdvertiserInfo{AdvertiserID: a.ID, Name: a.Name, Timezone: a.Timezone, Location: loc})
+}
+
+func (c *Catalog) indexCampaign(cp Campaign) error {
+	_, advIdx, ok := c.advertisers.get(cp.AdvertiserID)
+	if !ok {
+		return fmt.Errorf("campaign %q: advertiser %q is not in the index", cp.ID, cp.AdvertiserID)
+	}
+	adv := c.advertisers.at(advIdx)
+	c.campaigns.put(cp.ID, &campaignRec{advIdx: advIdx, info: CampaignInfo{
+		CampaignID:        cp.ID,
+		AdvertiserID:      adv.AdvertiserID, // shared with the advertiser record: one copy per id
+		Status:            cp.Status,
+		CPCBidMicros:      cp.CPCBidMicros,
+		DailyBudgetMicros: cp.DailyBudgetMicros,
+		TotalBudgetMicros: cp.TotalBudgetMicros,
+		StartTime:         cp.StartTime,
+		EndTime:           cp.EndTime,
+	}})
+	return nil
+}
+
+func (c *Catalog) indexAd(a Ad) error {
+	_, idx, ok := c.campaigns.get(a.CampaignID)
+	if !ok {
+		return fmt.Errorf("ad %q: campaign %q is not in the index", a.ID, a.CampaignID)
+	}
+	var bid int64
+	if a.CPCBidMicros != nil {
+		bid = *a.CPCBidMicros
+	}
+	return c.ads.put(a.ID, idx, a.LandingURL, a.CatalogID, bid, a.CPCBidMicros != nil)
+}
+
+// Close closes the database if Open opened it.
+func (c *Catalog) Close() error {
+	if c.ownDB && c.db != nil {
+		if err := c.db.Close(); err != nil {
+			return fmt.Errorf("close catalog database: %w", err)
+		}
+	}
+	return nil
+}
+
+// Ad looks an ad up in memory; it never queries SQL and takes no lock. AdInfo.AdID is id
+// itself. The landing URL and catalog id share one fresh allocation.
+func (c *Catalog) Ad(id string) (AdInfo, bool) {
+	rec, ok := c.ads.get(id)
+	if !ok {
+		return AdInfo{}, false
+	}
+	camp := c.campaigns.at(rec.campaign)
+	if camp == nil {
+		return AdInfo{}, false
+	}
+	bid := camp.info.CPCBidMicros
+	if rec.hasBid {
+		bid = rec.bid
+	}
+	return AdInfo{
+		AdID:         id,
+		CampaignID:   camp.info.CampaignID,
+		AdvertiserID: camp.info.AdvertiserID,
+		CatalogID:    rec.tail[:rec.catLen],
+		LandingURL:   rec.tail[rec.catLen:],
+		CPCBidMicros: bid,
+	}, true
+}
+
+// Campaign looks a campaign up in memory.
+func (c *Catalog) Campaign(id string) (CampaignInfo, bool) {
+	r, _, ok := c.campaigns.get(id)
+	if !ok || r == nil {
+		return CampaignInfo{}, false
+	}
+	return r.info, true
+}
+
+// Advertiser looks an advertiser up in memory.
+func (c *Catalog) Advertiser(id string) (AdvertiserInfo, bool) {
+	r, _, ok := c.advertisers.get(id)
+	if !ok || r == nil {
+		return AdvertiserInfo{}, false
+	}
+	return *r, true
+}
+
+// AdOwner returns the advertiser that owns an ad, from memory.
+func (c *Catalog) AdOwner(adID string) (string, bool) {
+	rec, ok := c.ads.get(adID)
+	if !ok {
+		return "", false
+	}
+	camp := c.campaigns.at(rec.campaign)
+	if camp == nil {
+		return "", false
+	}
+	return camp.info.AdvertiserID, true
+}
+
+// CampaignOwner returns the advertiser that owns a campaign, from memory.
+func (c *Catalog) CampaignOwner(campaignID string) (string, bool) {
+	info, ok := c.Campaign(campaignID)
+	return info.AdvertiserID, ok
+}
+
+// Stats are the catalog's counters, for metrics.
+type Stats struct {
+	Advertisers    int64
+	Campaigns      int64
+	Ads            int64
+	AdvertiserKeys int64
+	IngestKeys     int64
+	IndexBytes     int64 // memory held by the ad index's arenas and slots
+}
+
+// Stats returns current counts.
+func (c *Catalog) Stats() Stats {
+	return Stats{
+		Advertisers:    int64(c.advertisers.len()),
+		Campaigns:      int64(c.campaigns.len()),
+		Ads:            int64(c.ads.len()),
+		AdvertiserKeys: c.advertiserKeys.Load(),
+		IngestKeys:     c.ingestKeys.Load(),
+		IndexBytes:     c.ads.bytes.Load(),
+	}
+}
+
+// ScheduleStatus is a campaign's serving status from its own status and schedule alone, with
+// no budget: paused, ended, not_started or active.
+func ScheduleStatus(c Campaign, now time.Time) string {
+	switch {
+	case c.Status == StatusPaused:
+		return ServingPaused
+	case !c.EndTime.IsZero() && !now.Before(c.EndTime):
+		return ServingEnded
+	case !c.StartTime.IsZero() && now.Before(c.StartTime):
+		return ServingNotStarted
+	}
+	return ServingActive
+}
+
+// Budget is the "budget" object of GET /api/v1/campaigns/{id}.
+type Budget struct {
+	Day                  string `json:"day"` // YYYY-MM-DD in the advertiser's time zone
+	SpentTodayMicros     int64  `json:"spent_today_micros"`
+	RemainingTodayMicros *int64 `json:"remaining_today_micros"` // nil (null) when unlimited
+	SpentTotalMicros     int64  `json:"spent_total_micros"`
+}
+
+// NewBudget computes a Budget from spend: what can still be spent today is bounded by both the
+// daily and the total budget, and is null only when neither is set.
+func NewBudget(c Campaign, loc *time.Location, now time.Time, spentToday, spentTotal int64) Budget {
+	if loc == nil {
+		loc = time.UTC
+	}
+	b := Budget{Day: now.In(loc).Format(time.DateOnly), SpentTodayMicros: spentToday, SpentTotalMicros: spentTotal}
+	var rem int64 = -1
+	if c.DailyBudgetMicros > 0 {
+		rem = max(0, c.DailyBudgetMicros-spentToday)
+	}
+	if c.TotalBudgetMicros > 0 {
+		t := max(0, c.TotalBudgetMicros-spentTotal)
+		if rem < 0 || t < rem {
+			rem = t
+		}
+	}
+	if rem >= 0 {
+		b.RemainingTodayMicros = &rem
+	}
+	return b
+}
+
+// keyHash is how a key is stored and looked up.
+func keyHash(key string) [sha256.Size]byte { return sha256.Sum256([]byte(key)) }

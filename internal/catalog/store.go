@@ -1,0 +1,335 @@
+package catalog
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/httpapi"
+)
+
+// Upserts are a SELECT of the existing row followed by an INSERT or an UPDATE in one
+// transaction: portable to every dialect, and the SELECT is needed anyway to keep created_at
+// and to enforce fixed ownership. In this process writeMu rules out a race between the two;
+// against another process (a shared MySQL/PostgreSQL) the loser's INSERT fails on the primary
+// key and the write returns an error the client can retry.
+
+const campaignCols = `id, advertiser_id, name, status, cpc_bid_micros, daily_budget_micros, total_budget_micros, start_time, end_time, created_at, updated_at`
+
+func (c *Catalog) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+func (c *Catalog) nowMicros() int64 { return c.now().UnixMicro() }
+
+func fromMicros(v int64) time.Time { return time.UnixMicro(v).UTC() }
+
+func nullMicros(t time.Time) sql.NullInt64 {
+	if t.IsZero() {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: t.UnixMicro(), Valid: true}
+}
+
+func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
+
+// PutAdvertiser creates or replaces an advertiser and returns it as stored. An empty Timezone
+// means UTC.
+func (c *Catalog) PutAdvertiser(ctx context.Context, a Advertiser) (Advertiser, error) {
+	if err := validateAdvertiser(&a); err != nil {
+		return Advertiser{}, err
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	now := c.nowMicros()
+	created := now
+	err := c.inTx(ctx, func(tx *sql.Tx) error {
+		err := tx.QueryRowContext(ctx, c.d.q(`SELECT created_at FROM advertisers WHERE id = ?`), a.ID).Scan(&created)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			created = now
+			_, err = tx.ExecContext(ctx, c.d.q(`INSERT INTO advertisers (id, name, timezone, created_at, updated_at) VALUES (?, ?, ?, ?, ?)`),
+				a.ID, a.Name, a.Timezone, now, now)
+		case err == nil:
+			_, err = tx.ExecContext(ctx, c.d.q(`UPDATE advertisers SET name = ?, timezone = ?, updated_at = ? WHERE id = ?`),
+				a.Name, a.Timezone, now, a.ID)
+		}
+		return err
+	})
+	if err != nil {
+		return Advertiser{}, fmt.Errorf("put advertiser %q: %w", a.ID, err)
+	}
+	c.indexAdvertiser(a)
+	a.CreatedAt, a.UpdatedAt = fromMicros(created), fromMicros(now)
+	return a, nil
+}
+
+// GetAdvertiser reads an advertiser from the database.
+func (c *Catalog) GetAdvertiser(ctx context.Context, id string) (Advertiser, error) {
+	var a Advertiser
+	var created, updated int64
+	err := c.db.QueryRowContext(ctx, c.d.q(`SELECT id, name, timezone, created_at, updated_at FROM advertisers WHERE id = ?`), id).
+		Scan(&a.ID, &a.Name, &a.Timezone, &created, &updated)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Advertiser{}, fmt.Errorf("advertiser %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Advertiser{}, fmt.Errorf("get advertiser %q: %w", id, err)
+	}
+	a.CreatedAt, a.UpdatedAt = fromMicros(created), fromMicros(updated)
+	return a, nil
+}
+
+// PutCampaign creates or replaces a campaign and returns it as stored. An empty Status means
+// active. The advertiser must exist, and an existing campaign keeps its advertiser.
+func (c *Catalog) PutCampaign(ctx context.Context, cp Campaign) (Campaign, error) {
+	if err := validateCampaign(&cp); err != nil {
+		return Campaign{}, err
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	now := c.nowMicros()
+	created := now
+	err := c.inTx(ctx, func(tx *sql.Tx) error {
+		var one int
+		err := tx.QueryRowContext(ctx, c.d.q(`SELECT 1 FROM advertisers WHERE id = ?`), cp.AdvertiserID).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			return httpapi.BadField("advertiser_id", "advertiser "+cp.AdvertiserID+" does not exist")
+		}
+		if err != nil {
+			return err
+		}
+		var owner string
+		err = tx.QueryRowContext(ctx, c.d.q(`SELECT advertiser_id, created_at FROM campaigns WHERE id = ?`), cp.ID).Scan(&owner, &created)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			created = now
+			_, err = tx.ExecContext(ctx, c.d.q(`INSERT INTO campaigns (`+campaignCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+				cp.ID, cp.AdvertiserID, cp.Name, string(cp.Status), cp.CPCBidMicros, cp.DailyBudgetMicros, cp.TotalBudgetMicros,
+				nullMicros(cp.StartTime), nullMicros(cp.EndTime), now, now)
+		case err == nil:
+			if owner != cp.AdvertiserID {
+				return httpapi.BadField("advertiser_id", "cannot change: the campaign belongs to advertiser "+owner)
+			}
+			_, err = tx.ExecContext(ctx, c.d.q(`UPDATE campaigns SET name = ?, status = ?, cpc_bid_micros = ?, daily_budget_micros = ?,
+				total_budget_micros = ?, start_time = ?, end_time = ?, updated_at = ? WHERE id = ?`),
+				cp.Name, string(cp.Status), cp.CPCBidMicros, cp.DailyBudgetMicros, cp.TotalBudgetMicros,
+				nullMicros(cp.StartTime), nullMicros(cp.EndTime), now, cp.ID)
+		}
+		return err
+	})
+	if err != nil {
+		return Campaign{}, wrapPut("campaign", cp.ID, err)
+	}
+	if err := c.indexCampaign(cp); err != nil {
+		return Campaign{}, err
+	}
+	cp.CreatedAt, cp.UpdatedAt = fromMicros(created), fromMicros(now)
+	return cp, nil
+}
+
+// wrapPut wraps database failures with context but leaves validation errors as they are, so
+// callers can still show them to clients.
+func wrapPut(kind, id string, err error) error {
+	var ae *httpapi.Error
+	if errors.As(err, &ae) {
+		return ae
+	}
+	return fmt.Errorf("put %s %q: %w", kind, id, err)
+}
+
+type rowScanner interface{ Scan(dest ...any) error }
+
+func scanCampaign(r rowScanner) (Campaign, error) {
+	var cp Campaign
+	var status string
+	var start, end sql.NullInt64
+	var created, updated int64
+	if err := r.Scan(&cp.ID, &cp.AdvertiserID, &cp.Name, &status, &cp.CPCBidMicros, &cp.DailyBudgetMicros,
+		&cp.TotalBudgetMicros, &start, &end, &created, &updated); err != nil {
+		return Campaign{}, err
+	}
+	cp.Status = Status(status)
+	if start.Valid {
+		cp.StartTime = fromMicros(start.Int64)
+	}
+	if end.Valid {
+		cp.EndTime = fromMicros(end.Int64)
+	}
+	cp.CreatedAt, cp.UpdatedAt = fromMicros(created), fromMicros(updated)
+	return cp, nil
+}
+
+// GetCampaign reads a campaign from the database.
+func (c *Catalog) GetCampaign(ctx context.Context, id string) (Campaign, error) {
+	cp, err := scanCampaign(c.db.QueryRowContext(ctx, c.d.q(`SELECT `+campaignCols+` FROM campaigns WHERE id = ?`), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Campaign{}, fmt.Errorf("campaign %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Campaign{}, fmt.Errorf("get campaign %q: %w", id, err)
+	}
+	return cp, nil
+}
+
+// PutAd creates or replaces an ad and returns it as stored. Its campaign must exist and, for
+// an existing ad, belong to the same advertiser as before.
+func (c *Catalog) PutAd(ctx context.Context, a Ad) (Ad, error) {
+	ads := []Ad{a}
+	errs, err := c.putAds(ctx, ads)
+	if err != nil {
+		return Ad{}, err
+	}
+	if errs[0] != nil {
+		return Ad{}, errs[0]
+	}
+	return ads[0], nil
+}
+
+// PutAds creates or replaces ads in one transaction. errs[i] says why ads[i] was rejected
+// (validation or a missing campaign) and is nil for the ads written; err reports a database
+// failure, in which case nothing was written.
+func (c *Catalog) PutAds(ctx context.Context, ads []Ad) (errs []error, err error) {
+	return c.putAds(ctx, append([]Ad(nil), ads...))
+}
+
+// putAds is PutAds writing the stored timestamps into ads.
+func (c *Catalog) putAds(ctx context.Context, ads []Ad) ([]error, error) {
+	errs := make([]error, len(ads))
+	valid := 0
+	for i := range ads {
+		if errs[i] = validateAd(&ads[i]); errs[i] == nil {
+			valid++
+		}
+	}
+	if valid == 0 {
+		return errs, nil
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	now := c.nowMicros()
+	err := c.inTx(ctx, func(tx *sql.Tx) error {
+		selCampaign, err := tx.PrepareContext(ctx, c.d.q(`SELECT advertiser_id FROM campaigns WHERE id = ?`))
+		if err != nil {
+			return err
+		}
+		defer selCampaign.Close()
+		selAd, err := tx.PrepareContext(ctx, c.d.q(`SELECT c.advertiser_id, a.created_at FROM ads a JOIN campaigns c ON c.id = a.campaign_id WHERE a.id = ?`))
+		if err != nil {
+			return err
+		}
+		defer selAd.Close()
+		ins, err := tx.PrepareContext(ctx, c.d.q(`INSERT INTO ads (id, campaign_id, landing_url, catalog_id, cpc_bid_micros, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)`))
+		if err != nil {
+			return err
+		}
+		defer ins.Close()
+		upd, err := tx.PrepareContext(ctx, c.d.q(`UPDATE ads SET campaign_id = ?, landing_url = ?, catalog_id = ?, cpc_bid_micros = ?, updated_at = ? WHERE id = ?`))
+		if err != nil {
+			return err
+		}
+		defer upd.Close()
+
+		owners := make(map[string]string) // campaign id -> advertiser id; "" when missing
+		for i := range ads {
+			if errs[i] != nil {
+				continue
+			}
+			a := &ads[i]
+			owner, ok := owners[a.CampaignID]
+			if !ok {
+				err := selCampaign.QueryRowContext(ctx, a.CampaignID).Scan(&owner)
+				if err != nil && !errors.Is(err, sql.ErrNoRows) {
+					return err
+				}
+				owners[a.CampaignID] = owner
+			}
+			if owner == "" {
+				errs[i] = httpapi.BadField("campaign_id", "campaign "+a.CampaignID+" does not exist")
+				continue
+			}
+			var bid sql.NullInt64
+			if a.CPCBidMicros != nil {
+				bid = sql.NullInt64{Int64: *a.CPCBidMicros, Valid: true}
+			}
+			var oldOwner string
+			created := now
+			err := selAd.QueryRowContext(ctx, a.ID).Scan(&oldOwner, &created)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+				created = now
+				_, err = ins.ExecContext(ctx, a.ID, a.CampaignID, a.LandingURL, nullString(a.CatalogID), bid, now, now)
+			case err == nil:
+				if oldOwner != owner {
+					errs[i] = httpapi.BadField("campaign_id", "cannot move the ad to a campaign of another advertiser")
+					continue
+				}
+				_, err = upd.ExecContext(ctx, a.CampaignID, a.LandingURL, nullString(a.CatalogID), bid, now, a.ID)
+			}
+			if err != nil {
+				return err
+			}
+			a.CreatedAt, a.UpdatedAt = fromMicros(created), fromMicros(now)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("put %d ads: %w", valid, err)
+	}
+	for i := range ads {
+		if errs[i] != nil {
+			continue
+		}
+		if err := c.indexAd(ads[i]); err != nil {
+			// Committed but not indexed: only possible if the index's own limits are broken.
+			// Loud, because the click path will not find this ad until a restart.
+			c.log.Error("catalog: committed ad not indexed", "ad_id", ads[i].ID, "err", err)
+			return nil, fmt.Errorf("index ad %q: %w", ads[i].ID, err)
+		}
+	}
+	return errs, nil
+}
+
+// GetAd reads an ad from the database.
+func (c *Catalog) GetAd(ctx context.Context, id string) (Ad, error) {
+	a, _, err := c.getAd(ctx, id)
+	return a, err
+}
+
+// getAd returns an ad and the advertiser that owns it.
+func (c *Catalog) getAd(ctx context.Context, id string) (Ad, string, error) {
+	var a Ad
+	var owner string
+	var catalogID sql.NullString
+	var bid sql.NullInt64
+	var created, updated int64
+	err := c.db.QueryRowContext(ctx, c.d.q(`SELECT a.id, a.campaign_id, a.landing_url, a.catalog_id, a.cpc_bid_micros, a.created_at, a.updated_at, c.advertiser_id
+		FROM ads a JOIN campaigns c ON c.id = a.campaign_id WHERE a.id = ?`), id).
+		Scan(&a.ID, &a.CampaignID, &a.LandingURL, &catalogID, &bid, &created, &updated, &owner)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Ad{}, "", fmt.Errorf("ad %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Ad{}, "", fmt.Errorf("get ad %q: %w", id, err)
+	}
+	a.CatalogID = catalogID.String
+	if bid.Valid {
+		v := bid.Int64
+		a.CPCBidMicros = &v
+	}
+	a.CreatedAt, a.UpdatedAt = fromMicros(created), fromMicros(updated)
+	return a, owner, nil
+}

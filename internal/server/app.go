@@ -1,0 +1,365 @@
+// Package server assembles an adpulse process from its Config: it opens the embedded engines
+// in order (event log, catalog, dedup keys rebuilt from the log), serves the API and ops
+// listeners, and shuts down in reverse order.
+//
+// Invariant: the API listener opens only after recovery is complete, so no request is
+// answered from a dedup store that has not yet seen every key in the log; /readyz answers 503
+// until then.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/catalog"
+	"github.com/adpulse/adpulse/internal/clicktoken"
+	"github.com/adpulse/adpulse/internal/config"
+	"github.com/adpulse/adpulse/internal/dedup"
+	"github.com/adpulse/adpulse/internal/eventlog/locallog"
+	"github.com/adpulse/adpulse/internal/ingest"
+	"github.com/adpulse/adpulse/internal/ivt"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	_ "modernc.org/sqlite" // the embedded catalog database
+)
+
+// App is one running adpulse process.
+type App struct {
+	cfg    config.Config
+	logger *slog.Logger
+	now    func() time.Time
+	reg    *prometheus.Registry
+	ready  atomic.Bool
+	readyC chan struct{} // closed once the API listener serves
+
+	log     *locallog.Log
+	keys    *dedup.Memory
+	catalog *catalog.Catalog
+	intake  *ingest.Intake
+	tokens  *clicktoken.Keyring
+
+	api, ops       *http.Server
+	apiLn, opsLn   net.Listener
+	opsServeErr    chan error
+	background     sync.WaitGroup
+	stopBackground context.CancelFunc
+}
+
+// New validates cfg and prepares the data dir and secrets. Nothing is opened until Run.
+func New(cfg config.Config, logger *slog.Logger) (*App, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	a := &App{cfg: cfg, logger: logger, now: time.Now, reg: prometheus.NewRegistry(), readyC: make(chan struct{})}
+	if err := a.loadSecrets(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// loadSecrets fills in an admin key and a click secret that were not configured: generated on
+// first start, stored 0600 in the data dir, and reused on every later start.
+func (a *App) loadSecrets() error {
+	dir := filepath.Join(a.cfg.DataDir, "secrets")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create secrets dir: %w", err)
+	}
+	var err error
+	if a.cfg.AdminKey == "" {
+		var created bool
+		a.cfg.AdminKey, created, err = loadOrCreate(filepath.Join(dir, "admin-key"), newAdminKey)
+		if err != nil {
+			return err
+		}
+		if created {
+			// Printed once, on the start that created it; later starts only say where it is.
+			a.logger.Info("generated admin key (shown only now; stored in the data dir)", "admin_key", a.cfg.AdminKey, "file", filepath.Join(dir, "admin-key"))
+		}
+	}
+	if a.cfg.ClickSecret == "" {
+		a.cfg.ClickSecret, _, err = loadOrCreate(filepath.Join(dir, "click-secret"), clicktoken.GenerateSecret)
+		if err != nil {
+			return err
+		}
+	}
+	a.tokens, err = clicktoken.ParseKeyring(a.cfg.ClickSecret)
+	if err != nil {
+		return fmt.Errorf("--click-secret: %w", err)
+	}
+	return nil
+}
+
+func loadOrCreate(path string, generate func() string) (value string, created bool, err error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return string(trimNewline(b)), false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", false, fmt.Errorf("read %s: %w", path, err)
+	}
+	value = generate()
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return "", false, fmt.Errorf("create %s: %w", tmp, err)
+	}
+	_, err = f.WriteString(value + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("write %s: %w", path, err)
+	}
+	return value, true, syncDir(filepath.Dir(path))
+}
+
+// newAdminKey returns a random admin key (256 bits) with a recognisable prefix.
+func newAdminKey() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:]) // never fails (Go 1.24+)
+	return "adp_admin_" + base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func trimNewline(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// AdminKey is the admin key in force (configured or generated).
+func (a *App) AdminKey() string { return a.cfg.AdminKey }
+
+// Run opens everything, serves until ctx ends, then shuts down in reverse order. It returns
+// nil after a clean shutdown.
+func (a *App) Run(ctx context.Context) (err error) {
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := a.startOps(); err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, a.closeAll()) }()
+
+	start := time.Now()
+	if err := a.open(ctx); err != nil {
+		return err
+	}
+	if err := a.startAPI(); err != nil {
+		return err
+	}
+	a.ready.Store(true)
+	close(a.readyC)
+	a.logger.Info("adpulse ready", "listen", a.apiLn.Addr().String(), "ops", a.opsLn.Addr().String(), "recovery", time.Since(start).Round(time.Millisecond))
+
+	select {
+	case <-ctx.Done():
+	case err := <-a.opsServeErr:
+		return fmt.Errorf("ops listener: %w", err)
+	}
+	a.logger.Info("shutting down")
+	a.ready.Store(false)
+	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	defer cancel()
+	// Stop accepting and finish in-flight requests first: each of them may still be waiting
+	// for its events to become durable, which needs the log open.
+	if err := a.api.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shut down API listener: %w", err)
+	}
+	return nil
+}
+
+// Ready is closed once recovery is done and the API listener serves.
+func (a *App) Ready() <-chan struct{} { return a.readyC }
+
+// open opens the engines in dependency order and rebuilds what lives only in memory.
+func (a *App) open(ctx context.Context) error {
+	var err error
+	a.log, err = locallog.Open(locallog.Options{
+		Dir:          filepath.Join(a.cfg.DataDir, "log"),
+		Partitions:   a.cfg.Partitions,
+		SegmentBytes: a.cfg.SegmentBytes,
+		Retention:    a.cfg.LogRetention,
+		Logger:       a.logger.With("component", "eventlog"),
+	})
+	if err != nil {
+		return fmt.Errorf("open event log: %w", err)
+	}
+	a.catalog, err = catalog.Open(ctx, catalog.Options{
+		DSN:      filepath.Join(a.cfg.DataDir, "catalog.db"),
+		AdminKey: a.cfg.AdminKey,
+		Logger:   a.logger.With("component", "catalog"),
+	})
+	if err != nil {
+		return fmt.Errorf("open catalog: %w", err)
+	}
+	a.keys = dedup.NewMemory(a.cfg.DedupWindow)
+	t0 := time.Now()
+	n, err := ingest.RestoreKeys(ctx, a.log, a.keys, a.cfg.DedupWindow, a.now(), a.logger)
+	if err != nil {
+		return err
+	}
+	a.logger.Info("dedup keys restored from the log", "events", n, "keys", a.keys.Len(), "took", time.Since(t0).Round(time.Millisecond))
+	a.intake = ingest.NewIntake(ingest.IntakeOptions{Log: a.log, Dedup: a.keys})
+
+	bctx, cancel := context.WithCancel(context.Background())
+	a.stopBackground = cancel
+	a.goBackground("eventlog retention", func() error { return a.log.Run(bctx) })
+	a.goBackground("dedup sweep", func() error { return a.keys.Run(bctx, time.Minute, a.now) })
+	a.reg.MustRegister(newStatsCollector(a))
+	return nil
+}
+
+func (a *App) goBackground(name string, run func() error) {
+	a.background.Add(1)
+	go func() {
+		defer a.background.Done()
+		if err := run(); err != nil && !errors.Is(err, context.Canceled) {
+			a.logger.Error("background task failed", "task", name, "err", err)
+		}
+	}()
+}
+
+func (a *App) startOps() error {
+	ln, err := net.Listen("tcp", a.cfg.OpsListen)
+	if err != nil {
+		return fmt.Errorf("ops listener: %w", err)
+	}
+	a.opsLn = ln
+	a.ops = &http.Server{Handler: opsHandler(a.reg, &a.ready), ReadHeaderTimeout: 10 * time.Second}
+	a.opsServeErr = make(chan error, 1)
+	go func() {
+		if err := a.ops.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.opsServeErr <- err
+		}
+	}()
+	return nil
+}
+
+func (a *App) startAPI() error {
+	ln, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("API listener: %w", err)
+	}
+	a.apiLn = ln
+	publicURL := a.cfg.PublicURL
+	if publicURL == "" {
+		publicURL = "http://" + advertisedAddr(ln.Addr())
+	}
+	bots, err := ivt.New()
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", notFound)
+	ingest.NewHandlers(ingest.Options{
+		Intake:    a.intake,
+		Ads:       catalogAds{a.catalog},
+		Tokens:    a.tokens,
+		Bots:      bots,
+		PublicURL: publicURL,
+		ClickTTL:  a.cfg.ClickTTL,
+		Limits:    ingest.BatchLimits{MaxEvents: a.cfg.MaxBatch, MaxLateness: a.cfg.MaxLateness, MaxClockSkew: a.cfg.MaxClockSkew},
+		MaxBody:   a.cfg.MaxBody,
+		Now:       a.now,
+		Logger:    a.logger.With("component", "ingest"),
+	}).Register(mux)
+	catalog.NewHandler(a.catalog, catalog.HandlerOptions{Logger: a.logger.With("component", "catalog")}).Register(mux)
+
+	handler := a.catalog.Middleware(instrument(mux, newHTTPMetrics(a.reg), a.logger))
+	a.api = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(a.logger.Handler(), slog.LevelDebug),
+	}
+	go func() {
+		if err := a.api.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.logger.Error("API listener failed", "err", err)
+		}
+	}()
+	return nil
+}
+
+// advertisedAddr turns a listen address such as [::]:8080 into one a person can open.
+func advertisedAddr(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// closeAll stops background work and closes engines in reverse order of opening.
+func (a *App) closeAll() error {
+	var errs []error
+	if a.stopBackground != nil {
+		a.stopBackground()
+		a.background.Wait()
+	}
+	if a.catalog != nil {
+		errs = append(errs, a.catalog.Close())
+	}
+	if a.log != nil {
+		errs = append(errs, a.log.Close())
+	}
+	if a.ops != nil {
+		errs = append(errs, a.ops.Close())
+	}
+	err := errors.Join(errs...)
+	if err == nil {
+		a.logger.Info("adpulse stopped")
+	}
+	return err
+}
+
+// APIAddr is the address the API listener is bound to (useful with --listen :0).
+func (a *App) APIAddr() string {
+	if a.apiLn == nil {
+		return ""
+	}
+	return a.apiLn.Addr().String()
+}
+
+// catalogAds adapts the catalog's index to what ingest reads.
+type catalogAds struct{ c *catalog.Catalog }
+
+func (c catalogAds) LookupAd(id string) (ingest.Ad, bool) {
+	ad, ok := c.c.Ad(id)
+	if !ok {
+		return ingest.Ad{}, false
+	}
+	return ingest.Ad{CampaignID: ad.CampaignID, AdvertiserID: ad.AdvertiserID, LandingURL: ad.LandingURL, CatalogID: ad.CatalogID, BidMicros: ad.CPCBidMicros}, true
+}
