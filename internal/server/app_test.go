@@ -1,0 +1,101 @@
+package server
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/clicktoken"
+	"github.com/adpulse/adpulse/internal/config"
+)
+
+// TestRestartKeepsSecretsAndDedup runs the real assembly twice on one data dir: the generated
+// admin key and click secret survive, and a click repeated after the restart is not counted
+// again (the dedup keys were rebuilt from the log).
+func TestRestartKeepsSecretsAndDedup(t *testing.T) {
+	dir := t.TempDir()
+	run := func(f func(app *App, base string)) {
+		cfg := config.Default()
+		cfg.DataDir, cfg.Listen, cfg.OpsListen = dir, "127.0.0.1:0", "127.0.0.1:0"
+		app, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- app.Run(ctx) }()
+		select {
+		case <-app.Ready():
+		case err := <-done:
+			t.Fatal(err)
+		}
+		f(app, "http://"+app.APIAddr())
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var adminKey, clickURL string
+	c := benchClient(4)
+	click := func(base string) {
+		req, _ := http.NewRequest("GET", clickURL, nil)
+		req.Header.Set("User-Agent", browserUA)
+		resp, err := c.Do(req)
+		if err != nil || resp.StatusCode != http.StatusFound {
+			t.Fatalf("click: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	}
+	run(func(app *App, base string) {
+		adminKey = app.AdminKey()
+		if !strings.HasPrefix(adminKey, "adp_admin_") {
+			t.Fatalf("admin key %q", adminKey)
+		}
+		for _, f := range []string{"admin-key", "click-secret"} {
+			st, err := os.Stat(filepath.Join(dir, "secrets", f))
+			if err != nil || st.Mode().Perm() != 0o600 {
+				t.Fatalf("%s: %v %v", f, st, err)
+			}
+		}
+		do := func(method, path, body string) {
+			req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+adminKey)
+			resp, err := c.Do(req)
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("%s %s: %v %v", method, path, resp, err)
+			}
+			resp.Body.Close()
+		}
+		do("PUT", "/api/v1/advertisers/a1", `{"name":"A"}`)
+		do("PUT", "/api/v1/campaigns/c1", `{"advertiser_id":"a1","name":"C","cpc_bid_micros":1}`)
+		do("PUT", "/api/v1/ads/ad1", `{"campaign_id":"c1","landing_url":"https://x.example/"}`)
+		secret, _ := os.ReadFile(filepath.Join(dir, "secrets", "click-secret"))
+		kr, err := clicktoken.ParseKeyring(strings.TrimSpace(string(secret)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _ := kr.Sign(clicktoken.Claims{AdID: "ad1", ImpressionID: "imp1", IssuedAt: time.Now()})
+		clickURL = base + "/c/" + tok
+		click(base)
+		click(base)
+		if n := app.intake.Stats(); n.Accepted != 1 || n.Duplicates != 1 {
+			t.Fatalf("first run: %+v", n)
+		}
+	})
+	run(func(app *App, base string) {
+		if app.AdminKey() != adminKey {
+			t.Fatal("admin key changed across restarts")
+		}
+		clickURL = base + clickURL[strings.Index(clickURL, "/c/"):]
+		click(base)
+		if n := app.intake.Stats(); n.Accepted != 0 || n.Duplicates != 1 {
+			t.Fatalf("after restart: %+v", n)
+		}
+	})
+}
