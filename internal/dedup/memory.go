@@ -19,9 +19,10 @@ import (
 // practical concern even at billions of keys per window; the full key is not kept, which
 // bounds memory to about 40 bytes per key.
 type Memory struct {
-	window time.Duration
-	shards [memShards]memShard
-	keys   atomic.Int64
+	window  time.Duration
+	shards  [memShards]memShard
+	batches sync.Pool // *batch
+	keys    atomic.Int64
 }
 
 const memShards = 256
@@ -66,14 +67,64 @@ func (m *Memory) expiry(now time.Time) uint32 {
 	return uint32(now.Add(m.window).Unix()/60) + 1
 }
 
+// batch is the scratch space of one Reserve or Commit: the keys' fingerprints, and their
+// indexes grouped by shard so each shard's lock is taken once per batch instead of once per
+// key (a 1000-event batch touches each of 256 shards about four times).
+type batch struct {
+	fps   []fingerprint
+	order []int32
+	start [memShards + 1]int32
+}
+
+func (m *Memory) group(keys []string) *batch {
+	b, _ := m.batches.Get().(*batch)
+	if b == nil {
+		b = &batch{}
+	}
+	b.fps, b.order = b.fps[:0], append(b.order[:0], make([]int32, len(keys))...)
+	clear(b.start[:])
+	for _, k := range keys {
+		fp := fingerprintOf(k)
+		b.fps = append(b.fps, fp)
+		b.start[fp[0]%memShards+1]++
+	}
+	for i := 1; i <= memShards; i++ {
+		b.start[i] += b.start[i-1]
+	}
+	next := b.start
+	for i, fp := range b.fps {
+		sh := fp[0] % memShards
+		b.order[next[sh]] = int32(i)
+		next[sh]++
+	}
+	return b
+}
+
+// each calls f for every key index of the batch with its shard locked.
+func (m *Memory) each(b *batch, f func(s *memShard, i int)) {
+	for sh := 0; sh < memShards; sh++ {
+		lo, hi := b.start[sh], b.start[sh+1]
+		if lo == hi {
+			continue
+		}
+		s := &m.shards[sh]
+		s.mu.Lock()
+		for _, i := range b.order[lo:hi] {
+			f(s, int(i))
+		}
+		s.mu.Unlock()
+	}
+	m.batches.Put(b)
+}
+
 // Reserve implements Store.
 func (m *Memory) Reserve(_ context.Context, keys []string, now time.Time, out []Status) error {
 	nowMin := uint32(now.Unix() / 60)
 	exp := m.expiry(now)
-	for i, k := range keys {
-		fp := fingerprintOf(k)
-		s := m.shard(fp)
-		s.mu.Lock()
+	var added int64
+	b := m.group(keys)
+	m.each(b, func(s *memShard, i int) {
+		fp := b.fps[i]
 		old, ok := s.m[fp]
 		switch {
 		case ok && old > nowMin:
@@ -84,27 +135,22 @@ func (m *Memory) Reserve(_ context.Context, keys []string, now time.Time, out []
 			}
 		default:
 			if !ok {
-				m.keys.Add(1)
+				added++
 			}
 			s.m[fp] = exp
 			s.pending[fp] = struct{}{}
 			out[i] = Reserved
 		}
-		s.mu.Unlock()
-	}
+	})
+	m.keys.Add(added)
 	return nil
 }
 
 // Commit implements Store. The expiry was set by Reserve (same receive time), so committing
 // only ends the in-flight state.
 func (m *Memory) Commit(_ context.Context, keys []string, _ time.Time) error {
-	for _, k := range keys {
-		fp := fingerprintOf(k)
-		s := m.shard(fp)
-		s.mu.Lock()
-		delete(s.pending, fp)
-		s.mu.Unlock()
-	}
+	b := m.group(keys)
+	m.each(b, func(s *memShard, i int) { delete(s.pending, b.fps[i]) })
 	return nil
 }
 

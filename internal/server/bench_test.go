@@ -137,14 +137,22 @@ func BenchmarkEventsBatch(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
+		// One body per goroutine, rewritten in place: each batch gets new impression ids by
+		// overwriting a fixed-width batch number, so the client spends no time formatting.
 		var buf bytes.Buffer
+		var slots []int
+		for i := 0; i < batch; i++ {
+			buf.WriteString(`{"type":"impression","impression_id":"imp-`)
+			slots = append(slots, buf.Len())
+			fmt.Fprintf(&buf, `%012d-%d","ad_id":"ad%d","user_id":"user-%d","catalog_id":"cat-%d"}`+"\n", 0, i, i%100, i%5000, i%50)
+		}
+		body := buf.Bytes()
 		for pb.Next() {
-			buf.Reset()
-			n := seq.Add(1)
-			for i := 0; i < batch; i++ {
-				fmt.Fprintf(&buf, `{"type":"impression","impression_id":"imp-%d-%d","ad_id":"ad%d","user_id":"user-%d","catalog_id":"cat-%d"}`+"\n", n, i, i%100, i%5000, i%50)
+			n := fmt.Appendf(nil, "%012d", seq.Add(1))
+			for _, at := range slots {
+				copy(body[at:], n)
 			}
-			req, _ := http.NewRequest("POST", base+"/events", bytes.NewReader(buf.Bytes()))
+			req, _ := http.NewRequest("POST", base+"/events", bytes.NewReader(body))
 			req.Header.Set("Authorization", "Bearer "+testAdminKey)
 			req.Header.Set("Content-Type", "application/x-ndjson")
 			resp, err := c.Do(req)
@@ -152,10 +160,10 @@ func BenchmarkEventsBatch(b *testing.B) {
 				b.Error(err)
 				return
 			}
-			body, _ := io.ReadAll(resp.Body)
+			out, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if resp.StatusCode != 200 || !bytes.Contains(body, []byte(`"accepted":1000`)) {
-				b.Errorf("status %d: %.200s", resp.StatusCode, body)
+			if resp.StatusCode != 200 || !bytes.Contains(out, []byte(`"accepted":1000`)) {
+				b.Errorf("status %d: %.200s", resp.StatusCode, out)
 				return
 			}
 		}
