@@ -145,9 +145,13 @@ func (h *Handlers) clickRedirect(w http.ResponseWriter, r *http.Request) {
 		e.Invalid = event.ReasonBot
 	}
 	fill(&e, tok.AdID, ad, now)
-	if err := h.recordOne(r.Context(), &e, now); err != nil {
-		httpapi.WriteError(w, err)
-		return
+	// HEAD is what link checkers and unfurlers send: it learns where the link goes but is
+	// not a click.
+	if r.Method != http.MethodHead {
+		if err := h.recordOne(r.Context(), &e, now); err != nil {
+			httpapi.WriteError(w, err)
+			return
+		}
 	}
 	redirect(w, ad.LandingURL)
 }
@@ -187,9 +191,11 @@ func (h *Handlers) impressionPixel(w http.ResponseWriter, r *http.Request) {
 		e.Invalid = event.ReasonBot
 	}
 	fill(&e, tok.AdID, ad, now)
-	if err := h.recordOne(r.Context(), &e, now); err != nil {
-		httpapi.WriteError(w, err)
-		return
+	if r.Method != http.MethodHead { // a HEAD fetches no pixel, so nothing was seen
+		if err := h.recordOne(r.Context(), &e, now); err != nil {
+			httpapi.WriteError(w, err)
+			return
+		}
 	}
 	w.Header().Set("Content-Type", "image/gif")
 	w.WriteHeader(http.StatusOK)

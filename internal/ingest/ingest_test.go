@@ -192,9 +192,14 @@ func TestClickRedirect(t *testing.T) {
 			t.Fatalf("Cache-Control %q", cc)
 		}
 	}
+	for _, path := range []string{"/c/", "/i/"} {
+		if w := f.do("HEAD", path+f.token(t, clicktoken.Claims{AdID: "ad1", ImpressionID: "head"}), ""); w.Code >= 400 {
+			t.Fatalf("HEAD %s: %d", path, w.Code)
+		}
+	}
 	evs := f.log.events(t)
 	if len(evs) != 1 {
-		t.Fatalf("%d events in the log, want 1", len(evs))
+		t.Fatalf("%d events in the log, want 1 (HEAD records nothing)", len(evs))
 	}
 	want := event.Event{Type: event.TypeClick, AdID: "ad1", CampaignID: "c1", AdvertiserID: "a1", CatalogID: "cat1",
 		ImpressionID: "imp1", UserID: "u1", PriceMicros: 400000, Time: f.now.UnixMicro(), RecvTime: f.now.UnixMicro()}
