@@ -435,6 +435,17 @@ func (c *Catalog) AdOwner(adID string) (string, bool) {
 }
 
 // CampaignOwner returns the advertiser that owns a campaign, from memory.
+// CampaignIDs lists every campaign id, in no particular order. It is for periodic sweeps
+// (the serving feed), not the hot path: it walks the whole campaign table.
+func (c *Catalog) CampaignIDs() []string {
+	ids := make([]string, 0, c.campaigns.len())
+	c.campaigns.ids.Range(func(k, _ any) bool {
+		ids = append(ids, k.(string))
+		return true
+	})
+	return ids
+}
+
 func (c *Catalog) CampaignOwner(campaignID string) (string, bool) {
 	info, ok := c.Campaign(campaignID)
 	return info.AdvertiserID, ok

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/url"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -464,4 +465,26 @@ func FuzzCheckLandingURL(f *testing.F) {
 			t.Fatalf("accepted %q", s)
 		}
 	})
+}
+
+func TestCampaignIDs(t *testing.T) {
+	ctx := context.Background()
+	c, err := Open(ctx, Options{DSN: ":memory:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.PutAdvertiser(ctx, Advertiser{ID: "a1", Name: "A", Timezone: "UTC"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"c2", "c1"} {
+		if _, err := c.PutCampaign(ctx, Campaign{ID: id, AdvertiserID: "a1", Name: "C", Status: StatusActive, CPCBidMicros: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := c.CampaignIDs()
+	sort.Strings(ids)
+	if strings.Join(ids, ",") != "c1,c2" {
+		t.Fatalf("CampaignIDs = %v", ids)
+	}
 }
