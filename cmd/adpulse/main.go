@@ -20,7 +20,9 @@ import (
 	_ "time/tzdata" // advertiser time zones must resolve on machines without a zoneinfo database
 
 	"github.com/adpulse/adpulse/internal/clicktoken"
+	"github.com/adpulse/adpulse/internal/cliflag"
 	"github.com/adpulse/adpulse/internal/config"
+	"github.com/adpulse/adpulse/internal/loadgen"
 	"github.com/adpulse/adpulse/internal/server"
 )
 
@@ -36,6 +38,11 @@ func commands() []command {
 	return []command{
 		{"serve", "run the service (embedded by default; all state under --data-dir)", serve},
 		{"sign", "print a signed click URL and impression URL for an ad", sign},
+		{"loadgen", "send realistic ad traffic, then check /metrics counts exactly what was acknowledged", func(args []string, stdout, stderr io.Writer) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return loadgen.Command(ctx, args, stdout, stderr, os.LookupEnv)
+		}},
 		{"version", "print the version", func(_ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, versionString())
 			return nil
@@ -101,24 +108,7 @@ func versionString() string {
 // parseFlags parses args, then fills every flag not given on the command line from its
 // ADPULSE_* environment variable.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		env := "ADPULSE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(env); ok && !set[f.Name] && err == nil {
-			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s: %w", env, e)
-			}
-		}
-	})
-	return err
+	return cliflag.Parse(fs, args, os.LookupEnv)
 }
 
 func serveFlags(fs *flag.FlagSet, c *config.Config) {

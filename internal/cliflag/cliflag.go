@@ -1,0 +1,41 @@
+// Package cliflag is adpulse's one convention for command-line flags: every flag can also be
+// given as an ADPULSE_* environment variable (--click-secret is ADPULSE_CLICK_SECRET), and a
+// flag on the command line wins over the environment. The environment is passed in, so
+// nothing here reads it behind the caller's back.
+package cliflag
+
+import (
+	"flag"
+	"fmt"
+	"strings"
+)
+
+// EnvName is the environment variable of a flag: ADPULSE_ and the name upper-cased, with
+// dashes as underscores.
+func EnvName(flagName string) string {
+	return "ADPULSE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Parse parses args into fs, then sets every flag not given on the command line from its
+// environment variable, as lookupEnv (usually os.LookupEnv) finds it. Positional arguments
+// are an error.
+func Parse(fs *flag.FlagSet, args []string, lookupEnv func(string) (string, bool)) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := EnvName(f.Name)
+		if v, ok := lookupEnv(env); ok && !set[f.Name] && err == nil {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s: %w", env, e)
+			}
+		}
+	})
+	return err
+}
