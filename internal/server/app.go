@@ -22,6 +22,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/aggregate"
+	"github.com/adpulse/adpulse/internal/billing"
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/config"
@@ -29,6 +31,10 @@ import (
 	"github.com/adpulse/adpulse/internal/eventlog/locallog"
 	"github.com/adpulse/adpulse/internal/ingest"
 	"github.com/adpulse/adpulse/internal/ivt"
+	"github.com/adpulse/adpulse/internal/metricstore"
+	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
+	"github.com/adpulse/adpulse/internal/query"
+	"github.com/adpulse/adpulse/internal/query/topn"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	_ "modernc.org/sqlite" // the embedded catalog database
@@ -43,11 +49,15 @@ type App struct {
 	ready  atomic.Bool
 	readyC chan struct{} // closed once the API listener serves
 
-	log     *locallog.Log
-	keys    *dedup.Memory
-	catalog *catalog.Catalog
-	intake  *ingest.Intake
-	tokens  *clicktoken.Keyring
+	log        *locallog.Log
+	keys       *dedup.Memory
+	catalog    *catalog.Catalog
+	intake     *ingest.Intake
+	tokens     *clicktoken.Keyring
+	metrics    *pebblestore.Store
+	top        *topn.Index
+	aggregator *aggregate.Aggregator
+	billing    *billing.Charger
 
 	api, ops       *http.Server
 	apiLn, opsLn   net.Listener
@@ -229,10 +239,57 @@ func (a *App) open(ctx context.Context) error {
 	a.logger.Info("dedup keys restored from the log", "events", n, "keys", a.keys.Len(), "took", time.Since(t0).Round(time.Millisecond))
 	a.intake = ingest.NewIntake(ingest.IntakeOptions{Log: a.log, Dedup: a.keys})
 
+	a.metrics, err = pebblestore.Open(filepath.Join(a.cfg.DataDir, "metrics"), pebblestore.Options{
+		MinuteRetention: a.cfg.MinuteRetention,
+		Now:             a.now,
+		Logger:          a.logger.With("component", "metricstore"),
+	})
+	if err != nil {
+		return fmt.Errorf("open metric store: %w", err)
+	}
+	a.top = topn.New(topn.Options{Owners: catalogOwners{a.catalog}, Now: a.now, Logger: a.logger.With("component", "topn")})
+	if scanner, ok := any(a.metrics).(topn.MinuteScanner); ok {
+		t0 = time.Now()
+		if err := a.top.Rebuild(ctx, scanner); err != nil {
+			return fmt.Errorf("rebuild top-N index: %w", err)
+		}
+		a.logger.Info("top-N index rebuilt from the metric store", "took", time.Since(t0).Round(time.Millisecond))
+	} else {
+		a.logger.Warn("metric store cannot list minute buckets: top-N starts empty")
+	}
+	// Every stage that writes the metric store goes through observed, so the top-N index sees
+	// exactly the committed deltas, once each, in commit order.
+	observed := &observedStore{Store: a.metrics, onApply: a.top.Add}
+	a.aggregator, err = aggregate.New(aggregate.Options{
+		Log:         a.log,
+		Store:       observed,
+		MaxLateness: a.cfg.MaxLateness,
+		Now:         a.now,
+		Logger:      a.logger.With("component", "aggregate"),
+	})
+	if err != nil {
+		return fmt.Errorf("start aggregator: %w", err)
+	}
+	a.billing, err = billing.Open(ctx, billing.Options{
+		Dir:     filepath.Join(a.cfg.DataDir, "billing"),
+		Log:     a.log,
+		Catalog: a.catalog,
+		Metrics: observed,
+		Now:     a.now,
+		Logger:  a.logger.With("component", "billing"),
+	})
+	if err != nil {
+		return fmt.Errorf("open billing: %w", err)
+	}
+
 	bctx, cancel := context.WithCancel(context.Background())
 	a.stopBackground = cancel
 	a.goBackground("eventlog retention", func() error { return a.log.Run(bctx) })
 	a.goBackground("dedup sweep", func() error { return a.keys.Run(bctx, time.Minute, a.now) })
+	a.goBackground("metric store retention", func() error { return a.metrics.Run(bctx) })
+	a.goBackground("top-N maintenance", func() error { return a.top.Run(bctx) })
+	a.goBackground("aggregator", func() error { return a.aggregator.Run(bctx) })
+	a.goBackground("billing", func() error { return a.billing.Run(bctx) })
 	a.reg.MustRegister(newStatsCollector(a))
 	return nil
 }
@@ -291,7 +348,16 @@ func (a *App) startAPI() error {
 		Now:       a.now,
 		Logger:    a.logger.With("component", "ingest"),
 	}).Register(mux)
-	catalog.NewHandler(a.catalog, catalog.HandlerOptions{Logger: a.logger.With("component", "catalog")}).Register(mux)
+	catalog.NewHandler(a.catalog, catalog.HandlerOptions{
+		CampaignState: a.billing.CampaignState,
+		Logger:        a.logger.With("component", "catalog"),
+	}).Register(mux)
+	q, err := query.New(query.Options{Store: a.metrics, Index: a.top, Owners: catalogOwners{a.catalog}, Now: a.now, Logger: a.logger.With("component", "query")})
+	if err != nil {
+		return err
+	}
+	q.Register(mux)
+	billing.NewHandler(a.billing, billing.HandlerOptions{}).Register(mux)
 
 	handler := a.catalog.Middleware(instrument(mux, newHTTPMetrics(a.reg), a.logger))
 	a.api = &http.Server{
@@ -329,6 +395,20 @@ func (a *App) closeAll() error {
 		a.stopBackground()
 		a.background.Wait()
 	}
+	// Billing pushes its pending spend into the metric store as it closes, so it goes first;
+	// the aggregator's uncommitted counts are simply replayed from the log next start.
+	if a.billing != nil {
+		errs = append(errs, a.billing.Close())
+	}
+	if a.aggregator != nil {
+		errs = append(errs, a.aggregator.Close())
+	}
+	if a.top != nil {
+		errs = append(errs, a.top.Close())
+	}
+	if a.metrics != nil {
+		errs = append(errs, a.metrics.Close())
+	}
 	if a.catalog != nil {
 		errs = append(errs, a.catalog.Close())
 	}
@@ -351,6 +431,34 @@ func (a *App) APIAddr() string {
 		return ""
 	}
 	return a.apiLn.Addr().String()
+}
+
+// observedStore passes every successful Apply's deltas to onApply.
+type observedStore struct {
+	metricstore.Store
+	onApply func([]metricstore.Delta)
+}
+
+func (o *observedStore) Apply(ctx context.Context, c *metricstore.Commit) error {
+	if err := o.Store.Apply(ctx, c); err != nil {
+		return err
+	}
+	o.onApply(c.Deltas)
+	return nil
+}
+
+// catalogOwners adapts the catalog to the ownership questions of queries.
+type catalogOwners struct{ c *catalog.Catalog }
+
+func (o catalogOwners) AdCampaign(adID string) (string, bool) {
+	ad, ok := o.c.Ad(adID)
+	return ad.CampaignID, ok
+}
+
+func (o catalogOwners) AdAdvertiser(adID string) (string, bool) { return o.c.AdOwner(adID) }
+
+func (o catalogOwners) CampaignAdvertiser(campaignID string) (string, bool) {
+	return o.c.CampaignOwner(campaignID)
 }
 
 // catalogAds adapts the catalog's index to what ingest reads.

@@ -1,0 +1,661 @@
+// Package aggregate is the aggregation stage: it consumes every partition of the event log,
+// counts each event in its one-minute event-time bucket at ad, campaign and advertiser level,
+// and commits the counts to the metric store together with the log offsets they came from.
+//
+// Invariants:
+//   - Exactly once: each commit is one metricstore.Apply holding the deltas of offsets
+//     [From, To) of each partition and the new offsets, fenced on From. On start the
+//     aggregator resumes from the store's offsets, so a crash anywhere (before, during or
+//     after a commit) replays only what was not committed and changes no count.
+//   - Deterministic: what an event adds depends only on the log, never on timing, batching
+//     or restarts. In particular the duplicate filter (dedupWindow) is a function of the
+//     previous DedupWindow events of the partition and is rebuilt from the log on start.
+//   - Counting: a valid click adds to clicks; a click with an invalid reason adds to
+//     invalid_clicks and its reason, never to clicks; a valid impression to impressions; a
+//     valid interaction to its name. Invalid impressions and interactions are not counted
+//     (Stats.Uncounted). Spend is not this stage's: charging commits spend deltas to the same
+//     store under its own consumer name and offsets (metricstore.Commit.Consumer), which is the
+//     seam for it.
+//   - Finality: FinalBefore only grows, and is committed with the counts. A bucket ending at
+//     or before it will get no more events, provided ingest keeps its contract (event time
+//     at least receive time minus MaxLateness) and receive times within a partition are out
+//     of order by at most Slack. An event that breaks that is still counted (late data is
+//     corrected, not dropped) and shows in Stats.LateAfterFinal.
+//
+// Concurrency: Run's goroutine reads, decodes and accumulates; one committer goroutine turns
+// an accumulator into deltas and applies it while the next one fills, so the two cores work
+// in parallel and commits stay in offset order (at most one is in flight).
+package aggregate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/event"
+	"github.com/adpulse/adpulse/internal/eventlog"
+	"github.com/adpulse/adpulse/internal/metricstore"
+)
+
+// DefaultConsumer is the name the aggregator commits its offsets under.
+const DefaultConsumer = "aggregate"
+
+// Options configure an Aggregator. Log and Store are required.
+type Options struct {
+	Log   eventlog.Log
+	Store metricstore.Store
+	// Consumer names this stage's offsets in the store (default "aggregate").
+	Consumer string
+	// CommitInterval is how often counts are committed (default 200ms): data is visible in
+	// the store within about this plus a commit's latency.
+	CommitInterval time.Duration
+	// MaxLateness is ingest's --max-lateness (default 24h): how far event time may trail
+	// receive time. It decides finality and the time span of the duplicate filter.
+	MaxLateness time.Duration
+	// Slack is how far out of order receive times may be within a partition, and how far the
+	// ingest clocks may trail this one (default 5s). The watermark is held back by it.
+	Slack time.Duration
+	// DedupWindow is how many events per partition the duplicate filter remembers (default
+	// 100000; 48 to 80 bytes each, 5.6 MiB per partition at the default; negative turns the
+	// filter off). Changing it changes which far-apart duplicates are caught, so keep it
+	// fixed for a store.
+	DedupWindow int
+	// ReadBytes bounds one log read (default 1 MiB).
+	ReadBytes int
+	// PollInterval is the pause when every partition is caught up (default 20ms).
+	PollInterval time.Duration
+	// MaxPending is how many distinct (ad, minute) entries make a commit due before its
+	// interval (default 1<<17), bounding commit size and so visibility, and memory in a replay.
+	MaxPending int
+	// Now is the clock for the watermark of idle partitions (default time.Now).
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.Consumer == "" {
+		o.Consumer = DefaultConsumer
+	}
+	if o.CommitInterval <= 0 {
+		o.CommitInterval = 200 * time.Millisecond
+	}
+	if o.MaxLateness <= 0 {
+		o.MaxLateness = 24 * time.Hour
+	}
+	if o.Slack <= 0 {
+		o.Slack = 5 * time.Second
+	}
+	if o.DedupWindow == 0 {
+		o.DedupWindow = 100_000
+	}
+	if o.ReadBytes <= 0 {
+		o.ReadBytes = 1 << 20
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 20 * time.Millisecond
+	}
+	if o.MaxPending <= 0 {
+		o.MaxPending = 1 << 17
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Stats are the aggregator's counters since New.
+type Stats struct {
+	EventsConsumed int64 // log messages processed, of every kind below
+	EventsCounted  int64
+	Duplicates     int64 // dropped by the duplicate filter
+	Uncounted      int64 // invalid impressions and interactions
+	Corrupt        int64 // messages that do not decode, skipped
+	OutOfRange     int64 // event time before 1970 or absurdly far ahead, skipped
+	LateAfterFinal int64 // counted in a bucket already declared final
+	Replayed       int64 // messages read on start to rebuild the duplicate filter
+
+	Commits            int64
+	LastCommitLatency  time.Duration // of the last Apply, including deltas and sync
+	MaxCommitLatency   time.Duration
+	TotalCommitLatency time.Duration
+	PendingEntries     int // (ad, minute) entries waiting for the next commit
+	DedupKeys          int
+
+	Watermark      time.Time     // receive time up to which every partition is consumed
+	WatermarkDelay time.Duration // Now minus Watermark
+	FinalBefore    time.Time     // committed: buckets ending at or before it are final
+	Partitions     []PartitionStats
+}
+
+// PartitionStats describe one partition.
+type PartitionStats struct {
+	Partition int
+	Committed int64 // next offset in the store
+	Consumed  int64 // next offset to read
+	End       int64 // log end offset, as of the last commit
+	Lag       int64 // End - Consumed
+	LastRecv  time.Time
+	CaughtUp  bool
+}
+
+// Aggregator is the aggregation stage.
+type Aggregator struct {
+	opts Options
+
+	started atomic.Bool
+	abort   chan struct{} // closed by Close
+	done    chan struct{} // closed when Run returns
+	once    sync.Once
+
+	mu    sync.Mutex // guards stats
+	stats Stats
+}
+
+// New checks opts and returns an Aggregator; Run starts it.
+func New(opts Options) (*Aggregator, error) {
+	if opts.Log == nil || opts.Store == nil {
+		return nil, errors.New("aggregate: Options.Log and Options.Store are required")
+	}
+	opts.setDefaults()
+	return &Aggregator{opts: opts, abort: make(chan struct{}), done: make(chan struct{})}, nil
+}
+
+// ErrClosed is returned by Run after Close.
+var ErrClosed = errors.New("aggregate: closed")
+
+// Run consumes the log until ctx is done, then commits what it has consumed and returns
+// nil. It returns an error, without committing further, if reading the log or applying a
+// commit fails; the store then holds a consistent prefix and a new Aggregator resumes from
+// it. Run may be called once.
+func (a *Aggregator) Run(ctx context.Context) error {
+	if !a.started.CompareAndSwap(false, true) {
+		return errors.New("aggregate: Run called twice")
+	}
+	defer close(a.done)
+	select {
+	case <-a.abort:
+		return ErrClosed
+	default:
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-a.abort:
+			cancel()
+		case <-rctx.Done():
+		}
+	}()
+	r, err := a.newRunner(rctx)
+	if err != nil {
+		if a.aborted() || ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	return r.run(rctx)
+}
+
+// Close stops Run abruptly, without committing what it consumed since its last commit (a
+// restart replays it), and waits for it to return. For an orderly stop, cancel Run's
+// context first.
+func (a *Aggregator) Close() error {
+	a.once.Do(func() { close(a.abort) })
+	if a.started.Load() {
+		<-a.done
+	}
+	return nil
+}
+
+func (a *Aggregator) aborted() bool {
+	select {
+	case <-a.abort:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stats returns a snapshot of the counters.
+func (a *Aggregator) Stats() Stats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.stats
+	s.Partitions = append([]PartitionStats(nil), a.stats.Partitions...)
+	if !s.Watermark.IsZero() {
+		s.WatermarkDelay = a.opts.Now().Sub(s.Watermark)
+	}
+	return s
+}
+
+// FinalBefore returns the committed finality horizon: every bucket that ends at or before
+// it is final. Zero until the first commit that could declare one.
+func (a *Aggregator) FinalBefore() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stats.FinalBefore
+}
+
+// Final reports whether the bucket ending at end is final. Readers of the store get the
+// same answer per point from metricstore.Point.Final.
+func (a *Aggregator) Final(end time.Time) bool {
+	fb := a.FinalBefore()
+	return !fb.IsZero() && !end.After(fb)
+}
+
+// maxEventMicros bounds event times the store can hold (year 2500).
+const maxEventMicros = 16725225600 * 1e6
+
+// partState is one partition's reading state, owned by the runner.
+type partState struct {
+	next      int64 // next offset to read
+	handed    int64 // offsets below it are in a commit handed to the committer
+	committed int64 // offsets below it are in the store
+	lastRecv  int64 // max receive time consumed (micros)
+	caughtUp  bool  // the last read found nothing: idle and at the end
+	idleSince int64 // micros, when that read was made
+	end       int64
+	dedup     *dedupWindow
+}
+
+// job is one commit for the committer.
+type job struct {
+	acc         *accumulator
+	ranges      []metricstore.OffsetRange
+	finalBefore time.Time
+}
+
+type jobResult struct {
+	job     job
+	err     error
+	latency time.Duration
+}
+
+// runner is the state of one Run.
+type runner struct {
+	a     *Aggregator
+	opts  *Options
+	parts []partState
+
+	ev       event.Event
+	keyBuf   []byte
+	acc      *accumulator
+	spare    *accumulator // the other accumulator, when the committer is idle
+	inflight bool
+	jobs     chan job
+	results  chan jobResult
+
+	watermark   int64 // micros, monotone
+	finalBefore int64 // computed, micros, monotone
+	lastHandoff time.Time
+
+	// counters published to Aggregator.stats after every round
+	consumed, counted, dups, uncounted, corrupt, outOfRange, late, replayed int64
+	commits                                                                 int64
+	lastLat, maxLat, totLat                                                 time.Duration
+	committedFB                                                             time.Time
+}
+
+func (a *Aggregator) newRunner(ctx context.Context) (*runner, error) {
+	o := &a.opts
+	cp, err := o.Store.Checkpoint(ctx, o.Consumer)
+	if err != nil {
+		return nil, fmt.Errorf("read %s checkpoint: %w", o.Consumer, err)
+	}
+	r := &runner{
+		a: a, opts: o,
+		parts:       make([]partState, o.Log.Partitions()),
+		acc:         newAccumulator(),
+		spare:       newAccumulator(),
+		jobs:        make(chan job),
+		results:     make(chan jobResult, 1),
+		lastHandoff: time.Now(),
+		committedFB: cp.FinalBefore,
+	}
+	if !cp.FinalBefore.IsZero() {
+		r.finalBefore = cp.FinalBefore.UnixMicro()
+		r.watermark = r.finalBefore + o.MaxLateness.Microseconds()
+	}
+	for p := range r.parts {
+		ps := &r.parts[p]
+		start, end, err := o.Log.Offsets(ctx, p)
+		if err != nil {
+			return nil, fmt.Errorf("offsets of partition %d: %w", p, err)
+		}
+		next, ok := cp.Offsets[int32(p)]
+		if !ok {
+			next = start
+		}
+		if next < start {
+			// Events were deleted by log retention before they were counted: counts cannot be
+			// exact any more, and only an operator can decide what to do about it.
+			return nil, fmt.Errorf("partition %d: committed offset %d is before the log's first retained offset %d: %w", p, next, start, eventlog.ErrOffsetOutOfRange)
+		}
+		if next > end {
+			return nil, fmt.Errorf("partition %d: committed offset %d is past the log's end %d (was the log replaced?): %w", p, next, end, eventlog.ErrOffsetOutOfRange)
+		}
+		ps.next, ps.handed, ps.committed, ps.end = next, next, next, end
+		if o.DedupWindow > 0 {
+			ps.dedup = newDedupWindow(o.DedupWindow, o.MaxLateness.Microseconds())
+			if err := r.replay(ctx, p, max(start, next-int64(o.DedupWindow)), next); err != nil {
+				return nil, err
+			}
+		}
+	}
+	o.Logger.Info("aggregator starting", "partitions", len(r.parts), "replayed", r.replayed, "final_before", cp.FinalBefore)
+	r.publish()
+	return r, nil
+}
+
+// replay feeds offsets [from, to) of partition p to its duplicate filter without counting,
+// so the filter is in the state an uninterrupted run would have at to.
+func (r *runner) replay(ctx context.Context, p int, from, to int64) error {
+	ps := &r.parts[p]
+	for from < to {
+		msgs, err := r.opts.Log.Read(ctx, p, from, r.opts.ReadBytes)
+		if err != nil {
+			return fmt.Errorf("replay partition %d at %d: %w", p, from, err)
+		}
+		if len(msgs) == 0 {
+			return fmt.Errorf("replay partition %d: log ends at %d, before the committed offset %d", p, from, to)
+		}
+		for i := range msgs {
+			m := &msgs[i]
+			if m.Offset >= to {
+				break
+			}
+			from = m.Offset + 1
+			r.replayed++
+			if err := decodeView(m.Value, &r.ev); err != nil {
+				ps.dedup.observe(m.Offset, 0, 0, false)
+				continue
+			}
+			var h uint64
+			var ok bool
+			h, r.keyBuf, ok = keyHash(&r.ev, r.keyBuf)
+			ps.dedup.observe(m.Offset, h, r.ev.RecvTime, ok)
+			ps.lastRecv = max(ps.lastRecv, r.ev.RecvTime)
+		}
+	}
+	return nil
+}
+
+// run is the main loop. rctx is cancelled by Close (abort) or by Run's ctx (orderly stop).
+func (r *runner) run(rctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.committer()
+	}()
+	defer func() {
+		close(r.jobs)
+		wg.Wait()
+		r.publish()
+	}()
+	poll := time.NewTimer(r.opts.PollInterval)
+	defer poll.Stop()
+	for rctx.Err() == nil {
+		progressed := false
+		for p := range r.parts {
+			n, err := r.readPartition(rctx, p)
+			if err != nil {
+				if rctx.Err() != nil {
+					break
+				}
+				return err
+			}
+			progressed = progressed || n > 0
+		}
+		if rctx.Err() != nil {
+			break
+		}
+		if err := r.maybeCommit(false); err != nil {
+			return err
+		}
+		r.publish()
+		if !progressed {
+			poll.Reset(r.opts.PollInterval)
+			select {
+			case <-rctx.Done():
+			case <-poll.C:
+			case res := <-r.results:
+				if err := r.finish(res); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if r.a.aborted() {
+		return nil // abrupt: whatever was not committed is replayed on restart
+	}
+	// Orderly stop: wait for the commit in flight, then commit the rest.
+	if r.inflight {
+		if err := r.finish(<-r.results); err != nil {
+			return err
+		}
+	}
+	if err := r.maybeCommit(true); err != nil {
+		return err
+	}
+	if r.inflight {
+		if err := r.finish(<-r.results); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readPartition reads one batch of partition p and counts it.
+func (r *runner) readPartition(ctx context.Context, p int) (int, error) {
+	ps := &r.parts[p]
+	msgs, err := r.opts.Log.Read(ctx, p, ps.next, r.opts.ReadBytes)
+	if err != nil {
+		return 0, fmt.Errorf("read partition %d at %d: %w", p, ps.next, err)
+	}
+	if len(msgs) == 0 {
+		// Whatever arrives later was received after about now (less Slack): the time of
+		// this read, not of the next commit, since events may be appended in between.
+		ps.caughtUp, ps.idleSince = true, r.opts.Now().UnixMicro()
+		return 0, nil
+	}
+	ps.caughtUp = false
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Offset < ps.next {
+			continue // never expected: offsets are dense and Read starts where asked
+		}
+		ps.next = m.Offset + 1
+		r.consumed++
+		if err := decodeView(m.Value, &r.ev); err != nil {
+			r.corrupt++
+			if ps.dedup != nil {
+				ps.dedup.observe(m.Offset, 0, 0, false)
+			}
+			r.opts.Logger.Warn("skipping undecodable event", "partition", p, "offset", m.Offset, "err", err)
+			continue
+		}
+		e := &r.ev
+		if ps.dedup != nil {
+			var h uint64
+			var ok bool
+			h, r.keyBuf, ok = keyHash(e, r.keyBuf)
+			if ps.dedup.observe(m.Offset, h, e.RecvTime, ok) {
+				r.dups++
+				continue
+			}
+		}
+		ps.lastRecv = max(ps.lastRecv, e.RecvTime)
+		if e.Time < 0 || e.Time >= maxEventMicros {
+			r.outOfRange++
+			continue
+		}
+		if !r.acc.add(e, e.Time/60e6) {
+			r.uncounted++
+			continue
+		}
+		r.counted++
+		if e.Time < r.finalBefore {
+			r.late++
+		}
+	}
+	return len(msgs), nil
+}
+
+// maybeCommit hands the accumulator to the committer when a commit is due (or force) and the
+// committer is free; it blocks for the committer only when the accumulator is full.
+func (r *runner) maybeCommit(force bool) error {
+	full := r.acc.len() >= r.opts.MaxPending
+	if !force && !full && time.Since(r.lastHandoff) < r.opts.CommitInterval {
+		return nil
+	}
+	if r.inflight {
+		select {
+		case res := <-r.results:
+			if err := r.finish(res); err != nil {
+				return err
+			}
+		default:
+			if !full {
+				return nil
+			}
+			if err := r.finish(<-r.results); err != nil {
+				return err
+			}
+		}
+	}
+	r.advanceWatermark()
+	var ranges []metricstore.OffsetRange
+	for p := range r.parts {
+		ps := &r.parts[p]
+		if ps.next != ps.handed {
+			ranges = append(ranges, metricstore.OffsetRange{Partition: int32(p), From: ps.handed, To: ps.next})
+		}
+	}
+	fb := time.UnixMicro(r.finalBefore).UTC()
+	if len(ranges) == 0 && r.acc.len() == 0 && (r.finalBefore == 0 || !fb.After(r.committedFB)) {
+		r.lastHandoff = time.Now()
+		return nil // nothing new to say
+	}
+	for p := range r.parts {
+		ps := &r.parts[p]
+		if _, end, err := r.opts.Log.Offsets(context.Background(), p); err == nil {
+			ps.end = end
+		}
+		ps.handed = ps.next
+	}
+	j := job{acc: r.acc, ranges: ranges}
+	if r.finalBefore > 0 {
+		j.finalBefore = fb
+	}
+	r.acc, r.spare = r.spare, nil
+	r.inflight = true
+	r.lastHandoff = time.Now()
+	r.jobs <- j
+	return nil
+}
+
+// advanceWatermark recomputes the watermark: the lowest receive time any partition could
+// still deliver. A partition that is caught up and idle holds it back only to the time it
+// was found idle.
+func (r *runner) advanceWatermark() {
+	wm := int64(1<<63 - 1)
+	for p := range r.parts {
+		ps := &r.parts[p]
+		v := ps.lastRecv
+		if ps.caughtUp {
+			v = max(v, ps.idleSince)
+		}
+		wm = min(wm, v)
+	}
+	if len(r.parts) == 0 || wm <= 0 {
+		return
+	}
+	wm -= r.opts.Slack.Microseconds()
+	if wm > r.watermark {
+		r.watermark = wm
+	}
+	if fb := r.watermark - r.opts.MaxLateness.Microseconds(); fb > r.finalBefore {
+		r.finalBefore = fb
+	}
+}
+
+// finish takes a committer result back.
+func (r *runner) finish(res jobResult) error {
+	r.inflight = false
+	r.spare = res.job.acc
+	if res.err != nil {
+		return fmt.Errorf("commit offsets %v: %w", res.job.ranges, res.err)
+	}
+	for _, rg := range res.job.ranges {
+		r.parts[rg.Partition].committed = rg.To
+	}
+	if !res.job.finalBefore.IsZero() {
+		r.committedFB = res.job.finalBefore
+	}
+	r.commits++
+	r.lastLat = res.latency
+	r.maxLat = max(r.maxLat, res.latency)
+	r.totLat += res.latency
+	return nil
+}
+
+// committer applies jobs in order. It uses a context without cancellation: an Apply that
+// started is allowed to finish, so an orderly stop never half-commits (a crash may, and the
+// store's atomicity covers that).
+func (r *runner) committer() {
+	var deltas []metricstore.Delta
+	var scratch [2]map[levelKey]int
+	ctx := context.Background()
+	for j := range r.jobs {
+		start := time.Now()
+		deltas = j.acc.deltas(deltas[:0], &scratch)
+		err := r.opts.Store.Apply(ctx, &metricstore.Commit{
+			Consumer:    r.opts.Consumer,
+			Ranges:      j.ranges,
+			Deltas:      deltas,
+			FinalBefore: j.finalBefore,
+		})
+		clear(deltas) // drop references to strings and maps before reuse
+		j.acc.reset()
+		r.results <- jobResult{job: j, err: err, latency: time.Since(start)}
+	}
+}
+
+// publish copies the runner's counters to the Aggregator for Stats.
+func (r *runner) publish() {
+	a := r.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := &a.stats
+	s.EventsConsumed, s.EventsCounted, s.Duplicates = r.consumed, r.counted, r.dups
+	s.Uncounted, s.Corrupt, s.OutOfRange, s.LateAfterFinal, s.Replayed = r.uncounted, r.corrupt, r.outOfRange, r.late, r.replayed
+	s.Commits, s.LastCommitLatency, s.MaxCommitLatency, s.TotalCommitLatency = r.commits, r.lastLat, r.maxLat, r.totLat
+	s.PendingEntries = r.acc.len()
+	s.DedupKeys = 0
+	if r.watermark > 0 {
+		s.Watermark = time.UnixMicro(r.watermark).UTC()
+	}
+	s.FinalBefore = r.committedFB
+	if len(s.Partitions) != len(r.parts) {
+		s.Partitions = make([]PartitionStats, len(r.parts))
+	}
+	for p := range r.parts {
+		ps := &r.parts[p]
+		if ps.dedup != nil {
+			s.DedupKeys += ps.dedup.len()
+		}
+		st := PartitionStats{Partition: p, Committed: ps.committed, Consumed: ps.next, End: max(ps.end, ps.next), CaughtUp: ps.caughtUp}
+		st.Lag = st.End - st.Consumed
+		if ps.lastRecv > 0 {
+			st.LastRecv = time.UnixMicro(ps.lastRecv).UTC()
+		}
+		s.Partitions[p] = st
+	}
+}

@@ -1,0 +1,508 @@
+// Package billing is the charging stage of the pipeline and what is built on it: it consumes
+// every partition of the event log, charges each valid click against its campaign's budget
+// exactly once, keeps the ledger and per-campaign spend, feeds spend into the metric store,
+// computes serving status, budgets and pacing (the serving feed), and counts user views.
+//
+// # Charging rules
+//
+// A valid click (event.TypeClick, Invalid == event.ReasonNone) charges
+// min(price, remaining daily budget, remaining total budget), where price is the click
+// token's price if positive, else the ad's current bid, and the budget day is the advertiser's
+// local date (its current time zone, so DST days are 23 or 25 hours) of the click's event
+// time. A click on a paused campaign (status at charge time), or outside the campaign's
+// schedule (at the click's event time), charges 0. Every valid click gets a ledger entry keyed
+// by its idempotency key (event.Key: "c:" + impression id), zero charges included, so a click
+// is decided once: a second click with the same key is never charged, even after a budget
+// is raised.
+//
+// # Invariants
+//
+//   - A budget is never exceeded, not by one micro: one goroutine (the writer) does every
+//     charge and refund, reading spend that includes every earlier decision, and remaining
+//     budgets are clamped at 0 (a budget lowered below spend leaves nothing to spend).
+//   - Spend equals the ledger: for each campaign, the total spend and the sum of its daily
+//     spends equal the sum of ChargedMicros of its ledger entries in state charged.
+//   - Exactly once, across crashes: a round's ledger entries, spend, view counts, consumed
+//     log offsets and its journal entry are one Pebble batch committed with Sync. A crash
+//     before the commit replays the round from the log (the decisions may then differ, but
+//     none of the first attempt's survived); after it, the round is never replayed.
+//   - /metrics spend_micros equals the sum of charges, exactly once, through the journal:
+//     every batch that changes spend also writes journal entry seq = n (the minute spend
+//     deltas at ad, campaign and advertiser level), and the publisher applies entries to the
+//     metric store in seq order as consumer "charge", with the offset range
+//     [from, to) of the virtual partition JournalPartition, so the store's fence refuses any
+//     entry twice. On start the store's checkpoint tells which entries are in; the rest are
+//     applied again. A crash between the Pebble commit and Apply therefore loses nothing (the
+//     entry is durable) and doubles nothing (the fence). Applied entries are deleted lazily.
+//   - Status is never cached: serving_status and budget are computed from the catalog's
+//     current values and committed spend on every call, so raising a budget or un-pausing
+//     brings a campaign back at once, and a new local day starts at the advertiser's midnight.
+//   - User views count each valid impression with a user and catalog id once, in the same
+//     batch as the offsets it came from (exactly once as long as ingest keeps its one
+//     impression per impression id contract; duplicates in the log are not filtered here).
+//
+// # Scale-out
+//
+// Charging for one campaign must happen in one place at a time. Embedded, one writer owns all
+// campaigns and processes the partitions' messages in a deterministic merged order (append
+// time, then partition, then offset). With Kafka, the log is partitioned by ad id, not
+// campaign, so charging is keyed by campaign: N chargers each own the campaigns with
+// hash(campaign id) mod N == i (each reads every partition and skips other campaigns'
+// clicks, or a repartition topic keyed by campaign id feeds them), each with its own state and
+// its own metric consumer name ("charge-i"), and an owner change is fenced by the consumer
+// group generation so that a zombie cannot commit. No distributed lock is needed.
+//
+// Lock order: Charger.pubMu, then Charger.life, then pacer.mu or Charger.mu. The writer
+// goroutine owns its state without locks.
+package billing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/catalog"
+	"github.com/adpulse/adpulse/internal/eventlog"
+	"github.com/adpulse/adpulse/internal/metricstore"
+	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/vfs"
+)
+
+// DefaultConsumer is the metric store consumer name spend is committed under.
+const DefaultConsumer = "charge"
+
+// JournalPartition is the virtual partition of the billing journal in the metric store's
+// checkpoint of the charge consumer: its offset is the next journal entry to apply. It is not
+// a log partition; the charger's log offsets live in its own database.
+const JournalPartition int32 = math.MaxInt32
+
+// Catalog is what billing reads from the catalog. *catalog.Catalog implements it.
+type Catalog interface {
+	Ad(id string) (catalog.AdInfo, bool)
+	Campaign(id string) (catalog.CampaignInfo, bool)
+	Advertiser(id string) (catalog.AdvertiserInfo, bool)
+}
+
+// CampaignLister enumerates every campaign id. The serving feed lists the campaigns of a
+// Catalog that implements it; without it, the feed only knows campaigns that have had an
+// event in the log (a new campaign would not be served until it had one).
+type CampaignLister interface {
+	CampaignIDs() []string
+}
+
+// Options configure a Charger. Dir, Log, Catalog and Metrics are required.
+type Options struct {
+	Dir     string // the billing database; created if missing
+	Log     eventlog.Log
+	Catalog Catalog
+	Metrics metricstore.Store
+	// Consumer is the metric store consumer name (default "charge").
+	Consumer string
+	// Publisher, if set, receives the serving feed every FeedInterval (the Redis seam).
+	Publisher Publisher
+	// ViewRetentionDays is how many UTC days of user views are kept, today included (default 7).
+	ViewRetentionDays int
+	// ReadBytes bounds one read of one partition (default 1 MiB).
+	ReadBytes int
+	// PollInterval is the pause when every partition is caught up (default 20ms).
+	PollInterval time.Duration
+	// FeedInterval is how often Run publishes the serving feed (default 10s).
+	FeedInterval time.Duration
+	// PacingInterval is the pacing controller's step (default 1 minute).
+	PacingInterval time.Duration
+	// PacingHorizon is how far ahead the controller aims to be back on the target spend curve
+	// (default 1 hour).
+	PacingHorizon time.Duration
+	// MinPacing is the lowest pacing given to an active campaign (default 0.01).
+	MinPacing float64
+	// FS is the file system; nil means the operating system's. Crash tests use
+	// vfs.NewStrictMem, which drops whatever was not synced.
+	FS     vfs.FS
+	Now    func() time.Time // default time.Now
+	Logger *slog.Logger
+
+	hooks *testHooks // fault injection for crash tests; nil in production
+}
+
+func (o *Options) setDefaults() {
+	if o.Consumer == "" {
+		o.Consumer = DefaultConsumer
+	}
+	if o.ViewRetentionDays <= 0 {
+		o.ViewRetentionDays = 7
+	}
+	if o.ReadBytes <= 0 {
+		o.ReadBytes = 1 << 20
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 20 * time.Millisecond
+	}
+	if o.FeedInterval <= 0 {
+		o.FeedInterval = 10 * time.Second
+	}
+	if o.PacingInterval <= 0 {
+		o.PacingInterval = time.Minute
+	}
+	if o.PacingHorizon <= 0 {
+		o.PacingHorizon = time.Hour
+	}
+	if o.MinPacing <= 0 || o.MinPacing > 1 {
+		o.MinPacing = 0.01
+	}
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// testHooks let crash tests fail the charger at chosen points. A non-nil error makes the
+// step fail as a crash would (Run returns it).
+type testHooks struct {
+	beforeCommit func() error // batch built, not committed
+	afterCommit  func() error // batch committed, journal not yet published
+	beforeApply  func() error // journal entries read, Apply not called
+	afterApply   func() error // Apply returned nil, bookkeeping not done
+}
+
+// Sentinel errors.
+var (
+	ErrClosed     = errors.New("billing: closed")
+	ErrNotRunning = errors.New("billing: the charger is not running")
+	ErrNotFound   = errors.New("billing: not found")
+)
+
+// Stats are the charger's counters since Open, for Prometheus.
+type Stats struct {
+	EventsConsumed  int64
+	Corrupt         int64 // messages that do not decode, skipped
+	ClicksCharged   int64 // valid clicks that charged more than 0
+	MicrosCharged   int64
+	PartialCharges  int64            // clicks charged less than their price (the budget's last micros)
+	ZeroCharge      map[string]int64 // valid clicks that charged 0, by reason
+	DuplicateClicks int64            // valid clicks whose key was already in the ledger
+	Refunds         int64            // refunds that credited a click (repeats excluded)
+	MicrosRefunded  int64
+	ViewsCounted    int64
+
+	Commits            int64
+	LastCommitLatency  time.Duration // of the last Pebble commit, including the sync
+	MaxCommitLatency   time.Duration
+	TotalCommitLatency time.Duration
+
+	JournalNext       uint64 // next journal entry to be written
+	JournalApplied    uint64 // entries below it are in the metric store
+	MetricApplies     int64
+	MetricApplyErrors int64
+
+	Partitions []PartitionStats
+}
+
+// PartitionStats describe one log partition.
+type PartitionStats struct {
+	Partition int
+	Committed int64 // next offset to consume, as committed
+	End       int64 // log end offset
+	Lag       int64 // End - Committed
+}
+
+// Charger is the charging stage. It is safe for concurrent use.
+type Charger struct {
+	opts   Options
+	db     *pebble.DB
+	cat    Catalog
+	lister CampaignLister // nil when the catalog cannot list
+	pacer  *pacer
+	w      *writer
+
+	// life is held shared by every use of db outside the writer and publisher, and
+	// exclusively by Close, so the database is never used after it is closed.
+	life   sync.RWMutex
+	closed bool // guarded by life
+
+	started   atomic.Bool
+	abort     chan struct{} // closed by Close
+	done      chan struct{} // closed when Run returns
+	closeOnce sync.Once
+	refunds   chan *refundReq
+	kick      chan struct{} // wakes the publisher after a commit
+
+	journalNext atomic.Uint64 // published by the writer after each commit
+	pubMu       sync.Mutex    // serialises publish; guards journalLow and writes of applied
+	applied     atomic.Uint64 // journal entries below it are in the metric store
+	journalLow  uint64        // journal entries below it were deleted
+
+	mu        sync.Mutex // guards stats, committed, known
+	stats     Stats
+	committed []int64             // committed next offsets, for Stats
+	known     map[string]struct{} // campaigns seen in the log
+}
+
+// Open opens or creates the billing database in o.Dir and checks it against the log and the
+// metric store. Run starts charging.
+func Open(ctx context.Context, o Options) (*Charger, error) {
+	if o.Dir == "" || o.Log == nil || o.Catalog == nil || o.Metrics == nil {
+		return nil, errors.New("billing: Options.Dir, Log, Catalog and Metrics are required")
+	}
+	o.setDefaults()
+	if err := createDir(o.FS, o.Dir); err != nil {
+		return nil, err
+	}
+	db, err := pebble.Open(o.Dir, &pebble.Options{
+		FS:                 o.FS,
+		FormatMajorVersion: pebble.FormatNewest,
+		Logger:             slogLogger{o.Logger},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open billing database in %q: %w", o.Dir, err)
+	}
+	c := &Charger{
+		opts:    o,
+		db:      db,
+		cat:     o.Catalog,
+		abort:   make(chan struct{}),
+		done:    make(chan struct{}),
+		refunds: make(chan *refundReq),
+		kick:    make(chan struct{}, 1),
+		known:   make(map[string]struct{}),
+		stats:   Stats{ZeroCharge: make(map[string]int64)},
+	}
+	c.lister, _ = o.Catalog.(CampaignLister)
+	c.pacer = newPacer(o.PacingInterval, o.PacingHorizon, o.MinPacing)
+	if err := c.load(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// load reads the writer's state and reconciles the journal with the metric store.
+func (c *Charger) load(ctx context.Context) error {
+	w, err := newWriter(ctx, c)
+	if err != nil {
+		return err
+	}
+	c.w = w
+	c.journalNext.Store(w.journalNext)
+	c.committed = append([]int64(nil), w.next...)
+
+	cp, err := c.opts.Metrics.Checkpoint(ctx, c.opts.Consumer)
+	if err != nil {
+		return fmt.Errorf("read metric store checkpoint of %s: %w", c.opts.Consumer, err)
+	}
+	first, err := c.firstJournal()
+	if err != nil {
+		return err
+	}
+	applied, ok := cp.Offsets[JournalPartition]
+	switch {
+	case !ok:
+		// The store has never seen this journal: everything still on disk goes in.
+		if first > 0 {
+			c.opts.Logger.Warn("billing: the metric store has no spend from this billing database yet; applying the journal from its first retained entry",
+				"first", first, "next", w.journalNext)
+		}
+		c.applied.Store(first)
+	case applied < 0 || uint64(applied) > w.journalNext:
+		return fmt.Errorf("billing: the metric store has applied journal entries up to %d but this billing database has written only %d: the billing data does not belong to this metric store", applied, w.journalNext)
+	case uint64(applied) < first:
+		return fmt.Errorf("billing: the metric store needs journal entry %d but the oldest left is %d", applied, first)
+	default:
+		c.applied.Store(uint64(applied))
+	}
+	c.journalLow = first
+	return nil
+}
+
+// firstJournal returns the seq of the oldest journal entry on disk, or the next seq if none.
+func (c *Charger) firstJournal() (uint64, error) {
+	it, err := c.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixJournal}, UpperBound: []byte{prefixJournal + 1}})
+	if err != nil {
+		return 0, fmt.Errorf("read journal: %w", err)
+	}
+	defer it.Close()
+	if !it.First() {
+		return c.w.journalNext, it.Error()
+	}
+	k := it.Key()
+	if len(k) != 9 {
+		return 0, fmt.Errorf("%w: journal key %x", errCorrupt, k)
+	}
+	return beUint64(k[1:]), nil
+}
+
+// Run charges until ctx is done, then publishes what it committed to the metric store (for
+// at most a few seconds) and returns nil. It returns the first error of the writer (a log
+// read or database commit failure: what was committed is consistent and a new Charger resumes
+// from it). Metric store failures are retried, not returned. Run may be called once.
+func (c *Charger) Run(ctx context.Context) error {
+	if !c.started.CompareAndSwap(false, true) {
+		return errors.New("billing: Run called twice")
+	}
+	defer close(c.done)
+	select {
+	case <-c.abort:
+		return ErrClosed
+	default:
+	}
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-c.abort:
+			cancel(ErrClosed)
+		case <-rctx.Done():
+		}
+	}()
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	for _, f := range []func(context.Context) error{c.w.run, c.runPublisher, c.runFeed} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(rctx); err != nil {
+				errc <- err
+				cancel(err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		return err
+	}
+	if c.aborted() {
+		return nil
+	}
+	// Orderly stop: what the writer committed goes to the metric store now rather than at the
+	// next start (either is correct; this keeps /metrics current across a restart).
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer fcancel()
+	if err := c.publish(fctx); err != nil {
+		c.opts.Logger.Warn("billing: final spend publish failed; it is retried at the next start", "err", err)
+	}
+	return nil
+}
+
+// Close stops Run abruptly (a round not yet committed is replayed at the next start) and
+// closes the database.
+func (c *Charger) Close() error {
+	c.closeOnce.Do(func() { close(c.abort) })
+	if c.started.Load() {
+		<-c.done
+	}
+	c.life.Lock()
+	defer c.life.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	if err := c.db.Close(); err != nil {
+		return fmt.Errorf("close billing database: %w", err)
+	}
+	return nil
+}
+
+func (c *Charger) aborted() bool {
+	select {
+	case <-c.abort:
+		return true
+	default:
+		return false
+	}
+}
+
+// read runs f on a consistent snapshot of the committed state.
+func (c *Charger) read(f func(r pebble.Reader) error) error {
+	c.life.RLock()
+	defer c.life.RUnlock()
+	if c.closed {
+		return ErrClosed
+	}
+	snap := c.db.NewSnapshot()
+	defer snap.Close()
+	return f(snap)
+}
+
+// withDB runs f with the database open.
+func (c *Charger) withDB(f func(db *pebble.DB) error) error {
+	c.life.RLock()
+	defer c.life.RUnlock()
+	if c.closed {
+		return ErrClosed
+	}
+	return f(c.db)
+}
+
+// Stats returns a snapshot of the counters.
+func (c *Charger) Stats() Stats {
+	c.mu.Lock()
+	s := c.stats
+	s.ZeroCharge = make(map[string]int64, len(c.stats.ZeroCharge))
+	for k, v := range c.stats.ZeroCharge {
+		s.ZeroCharge[k] = v
+	}
+	committed := append([]int64(nil), c.committed...)
+	c.mu.Unlock()
+	s.JournalNext = c.journalNext.Load()
+	s.JournalApplied = c.applied.Load()
+	for p, off := range committed {
+		ps := PartitionStats{Partition: p, Committed: off}
+		if _, end, err := c.opts.Log.Offsets(context.Background(), p); err == nil {
+			ps.End, ps.Lag = end, max(0, end-off)
+		}
+		s.Partitions = append(s.Partitions, ps)
+	}
+	return s
+}
+
+// createDir creates dir and syncs its parent, so that a crash right after the first commit
+// cannot lose the directory entry (Pebble syncs what is inside, not the parent).
+func createDir(fs vfs.FS, dir string) error {
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create billing dir: %w", err)
+	}
+	parent := fs.PathDir(dir)
+	if parent == "" {
+		parent = "."
+	}
+	d, err := fs.OpenDir(parent)
+	if err != nil {
+		return fmt.Errorf("open parent of billing dir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync parent of billing dir: %w", err)
+	}
+	return nil
+}
+
+// slogLogger routes Pebble's log lines to slog.
+type slogLogger struct{ l *slog.Logger }
+
+func (l slogLogger) Infof(format string, args ...any) {
+	l.l.Debug(fmt.Sprintf(format, args...), "component", "billing-pebble")
+}
+
+func (l slogLogger) Fatalf(format string, args ...any) {
+	// Pebble calls Fatalf on unrecoverable corruption and expects it not to return.
+	msg := fmt.Sprintf(format, args...)
+	l.l.Error(msg, "component", "billing-pebble")
+	panic("pebble: " + msg)
+}
+
+func beUint64(b []byte) uint64 {
+	_ = b[7]
+	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
+		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
+}

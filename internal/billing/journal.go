@@ -1,0 +1,173 @@
+package billing
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/metricstore"
+	"github.com/cockroachdb/pebble"
+)
+
+// The journal is the outbox between the billing database and the metric store (see the
+// package comment for the protocol). Entries [applied, journalNext) are durable in the
+// billing database and not yet in the store; the publisher applies them in order, many per
+// Apply, fenced by the store on the JournalPartition offset.
+
+// maxApplyEntries bounds the journal entries merged into one Apply.
+const maxApplyEntries = 1024
+
+// hookError marks a failure injected by a test hook: a simulated crash, which ends Run.
+type hookError struct{ err error }
+
+func (e hookError) Error() string { return "injected: " + e.err.Error() }
+func (e hookError) Unwrap() error { return e.err }
+
+// runPublisher applies the journal after every commit that wrote to it, and retries failed
+// Applies with backoff. A metric store that is down delays spend in /metrics; it never loses
+// or doubles it, and charging goes on meanwhile.
+func (c *Charger) runPublisher(ctx context.Context) error {
+	const minBackoff, maxBackoff = 50 * time.Millisecond, 5 * time.Second
+	backoff := minBackoff
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		wait := time.Second // a safety net; commits kick
+		if err := c.publish(ctx); err != nil {
+			var he hookError
+			switch {
+			case errors.As(err, &he):
+				return err
+			case ctx.Err() != nil:
+				return nil
+			}
+			c.mu.Lock()
+			c.stats.MetricApplyErrors++
+			c.mu.Unlock()
+			c.opts.Logger.Warn("billing: applying spend to the metric store failed; retrying", "err", err, "retry_in", backoff)
+			wait, backoff = backoff, min(2*backoff, maxBackoff)
+		} else {
+			backoff = minBackoff
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.kick:
+		case <-timer.C:
+		}
+	}
+}
+
+// publish applies every journal entry written so far to the metric store.
+func (c *Charger) publish(ctx context.Context) error {
+	c.pubMu.Lock()
+	defer c.pubMu.Unlock()
+	for {
+		from, next := c.applied.Load(), c.journalNext.Load()
+		if from >= next {
+			return c.dropApplied(from)
+		}
+		to := min(next, from+maxApplyEntries)
+		sums := make(map[deltaKey]int64)
+		err := c.read(func(r pebble.Reader) error {
+			it, err := r.NewIter(&pebble.IterOptions{LowerBound: journalKey(from), UpperBound: journalKey(to)})
+			if err != nil {
+				return err
+			}
+			defer it.Close()
+			want := from
+			for ok := it.First(); ok; ok = it.Next() {
+				if seq := beUint64(it.Key()[1:]); seq != want {
+					return fmt.Errorf("%w: journal entry %d missing (found %d)", errCorrupt, want, seq)
+				}
+				if err := decodeJournal(it.Value(), sums); err != nil {
+					return err
+				}
+				want++
+			}
+			if err := it.Error(); err != nil {
+				return err
+			}
+			if want != to {
+				return fmt.Errorf("%w: journal entries %d..%d missing", errCorrupt, want, to)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("read journal [%d, %d): %w", from, to, err)
+		}
+		commit := &metricstore.Commit{
+			Consumer: c.opts.Consumer,
+			Ranges:   []metricstore.OffsetRange{{Partition: JournalPartition, From: int64(from), To: int64(to)}},
+			Deltas:   make([]metricstore.Delta, 0, len(sums)),
+		}
+		for k, v := range sums {
+			if v != 0 {
+				commit.Deltas = append(commit.Deltas, metricstore.Delta{Level: k.level, ID: k.id, Minute: k.minute, Counts: metricstore.Counts{SpendMicros: v}})
+			}
+		}
+		slices.SortFunc(commit.Deltas, func(a, b metricstore.Delta) int {
+			return cmp.Or(cmp.Compare(a.Level, b.Level), cmp.Compare(a.ID, b.ID), cmp.Compare(a.Minute, b.Minute))
+		})
+		if h := c.opts.hooks; h != nil && h.beforeApply != nil {
+			if err := h.beforeApply(); err != nil {
+				return hookError{err}
+			}
+		}
+		err = c.opts.Metrics.Apply(ctx, commit)
+		if errors.Is(err, metricstore.ErrConflict) {
+			// An earlier Apply went in though we did not hear so (a timeout, a crash): the
+			// store's checkpoint says how far.
+			cp, cerr := c.opts.Metrics.Checkpoint(ctx, c.opts.Consumer)
+			if cerr != nil {
+				return fmt.Errorf("apply journal [%d, %d): %w; reading the checkpoint: %w", from, to, err, cerr)
+			}
+			m, ok := cp.Offsets[JournalPartition]
+			if !ok || m <= int64(from) || m > int64(next) {
+				return fmt.Errorf("apply journal [%d, %d): the store's journal offset is %d (present %v): %w", from, to, m, ok, err)
+			}
+			c.opts.Logger.Info("billing: journal entries were already in the metric store", "from", from, "to", m)
+			to = uint64(m)
+		} else if err != nil {
+			return fmt.Errorf("apply journal [%d, %d): %w", from, to, err)
+		} else if h := c.opts.hooks; h != nil && h.afterApply != nil {
+			if err := h.afterApply(); err != nil {
+				return hookError{err}
+			}
+		}
+		c.applied.Store(to)
+		c.mu.Lock()
+		c.stats.MetricApplies++
+		c.mu.Unlock()
+		if err := c.dropApplied(to); err != nil {
+			return err
+		}
+	}
+}
+
+// dropApplied deletes the journal entries below to, which are in the metric store. The delete
+// is not synced: if a crash loses it, the checkpoint still says they are in, and they are
+// dropped again. Called with pubMu held.
+func (c *Charger) dropApplied(to uint64) error {
+	if c.journalLow >= to {
+		return nil
+	}
+	err := c.withDB(func(db *pebble.DB) error {
+		return db.DeleteRange(journalKey(c.journalLow), journalKey(to), pebble.NoSync)
+	})
+	if err != nil {
+		return fmt.Errorf("drop applied journal entries: %w", err)
+	}
+	c.journalLow = to
+	return nil
+}

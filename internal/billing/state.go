@@ -1,0 +1,251 @@
+package billing
+
+import (
+	"context"
+	"errors"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/catalog"
+	"github.com/cockroachdb/pebble"
+)
+
+// CampaignStatus is a campaign's serving status and budget as of now.
+type CampaignStatus struct {
+	ServingStatus string // catalog.ServingActive, ServingPaused, ...
+	Budget        catalog.Budget
+}
+
+// location is the advertiser's time zone (UTC if it has none).
+func (c *Charger) location(advertiserID string) *time.Location {
+	if adv, ok := c.cat.Advertiser(advertiserID); ok && adv.Location != nil {
+		return adv.Location
+	}
+	return time.UTC
+}
+
+// spend reads a campaign's committed spend on day and in total.
+func spend(r pebble.Reader, campaign string, day uint32) (today, total int64, err error) {
+	if today, err = getInt(r, dayKey(campaign, day)); err != nil {
+		return 0, 0, err
+	}
+	if total, err = getInt(r, totalKey(campaign)); err != nil {
+		return 0, 0, err
+	}
+	return today, total, nil
+}
+
+// servingStatus is the rule of API.md: paused, ended and not_started come from the campaign
+// and its schedule; an otherwise active campaign whose daily or total budget is spent is
+// budget_exhausted.
+func servingStatus(cp catalog.Campaign, now time.Time, today, total int64) string {
+	if s := catalog.ScheduleStatus(cp, now); s != catalog.ServingActive {
+		return s
+	}
+	if cp.DailyBudgetMicros > 0 && today >= cp.DailyBudgetMicros || cp.TotalBudgetMicros > 0 && total >= cp.TotalBudgetMicros {
+		return catalog.ServingBudgetExhausted
+	}
+	return catalog.ServingActive
+}
+
+func (c *Charger) status(r pebble.Reader, cp catalog.Campaign, loc *time.Location, now time.Time) (CampaignStatus, error) {
+	today, total, err := spend(r, cp.ID, dayOf(now, loc))
+	if err != nil {
+		return CampaignStatus{}, err
+	}
+	return CampaignStatus{
+		ServingStatus: servingStatus(cp, now, today, total),
+		Budget:        catalog.NewBudget(cp, loc, now, today, total),
+	}, nil
+}
+
+// Status returns the serving status and budget of cp as of now, from its current values and
+// the committed spend.
+func (c *Charger) Status(cp catalog.Campaign) (CampaignStatus, error) {
+	now := c.opts.Now()
+	loc := c.location(cp.AdvertiserID)
+	var st CampaignStatus
+	err := c.read(func(r pebble.Reader) error {
+		var err error
+		st, err = c.status(r, cp, loc, now)
+		return err
+	})
+	return st, err
+}
+
+// CampaignState is catalog.HandlerOptions.CampaignState: the "serving_status" and "budget" of
+// GET /api/v1/campaigns/{id}. If spend cannot be read (only while shutting down), it falls
+// back to the schedule status and zero spend, and logs why.
+func (c *Charger) CampaignState(_ context.Context, cp catalog.Campaign) (string, any) {
+	st, err := c.Status(cp)
+	if err != nil {
+		c.opts.Logger.Error("billing: campaign spend unavailable", "campaign_id", cp.ID, "err", err)
+		now := c.opts.Now()
+		return catalog.ScheduleStatus(cp, now), catalog.NewBudget(cp, c.location(cp.AdvertiserID), now, 0, 0)
+	}
+	return st.ServingStatus, st.Budget
+}
+
+func campaignOf(info catalog.CampaignInfo) catalog.Campaign {
+	return catalog.Campaign{
+		ID: info.CampaignID, AdvertiserID: info.AdvertiserID, Status: info.Status,
+		CPCBidMicros: info.CPCBidMicros, DailyBudgetMicros: info.DailyBudgetMicros, TotalBudgetMicros: info.TotalBudgetMicros,
+		StartTime: info.StartTime, EndTime: info.EndTime,
+	}
+}
+
+// The serving feed.
+
+// Feed is what ad servers need to decide what to serve: the active campaigns, their bids and
+// pacing. It is the body of GET /api/v1/serving/campaigns.
+type Feed struct {
+	Campaigns []FeedCampaign `json:"campaigns"`
+}
+
+// FeedCampaign is one active campaign of the feed.
+type FeedCampaign struct {
+	CampaignID   string `json:"campaign_id"`
+	CPCBidMicros int64  `json:"cpc_bid_micros"`
+	// Pacing in (0, 1] is the share of eligible requests to bid on so that the daily budget
+	// lasts the day (1 for campaigns without a daily budget).
+	Pacing float64 `json:"pacing"`
+}
+
+// Publisher is where Run sends the feed every FeedInterval: the seam for Redis, where ad
+// servers read it. Publish replaces the previous feed as a whole.
+type Publisher interface {
+	Publish(ctx context.Context, feed *Feed) error
+}
+
+// campaignIDs lists the campaigns the feed considers, sorted.
+func (c *Charger) campaignIDs() []string {
+	c.mu.Lock()
+	ids := make([]string, 0, len(c.known))
+	for id := range c.known {
+		ids = append(ids, id)
+	}
+	c.mu.Unlock()
+	if c.lister != nil {
+		ids = append(ids, c.lister.CampaignIDs()...)
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
+
+// Feed computes the serving feed as of now: the campaigns whose serving status is active, by
+// id, each with its pacing (stepping the pacing controller when a step is due).
+func (c *Charger) Feed(ctx context.Context) (*Feed, error) {
+	now := c.opts.Now()
+	ids := c.campaignIDs()
+	feed := &Feed{Campaigns: []FeedCampaign{}}
+	err := c.read(func(r pebble.Reader) error {
+		for i, id := range ids {
+			if i%1024 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			info, ok := c.cat.Campaign(id)
+			if !ok {
+				continue
+			}
+			cp := campaignOf(info)
+			loc := c.location(cp.AdvertiserID)
+			st, err := c.status(r, cp, loc, now)
+			if err != nil {
+				return err
+			}
+			if st.ServingStatus != catalog.ServingActive {
+				continue
+			}
+			var budget int64 // what may be spent today: the daily budget, less if the total runs out first
+			if cp.DailyBudgetMicros > 0 {
+				budget = cp.DailyBudgetMicros
+				if cp.TotalBudgetMicros > 0 && st.Budget.RemainingTodayMicros != nil {
+					budget = min(budget, st.Budget.SpentTodayMicros+*st.Budget.RemainingTodayMicros)
+				}
+			}
+			p := c.pacer.pacing(id, now, loc, budget, st.Budget.SpentTodayMicros)
+			feed.Campaigns = append(feed.Campaigns, FeedCampaign{CampaignID: id, CPCBidMicros: cp.CPCBidMicros, Pacing: roundPacing(p, c.opts.MinPacing)})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return feed, nil
+}
+
+// roundPacing keeps four decimals and never rounds a positive pacing to zero.
+func roundPacing(p, minP float64) float64 {
+	r := math.Round(p*1e4) / 1e4
+	if r <= 0 {
+		r = math.Ceil(minP*1e4) / 1e4
+	}
+	return min(r, 1)
+}
+
+// runFeed computes the feed every FeedInterval (which also steps the pacing controllers when
+// nobody asks for the feed) and hands it to the Publisher. Failures are logged and retried at
+// the next tick: a stale feed is safe, because budgets are enforced by the charger.
+func (c *Charger) runFeed(ctx context.Context) error {
+	t := time.NewTicker(c.opts.FeedInterval)
+	defer t.Stop()
+	for {
+		feed, err := c.Feed(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil && !errors.Is(err, ErrClosed):
+			c.opts.Logger.Warn("billing: computing the serving feed failed", "err", err)
+		case err == nil:
+			if c.opts.Publisher != nil {
+				if err := c.opts.Publisher.Publish(ctx, feed); err != nil && ctx.Err() == nil {
+					c.opts.Logger.Warn("billing: publishing the serving feed failed", "err", err)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// User views.
+
+// UserViews returns how many valid impressions of each catalog id userID had on the UTC date
+// of day. Days past the retention are gone (and return nothing).
+func (c *Charger) UserViews(ctx context.Context, userID string, day time.Time) (map[string]int64, error) {
+	d := dayOf(day, time.UTC)
+	prefix := viewsPrefix(d, userID)
+	upper := append(append([]byte(nil), prefix...), 0xff) // catalog ids are [A-Za-z0-9._:-]: below 0xff
+	out := make(map[string]int64)
+	err := c.read(func(r pebble.Reader) error {
+		it, err := r.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: upper})
+		if err != nil {
+			return err
+		}
+		defer it.Close()
+		for ok := it.First(); ok; ok = it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n, err := decodeInt(it.Value())
+			if err != nil {
+				return err
+			}
+			out[string(it.Key()[len(prefix):])] = n
+		}
+		return it.Error()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ViewsRetained reports whether the views of day (UTC) are still kept as of now.
+func (c *Charger) ViewsRetained(day time.Time) bool {
+	return dayOf(day, time.UTC) >= viewsCutoff(dayOf(c.opts.Now(), time.UTC), c.opts.ViewRetentionDays)
+}

@@ -1,0 +1,278 @@
+package pebblestore
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/event"
+	"github.com/adpulse/adpulse/internal/metricstore"
+	"github.com/adpulse/adpulse/internal/metricstore/metricstoretest"
+	"github.com/cockroachdb/pebble/vfs"
+)
+
+var seedFlag = flag.Uint64("seed", 0, "seed of the random tests (0: from the clock)")
+
+func TestConformance(t *testing.T) {
+	metricstoretest.Run(t, func(t *testing.T) metricstoretest.Opener {
+		dir := t.TempDir()
+		return func() (metricstore.Store, error) { return Open(dir, Options{}) }
+	}, *seedFlag)
+}
+
+func TestConformanceMemFS(t *testing.T) {
+	metricstoretest.Run(t, func(t *testing.T) metricstoretest.Opener {
+		fs := vfs.NewMem()
+		return func() (metricstore.Store, error) { return Open("db", Options{FS: fs}) }
+	}, *seedFlag)
+}
+
+func TestValueRoundTrip(t *testing.T) {
+	seed := *seedFlag
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	rng := rand.New(rand.NewPCG(seed, 2))
+	randCounts := func() metricstore.Counts {
+		var c metricstore.Counts
+		c.Impressions = rng.Int64N(1<<40) - 1<<39
+		if rng.IntN(2) == 0 {
+			c.Clicks = rng.Int64N(100)
+		}
+		if rng.IntN(3) == 0 {
+			c.SpendMicros = -rng.Int64()
+		}
+		for range rng.IntN(3) {
+			c.AddInvalid(event.Reason(rng.IntN(256)), rng.Int64N(9)+1)
+		}
+		for range rng.IntN(3) {
+			c.AddInteraction(string(rune('a'+rng.IntN(26))), rng.Int64N(9)+1)
+		}
+		return c
+	}
+	for i := range 2000 {
+		// A row of random buckets, merged with itself through the merger, reads back as the
+		// sum; a skipped entry leaves the rest intact.
+		var row []byte
+		want := map[int]metricstore.Counts{}
+		for b := range maxBuckets {
+			if rng.IntN(8) == 0 {
+				c := randCounts()
+				want[b] = c
+				row = appendEntry(row, b, &c)
+			}
+		}
+		got := map[int]*metricstore.Counts{}
+		err := addRow(row, func(b int) *metricstore.Counts {
+			if b%2 == 1 {
+				return nil
+			}
+			got[b] = &metricstore.Counts{}
+			return got[b]
+		})
+		for b, c := range want {
+			if b%2 == 0 && (got[b] == nil || !got[b].Equal(&c)) {
+				t.Fatalf("seed %d case %d: bucket %d = %v, want %v (err %v)", seed, i, b, got[b], c, err)
+			}
+		}
+		m, _ := merger.Merge(nil, row)
+		if err := m.MergeOlder(row); err != nil {
+			t.Fatal(err)
+		}
+		out, closer, err := m.Finish(true)
+		sums := map[int]*metricstore.Counts{}
+		if err == nil {
+			err = addRow(out, func(b int) *metricstore.Counts {
+				sums[b] = &metricstore.Counts{}
+				return sums[b]
+			})
+		}
+		closer.Close()
+		for b, c := range want {
+			var twice metricstore.Counts
+			twice.Add(&c)
+			twice.Add(&c)
+			if err != nil || sums[b] == nil || !sums[b].Equal(&twice) {
+				t.Fatalf("seed %d case %d: merged bucket %d = %v, want %v (err %v)", seed, i, b, sums[b], twice, err)
+			}
+		}
+	}
+	if len(appendEntry(nil, 3, &metricstore.Counts{Impressions: 1})) != 3 {
+		t.Errorf("impression-only entry is not 3 bytes")
+	}
+}
+
+func FuzzAddRow(f *testing.F) {
+	f.Add(appendEntry(nil, 5, &metricstore.Counts{Impressions: 3, Interactions: map[string]int64{"x": 1}, InvalidByReason: map[event.Reason]int64{1: 2}}))
+	f.Add([]byte{1, 0x3f, 1, 2, 3})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		var c metricstore.Counts
+		_ = addRow(v, func(int) *metricstore.Counts { return &c }) // must not panic
+		_ = addRow(v, func(int) *metricstore.Counts { return nil })
+	})
+}
+
+// TestPlanTiles checks that plan covers every bucket exactly once with aligned segments.
+func TestPlanTiles(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 1))
+	kol, _ := time.LoadLocation("Asia/Kolkata")
+	for range 500 {
+		lo := int64(29_000_000) + rng.Int64N(1<<20)
+		q := metricstore.Query{Level: 1, Start: time.Unix(lo*60, 0), End: time.Unix((lo+1+rng.Int64N(20000))*60, 0),
+			Interval: time.Duration(1+rng.IntN(3000)) * time.Minute}
+		if rng.IntN(3) == 0 {
+			q.Interval, q.Location = 24*time.Hour, kol
+		}
+		b, err := q.Buckets()
+		if err != nil {
+			t.Fatal(err)
+		}
+		covered := make([]int64, len(b)-1)
+		for _, r := range plan(b) {
+			w := resolutions[r.res].minutes
+			for _, s := range r.segs {
+				if s.lo%w != 0 || s.hi%w != 0 || s.lo < b[s.bucket] || s.hi > b[s.bucket+1] {
+					t.Fatalf("segment %+v of res %s misaligned for bucket [%d,%d)", s, resolutions[r.res].name, b[s.bucket], b[s.bucket+1])
+				}
+				covered[s.bucket] += s.hi - s.lo
+			}
+		}
+		for i := range covered {
+			if covered[i] != b[i+1]-b[i] {
+				t.Fatalf("bucket %d covered %d minutes of %d", i, covered[i], b[i+1]-b[i])
+			}
+		}
+	}
+}
+
+// TestCrashKeepsCommitsAtomic commits through a file system that forgets unsynced writes,
+// "crashes" at random points, and checks that what survives is exactly the commits that
+// returned, with offsets and counts in step.
+func TestCrashKeepsCommitsAtomic(t *testing.T) {
+	seed := *seedFlag
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 3))
+	fs := vfs.NewStrictMem()
+	ctx := context.Background()
+	m := time.Now().Unix()/60 - 100
+	var committed int64
+	for round := range 5 {
+		s, err := Open("db", Options{FS: fs})
+		if err != nil {
+			t.Fatalf("seed %d round %d: open: %v", seed, round, err)
+		}
+		cp, err := s.Checkpoint(ctx, "agg")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cp.Offsets[0] != committed {
+			t.Fatalf("seed %d round %d: offset %d after crash, want %d", seed, round, cp.Offsets[0], committed)
+		}
+		r, err := s.Query(ctx, metricstore.Query{Level: metricstore.LevelAd, IDs: []string{"a"}, Start: time.Unix(m*60, 0), End: time.Unix((m+50)*60, 0), Interval: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum int64
+		for _, p := range r.Series[0].Points {
+			sum += p.Clicks
+		}
+		if sum != committed {
+			t.Fatalf("seed %d round %d: %d clicks after crash, want %d (one per offset)", seed, round, sum, committed)
+		}
+		for range 1 + rng.IntN(20) {
+			n := 1 + rng.Int64N(50)
+			var ds []metricstore.Delta
+			for i := range n {
+				ds = append(ds, metricstore.Delta{Level: metricstore.LevelAd, ID: "a", Minute: m + (committed+i)%50, Counts: metricstore.Counts{Clicks: 1}})
+			}
+			if err := s.Apply(ctx, &metricstore.Commit{Consumer: "agg", Ranges: []metricstore.OffsetRange{{Partition: 0, From: committed, To: committed + n}}, Deltas: ds}); err != nil {
+				t.Fatal(err)
+			}
+			committed += n
+		}
+		// Crash: whatever was not synced is lost.
+		fs.SetIgnoreSyncs(true)
+		// An unsynced write after the last commit must not survive either.
+		_ = s.Expire(ctx)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		fs.ResetToSyncedState()
+		fs.SetIgnoreSyncs(false)
+	}
+}
+
+// TestRetention drives the clock forward and checks that minute buckets go after their
+// retention, hour buckets after theirs, and day buckets stay.
+func TestRetention(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 21, 10, 30, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	s, err := Open(t.TempDir(), Options{Now: clock, MinuteRetention: 2 * 24 * time.Hour, HourRetention: 40 * 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m := now.Unix()/60 - 60 // 09:30
+	if err := s.Apply(ctx, &metricstore.Commit{Consumer: "a", Deltas: []metricstore.Delta{{Level: metricstore.LevelAd, ID: "x", Minute: m, Counts: metricstore.Counts{Clicks: 5}}}}); err != nil {
+		t.Fatal(err)
+	}
+	clicks := func(iv time.Duration) (int64, error) {
+		r, err := s.Query(ctx, metricstore.Query{Level: metricstore.LevelAd, IDs: []string{"x"}, Start: time.Unix(m*60, 0), End: time.Unix((m+1)*60, 0), Interval: iv})
+		if err != nil {
+			return 0, err
+		}
+		return r.Series[0].Points[0].Clicks, nil
+	}
+	check := func(when string, iv time.Duration, want int64, wantErr error) {
+		t.Helper()
+		if err := s.Expire(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got, err := clicks(iv)
+		if !errors.Is(err, wantErr) || got != want {
+			t.Errorf("%s, %v buckets: %d, %v; want %d, %v", when, iv, got, err, want, wantErr)
+		}
+	}
+	check("fresh", time.Minute, 5, nil)
+	now = now.Add(3 * 24 * time.Hour)
+	check("after minute retention", time.Minute, 0, metricstore.ErrExpired)
+	check("after minute retention", time.Hour, 5, nil)
+	check("after minute retention", 24*time.Hour, 5, nil)
+	// The minute keys are really gone, not just hidden by the query's guard.
+	if n := countKeys(t, s, resMinute); n != 0 {
+		t.Errorf("%d minute keys left after expiry", n)
+	}
+	now = now.Add(60 * 24 * time.Hour)
+	check("after hour retention", time.Hour, 0, metricstore.ErrExpired)
+	check("after hour retention", 24*time.Hour, 5, nil)
+	if n := countKeys(t, s, resHour); n != 0 {
+		t.Errorf("%d hour keys left after expiry", n)
+	}
+	now = now.Add(10 * 365 * 24 * time.Hour)
+	check("ten years on", 24*time.Hour, 5, nil)
+	if st := s.Stats(); st.ExpiredRanges < 2 {
+		t.Errorf("stats ExpiredRanges %d, want >= 2", st.ExpiredRanges)
+	}
+}
+
+func countKeys(t testing.TB, s *Store, res int) int {
+	t.Helper()
+	it, err := s.db.NewIter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	it.SetBounds([]byte{resolutions[res].prefix}, []byte{resolutions[res].prefix + 1})
+	n := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		n++
+	}
+	return n
+}

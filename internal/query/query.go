@@ -1,0 +1,193 @@
+// Package query serves the analytics API: GET /metrics (time series of ads, campaigns or
+// advertisers, read from the metric store) and GET /metrics/top (the top N over the last
+// minutes, from the in-memory index of package topn). It is the read end of the pipeline:
+// aggregate -> metric store -> query.
+//
+// Invariants:
+//   - Tenancy: an advertiser key only ever sees its own advertiser's objects. Naming any
+//     other (or unknown) id answers 404 naming it, before anything is read, so a key cannot
+//     probe which ids exist; /metrics/top is implicitly filtered to the key's advertiser.
+//     Admin keys see everything (unknown ids simply have zeros). Every other caller gets 401
+//     or 403.
+//   - Responses follow API.md exactly: /metrics has one series per requested id in request
+//     order (a repeated id gets its series again, so responses line up with requests), every
+//     bucket of the aligned range, and echoes the aligned range and the normalised interval;
+//     /metrics/top lists only positive values, highest first, ties by id ascending.
+//   - Every rejected request is a 4xx naming the bad parameter; nothing a caller sends makes
+//     the handlers panic or do unbounded work (ids, points and windows are bounded before
+//     anything is read).
+package query
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/httpapi"
+	"github.com/adpulse/adpulse/internal/metricstore"
+	"github.com/adpulse/adpulse/internal/query/topn"
+)
+
+// Owners tells who owns ads and campaigns (the server adapts the catalog to it). Advertiser
+// ownership never changes; an ad's campaign may.
+type Owners = topn.Owners
+
+// TopIndex answers top-N queries; *topn.Index implements it.
+type TopIndex interface {
+	Top(ctx context.Context, q topn.Query) ([]topn.Item, error)
+}
+
+var _ TopIndex = (*topn.Index)(nil)
+
+// Options configure a Handler. Store and Owners are required.
+type Options struct {
+	Store  metricstore.Store
+	Index  TopIndex // nil: GET /metrics/top answers 503
+	Owners Owners
+	Now    func() time.Time // default time.Now
+	Logger *slog.Logger
+}
+
+// Stats are the handler's counters since New.
+type Stats struct {
+	MetricsRequests int64 // GET /metrics answered 200
+	TopRequests     int64 // GET /metrics/top answered 200
+	Rejected        int64 // 4xx answers
+	Failed          int64 // 5xx answers
+}
+
+// Handler serves the analytics endpoints.
+type Handler struct {
+	opts Options
+
+	zoneMu sync.Mutex
+	zones  map[string]*time.Location // loaded zones; only valid names enter, so it is bounded
+
+	metricsOK, topOK, rejected, failed atomic.Int64
+}
+
+// New returns a Handler.
+func New(opts Options) (*Handler, error) {
+	if opts.Store == nil {
+		return nil, errors.New("query: Options.Store is required")
+	}
+	if opts.Owners == nil {
+		return nil, errors.New("query: Options.Owners is required")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Handler{opts: opts, zones: make(map[string]*time.Location)}, nil
+}
+
+// Register adds GET /metrics and GET /metrics/top to mux.
+func (h *Handler) Register(mux *http.ServeMux) {
+	mux.HandleFunc("GET /metrics", h.serveMetrics)
+	mux.HandleFunc("GET /metrics/top", h.serveTop)
+}
+
+// Stats returns the counters.
+func (h *Handler) Stats() Stats {
+	return Stats{MetricsRequests: h.metricsOK.Load(), TopRequests: h.topOK.Load(), Rejected: h.rejected.Load(), Failed: h.failed.Load()}
+}
+
+// zone loads a time zone, caching it: LoadLocation reads the zone database every time.
+func (h *Handler) zone(name string) (*time.Location, error) {
+	h.zoneMu.Lock()
+	loc, ok := h.zones[name]
+	h.zoneMu.Unlock()
+	if ok {
+		return loc, nil
+	}
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		return nil, err
+	}
+	h.zoneMu.Lock()
+	if len(h.zones) < 4096 { // there are about 600 zone names; this only guards the map
+		h.zones[name] = loc
+	}
+	h.zoneMu.Unlock()
+	return loc, nil
+}
+
+// reader returns the caller if it may read analytics: admin or advertiser keys.
+func reader(r *http.Request) (httpapi.Principal, error) {
+	p := httpapi.PrincipalFrom(r.Context())
+	switch p.Role {
+	case httpapi.RoleAdmin, httpapi.RoleAdvertiser:
+		return p, nil
+	case httpapi.RoleNone:
+		return p, httpapi.Errorf(httpapi.CodeUnauthenticated, "Authorization: an admin or advertiser key is required (Authorization: Bearer KEY)")
+	}
+	return p, httpapi.Errorf(httpapi.CodePermissionDenied, "Authorization: this key may not read analytics")
+}
+
+// notFound is the answer for an id a caller may not see: the same as for one that does not
+// exist.
+func notFound(param, kind, id string) error {
+	return httpapi.Errorf(httpapi.CodeNotFound, param+": "+kind+" "+quoteID(id)+" not found")
+}
+
+// owns reports whether advertiser adv owns the object id at level l.
+func (h *Handler) owns(adv string, l metricstore.Level, id string) bool {
+	var owner string
+	var ok bool
+	switch l {
+	case metricstore.LevelAd:
+		owner, ok = h.opts.Owners.AdAdvertiser(id)
+	case metricstore.LevelCampaign:
+		owner, ok = h.opts.Owners.CampaignAdvertiser(id)
+	default:
+		owner, ok = id, true
+	}
+	return ok && owner == adv
+}
+
+// fail writes err, counting it; internal errors are logged, never shown.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *httpapi.Error
+	if errors.As(err, &ae) {
+		if ae.Code == httpapi.CodeUnavailable || ae.Code == httpapi.CodeInternal {
+			h.failed.Add(1)
+		} else {
+			h.rejected.Add(1)
+		}
+	} else {
+		h.failed.Add(1)
+		if r.Context().Err() == nil {
+			h.opts.Logger.Error("analytics query failed", "path", r.URL.Path, "query", r.URL.RawQuery, "err", err)
+		}
+	}
+	httpapi.WriteError(w, err)
+}
+
+// storeError maps a metric store error to the API.
+func storeError(err error) error {
+	switch {
+	case errors.Is(err, metricstore.ErrExpired):
+		return httpapi.BadField("start_time", trimPrefix(err)+"; use a coarser interval or a later start_time")
+	case errors.Is(err, metricstore.ErrInvalidQuery):
+		return httpapi.BadField("start_time", trimPrefix(err))
+	case errors.Is(err, metricstore.ErrClosed):
+		return httpapi.Errorf(httpapi.CodeUnavailable, "metric store: shutting down")
+	}
+	return fmt.Errorf("metric store query: %w", err)
+}
+
+func trimPrefix(err error) string {
+	s := err.Error()
+	const p = "metricstore: "
+	if len(s) > len(p) && s[:len(p)] == p {
+		return s[len(p):]
+	}
+	return s
+}
