@@ -461,6 +461,9 @@ func (o catalogOwners) CampaignAdvertiser(campaignID string) (string, bool) {
 	return o.c.CampaignOwner(campaignID)
 }
 
+// OpsAddr is the address the ops listener is bound to.
+func (a *App) OpsAddr() string { return a.opsLn.Addr().String() }
+
 // catalogAds adapts the catalog's index to what ingest reads.
 type catalogAds struct{ c *catalog.Catalog }
 

@@ -87,6 +87,18 @@ func TestRestartKeepsSecretsAndDedup(t *testing.T) {
 		if n := app.intake.Stats(); n.Accepted != 1 || n.Duplicates != 1 {
 			t.Fatalf("first run: %+v", n)
 		}
+		resp, err := c.Get("http://" + app.OpsAddr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, name := range []string{"adpulse_eventlog_syncs_total", "adpulse_ingest_events_accepted_total 1", "adpulse_aggregate_lag_messages",
+			"adpulse_aggregate_watermark_delay_seconds", "adpulse_billing_charged_micros_total", "adpulse_http_request_duration_seconds", "adpulse_topn_bytes"} {
+			if !strings.Contains(string(body), name) {
+				t.Errorf("ops /metrics lacks %s", name)
+			}
+		}
 	})
 	run(func(app *App, base string) {
 		if app.AdminKey() != adminKey {

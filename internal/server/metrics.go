@@ -34,6 +34,33 @@ var collectorDefs = []metricDef{
 	{"adpulse_ingest_record_failures_total", "Requests whose events could not be made durable (nothing acknowledged).", prometheus.CounterValue, nil},
 	{"adpulse_dedup_keys", "Idempotency keys held by the embedded dedup store.", prometheus.GaugeValue, nil},
 	{"adpulse_catalog_objects", "Catalog objects by kind.", prometheus.GaugeValue, []string{"kind"}},
+
+	{"adpulse_aggregate_events_consumed_total", "Log messages the aggregator processed.", prometheus.CounterValue, nil},
+	{"adpulse_aggregate_events_counted_total", "Events counted into metric buckets.", prometheus.CounterValue, nil},
+	{"adpulse_aggregate_duplicates_total", "Events dropped by the aggregator's duplicate filter (second line of defence).", prometheus.CounterValue, nil},
+	{"adpulse_aggregate_late_after_final_total", "Events counted into a bucket already declared final.", prometheus.CounterValue, nil},
+	{"adpulse_aggregate_commits_total", "Atomic commits of counts and offsets.", prometheus.CounterValue, nil},
+	{"adpulse_aggregate_commit_seconds_total", "Time spent committing counts and offsets.", prometheus.CounterValue, nil},
+	{"adpulse_aggregate_last_commit_seconds", "Latency of the last commit.", prometheus.GaugeValue, nil},
+	{"adpulse_aggregate_lag_messages", "Messages in the log not yet consumed, per partition.", prometheus.GaugeValue, []string{"partition"}},
+	{"adpulse_aggregate_watermark_delay_seconds", "How far the aggregator's watermark trails the clock.", prometheus.GaugeValue, nil},
+	{"adpulse_aggregate_final_before_timestamp_seconds", "Buckets ending at or before this time are final.", prometheus.GaugeValue, nil},
+
+	{"adpulse_metricstore_applies_total", "Metric store commits.", prometheus.CounterValue, nil},
+	{"adpulse_metricstore_apply_seconds_total", "Time spent in metric store commits, sync included.", prometheus.CounterValue, nil},
+	{"adpulse_metricstore_disk_bytes", "Bytes of the metric store on disk.", prometheus.GaugeValue, nil},
+
+	{"adpulse_billing_events_consumed_total", "Log messages the charger processed.", prometheus.CounterValue, nil},
+	{"adpulse_billing_clicks_charged_total", "Valid clicks that charged more than zero.", prometheus.CounterValue, nil},
+	{"adpulse_billing_charged_micros_total", "Micros charged.", prometheus.CounterValue, nil},
+	{"adpulse_billing_zero_charge_clicks_total", "Valid clicks that charged nothing, by reason.", prometheus.CounterValue, []string{"reason"}},
+	{"adpulse_billing_refunded_micros_total", "Micros credited back by refunds.", prometheus.CounterValue, nil},
+	{"adpulse_billing_commit_seconds_total", "Time spent committing the ledger.", prometheus.CounterValue, nil},
+	{"adpulse_billing_lag_messages", "Messages in the log not yet charged, per partition.", prometheus.GaugeValue, []string{"partition"}},
+	{"adpulse_billing_journal_unapplied", "Spend journal entries not yet in the metric store.", prometheus.GaugeValue, nil},
+
+	{"adpulse_topn_bytes", "Estimated heap of the top-N index.", prometheus.GaugeValue, nil},
+	{"adpulse_topn_queries_total", "Top-N queries by how they were answered.", prometheus.CounterValue, []string{"method"}},
 }
 
 func newStatsCollector(a *App) *statsCollector {
@@ -80,4 +107,45 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	emit("adpulse_catalog_objects", float64(cs.Advertisers), "advertiser")
 	emit("adpulse_catalog_objects", float64(cs.Campaigns), "campaign")
 	emit("adpulse_catalog_objects", float64(cs.Ads), "ad")
+
+	as := c.a.aggregator.Stats()
+	emit("adpulse_aggregate_events_consumed_total", float64(as.EventsConsumed))
+	emit("adpulse_aggregate_events_counted_total", float64(as.EventsCounted))
+	emit("adpulse_aggregate_duplicates_total", float64(as.Duplicates))
+	emit("adpulse_aggregate_late_after_final_total", float64(as.LateAfterFinal))
+	emit("adpulse_aggregate_commits_total", float64(as.Commits))
+	emit("adpulse_aggregate_commit_seconds_total", as.TotalCommitLatency.Seconds())
+	emit("adpulse_aggregate_last_commit_seconds", as.LastCommitLatency.Seconds())
+	for _, ps := range as.Partitions {
+		emit("adpulse_aggregate_lag_messages", float64(ps.Lag), strconv.Itoa(ps.Partition))
+	}
+	emit("adpulse_aggregate_watermark_delay_seconds", as.WatermarkDelay.Seconds())
+	if !as.FinalBefore.IsZero() {
+		emit("adpulse_aggregate_final_before_timestamp_seconds", float64(as.FinalBefore.Unix()))
+	}
+
+	ms := c.a.metrics.Stats()
+	emit("adpulse_metricstore_applies_total", float64(ms.Applies))
+	emit("adpulse_metricstore_apply_seconds_total", float64(ms.ApplyNanos)/1e9)
+	emit("adpulse_metricstore_disk_bytes", float64(ms.DiskBytes))
+
+	bs := c.a.billing.Stats()
+	emit("adpulse_billing_events_consumed_total", float64(bs.EventsConsumed))
+	emit("adpulse_billing_clicks_charged_total", float64(bs.ClicksCharged))
+	emit("adpulse_billing_charged_micros_total", float64(bs.MicrosCharged))
+	for reason, n := range bs.ZeroCharge {
+		emit("adpulse_billing_zero_charge_clicks_total", float64(n), reason)
+	}
+	emit("adpulse_billing_refunded_micros_total", float64(bs.MicrosRefunded))
+	emit("adpulse_billing_commit_seconds_total", bs.TotalCommitLatency.Seconds())
+	for _, ps := range bs.Partitions {
+		emit("adpulse_billing_lag_messages", float64(ps.Lag), strconv.Itoa(int(ps.Partition)))
+	}
+	emit("adpulse_billing_journal_unapplied", float64(bs.JournalNext-bs.JournalApplied))
+
+	ts := c.a.top.Stats()
+	emit("adpulse_topn_bytes", float64(ts.Bytes))
+	emit("adpulse_topn_queries_total", float64(ts.TAQueries), "threshold")
+	emit("adpulse_topn_queries_total", float64(ts.BruteQueries), "brute_force")
+	emit("adpulse_topn_queries_total", float64(ts.MemberQueries), "members")
 }
