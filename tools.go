@@ -5,10 +5,15 @@
 package tools
 
 import (
+	_ "github.com/ClickHouse/clickhouse-go/v2"
 	_ "github.com/HdrHistogram/hdrhistogram-go"
 	_ "github.com/cespare/xxhash/v2"
 	_ "github.com/cockroachdb/pebble"
 	_ "github.com/prometheus/client_golang/prometheus"
+	_ "github.com/redis/go-redis/v9"
+	_ "github.com/twmb/franz-go/pkg/kadm"
+	_ "github.com/twmb/franz-go/pkg/kfake"
+	_ "github.com/twmb/franz-go/pkg/kgo"
 	_ "github.com/valyala/fastjson"
 	_ "modernc.org/sqlite"
 )
