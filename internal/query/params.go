@@ -15,8 +15,12 @@ import (
 
 // Limits of the API contract.
 const (
-	MaxIDs          = 1000  // ids per /metrics request
-	MaxPoints       = 10000 // points per series
+	MaxIDs    = 1000  // ids per /metrics request
+	MaxPoints = 10000 // points per series
+	// MaxTotalPoints bounds one response (ids x points): the contract's two limits together
+	// would allow ten million points, a response of gigabytes. This still allows 1000 ids
+	// over a day at 2m, or 100 ids at the full 10000 points.
+	MaxTotalPoints  = 1_000_000
 	DefaultRange    = time.Hour
 	MaxTopMinutes   = 1440 // the top-N window, and how far back it may start
 	DefaultTopN     = 10
@@ -259,6 +263,8 @@ func parseMetricsParams(v url.Values, now time.Time, zone func(string) (*time.Lo
 	}
 	if n := int64(len(b) - 1); n > MaxPoints {
 		return nil, tooManyPoints(n, p.name)
+	} else if total := n * int64(len(p.ids)); total > MaxTotalPoints {
+		return nil, httpapi.BadField("interval", fmt.Sprintf("%d ids x %d points is %d points, at most %d in one response: ask for fewer ids or fewer points", len(p.ids), n, total, MaxTotalPoints))
 	}
 	return p, nil
 }

@@ -537,3 +537,20 @@ func TestNewValidates(t *testing.T) {
 		t.Error("no owners accepted")
 	}
 }
+
+func TestMetricsTotalPointsCap(t *testing.T) {
+	now := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+	ids := make([]string, 200)
+	for i := range ids {
+		ids[i] = fmt.Sprint("ad", i)
+	}
+	v := url.Values{"ad_ids": {strings.Join(ids, ",")}, "start_time": {"2026-11-14T08:00:00Z"}, "end_time": {"2026-11-21T00:00:00Z"}, "interval": {"1m"}}
+	if _, err := parseMetricsParams(v, now, time.LoadLocation); err == nil || !strings.Contains(err.Error(), "in one response") {
+		t.Fatalf("200 ids x 9600 points: %v", err)
+	}
+	v.Set("ad_ids", strings.Join(ids[:90], ","))
+	v.Set("start_time", "2026-11-14T08:00:00Z")
+	if _, err := parseMetricsParams(v, now, time.LoadLocation); err != nil {
+		t.Fatalf("90 ids x 9600 points must pass: %v", err)
+	}
+}

@@ -248,15 +248,11 @@ func (a *App) open(ctx context.Context) error {
 		return fmt.Errorf("open metric store: %w", err)
 	}
 	a.top = topn.New(topn.Options{Owners: catalogOwners{a.catalog}, Now: a.now, Logger: a.logger.With("component", "topn")})
-	if scanner, ok := any(a.metrics).(topn.MinuteScanner); ok {
-		t0 = time.Now()
-		if err := a.top.Rebuild(ctx, scanner); err != nil {
-			return fmt.Errorf("rebuild top-N index: %w", err)
-		}
-		a.logger.Info("top-N index rebuilt from the metric store", "took", time.Since(t0).Round(time.Millisecond))
-	} else {
-		a.logger.Warn("metric store cannot list minute buckets: top-N starts empty")
+	t0 = time.Now()
+	if err := a.top.Rebuild(ctx, a.metrics); err != nil {
+		return fmt.Errorf("rebuild top-N index: %w", err)
 	}
+	a.logger.Info("top-N index rebuilt from the metric store", "took", time.Since(t0).Round(time.Millisecond))
 	// Every stage that writes the metric store goes through observed, so the top-N index sees
 	// exactly the committed deltas, once each, in commit order.
 	observed := &observedStore{Store: a.metrics, onApply: a.top.Add}

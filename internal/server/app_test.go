@@ -84,6 +84,16 @@ func TestRestartKeepsSecretsAndDedup(t *testing.T) {
 		clickURL = base + "/c/" + tok
 		click(base)
 		click(base)
+		// Wait until the click is committed to the metric store, so that after the restart
+		// only a rebuild of the top-N index can show it.
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if body := topN(t, c, base, adminKey); strings.Contains(body, `"clicks":1`) {
+				break
+			} else if time.Now().After(deadline) {
+				t.Fatalf("click never visible in top-N: %s", body)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 		if n := app.intake.Stats(); n.Accepted != 1 || n.Duplicates != 1 {
 			t.Fatalf("first run: %+v", n)
 		}
@@ -109,5 +119,23 @@ func TestRestartKeepsSecretsAndDedup(t *testing.T) {
 		if n := app.intake.Stats(); n.Accepted != 0 || n.Duplicates != 1 {
 			t.Fatalf("after restart: %+v", n)
 		}
+		// The top-N index lives in memory: it must have been rebuilt from the metric store
+		// before the API listener opened.
+		if body := topN(t, c, base, adminKey); !strings.Contains(body, `"items":[{"ad_id":"ad1","clicks":1}]`) {
+			t.Fatalf("top-N after restart: %s", body)
+		}
 	})
+}
+
+func topN(t *testing.T, c *http.Client, base, key string) string {
+	t.Helper()
+	req, _ := http.NewRequest("GET", base+"/metrics/top?minutes=10", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
 }

@@ -1,0 +1,99 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// rawConn is one keep-alive HTTP/1.1 connection that sends GET requests written by hand and
+// reads the answers with net/http's parser. It costs the client a fraction of what
+// http.Client does per request, which matters when client and server share two cores: the
+// figures should be the server's, not the load generator's.
+type rawConn struct {
+	addr string // host:port
+	host string // Host header
+	c    net.Conn
+	br   *bufio.Reader
+	buf  []byte
+}
+
+func newRawConn(addr string) *rawConn {
+	return &rawConn{addr: addr, host: addr, buf: make([]byte, 0, 512)}
+}
+
+const clickUA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
+
+// get sends GET path and returns the status code and the Location header. A connection that
+// fails is closed and redialled on the next call.
+func (rc *rawConn) get(ctx context.Context, path string, timeout time.Duration) (int, string, error) {
+	if rc.c == nil {
+		d := net.Dialer{Timeout: 5 * time.Second}
+		c, err := d.DialContext(ctx, "tcp", rc.addr)
+		if err != nil {
+			return 0, "", err
+		}
+		rc.c, rc.br = c, bufio.NewReaderSize(c, 4096)
+	}
+	_ = rc.c.SetDeadline(time.Now().Add(timeout))
+	b := rc.buf[:0]
+	b = append(b, "GET "...)
+	b = append(b, path...)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, rc.host...)
+	b = append(b, "\r\nUser-Agent: "+clickUA+"\r\n\r\n"...)
+	rc.buf = b
+	if _, err := rc.c.Write(b); err != nil {
+		rc.close()
+		return 0, "", err
+	}
+	resp, err := http.ReadResponse(rc.br, nil)
+	if err != nil {
+		rc.close()
+		return 0, "", err
+	}
+	// Bodies of 302s are empty and error bodies are small: read them to reuse the connection.
+	if _, err := io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)); err != nil {
+		resp.Body.Close()
+		rc.close()
+		return 0, "", err
+	}
+	resp.Body.Close()
+	if resp.Close {
+		rc.close()
+	}
+	return resp.StatusCode, resp.Header.Get("Location"), nil
+}
+
+func (rc *rawConn) close() {
+	if rc.c != nil {
+		rc.c.Close()
+		rc.c, rc.br = nil, nil
+	}
+}
+
+// errStatus is a non-2xx answer of a helper request.
+type errStatus struct {
+	status int
+	body   string
+}
+
+func (e *errStatus) Error() string { return "status " + strconv.Itoa(e.status) + ": " + e.body }
+
+func isStatus(err error, status int) bool {
+	var es *errStatus
+	return errors.As(err, &es) && es.status == status
+}
+
+func snippet(b []byte) string {
+	if len(b) > 300 {
+		b = b[:300]
+	}
+	return fmt.Sprintf("%q", b)
+}
