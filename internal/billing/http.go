@@ -51,16 +51,6 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/clicks/{impression_id}/refund", h.refund)
 }
 
-func requireAdmin(r *http.Request) error {
-	switch httpapi.PrincipalFrom(r.Context()).Role {
-	case httpapi.RoleAdmin:
-		return nil
-	case httpapi.RoleNone:
-		return httpapi.Errorf(httpapi.CodeUnauthenticated, "authorization: an admin key is required")
-	}
-	return httpapi.Errorf(httpapi.CodePermissionDenied, "authorization: this needs the admin key")
-}
-
 // fail writes err: API errors as they are, engine states as their codes, anything else as an
 // internal error (logged, not shown).
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
@@ -86,7 +76,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 }
 
 func (h *Handler) servingCampaigns(w http.ResponseWriter, r *http.Request) {
-	if err := requireAdmin(r); err != nil {
+	if err := httpapi.RequireAdmin(r); err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
@@ -105,7 +95,7 @@ type viewsJSON struct {
 }
 
 func (h *Handler) userViews(w http.ResponseWriter, r *http.Request) {
-	if err := requireAdmin(r); err != nil {
+	if err := httpapi.RequireAdmin(r); err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
@@ -145,14 +135,9 @@ func impressionID(r *http.Request) (string, error) {
 }
 
 func (h *Handler) getClick(w http.ResponseWriter, r *http.Request) {
-	p := httpapi.PrincipalFrom(r.Context())
-	switch p.Role {
-	case httpapi.RoleAdmin, httpapi.RoleAdvertiser:
-	case httpapi.RoleNone:
-		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeUnauthenticated, "authorization: an admin or advertiser key is required"))
-		return
-	default:
-		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodePermissionDenied, "authorization: this key may not read clicks"))
+	p, err := httpapi.RequireReader(r)
+	if err != nil {
+		httpapi.WriteError(w, err)
 		return
 	}
 	id, err := impressionID(r)
@@ -172,7 +157,7 @@ func (h *Handler) getClick(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) refund(w http.ResponseWriter, r *http.Request) {
-	if err := requireAdmin(r); err != nil {
+	if err := httpapi.RequireAdmin(r); err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}

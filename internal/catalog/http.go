@@ -191,27 +191,6 @@ func (h *Handler) campaignOut(ctx context.Context, cp Campaign) campaignJSON {
 // Auth. Writes need the admin key; reads take the admin key or an advertiser key, which sees
 // only its own advertiser's objects (others answer 404 exactly as missing ones).
 
-func requireAdmin(r *http.Request) error {
-	switch httpapi.PrincipalFrom(r.Context()).Role {
-	case httpapi.RoleAdmin:
-		return nil
-	case httpapi.RoleNone:
-		return httpapi.Errorf(httpapi.CodeUnauthenticated, "authorization: an admin key is required")
-	}
-	return httpapi.Errorf(httpapi.CodePermissionDenied, "authorization: this needs the admin key")
-}
-
-func requireReader(r *http.Request) (httpapi.Principal, error) {
-	p := httpapi.PrincipalFrom(r.Context())
-	switch p.Role {
-	case httpapi.RoleAdmin, httpapi.RoleAdvertiser:
-		return p, nil
-	case httpapi.RoleNone:
-		return p, httpapi.Errorf(httpapi.CodeUnauthenticated, "authorization: an admin or advertiser key is required")
-	}
-	return p, httpapi.Errorf(httpapi.CodePermissionDenied, "authorization: this key may not read the catalog")
-}
-
 func pathID(r *http.Request) (string, error) {
 	id := r.PathValue("id")
 	if !event.ValidID(id) {
@@ -355,7 +334,7 @@ func checkBodyID(bodyID *string, id string) error {
 }
 
 func (h *Handler) putAdvertiser(w http.ResponseWriter, r *http.Request) {
-	if err := requireAdmin(r); err != nil {
+	if err := httpapi.RequireAdmin(r); err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
@@ -382,7 +361,7 @@ func (h *Handler) putAdvertiser(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) getAdvertiser(w http.ResponseWriter, r *http.Request) {
-	p, err := requireReader(r)
+	p, err := httpapi.RequireReader(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -405,7 +384,7 @@ func (h *Handler) getAdvertiser(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) putCampaign(w http.ResponseWriter, r *http.Request) {
-	if err := requireAdmin(r); err != nil {
+	if err := httpapi.RequireAdmin(r); err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
@@ -461,7 +440,7 @@ func campaignFromBody(id string, b *campaignBody) (Campaign, error) {
 }
 
 func (h *Handler) getCampaign(w http.ResponseWriter, r *http.Request) {
-	p, err := requireReader(r)
+	p, err := httpapi.RequireReader(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -504,7 +483,7 @@ func adFromBody(id string, b *adBody) (Ad, error) {
 }
 
 func (h *Handler) putAd(w http.ResponseWriter, r *http.Request) {
-	if err := requireAdmin(r); err != nil {
+	if err := httpapi.RequireAdmin(r); err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
@@ -532,7 +511,7 @@ func (h *Handler) putAd(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) getAd(w http.ResponseWriter, r *http.Request) {
-	p, err := requireReader(r)
+	p, err := httpapi.RequireReader(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -574,7 +553,7 @@ type BulkResponse struct {
 // BulkBatchSize; a database failure midway answers 500 with the earlier batches kept (ads are
 // upserts, so the client just retries the whole body).
 func (h *Handler) bulkAds(w http.ResponseWriter, r *http.Request) {
-	if err := requireAdmin(r); err != nil {
+	if err := httpapi.RequireAdmin(r); err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
@@ -681,7 +660,7 @@ type keyJSON struct {
 }
 
 func (h *Handler) createAdvertiserKey(w http.ResponseWriter, r *http.Request) {
-	if err := requireAdmin(r); err != nil {
+	if err := httpapi.RequireAdmin(r); err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
@@ -700,7 +679,7 @@ func (h *Handler) createAdvertiserKey(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) createIngestKey(w http.ResponseWriter, r *http.Request) {
-	if err := requireAdmin(r); err != nil {
+	if err := httpapi.RequireAdmin(r); err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}

@@ -161,6 +161,33 @@ func (p Principal) CanSee(advertiserID string) bool {
 	return p.Role == RoleAdmin || p.Role == RoleAdvertiser && p.AdvertiserID == advertiserID
 }
 
+// Require returns the caller of r if its role is one of roles. Otherwise it returns the
+// contract's error: 401 unauthenticated without a (known) key, 403 permission_denied for a
+// key of another role. what names the allowed keys in the message ("an admin key").
+func Require(r *http.Request, what string, roles ...Role) (Principal, error) {
+	p := PrincipalFrom(r.Context())
+	for _, role := range roles {
+		if p.Role == role {
+			return p, nil
+		}
+	}
+	if p.Role == RoleNone {
+		return p, Errorf(CodeUnauthenticated, "authorization: "+what+" is required (Authorization: Bearer KEY)")
+	}
+	return p, Errorf(CodePermissionDenied, "authorization: this key may not do this; "+what+" is required")
+}
+
+// RequireAdmin is Require for the admin key alone.
+func RequireAdmin(r *http.Request) error {
+	_, err := Require(r, "an admin key", RoleAdmin)
+	return err
+}
+
+// RequireReader is Require for reads: the admin key or an advertiser key.
+func RequireReader(r *http.Request) (Principal, error) {
+	return Require(r, "an admin or advertiser key", RoleAdmin, RoleAdvertiser)
+}
+
 type principalKey struct{}
 
 // WithPrincipal returns ctx carrying p.

@@ -97,3 +97,23 @@ func TestPrincipalCanSee(t *testing.T) {
 		t.Fatal("principal not carried by the context")
 	}
 }
+
+func TestRequire(t *testing.T) {
+	for _, tc := range []struct {
+		p    Principal
+		code string
+	}{
+		{Principal{}, CodeUnauthenticated},
+		{Principal{Role: RoleIngest}, CodePermissionDenied},
+		{Principal{Role: RoleAdvertiser, AdvertiserID: "a"}, ""},
+		{Principal{Role: RoleAdmin}, ""},
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r = r.WithContext(WithPrincipal(r.Context(), tc.p))
+		_, err := RequireReader(r)
+		var ae *Error
+		if tc.code == "" && err != nil || tc.code != "" && (!errors.As(err, &ae) || ae.Code != tc.code || !strings.Contains(ae.Message, "authorization")) {
+			t.Errorf("%+v: %v", tc.p, err)
+		}
+	}
+}

@@ -260,13 +260,8 @@ type batchResponse struct {
 const maxListedErrors = 1000
 
 func (h *Handlers) events(w http.ResponseWriter, r *http.Request) {
-	switch p := httpapi.PrincipalFrom(r.Context()); p.Role {
-	case httpapi.RoleAdmin, httpapi.RoleIngest:
-	case httpapi.RoleNone:
-		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeUnauthenticated, "authorization: an admin or ingest key is required"))
-		return
-	default:
-		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodePermissionDenied, "authorization: this key may not send events"))
+	if _, err := httpapi.Require(r, "an admin or ingest key", httpapi.RoleAdmin, httpapi.RoleIngest); err != nil {
+		httpapi.WriteError(w, err)
 		return
 	}
 	sc, _ := h.scratch.Get().(*batchScratch)
@@ -343,13 +338,8 @@ func (h *Handlers) events(w http.ResponseWriter, r *http.Request) {
 
 // clickURLs is POST /api/v1/click-urls: signed click and impression URLs for an ad server.
 func (h *Handlers) clickURLs(w http.ResponseWriter, r *http.Request) {
-	switch httpapi.PrincipalFrom(r.Context()).Role {
-	case httpapi.RoleAdmin:
-	case httpapi.RoleNone:
-		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeUnauthenticated, "authorization: an admin key is required"))
-		return
-	default:
-		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodePermissionDenied, "authorization: an admin key is required"))
+	if err := httpapi.RequireAdmin(r); err != nil {
+		httpapi.WriteError(w, err)
 		return
 	}
 	var req struct {

@@ -14,7 +14,7 @@ import (
 )
 
 func (h *Handler) serveMetrics(w http.ResponseWriter, r *http.Request) {
-	p, err := reader(r)
+	p, err := httpapi.RequireReader(r)
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -119,18 +119,6 @@ func (h *Handler) zone(name string) (*time.Location, error) {
 	return loc, nil
 }
 
-// reader returns the caller if it may read analytics: admin or advertiser keys.
-func reader(r *http.Request) (httpapi.Principal, error) {
-	p := httpapi.PrincipalFrom(r.Context())
-	switch p.Role {
-	case httpapi.RoleAdmin, httpapi.RoleAdvertiser:
-		return p, nil
-	case httpapi.RoleNone:
-		return p, httpapi.Errorf(httpapi.CodeUnauthenticated, "Authorization: an admin or advertiser key is required (Authorization: Bearer KEY)")
-	}
-	return p, httpapi.Errorf(httpapi.CodePermissionDenied, "Authorization: this key may not read analytics")
-}
-
 // notFound is the answer for an id a caller may not see: the same as for one that does not
 // exist.
 func notFound(param, kind, id string) error {

@@ -255,8 +255,8 @@ func TestMetricsErrors(t *testing.T) {
 		code   string
 		field  string
 	}{
-		{"ad_ids=1", nobody, 401, httpapi.CodeUnauthenticated, "Authorization"},
-		{"ad_ids=1", ingest, 403, httpapi.CodePermissionDenied, "Authorization"},
+		{"ad_ids=1", nobody, 401, httpapi.CodeUnauthenticated, "authorization"},
+		{"ad_ids=1", ingest, 403, httpapi.CodePermissionDenied, "authorization"},
 		{"", admin, bad, "invalid_argument", "ad_ids"},
 		{"start_time=1", admin, bad, "invalid_argument", "ad_ids"},
 		{"ad_ids=1&campaign_ids=c1", admin, bad, "invalid_argument", "campaign_ids"},
@@ -474,8 +474,8 @@ func TestTopErrors(t *testing.T) {
 		code   string
 		field  string
 	}{
-		{"", nobody, 401, httpapi.CodeUnauthenticated, "Authorization"},
-		{"", ingest, 403, httpapi.CodePermissionDenied, "Authorization"},
+		{"", nobody, 401, httpapi.CodeUnauthenticated, "authorization"},
+		{"", ingest, 403, httpapi.CodePermissionDenied, "authorization"},
 		{"n=0", admin, bad, "invalid_argument", "n"},
 		{"n=1001", admin, bad, "invalid_argument", "n"},
 		{"n=-1", admin, bad, "invalid_argument", "n"},
