@@ -41,6 +41,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +52,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/adpulse/adpulse/internal/eventlog"
 )
@@ -90,7 +93,7 @@ type Options struct {
 	// delayed.
 	Linger time.Duration
 	// DeliveryTimeout bounds how long Append waits for the brokers, retries included, before it
-	// fails. Default 10 s.
+	// fails. Default 10 s; franz-go refuses less than 1 s.
 	DeliveryTimeout time.Duration
 	// FetchBytes is the least a fetch asks for, however small the Read; the records beyond
 	// what the Read returns serve the next Reads of the partition. Default 256 KiB.
@@ -98,8 +101,6 @@ type Options struct {
 	// Logger receives setup warnings and the Kafka client's warnings and errors (its info
 	// and debug logs go to slog's debug level). Default: discard.
 	Logger *slog.Logger
-	// Now stamps append times. Default time.Now.
-	Now func() time.Time
 	// ClientOpts are appended to the franz-go client options (TLS, SASL, tuning, tests).
 	ClientOpts []kgo.Opt
 }
@@ -123,7 +124,6 @@ type Log struct {
 	opts    Options
 	topic   string
 	logger  *slog.Logger
-	now     func() time.Time
 	cl      *kgo.Client
 	adm     *kadm.Client
 	decomp  kgo.Decompressor
@@ -139,7 +139,7 @@ type Log struct {
 	metaGen uint64
 
 	stats struct {
-		msgs, bytes, appendErrs, requests, batches      atomic.Int64
+		msgs, bytes, appendErrs, requests, batches       atomic.Int64
 		reads, windowReads, fetches, fetchBytes, retries atomic.Int64
 	}
 }
@@ -170,14 +170,10 @@ func Open(ctx context.Context, o Options) (*Log, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
 	l := &Log{
 		opts:   o,
 		topic:  o.Topic,
 		logger: o.Logger.With("topic", o.Topic),
-		now:    o.Now,
 		decomp: kgo.DefaultDecompressor(),
 		parts:  make([]partition, o.Partitions),
 	}
@@ -191,6 +187,9 @@ func Open(ctx context.Context, o Options) (*Log, error) {
 		kgo.ProducerLinger(o.Linger),
 		kgo.RecordDeliveryTimeout(o.DeliveryTimeout),
 		kgo.AllowIdempotentProduceCancellation(),
+		// The producer re-routes failing partitions only after new metadata, which it asks
+		// for at most every MetadataMinAge (default 5 s): keep that well below the deadline.
+		kgo.MetadataMinAge(min(5*time.Second, o.DeliveryTimeout/4)),
 		kgo.WithLogger(kgoLogger{l.logger}),
 		kgo.WithHooks(hooks{l}),
 	}
@@ -211,7 +210,7 @@ func Open(ctx context.Context, o Options) (*Log, error) {
 // setupTopic creates the topic if it is missing, checks what the log relies on, and loads the
 // partition leaders.
 func (l *Log) setupTopic(ctx context.Context) error {
-	td, err := l.describeTopic(ctx)
+	tm, err := l.describeTopic(ctx)
 	if errors.Is(err, kerr.UnknownTopicOrPartition) {
 		configs := map[string]*string{
 			"cleanup.policy":         new("delete"),
@@ -229,68 +228,91 @@ func (l *Log) setupTopic(ctx context.Context) error {
 		default:
 			return fmt.Errorf("kafkalog: create topic %q: %w", l.topic, err)
 		}
-		td, err = l.waitTopic(ctx)
+		tm, err = l.waitTopic(ctx)
 	}
 	if err != nil {
 		return err
 	}
-	if n := len(td.Partitions); n != l.opts.Partitions {
+	if n := len(tm.leaders); n != l.opts.Partitions {
 		return fmt.Errorf("kafkalog: topic %q has %d partitions, configured %d (changing the count would move ads between partitions)", l.topic, n, l.opts.Partitions)
 	}
-	if rf := td.Partitions.NumReplicas(); rf < l.opts.ReplicationFactor {
-		l.logger.Warn("kafkalog: topic has fewer replicas than configured", "replicas", rf, "configured", l.opts.ReplicationFactor)
+	if tm.replicas < l.opts.ReplicationFactor {
+		l.logger.Warn("kafkalog: topic has fewer replicas than configured", "replicas", tm.replicas, "configured", l.opts.ReplicationFactor)
 	}
-	if err := l.checkConfigs(ctx, td.Partitions.NumReplicas()); err != nil {
+	if err := l.checkConfigs(ctx, tm.replicas); err != nil {
 		return err
 	}
 	l.metaMu.Lock()
-	l.setMeta(td)
+	l.setMeta(tm)
 	l.metaMu.Unlock()
 	return nil
 }
 
-func (l *Log) describeTopic(ctx context.Context) (kadm.TopicDetail, error) {
-	tds, err := l.adm.ListTopics(ctx, l.topic)
+// topicMeta is what the log needs of the topic's metadata.
+type topicMeta struct {
+	id       [16]byte
+	leaders  []int32 // by partition; -1 while a partition has no leader
+	replicas int     // the fewest replicas of any partition
+}
+
+// describeTopic loads the topic's metadata from a broker. It asks every time (the client's and
+// kadm's cached metadata can be seconds old, and a leader that moved is why we ask).
+func (l *Log) describeTopic(ctx context.Context) (topicMeta, error) {
+	var tm topicMeta
+	req := kmsg.NewPtrMetadataRequest()
+	rt := kmsg.NewMetadataRequestTopic()
+	rt.Topic = &l.topic
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, l.cl)
 	if err != nil {
-		return kadm.TopicDetail{}, fmt.Errorf("kafkalog: describe topic %q: %w", l.topic, err)
+		return tm, fmt.Errorf("kafkalog: describe topic %q: %w", l.topic, err)
 	}
-	td, ok := tds[l.topic]
-	if !ok {
-		return td, fmt.Errorf("kafkalog: describe topic %q: %w", l.topic, kerr.UnknownTopicOrPartition)
+	err = kerr.UnknownTopicOrPartition
+	for _, t := range resp.Topics {
+		if t.Topic == nil || *t.Topic != l.topic {
+			continue
+		}
+		if err = kerr.ErrorForCode(t.ErrorCode); err != nil {
+			break
+		}
+		tm.id = t.TopicID
+		tm.leaders = make([]int32, len(t.Partitions))
+		tm.replicas = math.MaxInt
+		for _, p := range t.Partitions {
+			if p.Partition < 0 || int(p.Partition) >= len(tm.leaders) {
+				return tm, fmt.Errorf("kafkalog: describe topic %q: partition %d of %d in metadata", l.topic, p.Partition, len(t.Partitions))
+			}
+			tm.leaders[p.Partition] = p.Leader
+			if p.ErrorCode != 0 {
+				tm.leaders[p.Partition] = -1
+			}
+			tm.replicas = min(tm.replicas, len(p.Replicas))
+		}
 	}
-	if td.Err != nil {
-		return td, fmt.Errorf("kafkalog: describe topic %q: %w", l.topic, td.Err)
+	if err != nil {
+		return tm, fmt.Errorf("kafkalog: describe topic %q: %w", l.topic, err)
 	}
-	return td, nil
+	return tm, nil
 }
 
 // waitTopic waits for a topic just created to appear in metadata with all its leaders.
-func (l *Log) waitTopic(ctx context.Context) (kadm.TopicDetail, error) {
+func (l *Log) waitTopic(ctx context.Context) (topicMeta, error) {
 	deadline := time.Now().Add(30 * time.Second)
-	for wait := 10 * time.Millisecond; ; wait = min(2*wait, time.Second) {
-		td, err := l.describeTopic(ctx)
-		if err == nil && len(td.Partitions) > 0 && allLeaders(td) {
-			return td, nil
+	for wait := 5 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		tm, err := l.describeTopic(ctx)
+		if err == nil && len(tm.leaders) > 0 && !slices.Contains(tm.leaders, -1) {
+			return tm, nil
 		}
 		if err != nil && !errors.Is(err, kerr.UnknownTopicOrPartition) && !errors.Is(err, kerr.LeaderNotAvailable) {
-			return td, err
+			return tm, err
 		}
 		if time.Now().After(deadline) {
-			return td, fmt.Errorf("kafkalog: topic %q created but not ready: %v", l.topic, err)
+			return tm, fmt.Errorf("kafkalog: topic %q created but not ready: %v", l.topic, err)
 		}
 		if err := sleep(ctx, wait); err != nil {
-			return td, err
+			return tm, err
 		}
 	}
-}
-
-func allLeaders(td kadm.TopicDetail) bool {
-	for _, p := range td.Partitions {
-		if p.Leader < 0 || p.Err != nil {
-			return false
-		}
-	}
-	return true
 }
 
 // checkConfigs refuses topic settings that break the log's invariants and warns about those
@@ -328,19 +350,17 @@ func (l *Log) checkConfigs(ctx context.Context, replicas int) error {
 }
 
 // setMeta records the topic id and partition leaders. l.metaMu is held.
-func (l *Log) setMeta(td kadm.TopicDetail) {
+func (l *Log) setMeta(tm topicMeta) {
 	if l.leaders == nil {
 		l.leaders = make([]int32, len(l.parts))
 	}
 	for i := range l.leaders {
 		l.leaders[i] = -1
-	}
-	for _, p := range td.Partitions {
-		if int(p.Partition) < len(l.leaders) && p.Err == nil {
-			l.leaders[p.Partition] = p.Leader
+		if i < len(tm.leaders) {
+			l.leaders[i] = tm.leaders[i]
 		}
 	}
-	l.topicID = td.ID
+	l.topicID = tm.id
 	l.metaGen++
 }
 
@@ -414,7 +434,9 @@ func (l *Log) Append(ctx context.Context, msgs []eventlog.Message) error {
 	}
 	c := l.getCall(len(msgs))
 	defer l.putCall(c)
-	ts := time.UnixMilli(l.now().UnixMilli())
+	// The wall clock, not an injected one: the client measures DeliveryTimeout from the
+	// record's timestamp, and a broker may reject times far from its own.
+	ts := time.UnixMilli(time.Now().UnixMilli())
 	c.pending.Store(int64(len(msgs)))
 	for i := range msgs {
 		r := &c.recs[i]
@@ -487,7 +509,7 @@ func (h hooks) OnProduceBatchWritten(_ kgo.BrokerMetadata, _ string, _ int32, _ 
 }
 
 func (h hooks) OnBrokerWrite(_ kgo.BrokerMetadata, key int16, _ int, _, _ time.Duration, err error) {
-	if key == 0 && err == nil { // kmsg.Produce
+	if key == int16(kmsg.Produce) && err == nil {
 		h.l.stats.requests.Add(1)
 	}
 }
