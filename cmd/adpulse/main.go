@@ -125,6 +125,18 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.Int64Var(&c.MaxBody, "max-body", c.MaxBody, "largest POST /events body in bytes")
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most events in one POST /events body")
 	fs.IntVar(&c.Partitions, "partitions", c.Partitions, "event log partitions (fixed when the data dir is created)")
+	fs.StringVar(&c.EventLog, "event-log", c.EventLog, "event log: local (segment files in --data-dir) or kafka")
+	fs.Func("kafka-brokers", "comma-separated Kafka seed brokers host:port (with --event-log kafka)", func(v string) error {
+		c.KafkaBrokers = strings.Split(v, ",")
+		return nil
+	})
+	fs.StringVar(&c.KafkaTopic, "kafka-topic", c.KafkaTopic, "Kafka topic of the event log (created if missing)")
+	fs.IntVar(&c.KafkaReplicationFactor, "kafka-replication-factor", c.KafkaReplicationFactor, "replicas of a topic adpulse creates")
+	fs.DurationVar(&c.KafkaDeliveryTimeout, "kafka-delivery-timeout", c.KafkaDeliveryTimeout, "how long an append may wait for acks=all before it fails")
+	fs.StringVar(&c.Dedup, "dedup", c.Dedup, "idempotency keys: memory (in process, rebuilt from the log) or redis (shared by ingest processes)")
+	fs.StringVar(&c.RedisAddr, "redis-addr", c.RedisAddr, "Redis host:port (with --dedup redis)")
+	fs.StringVar(&c.RedisPassword, "redis-password", c.RedisPassword, "Redis password")
+	fs.DurationVar(&c.DedupReserveTTL, "dedup-reserve-ttl", c.DedupReserveTTL, "how long a Redis reservation lives before its append is confirmed")
 	fs.Int64Var(&c.SegmentBytes, "segment-bytes", c.SegmentBytes, "event log segment size")
 	fs.DurationVar(&c.LogRetention, "log-retention", c.LogRetention, "how long raw events stay in the event log")
 	fs.DurationVar(&c.MinuteRetention, "minute-retention", c.MinuteRetention, "how long one-minute metric buckets are kept")

@@ -25,6 +25,19 @@ type Config struct {
 	MaxBody      int64
 	MaxBatch     int
 
+	// EventLog is "local" (segment files in DataDir) or "kafka".
+	EventLog               string
+	KafkaBrokers           []string
+	KafkaTopic             string
+	KafkaReplicationFactor int
+	KafkaDeliveryTimeout   time.Duration
+	// Dedup is "memory" (in process, rebuilt from the log on start) or "redis" (shared by
+	// every ingest process).
+	Dedup           string
+	RedisAddr       string
+	RedisPassword   string
+	DedupReserveTTL time.Duration
+
 	Partitions      int
 	SegmentBytes    int64
 	LogRetention    time.Duration
@@ -39,22 +52,28 @@ type Config struct {
 // Default returns the defaults of the API contract.
 func Default() Config {
 	return Config{
-		DataDir:         "./adpulse-data",
-		Listen:          ":8080",
-		OpsListen:       "127.0.0.1:9464",
-		ClickTTL:        time.Hour,
-		MaxLateness:     24 * time.Hour,
-		MaxClockSkew:    5 * time.Minute,
-		DedupWindow:     24 * time.Hour,
-		MaxBody:         10 << 20,
-		MaxBatch:        100_000,
-		Partitions:      8,
-		SegmentBytes:    128 << 20,
-		LogRetention:    7 * 24 * time.Hour,
-		MinuteRetention: 14 * 24 * time.Hour,
-		LogLevel:        "info",
-		LogFormat:       "text",
-		ShutdownTimeout: 30 * time.Second,
+		DataDir:                "./adpulse-data",
+		Listen:                 ":8080",
+		OpsListen:              "127.0.0.1:9464",
+		ClickTTL:               time.Hour,
+		MaxLateness:            24 * time.Hour,
+		MaxClockSkew:           5 * time.Minute,
+		DedupWindow:            24 * time.Hour,
+		MaxBody:                10 << 20,
+		MaxBatch:               100_000,
+		EventLog:               "local",
+		KafkaTopic:             "adpulse-events",
+		KafkaReplicationFactor: 3,
+		KafkaDeliveryTimeout:   10 * time.Second,
+		Dedup:                  "memory",
+		DedupReserveTTL:        30 * time.Second,
+		Partitions:             8,
+		SegmentBytes:           128 << 20,
+		LogRetention:           7 * 24 * time.Hour,
+		MinuteRetention:        14 * 24 * time.Hour,
+		LogLevel:               "info",
+		LogFormat:              "text",
+		ShutdownTimeout:        30 * time.Second,
 	}
 }
 
@@ -78,5 +97,12 @@ func (c *Config) Validate() error {
 	check(c.SegmentBytes >= 1<<20, "--segment-bytes must be at least 1MiB")
 	check(c.LogRetention >= c.DedupWindow, "--log-retention (%v) must cover --dedup-window (%v): dedup keys are rebuilt from the log", c.LogRetention, c.DedupWindow)
 	check(c.LogFormat == "text" || c.LogFormat == "json", "--log-format must be text or json")
+	check(c.EventLog == "local" || c.EventLog == "kafka", "--event-log must be local or kafka")
+	check(c.EventLog != "kafka" || len(c.KafkaBrokers) > 0, "--event-log kafka needs --kafka-brokers")
+	check(c.Dedup == "memory" || c.Dedup == "redis", "--dedup must be memory or redis")
+	check(c.Dedup != "redis" || c.RedisAddr != "", "--dedup redis needs --redis-addr")
+	// A reservation must outlive the append it guards, or a retry could slip in while the
+	// first attempt's records are still on their way to the brokers.
+	check(c.Dedup != "redis" || c.DedupReserveTTL > c.KafkaDeliveryTimeout, "--dedup-reserve-ttl (%v) must exceed --kafka-delivery-timeout (%v)", c.DedupReserveTTL, c.KafkaDeliveryTimeout)
 	return errors.Join(errs...)
 }

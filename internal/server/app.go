@@ -28,6 +28,9 @@ import (
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/config"
 	"github.com/adpulse/adpulse/internal/dedup"
+	"github.com/adpulse/adpulse/internal/dedup/redisdedup"
+	"github.com/adpulse/adpulse/internal/eventlog"
+	"github.com/adpulse/adpulse/internal/eventlog/kafkalog"
 	"github.com/adpulse/adpulse/internal/eventlog/locallog"
 	"github.com/adpulse/adpulse/internal/ingest"
 	"github.com/adpulse/adpulse/internal/ivt"
@@ -49,8 +52,12 @@ type App struct {
 	ready  atomic.Bool
 	readyC chan struct{} // closed once the API listener serves
 
-	log        *locallog.Log
-	keys       *dedup.Memory
+	log        eventlog.Log
+	localLog   *locallog.Log // set when the log is local (retention, stats)
+	kafkaLog   *kafkalog.Log // set when the log is on Kafka
+	keys       dedup.Store
+	memKeys    *dedup.Memory     // set when dedup is in process
+	redisKeys  *redisdedup.Store // set when dedup is on Redis
 	catalog    *catalog.Catalog
 	intake     *ingest.Intake
 	tokens     *clicktoken.Keyring
@@ -206,21 +213,76 @@ func (a *App) Run(ctx context.Context) (err error) {
 	return nil
 }
 
+// openLog opens the event log: local segment files, or a Kafka topic.
+func (a *App) openLog(ctx context.Context) error {
+	logger := a.logger.With("component", "eventlog")
+	switch a.cfg.EventLog {
+	case "kafka":
+		l, err := kafkalog.Open(ctx, kafkalog.Options{
+			Brokers:           a.cfg.KafkaBrokers,
+			Topic:             a.cfg.KafkaTopic,
+			Partitions:        a.cfg.Partitions,
+			ReplicationFactor: a.cfg.KafkaReplicationFactor,
+			DeliveryTimeout:   a.cfg.KafkaDeliveryTimeout,
+			TopicConfigs:      map[string]string{"retention.ms": fmt.Sprint(a.cfg.LogRetention.Milliseconds())},
+			Logger:            logger,
+		})
+		if err != nil {
+			return fmt.Errorf("open Kafka event log: %w", err)
+		}
+		a.log, a.kafkaLog = l, l
+	default:
+		l, err := locallog.Open(locallog.Options{
+			Dir:          filepath.Join(a.cfg.DataDir, "log"),
+			Partitions:   a.cfg.Partitions,
+			SegmentBytes: a.cfg.SegmentBytes,
+			Retention:    a.cfg.LogRetention,
+			Logger:       logger,
+		})
+		if err != nil {
+			return fmt.Errorf("open event log: %w", err)
+		}
+		a.log, a.localLog = l, l
+	}
+	return nil
+}
+
+// openDedup opens the idempotency-key store. The in-process one is rebuilt from the log
+// (which is what makes a key and its event durable together); Redis keeps its own.
+func (a *App) openDedup(ctx context.Context) error {
+	if a.cfg.Dedup == "redis" {
+		s, err := redisdedup.Open(ctx, redisdedup.Options{
+			Addr:       a.cfg.RedisAddr,
+			Password:   a.cfg.RedisPassword,
+			Window:     a.cfg.DedupWindow,
+			ReserveTTL: a.cfg.DedupReserveTTL,
+			Logger:     a.logger.With("component", "dedup"),
+		})
+		if err != nil {
+			return fmt.Errorf("open Redis dedup: %w", err)
+		}
+		a.keys, a.redisKeys = s, s
+		return nil
+	}
+	mem := dedup.NewMemory(a.cfg.DedupWindow)
+	t0 := time.Now()
+	n, err := ingest.RestoreKeys(ctx, a.log, mem, a.cfg.DedupWindow, a.now(), a.logger)
+	if err != nil {
+		return err
+	}
+	a.logger.Info("dedup keys restored from the log", "events", n, "keys", mem.Len(), "took", time.Since(t0).Round(time.Millisecond))
+	a.keys, a.memKeys = mem, mem
+	return nil
+}
+
 // Ready is closed once recovery is done and the API listener serves.
 func (a *App) Ready() <-chan struct{} { return a.readyC }
 
 // open opens the engines in dependency order and rebuilds what lives only in memory.
 func (a *App) open(ctx context.Context) error {
 	var err error
-	a.log, err = locallog.Open(locallog.Options{
-		Dir:          filepath.Join(a.cfg.DataDir, "log"),
-		Partitions:   a.cfg.Partitions,
-		SegmentBytes: a.cfg.SegmentBytes,
-		Retention:    a.cfg.LogRetention,
-		Logger:       a.logger.With("component", "eventlog"),
-	})
-	if err != nil {
-		return fmt.Errorf("open event log: %w", err)
+	if err := a.openLog(ctx); err != nil {
+		return err
 	}
 	a.catalog, err = catalog.Open(ctx, catalog.Options{
 		DSN:      filepath.Join(a.cfg.DataDir, "catalog.db"),
@@ -230,13 +292,9 @@ func (a *App) open(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open catalog: %w", err)
 	}
-	a.keys = dedup.NewMemory(a.cfg.DedupWindow)
-	t0 := time.Now()
-	n, err := ingest.RestoreKeys(ctx, a.log, a.keys, a.cfg.DedupWindow, a.now(), a.logger)
-	if err != nil {
+	if err := a.openDedup(ctx); err != nil {
 		return err
 	}
-	a.logger.Info("dedup keys restored from the log", "events", n, "keys", a.keys.Len(), "took", time.Since(t0).Round(time.Millisecond))
 	a.intake = ingest.NewIntake(ingest.IntakeOptions{Log: a.log, Dedup: a.keys})
 
 	a.metrics, err = pebblestore.Open(filepath.Join(a.cfg.DataDir, "metrics"), pebblestore.Options{
@@ -248,7 +306,7 @@ func (a *App) open(ctx context.Context) error {
 		return fmt.Errorf("open metric store: %w", err)
 	}
 	a.top = topn.New(topn.Options{Owners: catalogOwners{a.catalog}, Now: a.now, Logger: a.logger.With("component", "topn")})
-	t0 = time.Now()
+	t0 := time.Now()
 	if err := a.top.Rebuild(ctx, a.metrics); err != nil {
 		return fmt.Errorf("rebuild top-N index: %w", err)
 	}
@@ -280,8 +338,12 @@ func (a *App) open(ctx context.Context) error {
 
 	bctx, cancel := context.WithCancel(context.Background())
 	a.stopBackground = cancel
-	a.goBackground("eventlog retention", func() error { return a.log.Run(bctx) })
-	a.goBackground("dedup sweep", func() error { return a.keys.Run(bctx, time.Minute, a.now) })
+	if a.localLog != nil {
+		a.goBackground("eventlog retention", func() error { return a.localLog.Run(bctx) })
+	}
+	if a.memKeys != nil {
+		a.goBackground("dedup sweep", func() error { return a.memKeys.Run(bctx, time.Minute, a.now) })
+	}
 	a.goBackground("metric store retention", func() error { return a.metrics.Run(bctx) })
 	a.goBackground("top-N maintenance", func() error { return a.top.Run(bctx) })
 	a.goBackground("aggregator", func() error { return a.aggregator.Run(bctx) })
@@ -407,6 +469,9 @@ func (a *App) closeAll() error {
 	}
 	if a.catalog != nil {
 		errs = append(errs, a.catalog.Close())
+	}
+	if a.keys != nil {
+		errs = append(errs, a.keys.Close())
 	}
 	if a.log != nil {
 		errs = append(errs, a.log.Close())

@@ -85,24 +85,37 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	emit := func(name string, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(c.descs[name], typ[name], v, labels...)
 	}
-	ls := c.a.log.Stats()
-	emit("adpulse_eventlog_appended_messages_total", float64(ls.AppendedMessages))
-	emit("adpulse_eventlog_appended_bytes_total", float64(ls.AppendedBytes))
-	emit("adpulse_eventlog_commits_total", float64(ls.Commits))
-	emit("adpulse_eventlog_syncs_total", float64(ls.Syncs))
-	emit("adpulse_eventlog_sync_seconds_total", ls.SyncTime.Seconds())
-	emit("adpulse_eventlog_segments_deleted_total", float64(ls.SegmentsDeleted))
-	for p, ps := range ls.Partitions {
-		part := strconv.Itoa(p)
-		emit("adpulse_eventlog_end_offset", float64(ps.End), part)
-		emit("adpulse_eventlog_start_offset", float64(ps.Start), part)
-		emit("adpulse_eventlog_bytes", float64(ps.Bytes), part)
+	if l := c.a.localLog; l != nil {
+		ls := l.Stats()
+		emit("adpulse_eventlog_appended_messages_total", float64(ls.AppendedMessages))
+		emit("adpulse_eventlog_appended_bytes_total", float64(ls.AppendedBytes))
+		emit("adpulse_eventlog_commits_total", float64(ls.Commits))
+		emit("adpulse_eventlog_syncs_total", float64(ls.Syncs))
+		emit("adpulse_eventlog_sync_seconds_total", ls.SyncTime.Seconds())
+		emit("adpulse_eventlog_segments_deleted_total", float64(ls.SegmentsDeleted))
+		for p, ps := range ls.Partitions {
+			part := strconv.Itoa(p)
+			emit("adpulse_eventlog_end_offset", float64(ps.End), part)
+			emit("adpulse_eventlog_start_offset", float64(ps.Start), part)
+			emit("adpulse_eventlog_bytes", float64(ps.Bytes), part)
+		}
+	}
+	if l := c.a.kafkaLog; l != nil {
+		ks := l.Stats()
+		emit("adpulse_eventlog_appended_messages_total", float64(ks.AppendedMessages))
+		emit("adpulse_eventlog_appended_bytes_total", float64(ks.AppendedBytes))
+		emit("adpulse_eventlog_commits_total", float64(ks.ProduceRequests))
 	}
 	is := c.a.intake.Stats()
 	emit("adpulse_ingest_events_accepted_total", float64(is.Accepted))
 	emit("adpulse_ingest_events_duplicate_total", float64(is.Duplicates))
 	emit("adpulse_ingest_record_failures_total", float64(is.Failures))
-	emit("adpulse_dedup_keys", float64(c.a.keys.Len()))
+	if m := c.a.memKeys; m != nil {
+		emit("adpulse_dedup_keys", float64(m.Len()))
+	}
+	if r := c.a.redisKeys; r != nil {
+		emit("adpulse_dedup_keys", float64(r.Stats().HeldNow))
+	}
 	cs := c.a.catalog.Stats()
 	emit("adpulse_catalog_objects", float64(cs.Advertisers), "advertiser")
 	emit("adpulse_catalog_objects", float64(cs.Campaigns), "campaign")
