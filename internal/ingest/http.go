@@ -124,36 +124,45 @@ func (h *Handlers) recordOne(ctx context.Context, e *event.Event, now time.Time)
 	return nil
 }
 
-func (h *Handlers) clickRedirect(w http.ResponseWriter, r *http.Request) {
+// recordToken verifies the token of a /c or /i request and resolves its ad: the shared start
+// of both. It writes the error response itself and returns ok=false when there is none to
+// record. HEAD requests (link checkers, unfurlers) learn the answer but record nothing.
+func (h *Handlers) recordToken(w http.ResponseWriter, r *http.Request, typ event.Type) (ad Ad, ok bool) {
 	w.Header().Set("Cache-Control", "no-store")
 	tok, err := h.o.Tokens.Verify(r.PathValue("token"))
 	if err != nil {
 		httpapi.WriteError(w, errBadToken)
-		return
+		return ad, false
 	}
-	ad, ok := h.o.Ads.LookupAd(tok.AdID)
-	if !ok {
+	if ad, ok = h.o.Ads.LookupAd(tok.AdID); !ok {
 		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeNotFound, "ad_id: no such ad"))
-		return
+		return ad, false
 	}
 	now := h.o.Now()
-	e := event.Event{Type: event.TypeClick, ImpressionID: tok.ImpressionID, UserID: tok.UserID, PriceMicros: tok.PriceMicros}
+	e := event.Event{Type: typ, ImpressionID: tok.ImpressionID, UserID: tok.UserID}
 	switch {
-	case tok.Expired(now, h.o.ClickTTL):
+	case typ == event.TypeClick && tok.Expired(now, h.o.ClickTTL):
 		e.Invalid = event.ReasonExpired
 	case h.o.Bots.IsBot(r.UserAgent()):
 		e.Invalid = event.ReasonBot
 	}
+	if typ == event.TypeClick {
+		e.PriceMicros = tok.PriceMicros
+	}
 	fill(&e, tok.AdID, ad, now)
-	// HEAD is what link checkers and unfurlers send: it learns where the link goes but is
-	// not a click.
 	if r.Method != http.MethodHead {
 		if err := h.recordOne(r.Context(), &e, now); err != nil {
 			httpapi.WriteError(w, err)
-			return
+			return ad, false
 		}
 	}
-	redirect(w, ad.LandingURL)
+	return ad, true
+}
+
+func (h *Handlers) clickRedirect(w http.ResponseWriter, r *http.Request) {
+	if ad, ok := h.recordToken(w, r, event.TypeClick); ok {
+		redirect(w, ad.LandingURL)
+	}
 }
 
 // redirect answers 302 to a landing URL. The URL always comes from the catalog, which only
@@ -174,28 +183,8 @@ func fill(e *event.Event, adID string, ad Ad, now time.Time) {
 }
 
 func (h *Handlers) impressionPixel(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Cache-Control", "no-store")
-	tok, err := h.o.Tokens.Verify(r.PathValue("token"))
-	if err != nil {
-		httpapi.WriteError(w, errBadToken)
+	if _, ok := h.recordToken(w, r, event.TypeImpression); !ok {
 		return
-	}
-	ad, ok := h.o.Ads.LookupAd(tok.AdID)
-	if !ok {
-		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeNotFound, "ad_id: no such ad"))
-		return
-	}
-	now := h.o.Now()
-	e := event.Event{Type: event.TypeImpression, ImpressionID: tok.ImpressionID, UserID: tok.UserID}
-	if h.o.Bots.IsBot(r.UserAgent()) {
-		e.Invalid = event.ReasonBot
-	}
-	fill(&e, tok.AdID, ad, now)
-	if r.Method != http.MethodHead { // a HEAD fetches no pixel, so nothing was seen
-		if err := h.recordOne(r.Context(), &e, now); err != nil {
-			httpapi.WriteError(w, err)
-			return
-		}
 	}
 	w.Header().Set("Content-Type", "image/gif")
 	w.WriteHeader(http.StatusOK)
