@@ -9,6 +9,8 @@ import (
 	_ "github.com/HdrHistogram/hdrhistogram-go"
 	_ "github.com/cespare/xxhash/v2"
 	_ "github.com/cockroachdb/pebble"
+	_ "github.com/go-sql-driver/mysql"
+	_ "github.com/jackc/pgx/v5/stdlib"
 	_ "github.com/prometheus/client_golang/prometheus"
 	_ "github.com/redis/go-redis/v9"
 	_ "github.com/twmb/franz-go/pkg/kadm"
