@@ -139,6 +139,7 @@ type Options struct {
 	Dialect Dialect
 	// DSN is, for SQLite, a file name (or "file:" URI); Open adds WAL, a busy timeout,
 	// synchronous=FULL and foreign keys. For other dialects it is passed to sql.Open as is.
+	// ParseDSN derives Dialect, Driver and DSN from one address.
 	DSN string
 	// Driver is the database/sql driver name; default "sqlite" for SQLite. Other dialects need
 	// their driver registered by the caller.
@@ -230,7 +231,7 @@ func (c *Catalog) init(ctx context.Context) error {
 			return fmt.Errorf("catalog setup %q: %w", s, err)
 		}
 	}
-	for _, s := range schema() {
+	for _, s := range c.d.schema() {
 		if _, err := c.db.ExecContext(ctx, s); err != nil {
 			return fmt.Errorf("create catalog schema: %w", err)
 		}

@@ -40,14 +40,10 @@ func (c *testClock) Set(t time.Time) {
 // tests rely on.
 var testNow = time.Date(2026, 11, 21, 20, 0, 0, 0, time.UTC)
 
+// openAt opens a SQLite catalog file.
 func openAt(t *testing.T, path string, clock *testClock) *Catalog {
 	t.Helper()
-	c, err := Open(context.Background(), Options{DSN: path, AdminKey: testAdminKey, Now: clock.Now})
-	if err != nil {
-		t.Fatalf("Open(%s): %v", path, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return openWith(t, Options{DSN: path}, clock)
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -93,9 +89,11 @@ func TestSQLitePragmas(t *testing.T) {
 
 // TestStoreRoundTrip covers the Go API: timestamps, defaults, the distinction between an unset
 // and a zero bid override, fixed ownership and the in-memory lookups.
-func TestStoreRoundTrip(t *testing.T) {
+func TestStoreRoundTrip(t *testing.T) { forEachBackend(t, testStoreRoundTrip) }
+
+func testStoreRoundTrip(t *testing.T, o Options) {
 	clock := &testClock{t: testNow}
-	c := openAt(t, filepath.Join(t.TempDir(), "catalog.db"), clock)
+	c := openWith(t, o, clock)
 	ctx := context.Background()
 
 	a, err := c.PutAdvertiser(ctx, Advertiser{ID: "a1", Name: "Acme"})
@@ -237,8 +235,10 @@ func isBadField(err error, field string) bool {
 	return errors.As(err, &ae) && ae.Code == httpapi.CodeInvalidArgument && strings.HasPrefix(ae.Message, field+": ")
 }
 
-func TestKeys(t *testing.T) {
-	c := openAt(t, filepath.Join(t.TempDir(), "catalog.db"), &testClock{t: testNow})
+func TestKeys(t *testing.T) { forEachBackend(t, testKeys) }
+
+func testKeys(t *testing.T, o Options) {
+	c := openWith(t, o, &testClock{t: testNow})
 	ctx := context.Background()
 	if _, err := c.PutAdvertiser(ctx, Advertiser{ID: "a1", Name: "Acme"}); err != nil {
 		t.Fatal(err)
@@ -342,12 +342,15 @@ func TestScheduleStatusAndBudget(t *testing.T) {
 	}
 }
 
-// TestRestart reopens the SQLite file: objects, keys and the index come back.
-func TestRestart(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "catalog.db")
+// TestRestart reopens the database: objects, keys and the index come back.
+func TestRestart(t *testing.T) { forEachBackend(t, testRestart) }
+
+func testRestart(t *testing.T, o Options) {
 	clock := &testClock{t: testNow}
 	ctx := context.Background()
-	c, err := Open(ctx, Options{DSN: path, AdminKey: testAdminKey, Now: clock.Now})
+	first := o
+	first.AdminKey, first.Now = testAdminKey, clock.Now
+	c, err := Open(ctx, first)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,7 +382,7 @@ func TestRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	c = openAt(t, path, clock)
+	c = openWith(t, o, clock)
 	if after := c.Stats(); after.Advertisers != before.Advertisers || after.Campaigns != before.Campaigns ||
 		after.Ads != before.Ads || after.AdvertiserKeys != 1 || after.IngestKeys != 1 {
 		t.Fatalf("Stats after restart = %+v, before %+v", after, before)

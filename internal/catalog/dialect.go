@@ -1,12 +1,13 @@
 package catalog
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 
-	// The embedded default: a pure-Go SQLite registered as driver "sqlite". MySQL and
-	// PostgreSQL drivers are left to main, which knows whether they are wanted.
+	// The embedded default: a pure-Go SQLite registered as driver "sqlite". The MySQL and
+	// PostgreSQL drivers are registered by the binary (internal/server), not by this package.
 	_ "modernc.org/sqlite"
 )
 
@@ -15,8 +16,9 @@ import (
 // where they differ.
 type Dialect string
 
-// Dialects. Only SQLite is wired into the binary today; the others need their driver registered
-// by main and are accepted here so that the statements stay portable.
+// Dialects. MySQL (and MariaDB) and PostgreSQL need their driver registered by the binary;
+// ParseDSN maps an address to a dialect and driver. The store tests run against all three
+// (see backends_test.go).
 const (
 	DialectSQLite   Dialect = "sqlite"
 	DialectMySQL    Dialect = "mysql"
@@ -32,6 +34,8 @@ type dialect struct {
 	driver string
 	// setup runs before the schema on every Open.
 	setup []string
+	// tableOptions ends every CREATE TABLE.
+	tableOptions string
 }
 
 func dialectFor(d Dialect) (dialect, error) {
@@ -41,7 +45,12 @@ func dialectFor(d Dialect) (dialect, error) {
 		// Options.DB opened by the caller gets it too.
 		return dialect{name: DialectSQLite, driver: "sqlite", setup: []string{"PRAGMA journal_mode=WAL"}}, nil
 	case DialectMySQL:
-		return dialect{name: DialectMySQL, driver: "mysql"}, nil
+		// A binary collation: ids are case-sensitive, as everywhere else (MySQL's default
+		// collations would make "a1" and "A1" one primary key), and names keep every UTF-8
+		// character whatever the server's default character set. InnoDB for transactions
+		// and enforced foreign keys.
+		return dialect{name: DialectMySQL, driver: "mysql",
+			tableOptions: " ENGINE=InnoDB DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"}, nil
 	case DialectPostgres:
 		return dialect{name: DialectPostgres, driver: "pgx", dollar: true}, nil
 	}
@@ -90,10 +99,11 @@ func sqliteInMemory(name string) bool {
 }
 
 // schema is portable DDL. Times are BIGINT Unix microseconds (no TIMESTAMP type behaves the same
-// in all three databases); optional values are NULL; foreign keys are table constraints because
-// MySQL ignores REFERENCES written on a column.
-func schema() []string {
-	return []string{
+// in all three databases, and an integer round-trips exactly with no session time zone in the
+// way); optional values are NULL; foreign keys are table constraints because MySQL ignores
+// REFERENCES written on a column.
+func (d dialect) schema() []string {
+	s := []string{
 		`CREATE TABLE IF NOT EXISTS advertisers (
 	id VARCHAR(64) NOT NULL,
 	name VARCHAR(256) NOT NULL,
@@ -137,4 +147,59 @@ func schema() []string {
 	FOREIGN KEY (advertiser_id) REFERENCES advertisers (id)
 )`,
 	}
+	for i := range s {
+		s[i] += d.tableOptions
+	}
+	return s
+}
+
+// ParseDSN turns one catalog address, such as a --catalog-dsn flag, into the dialect, the
+// database/sql driver name and the DSN that driver takes:
+//
+//	postgres://user@host:5432/db?sslmode=disable  PostgreSQL, driver "pgx", the URL as is
+//	postgresql://...                              the same
+//	mysql://user:pass@tcp(host:3306)/db           MySQL/MariaDB, driver "mysql", what follows "mysql://"
+//	sqlite:///var/lib/adpulse/catalog.db          SQLite, driver "sqlite", the file name
+//	sqlite:catalog.db, file:catalog.db?..., path  SQLite ("file:" URIs are passed as they are)
+//	:memory:                                      an in-memory SQLite database
+//
+// It does not check that the driver is registered: the caller imports the drivers it wants
+// (pgx: github.com/jackc/pgx/v5/stdlib; mysql: github.com/go-sql-driver/mysql).
+func ParseDSN(s string) (d Dialect, driver, dsn string, err error) {
+	if s == "" {
+		return "", "", "", errors.New("empty catalog DSN")
+	}
+	scheme, rest, hasScheme := strings.Cut(s, "://")
+	if !hasScheme || strings.ContainsAny(scheme, "/\\") {
+		// No "scheme://": a SQLite file name, "sqlite:name" or a "file:" URI.
+		if name, ok := strings.CutPrefix(s, "sqlite:"); ok {
+			s = name
+		}
+		if s == "" {
+			return "", "", "", errors.New("catalog DSN names no SQLite file")
+		}
+		return DialectSQLite, "sqlite", s, nil
+	}
+	switch strings.ToLower(scheme) {
+	case "postgres", "postgresql":
+		if rest == "" {
+			return "", "", "", fmt.Errorf("catalog DSN %q names no PostgreSQL server", s)
+		}
+		return DialectPostgres, "pgx", s, nil
+	case "mysql":
+		// The driver's own format, [user[:password]@][net[(addr)]]/dbname[?params], always
+		// has the "/" before the database name.
+		if !strings.Contains(rest, "/") {
+			return "", "", "", errors.New("MySQL catalog DSN must look like mysql://user:password@tcp(host:3306)/dbname")
+		}
+		return DialectMySQL, "mysql", rest, nil
+	case "file":
+		return DialectSQLite, "sqlite", s, nil // a SQLite URI
+	case "sqlite":
+		if rest == "" {
+			return "", "", "", errors.New("catalog DSN names no SQLite file")
+		}
+		return DialectSQLite, "sqlite", rest, nil
+	}
+	return "", "", "", fmt.Errorf("catalog DSN: unknown scheme %q (want postgres://, mysql:// or sqlite:)", scheme)
 }

@@ -138,9 +138,10 @@ func validateCampaign(c *Campaign) error {
 		}
 	}
 	// The API speaks whole seconds; storing exactly what GET shows keeps the serving status
-	// consistent with the times a client reads back.
-	c.StartTime = c.StartTime.Truncate(time.Second)
-	c.EndTime = c.EndTime.Truncate(time.Second)
+	// consistent with the times a client reads back. Times are kept in UTC, as they come back
+	// from the database, so a stored campaign equals the one PutCampaign returned.
+	c.StartTime = c.StartTime.Truncate(time.Second).UTC()
+	c.EndTime = c.EndTime.Truncate(time.Second).UTC()
 	if !c.StartTime.IsZero() && !c.EndTime.IsZero() && !c.EndTime.After(c.StartTime) {
 		return httpapi.BadField("end_time", "must be after start_time")
 	}

@@ -31,6 +31,9 @@ type Config struct {
 	KafkaTopic             string
 	KafkaReplicationFactor int
 	KafkaDeliveryTimeout   time.Duration
+	// CatalogDSN selects the catalog database: "" is SQLite (catalog.db in DataDir);
+	// postgres://... and mysql://... share one catalog between processes.
+	CatalogDSN string
 	// Dedup is "memory" (in process, rebuilt from the log on start) or "redis" (shared by
 	// every ingest process).
 	Dedup           string

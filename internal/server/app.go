@@ -38,6 +38,8 @@ import (
 	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
 	"github.com/adpulse/adpulse/internal/query"
 	"github.com/adpulse/adpulse/internal/query/topn"
+	_ "github.com/go-sql-driver/mysql" // catalog on MySQL/MariaDB (--catalog-dsn mysql://...)
+	_ "github.com/jackc/pgx/v5/stdlib" // catalog on PostgreSQL (--catalog-dsn postgres://...)
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	_ "modernc.org/sqlite" // the embedded catalog database
@@ -284,11 +286,17 @@ func (a *App) open(ctx context.Context) error {
 	if err := a.openLog(ctx); err != nil {
 		return err
 	}
-	a.catalog, err = catalog.Open(ctx, catalog.Options{
+	catOpts := catalog.Options{
 		DSN:      filepath.Join(a.cfg.DataDir, "catalog.db"),
 		AdminKey: a.cfg.AdminKey,
 		Logger:   a.logger.With("component", "catalog"),
-	})
+	}
+	if a.cfg.CatalogDSN != "" {
+		if catOpts.Dialect, catOpts.Driver, catOpts.DSN, err = catalog.ParseDSN(a.cfg.CatalogDSN); err != nil {
+			return fmt.Errorf("--catalog-dsn: %w", err)
+		}
+	}
+	a.catalog, err = catalog.Open(ctx, catOpts)
 	if err != nil {
 		return fmt.Errorf("open catalog: %w", err)
 	}

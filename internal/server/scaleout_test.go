@@ -14,9 +14,10 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
-// TestKafkaAndRedisBackends runs the whole pipeline with the event log on Kafka (kfake, an
-// in-process Kafka speaking the real protocol) and idempotency keys on Redis: clicks are
-// acknowledged, duplicates dropped, and the counts reach /metrics.
+// TestKafkaAndRedisBackends runs the whole pipeline on the scale-out backends: the event log
+// on Kafka (kfake, an in-process Kafka speaking the real protocol), idempotency keys on Redis
+// and, when PostgreSQL is configured, the catalog there. Clicks are acknowledged, duplicates
+// dropped, and the counts reach /metrics.
 func TestKafkaAndRedisBackends(t *testing.T) {
 	redisAddr := os.Getenv("ADPULSE_TEST_REDIS_ADDR")
 	if redisAddr == "" {
@@ -31,6 +32,11 @@ func TestKafkaAndRedisBackends(t *testing.T) {
 		c.EventLog, c.KafkaBrokers, c.KafkaTopic = "kafka", cluster.ListenAddrs(), fmt.Sprint("adpulse-test-", time.Now().UnixNano())
 		c.Partitions = 4
 		c.Dedup, c.RedisAddr = "redis", redisAddr
+		if dsn := os.Getenv("ADPULSE_TEST_POSTGRES_DSN"); dsn != "" {
+			// The shared catalog a fleet of ingest processes would use; tables are created
+			// idempotently and these ids are upserted, so reruns are fine.
+			c.CatalogDSN = dsn
+		}
 	})
 	setupAds(t, base, 3)
 	kr, _ := clicktoken.ParseKeyring("k1:0123456789abcdef0123456789abcdef")
