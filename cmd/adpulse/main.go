@@ -19,6 +19,7 @@ import (
 	"time"
 	_ "time/tzdata" // advertiser time zones must resolve on machines without a zoneinfo database
 
+	"github.com/adpulse/adpulse/internal/bench"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/cliflag"
 	"github.com/adpulse/adpulse/internal/config"
@@ -42,6 +43,11 @@ func commands() []command {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return loadgen.Command(ctx, args, stdout, stderr, os.LookupEnv)
+		}},
+		{"bench", "measure adpulse (and the ClickHouse and Redis baselines) and print one table of figures and goals", func(args []string, stdout, stderr io.Writer) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return bench.Command(ctx, args, stdout, stderr, os.LookupEnv)
 		}},
 		{"version", "print the version", func(_ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, versionString())

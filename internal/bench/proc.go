@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -116,11 +117,13 @@ type child struct {
 	extra    []string
 
 	starts int
-	cmd    *exec.Cmd
 	api    string // host:port
 	ops    string // host:port
-	done   chan struct{}
-	err    error
+
+	stateMu sync.Mutex // cmd and done: the RSS watchdog reads them while a restart sets them
+	cmd     *exec.Cmd
+	done    chan struct{}
+	err     error // set before done is closed
 
 	mu    sync.Mutex
 	lines []string
@@ -159,8 +162,10 @@ func (c *child) start(ctx context.Context) (time.Duration, error) {
 		return 0, fmt.Errorf("start %s: %w", c.bin, err)
 	}
 	pw.Close()
-	c.cmd = cmd
-	c.done = make(chan struct{})
+	done := make(chan struct{})
+	c.stateMu.Lock()
+	c.cmd, c.done = cmd, done
+	c.stateMu.Unlock()
 	ready := make(chan [2]string, 1)
 	read := make(chan struct{})
 	go func() {
@@ -186,7 +191,6 @@ func (c *child) start(ctx context.Context) (time.Duration, error) {
 			}
 		}
 	}()
-	done := c.done
 	go func() {
 		err := cmd.Wait()
 		<-read
@@ -224,19 +228,27 @@ func (c *child) start(ctx context.Context) (time.Duration, error) {
 	return 0, errors.New("adpulse: /readyz not 200 30s after its ready line")
 }
 
+func (c *child) state() (*exec.Cmd, chan struct{}) {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	return c.cmd, c.done
+}
+
 func (c *child) pid() int {
-	if c.cmd == nil || c.cmd.Process == nil {
+	cmd, _ := c.state()
+	if cmd == nil || cmd.Process == nil {
 		return 0
 	}
-	return c.cmd.Process.Pid
+	return cmd.Process.Pid
 }
 
 func (c *child) running() bool {
-	if c.done == nil {
+	_, done := c.state()
+	if done == nil {
 		return false
 	}
 	select {
-	case <-c.done:
+	case <-done:
 		return false
 	default:
 		return true
@@ -245,24 +257,26 @@ func (c *child) running() bool {
 
 // kill sends SIGKILL and waits for the exit.
 func (c *child) kill() {
+	cmd, done := c.state()
 	if !c.running() {
 		return
 	}
-	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Process.Signal(syscall.SIGKILL)
 	select {
-	case <-c.done:
+	case <-done:
 	case <-time.After(30 * time.Second):
 	}
 }
 
 // stop sends SIGTERM and waits up to a minute, then kills.
 func (c *child) stop() error {
+	cmd, done := c.state()
 	if !c.running() {
 		return nil
 	}
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-c.done:
+	case <-done:
 		return c.err
 	case <-time.After(time.Minute):
 		c.kill()
@@ -289,4 +303,44 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// dirSize is the total size of the regular files under dir.
+func dirSize(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// findRedis is the pid of the Redis server at addr (INFO server's process_id), or 0.
+func findRedis(ctx context.Context, addr string) int {
+	d := net.Dialer{Timeout: 2 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return 0
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("INFO server\r\n")); err != nil {
+		return 0
+	}
+	br := bufio.NewReader(c)
+	for range 200 {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return 0
+		}
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "process_id:"); ok {
+			pid, _ := strconv.Atoi(v)
+			return pid
+		}
+	}
+	return 0
 }

@@ -3,7 +3,6 @@ package bench
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -85,11 +84,6 @@ type errStatus struct {
 }
 
 func (e *errStatus) Error() string { return "status " + strconv.Itoa(e.status) + ": " + e.body }
-
-func isStatus(err error, status int) bool {
-	var es *errStatus
-	return errors.As(err, &es) && es.status == status
-}
 
 func snippet(b []byte) string {
 	if len(b) > 300 {

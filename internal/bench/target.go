@@ -28,25 +28,25 @@ type target struct {
 	catalog  bool // ads must be created through the catalog API before events name them
 
 	proc *child // when the bench started it: /proc figures and kill -9 are possible
-	// resources of a baseline's backing server (nil for adpulse): its pid for /proc, and a
-	// note of what the figure covers
-	backingPID func(ctx context.Context) int
-	resNote    string
+	// the processes of a baseline whose RSS and CPU are summed (nil for adpulse), and a note
+	// of what the figure covers
+	pids    func(ctx context.Context) []int
+	resNote string
 
 	client *http.Client
 }
 
 func (t *target) addr() string { return strings.TrimPrefix(t.base, "http://") }
 
-// pid is the process whose RSS and CPU the resource rows report, or 0.
-func (t *target) pid(ctx context.Context) int {
+// pidList is the processes whose RSS and CPU the resource rows report.
+func (t *target) pidList(ctx context.Context) []int {
 	if t.proc != nil {
-		return t.proc.pid()
+		return []int{t.proc.pid()}
 	}
-	if t.backingPID != nil {
-		return t.backingPID(ctx)
+	if t.pids != nil {
+		return t.pids(ctx)
 	}
-	return 0
+	return nil
 }
 
 func newAPIClient(conns int) *http.Client {

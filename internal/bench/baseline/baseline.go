@@ -91,7 +91,7 @@ type Options struct {
 	// Landing gives the landing URL of an ad, or false for an unknown ad (the baselines keep
 	// no catalog; the bench knows its layout).
 	Landing func(adID string) (string, bool)
-	MaxBody int64        // of POST /events; default 10 MiB
+	MaxBody int64            // of POST /events; default 10 MiB
 	Now     func() time.Time // default time.Now
 }
 

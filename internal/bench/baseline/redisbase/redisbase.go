@@ -236,7 +236,7 @@ func (s *Store) Top(ctx context.Context, kind baseline.Kind, n int, from, to tim
 		// Redis orders equal scores by member descending; the contract wants ascending. Take
 		// every member with the last score so the cut at n falls on the right ids.
 		last := strconv.FormatInt(items[n-1].Value, 10)
-		tied, err := s.c.ZRangeByScore(ctx, tmp, &redis.ZRangeBy{Min: last, Max: last}).Result()
+		tied, err := s.c.ZRangeArgs(ctx, redis.ZRangeArgs{Key: tmp, Start: last, Stop: last, ByScore: true}).Result()
 		if err != nil {
 			return nil, fmt.Errorf("ZRANGEBYSCORE: %w", err)
 		}
