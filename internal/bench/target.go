@@ -11,10 +11,10 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/clicktoken"
+	"golang.org/x/sync/errgroup"
 )
 
 // target is one system under test: adpulse (a child the bench started, or a running one) or a
@@ -172,43 +172,15 @@ func (t *target) setupAds(ctx context.Context, l layout) error {
 	return nil
 }
 
-// parallel runs fn(0..n-1) on up to workers goroutines and returns the first error.
+// parallel runs fn(0..n-1) on up to workers goroutines and returns the first error; after
+// it, ctx is cancelled and the remaining calls are skipped.
 func parallel(ctx context.Context, n, workers int, fn func(ctx context.Context, i int) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		next     int
-		firstErr error
-	)
-	for range min(workers, n) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				mu.Lock()
-				i := next
-				next++
-				stop := firstErr != nil || i >= n
-				mu.Unlock()
-				if stop {
-					return
-				}
-				if err := fn(ctx, i); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-						cancel()
-					}
-					mu.Unlock()
-					return
-				}
-			}
-		}()
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		g.Go(func() error { return fn(ctx, i) })
 	}
-	wg.Wait()
-	return firstErr
+	return g.Wait()
 }
 
 func fmtTime(t time.Time) string { return url.QueryEscape(t.UTC().Format(time.RFC3339)) }

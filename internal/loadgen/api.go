@@ -11,8 +11,9 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // api calls the authenticated endpoints: catalog setup, /metrics and /metrics/top.
@@ -80,43 +81,15 @@ func (a *api) do(ctx context.Context, method, rawURL, ctype string, body []byte,
 	return nil
 }
 
-// parallel runs fn(0..n-1) on up to workers goroutines and returns the first error.
+// parallel runs fn(0..n-1) on up to workers goroutines and returns the first error; after
+// it, ctx is cancelled and the remaining calls are skipped.
 func parallel(ctx context.Context, n, workers int, fn func(ctx context.Context, i int) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
-		next     int
-	)
-	for range min(workers, n) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				mu.Lock()
-				i := next
-				next++
-				stop := firstErr != nil || i >= n
-				mu.Unlock()
-				if stop {
-					return
-				}
-				if err := fn(ctx, i); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-						cancel()
-					}
-					mu.Unlock()
-					return
-				}
-			}
-		}()
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		g.Go(func() error { return fn(ctx, i) })
 	}
-	wg.Wait()
-	return firstErr
+	return g.Wait()
 }
 
 var timezones = [...]string{"UTC", "Asia/Kolkata", "America/New_York", "Europe/Berlin"}
