@@ -334,6 +334,20 @@ func checkBodyID(bodyID *string, id string) error {
 }
 
 func (h *Handler) putAdvertiser(w http.ResponseWriter, r *http.Request) {
+	put(h, w, r, "advertiser", func(id string, b *advertiserBody) (Advertiser, error) {
+		if err := checkBodyID(b.ID, id); err != nil {
+			return Advertiser{}, err
+		}
+		return Advertiser{ID: id, Name: b.Name, Timezone: b.Timezone}, nil
+	}, h.c.PutAdvertiser, func(_ context.Context, a Advertiser) any { return advertiserOut(a) })
+}
+
+// put is the shape of every PUT: admin only, a valid path id, a JSON object body turned into
+// the object (fromBody validates), the upsert, and the stored object as the answer.
+func put[B, T any](h *Handler, w http.ResponseWriter, r *http.Request, kind string,
+	fromBody func(id string, b *B) (T, error),
+	upsert func(context.Context, T) (T, error),
+	out func(context.Context, T) any) {
 	if err := httpapi.RequireAdmin(r); err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -343,21 +357,21 @@ func (h *Handler) putAdvertiser(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, err)
 		return
 	}
-	var b advertiserBody
+	var b B
 	if err := h.readObject(w, r, &b); err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
-	if err := checkBodyID(b.ID, id); err != nil {
+	v, err := fromBody(id, &b)
+	if err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
-	a, err := h.c.PutAdvertiser(r.Context(), Advertiser{ID: id, Name: b.Name, Timezone: b.Timezone})
-	if err != nil {
-		h.fail(w, r, "advertiser", err)
+	if v, err = upsert(r.Context(), v); err != nil {
+		h.fail(w, r, kind, err)
 		return
 	}
-	httpapi.WriteJSON(w, http.StatusOK, advertiserOut(a))
+	httpapi.WriteJSON(w, http.StatusOK, out(r.Context(), v))
 }
 
 func (h *Handler) getAdvertiser(w http.ResponseWriter, r *http.Request) {
@@ -384,31 +398,7 @@ func (h *Handler) getAdvertiser(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) putCampaign(w http.ResponseWriter, r *http.Request) {
-	if err := httpapi.RequireAdmin(r); err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	id, err := pathID(r)
-	if err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	var b campaignBody
-	if err := h.readObject(w, r, &b); err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	cp, err := campaignFromBody(id, &b)
-	if err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	cp, err = h.c.PutCampaign(r.Context(), cp)
-	if err != nil {
-		h.fail(w, r, "campaign", err)
-		return
-	}
-	httpapi.WriteJSON(w, http.StatusOK, h.campaignOut(r.Context(), cp))
+	put(h, w, r, "campaign", campaignFromBody, h.c.PutCampaign, func(ctx context.Context, cp Campaign) any { return h.campaignOut(ctx, cp) })
 }
 
 func campaignFromBody(id string, b *campaignBody) (Campaign, error) {
@@ -483,31 +473,7 @@ func adFromBody(id string, b *adBody) (Ad, error) {
 }
 
 func (h *Handler) putAd(w http.ResponseWriter, r *http.Request) {
-	if err := httpapi.RequireAdmin(r); err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	id, err := pathID(r)
-	if err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	var b adBody
-	if err := h.readObject(w, r, &b); err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	a, err := adFromBody(id, &b)
-	if err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	a, err = h.c.PutAd(r.Context(), a)
-	if err != nil {
-		h.fail(w, r, "ad", err)
-		return
-	}
-	httpapi.WriteJSON(w, http.StatusOK, adOut(a))
+	put(h, w, r, "ad", adFromBody, h.c.PutAd, func(_ context.Context, a Ad) any { return adOut(a) })
 }
 
 func (h *Handler) getAd(w http.ResponseWriter, r *http.Request) {
