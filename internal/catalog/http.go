@@ -375,6 +375,17 @@ func put[B, T any](h *Handler, w http.ResponseWriter, r *http.Request, kind stri
 }
 
 func (h *Handler) getAdvertiser(w http.ResponseWriter, r *http.Request) {
+	get(h, w, r, "advertiser", func(ctx context.Context, id string) (Advertiser, string, error) {
+		a, err := h.c.GetAdvertiser(ctx, id)
+		return a, id, err
+	}, func(_ context.Context, a Advertiser) any { return advertiserOut(a) })
+}
+
+// get is the shape of every GET: an admin or advertiser key, a valid path id, the object, and
+// 404 (the same as for a missing one) when it belongs to another advertiser.
+func get[T any](h *Handler, w http.ResponseWriter, r *http.Request, kind string,
+	load func(ctx context.Context, id string) (v T, owner string, err error),
+	out func(context.Context, T) any) {
 	p, err := httpapi.RequireReader(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
@@ -385,16 +396,15 @@ func (h *Handler) getAdvertiser(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, err)
 		return
 	}
-	if !p.CanSee(id) {
-		httpapi.WriteError(w, notFound("advertiser"))
-		return
+	v, owner, err := load(r.Context(), id)
+	if err == nil && !p.CanSee(owner) {
+		err = ErrNotFound
 	}
-	a, err := h.c.GetAdvertiser(r.Context(), id)
 	if err != nil {
-		h.fail(w, r, "advertiser", err)
+		h.fail(w, r, kind, err)
 		return
 	}
-	httpapi.WriteJSON(w, http.StatusOK, advertiserOut(a))
+	httpapi.WriteJSON(w, http.StatusOK, out(r.Context(), v))
 }
 
 func (h *Handler) putCampaign(w http.ResponseWriter, r *http.Request) {
@@ -430,25 +440,10 @@ func campaignFromBody(id string, b *campaignBody) (Campaign, error) {
 }
 
 func (h *Handler) getCampaign(w http.ResponseWriter, r *http.Request) {
-	p, err := httpapi.RequireReader(r)
-	if err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	id, err := pathID(r)
-	if err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	cp, err := h.c.GetCampaign(r.Context(), id)
-	if err == nil && !p.CanSee(cp.AdvertiserID) {
-		err = ErrNotFound
-	}
-	if err != nil {
-		h.fail(w, r, "campaign", err)
-		return
-	}
-	httpapi.WriteJSON(w, http.StatusOK, h.campaignOut(r.Context(), cp))
+	get(h, w, r, "campaign", func(ctx context.Context, id string) (Campaign, string, error) {
+		cp, err := h.c.GetCampaign(ctx, id)
+		return cp, cp.AdvertiserID, err
+	}, func(ctx context.Context, cp Campaign) any { return h.campaignOut(ctx, cp) })
 }
 
 func adFromBody(id string, b *adBody) (Ad, error) {
@@ -477,25 +472,7 @@ func (h *Handler) putAd(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) getAd(w http.ResponseWriter, r *http.Request) {
-	p, err := httpapi.RequireReader(r)
-	if err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	id, err := pathID(r)
-	if err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	a, owner, err := h.c.getAd(r.Context(), id)
-	if err == nil && !p.CanSee(owner) {
-		err = ErrNotFound
-	}
-	if err != nil {
-		h.fail(w, r, "ad", err)
-		return
-	}
-	httpapi.WriteJSON(w, http.StatusOK, adOut(a))
+	get(h, w, r, "ad", h.c.getAd, func(_ context.Context, a Ad) any { return adOut(a) })
 }
 
 // LineError is one rejected line of a bulk request.

@@ -3,15 +3,13 @@ package kafkalog
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"runtime"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/adpulse/adpulse/internal/eventlog"
+	"github.com/adpulse/adpulse/internal/eventlog/eventlogtest"
 )
 
 // The benchmarks run against kfake, in process: no network, no disk, no replication. They
@@ -20,16 +18,10 @@ import (
 
 const (
 	benchPartitions = 8
-	benchValueBytes = 150 // about one encoded click
+	benchValueBytes = eventlogtest.BenchValueBytes
 )
 
-func benchValue() []byte {
-	v := make([]byte, benchValueBytes)
-	for i := range v {
-		v[i] = byte('a' + i%26)
-	}
-	return v
-}
+var benchValue = eventlogtest.BenchValue
 
 func benchLog(b *testing.B, linger time.Duration) *Log {
 	c := newCluster(b, kfake.NumBrokers(1), kfake.SeedTopics(benchPartitions, testTopic))
@@ -48,66 +40,26 @@ func reportAppend(b *testing.B, l *Log, msgs int64, elapsed time.Duration) {
 	}
 }
 
-// BenchmarkAppendClick is the click path: 256 goroutines, each appending single ~150-byte
-// messages and waiting for the acknowledgement, as the /c handler does.
+// BenchmarkAppendClick is the click path: 256 goroutines appending single messages.
 func BenchmarkAppendClick(b *testing.B) {
 	for _, linger := range []time.Duration{0, time.Millisecond} {
 		b.Run(fmt.Sprintf("linger=%v", linger), func(b *testing.B) {
 			l := benchLog(b, linger)
-			b.SetParallelism(max(256/runtime.GOMAXPROCS(0), 1))
-			b.SetBytes(benchValueBytes)
-			b.ReportAllocs()
-			var seed atomic.Uint64
-			start := time.Now()
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				rng := rand.New(rand.NewPCG(seed.Add(1), 0))
-				msg := []eventlog.Message{{Value: benchValue()}}
-				ctx := context.Background()
-				for pb.Next() {
-					msg[0].Partition = int32(rng.IntN(benchPartitions))
-					if err := l.Append(ctx, msg); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			b.StopTimer()
-			reportAppend(b, l, int64(b.N), time.Since(start))
+			elapsed := eventlogtest.BenchAppendClicks(b, l)
+			reportAppend(b, l, int64(b.N), elapsed)
 		})
 	}
 }
 
-// BenchmarkAppendBatch is the /events path: batches of 1000 messages over all partitions, from
-// a few concurrent requests (appenders=N).
+// BenchmarkAppendBatch is the /events path: batches of 1000 messages from a few concurrent
+// requests (appenders=N).
 func BenchmarkAppendBatch(b *testing.B) {
 	for _, conc := range []int{1, 8} {
 		b.Run(fmt.Sprintf("appenders=%d", conc), func(b *testing.B) {
 			l := benchLog(b, 0)
 			const batch = 1000
-			b.SetParallelism(max(conc/runtime.GOMAXPROCS(0), 1))
-			b.SetBytes(batch * benchValueBytes)
-			b.ReportAllocs()
-			var seed atomic.Uint64
-			start := time.Now()
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				rng := rand.New(rand.NewPCG(seed.Add(1), 0))
-				v := benchValue()
-				msgs := make([]eventlog.Message, batch)
-				ctx := context.Background()
-				for pb.Next() {
-					for i := range msgs {
-						msgs[i] = eventlog.Message{Partition: int32(rng.IntN(benchPartitions)), Value: v}
-					}
-					if err := l.Append(ctx, msgs); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			b.StopTimer()
-			reportAppend(b, l, int64(b.N)*batch, time.Since(start))
+			elapsed := eventlogtest.BenchAppendBatches(b, l, conc, batch)
+			reportAppend(b, l, int64(b.N)*batch, elapsed)
 		})
 	}
 }
