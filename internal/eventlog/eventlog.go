@@ -13,6 +13,7 @@ package eventlog
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -29,8 +30,12 @@ type Log interface {
 	// Partitions is the fixed number of partitions, numbered from 0.
 	Partitions() int
 	// Append makes msgs durable and sets their Offset and Time. Concurrent calls share the
-	// cost of syncing (group commit). On error, none of msgs may be treated as acknowledged,
-	// though some may have been written.
+	// cost of syncing (group commit). On error, none of msgs may be treated as acknowledged.
+	// An error wrapping ErrNotAppended means none of msgs is durable or will become durable
+	// (the caller may release what it reserved for them); any other error means the outcome
+	// is unknown: some of msgs may be or become durable, so the caller must find out from
+	// the log before letting anyone append them again. Once msgs may have been handed to
+	// storage, ctx no longer shortens the wait: Append returns the outcome, not ctx.Err().
 	Append(ctx context.Context, msgs []Message) error
 	// Read returns messages of partition from offset on, at least one if any exist past
 	// offset, and about maxBytes of values at most. It does not wait for new messages: at the
@@ -50,4 +55,15 @@ var (
 	ErrOffsetOutOfRange = errors.New("eventlog: offset out of range")
 	ErrClosed           = errors.New("eventlog: closed")
 	ErrBadPartition     = errors.New("eventlog: no such partition")
+	// ErrNotAppended marks an Append error after which none of the messages is, or will
+	// ever be, durable: they were refused, withdrawn before any write, or rolled back.
+	ErrNotAppended = errors.New("eventlog: not appended")
 )
+
+// NotAppended wraps err so that errors.Is(result, ErrNotAppended) holds.
+func NotAppended(err error) error {
+	if err == nil || errors.Is(err, ErrNotAppended) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrNotAppended, err)
+}
