@@ -8,8 +8,9 @@
 //     aggregator resumes from the store's offsets, so a crash anywhere (before, during or
 //     after a commit) replays only what was not committed and changes no count.
 //   - Deterministic: what an event adds depends only on the log, never on timing, batching
-//     or restarts. In particular the duplicate filter (dedupWindow) is a function of the
-//     previous DedupWindow events of the partition and is rebuilt from the log on start.
+//     or restarts. In particular the duplicate filter (dedup.Window) is a function of the
+//     partition's events received within DedupSpan before each event, and is rebuilt from
+//     the log on start.
 //   - Counting: a valid click adds to clicks; a click with an invalid reason adds to
 //     invalid_clicks and its reason, never to clicks; a valid impression to impressions; a
 //     valid interaction to its name. Invalid impressions and interactions are not counted
@@ -36,6 +37,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/dedup"
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/metricstore"
@@ -59,11 +61,12 @@ type Options struct {
 	// Slack is how far out of order receive times may be within a partition, and how far the
 	// ingest clocks may trail this one (default 5s). The watermark is held back by it.
 	Slack time.Duration
-	// DedupWindow is how many events per partition the duplicate filter remembers (default
-	// 100000; 48 to 80 bytes each, 5.6 MiB per partition at the default; negative turns the
-	// filter off). Changing it changes which far-apart duplicates are caught, so keep it
-	// fixed for a store.
-	DedupWindow int
+	// DedupSpan is how long the duplicate filter remembers a key: ingest's --dedup-window
+	// (default 24h; about 48 bytes per event received in it; negative turns the filter off).
+	// An event is dropped when the partition holds an earlier event with the same key
+	// received at most DedupSpan before it, so a retry whose first attempt reached the log
+	// with an unknown outcome counts once however long after it comes.
+	DedupSpan time.Duration
 	// ReadBytes bounds one log read (default 1 MiB).
 	ReadBytes int
 	// PollInterval is the pause when every partition is caught up (default 20ms).
@@ -89,8 +92,8 @@ func (o *Options) setDefaults() {
 	if o.Slack <= 0 {
 		o.Slack = 5 * time.Second
 	}
-	if o.DedupWindow == 0 {
-		o.DedupWindow = 100_000
+	if o.DedupSpan == 0 {
+		o.DedupSpan = 24 * time.Hour
 	}
 	if o.ReadBytes <= 0 {
 		o.ReadBytes = 1 << 20
@@ -261,7 +264,7 @@ type partState struct {
 	caughtUp  bool  // the last read found nothing: idle and at the end
 	idleSince int64 // micros, when that read was made
 	end       int64
-	dedup     *dedupWindow
+	dedup     *dedup.Window
 }
 
 // job is one commit for the committer.
@@ -341,9 +344,13 @@ func (a *Aggregator) newRunner(ctx context.Context) (*runner, error) {
 			return nil, fmt.Errorf("partition %d: committed offset %d is past the log's end %d (was the log replaced?): %w", p, next, end, eventlog.ErrOffsetOutOfRange)
 		}
 		ps.next, ps.handed, ps.committed, ps.end = next, next, next, end
-		if o.DedupWindow > 0 {
-			ps.dedup = newDedupWindow(o.DedupWindow, o.MaxLateness.Microseconds())
-			if err := r.replay(ctx, p, max(start, next-int64(o.DedupWindow)), next); err != nil {
+		if o.DedupSpan > 0 {
+			ps.dedup = dedup.NewWindow(o.DedupSpan.Microseconds(), o.Slack.Microseconds())
+			from, err := r.replayStart(ctx, p, start, next)
+			if err != nil {
+				return nil, err
+			}
+			if err := r.replay(ctx, p, from, next); err != nil {
 				return nil, err
 			}
 		}
@@ -351,6 +358,24 @@ func (a *Aggregator) newRunner(ctx context.Context) (*runner, error) {
 	o.Logger.Info("aggregator starting", "partitions", len(r.parts), "replayed", r.replayed, "final_before", cp.FinalBefore)
 	r.publish()
 	return r, nil
+}
+
+// replayStart is the first offset of partition p the duplicate filter must see again before
+// consuming from next: the events appended since dedup.ReplayFrom of the last consumed one.
+func (r *runner) replayStart(ctx context.Context, p int, start, next int64) (int64, error) {
+	if next <= start {
+		return next, nil
+	}
+	msgs, err := r.opts.Log.Read(ctx, p, next-1, 1)
+	if err != nil || len(msgs) == 0 {
+		return 0, fmt.Errorf("replay partition %d: read offset %d: %v", p, next-1, err)
+	}
+	from := dedup.ReplayFrom(msgs[0].Time.UnixMicro(), r.opts.DedupSpan.Microseconds(), r.opts.Slack.Microseconds())
+	off, err := r.opts.Log.OffsetForTime(ctx, p, time.UnixMicro(from))
+	if err != nil {
+		return 0, fmt.Errorf("replay partition %d: %w", p, err)
+	}
+	return max(start, min(off, next)), nil
 }
 
 // replay feeds offsets [from, to) of partition p to its duplicate filter without counting,
@@ -373,13 +398,13 @@ func (r *runner) replay(ctx context.Context, p int, from, to int64) error {
 			from = m.Offset + 1
 			r.replayed++
 			if err := decodeView(m.Value, &r.ev); err != nil {
-				ps.dedup.observe(m.Offset, 0, 0, false)
 				continue
 			}
 			var h uint64
 			var ok bool
-			h, r.keyBuf, ok = keyHash(&r.ev, r.keyBuf)
-			ps.dedup.observe(m.Offset, h, r.ev.RecvTime, ok)
+			if h, r.keyBuf, ok = keyHash(&r.ev, r.keyBuf); ok {
+				ps.dedup.Observe(h, r.ev.RecvTime)
+			}
 			ps.lastRecv = max(ps.lastRecv, r.ev.RecvTime)
 		}
 	}
@@ -475,9 +500,6 @@ func (r *runner) readPartition(ctx context.Context, p int) (int, error) {
 		r.consumed++
 		if err := decodeView(m.Value, &r.ev); err != nil {
 			r.corrupt++
-			if ps.dedup != nil {
-				ps.dedup.observe(m.Offset, 0, 0, false)
-			}
 			r.opts.Logger.Warn("skipping undecodable event", "partition", p, "offset", m.Offset, "err", err)
 			continue
 		}
@@ -486,7 +508,7 @@ func (r *runner) readPartition(ctx context.Context, p int) (int, error) {
 			var h uint64
 			var ok bool
 			h, r.keyBuf, ok = keyHash(e, r.keyBuf)
-			if ps.dedup.observe(m.Offset, h, e.RecvTime, ok) {
+			if ok && ps.dedup.Observe(h, e.RecvTime) {
 				r.dups++
 				continue
 			}
@@ -649,7 +671,7 @@ func (r *runner) publish() {
 	for p := range r.parts {
 		ps := &r.parts[p]
 		if ps.dedup != nil {
-			s.DedupKeys += ps.dedup.len()
+			s.DedupKeys += ps.dedup.Len()
 		}
 		st := PartitionStats{Partition: p, Committed: ps.committed, Consumed: ps.next, End: max(ps.end, ps.next), CaughtUp: ps.caughtUp}
 		st.Lag = st.End - st.Consumed

@@ -61,7 +61,7 @@ type modelEnv struct {
 	t     *testing.T
 	seed  uint64
 	parts int // log partitions
-	win   int // DedupWindow
+	span  time.Duration // DedupSpan
 	rng   *rand.Rand
 	clock atomic.Int64 // Unix micros
 	log   eventlog.Log
@@ -193,20 +193,21 @@ func (m *modelEnv) disrupt() string {
 func TestModel(t *testing.T) {
 	seed := testSeed(t)
 	// A few rounds from one seed, each with its own shape: one partition or several, a
-	// tiny duplicate window or a larger one.
+	// short duplicate span or a longer one.
 	for round, shape := range []struct {
-		log        string
-		parts, win int
-	}{{"memlog", 4, 40}, {"memlog", 1, 7}, {"memlog", 7, 150}, {"locallog", 3, 60}} {
-		t.Run(fmt.Sprintf("%s,partitions=%d,window=%d", shape.log, shape.parts, shape.win), func(t *testing.T) {
-			runModel(t, seed+uint64(round), shape.log, shape.parts, shape.win)
+		log   string
+		parts int
+		span  time.Duration
+	}{{"memlog", 4, 40 * time.Minute}, {"memlog", 1, 7 * time.Minute}, {"memlog", 7, 3 * time.Hour}, {"locallog", 3, time.Hour}} {
+		t.Run(fmt.Sprintf("%s,partitions=%d,span=%v", shape.log, shape.parts, shape.span), func(t *testing.T) {
+			runModel(t, seed+uint64(round), shape.log, shape.parts, shape.span)
 		})
 	}
 }
 
-func runModel(t *testing.T, seed uint64, logKind string, parts, win int) {
+func runModel(t *testing.T, seed uint64, logKind string, parts int, span time.Duration) {
 	t.Logf("round seed %d", seed)
-	m := &modelEnv{t: t, seed: seed, parts: parts, win: win, rng: rand.New(rand.NewPCG(seed, 42)), fs: vfs.NewStrictMem()}
+	m := &modelEnv{t: t, seed: seed, parts: parts, span: span, rng: rand.New(rand.NewPCG(seed, 42)), fs: vfs.NewStrictMem()}
 	t0 := time.Date(2026, 11, 21, 16, 0, 0, 0, time.UTC)
 	m.clock.Store(t0.UnixMicro())
 	switch logKind {
@@ -225,7 +226,7 @@ func runModel(t *testing.T, seed uint64, logKind string, parts, win int) {
 		CommitInterval: time.Duration(1+m.rng.IntN(20)) * time.Millisecond,
 		MaxLateness:    modelLateness,
 		Slack:          modelSlack,
-		DedupWindow:    win,
+		DedupSpan:      span,
 		ReadBytes:      1 + m.rng.IntN(4000), // small reads: many batches, commits mid-stream
 		PollInterval:   time.Millisecond,
 		MaxPending:     50 + m.rng.IntN(500),
@@ -233,7 +234,7 @@ func runModel(t *testing.T, seed uint64, logKind string, parts, win int) {
 	}
 	m.openStore()
 	m.start()
-	gen := &generator{rng: m.rng, win: win, history: make([][]event.Event, parts)}
+	gen := &generator{rng: m.rng, history: make([][]event.Event, parts)}
 	var disruptions []string
 	for step := range *modelSteps {
 		m.clock.Add(int64(m.rng.IntN(120)) * 1e6)
@@ -263,7 +264,7 @@ func runModel(t *testing.T, seed uint64, logKind string, parts, win int) {
 	if st.LateAfterFinal != 0 {
 		t.Errorf("seed %d: %d events counted after their bucket was final", seed, st.LateAfterFinal)
 	}
-	want := buildModel(t, m.log, win)
+	want := buildModel(t, m.log, span)
 	compareModel(t, seed, m.store, want, m.agg.FinalBefore())
 	m.agg.Close()
 	m.store.Store.Close()
@@ -273,7 +274,6 @@ func runModel(t *testing.T, seed uint64, logKind string, parts, win int) {
 // followed by clicks and interactions on the same impression, retries.
 type generator struct {
 	rng     *rand.Rand
-	win     int
 	imp     int
 	evid    int
 	history [][]event.Event // per partition
@@ -300,7 +300,7 @@ func (g *generator) step(now time.Time) []eventlog.Message {
 		case r < 12 && len(h) > 0:
 			// A retry of a recent event: the same key, received again, maybe with a new
 			// event time (a click's time is its receive time).
-			e = h[max(0, len(h)-1-rng.IntN(min(len(h), 3*g.win)))]
+			e = h[max(0, len(h)-1-rng.IntN(min(len(h), 400)))]
 			if rng.IntN(2) == 0 || e.Time < recv-modelLateness.Microseconds() {
 				e.Time = recv // ingest would reject the old time as too late
 			}
@@ -359,7 +359,7 @@ type modelKey struct {
 
 // buildModel counts the log naively: event.Decode, the duplicate rule by Key() strings and
 // a linear look-back, and the counting rules of the package comment.
-func buildModel(t *testing.T, l eventlog.Log, win int) map[modelKey]*metricstore.Counts {
+func buildModel(t *testing.T, l eventlog.Log, span time.Duration) map[modelKey]*metricstore.Counts {
 	out := make(map[modelKey]*metricstore.Counts)
 	add := func(l metricstore.Level, id string, minute int64, f func(c *metricstore.Counts)) {
 		if id == "" {
@@ -384,22 +384,20 @@ func buildModel(t *testing.T, l eventlog.Log, win int) map[modelKey]*metricstore
 			msgs = append(msgs, batch...)
 			off = batch[len(batch)-1].Offset + 1
 		}
-		evs := make([]*event.Event, len(msgs))
-		for o, msg := range msgs {
+		latest := make(map[string]int64) // key -> latest receive time so far
+		for _, msg := range msgs {
 			var e event.Event
 			if e.Decode(msg.Value) != nil {
 				continue
 			}
-			evs[o] = &e
+			// The rule: some earlier event of the partition with the same key was received at
+			// most span before this one, i.e. the latest such receive time is that recent.
 			k := e.Key()
-			dup := false
-			for q := o - 1; q >= 0 && q >= o-win; q-- {
-				if evs[q] != nil && k != "" && evs[q].Key() == k {
-					dup = e.RecvTime-evs[q].RecvTime <= modelLateness.Microseconds()
-					break
-				}
+			last, seen := latest[k]
+			if k != "" {
+				latest[k] = max(last, e.RecvTime)
 			}
-			if dup {
+			if k != "" && seen && e.RecvTime-last <= span.Microseconds() {
 				continue
 			}
 			if e.Type != event.TypeClick && e.Invalid != event.ReasonNone {

@@ -326,6 +326,7 @@ func (a *App) open(ctx context.Context) error {
 		Log:         a.log,
 		Store:       observed,
 		MaxLateness: a.cfg.MaxLateness,
+		DedupSpan:   a.cfg.DedupWindow,
 		Now:         a.now,
 		Logger:      a.logger.With("component", "aggregate"),
 	})

@@ -1,0 +1,112 @@
+package dedup
+
+import (
+	"flag"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+var seedFlag = flag.Uint64("seed", 0, "random seed for the model tests (0: time-based)")
+
+func testSeed(t testing.TB) uint64 {
+	s := *seedFlag
+	if s == 0 {
+		s = uint64(time.Now().UnixNano())
+	}
+	t.Logf("seed %d (rerun with -args -seed=%d)", s, s)
+	return s
+}
+
+// naiveRepeat is Window's rule written plainly: some earlier event with the same key was
+// received at most span before this one.
+func naiveRepeat(keys []uint64, recv []int64, o int, span int64) bool {
+	for p := o - 1; p >= 0; p-- {
+		if keys[p] == keys[o] && recv[o]-recv[p] <= span {
+			return true
+		}
+	}
+	return false
+}
+
+// TestWindowMatchesRuleAcrossRestarts checks Window against the rule on random streams whose
+// receive times run out of order by up to slack, with restarts that rebuild the filter from
+// the events appended since ReplayFrom, as a stage does after a crash.
+func TestWindowMatchesRuleAcrossRestarts(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 7))
+	for round := range 60 {
+		span := int64(1 + rng.IntN(500))
+		slack := int64(rng.IntN(30))
+		n := 3000
+		keys := make([]uint64, n)
+		recv := make([]int64, n)
+		appendAt := make([]int64, n)
+		var clock int64
+		for i := range keys {
+			keys[i] = 1 + uint64(rng.IntN(1+round*20))
+			if round%3 == 2 {
+				// Colliding homes: keys that probe from the same few table slots, so
+				// probing, wrap-around and backward shifts all run.
+				keys[i] = keys[i]<<40 | uint64(rng.IntN(3))
+			}
+			clock += int64(rng.IntN(4))
+			appendAt[i] = clock
+			recv[i] = clock - rng.Int64N(slack+1) // held up to slack before the append
+		}
+		restarts := map[int]bool{}
+		for range rng.IntN(4) {
+			restarts[rng.IntN(n)] = true
+		}
+		w := NewWindow(span, slack)
+		for o := range n {
+			if restarts[o] && o > 0 {
+				w = NewWindow(span, slack)
+				from := ReplayFrom(appendAt[o-1], span, slack)
+				for p := 0; p < o; p++ {
+					if appendAt[p] >= from {
+						w.Observe(keys[p], recv[p])
+					}
+				}
+			}
+			got := w.Observe(keys[o], recv[o])
+			if want := naiveRepeat(keys, recv, o, span); got != want {
+				t.Fatalf("round %d (span %d, slack %d, restarts %v) offset %d key %d: repeat %v, want %v", round, span, slack, restarts, o, keys[o], got, want)
+			}
+		}
+		if w.Len() > 1+round*20*3 {
+			t.Fatalf("round %d: %d keys held, more than exist", round, w.Len())
+		}
+	}
+}
+
+// TestWindowForgetsAfterSpan checks memory is bounded by time: keys older than span + slack
+// behind the newest receive time are dropped.
+func TestWindowForgetsAfterSpan(t *testing.T) {
+	w := NewWindow(100, 10)
+	for i := range 100_000 {
+		w.Observe(uint64(i)+1, int64(i))
+	}
+	if got := w.Len(); got > 111 {
+		t.Fatalf("holds %d keys after a stream of distinct keys, want at most span+slack+1 = 111", got)
+	}
+	if !w.Observe(99_999+1, 99_999+50) {
+		t.Fatal("a repeat within the span was not recognised")
+	}
+	if w.Observe(50_000, 100_100) {
+		t.Fatal("a key received long before the span was still remembered")
+	}
+}
+
+func BenchmarkWindowObserve(b *testing.B) {
+	// 10,000 events a second over a one-minute span: 600,000 keys held.
+	w := NewWindow(int64(time.Minute/time.Microsecond), int64(5*time.Second/time.Microsecond))
+	rng := rand.New(rand.NewPCG(1, 2))
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		h := rng.Uint64()
+		if i%10 == 0 && i > 0 {
+			h = uint64(i - 5) // one in ten a repeat of a recent key
+		}
+		w.Observe(h, int64(i)*100)
+	}
+}
