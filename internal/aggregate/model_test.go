@@ -60,7 +60,7 @@ func (s *checkStore) Apply(ctx context.Context, c *metricstore.Commit) error {
 type modelEnv struct {
 	t     *testing.T
 	seed  uint64
-	parts int // log partitions
+	parts int           // log partitions
 	span  time.Duration // DedupSpan
 	rng   *rand.Rand
 	clock atomic.Int64 // Unix micros
