@@ -35,7 +35,7 @@ func newMemLog(partitions int) *memLog { return &memLog{parts: make([][]eventlog
 func (l *memLog) Partitions() int { return len(l.parts) }
 func (l *memLog) Append(_ context.Context, msgs []eventlog.Message) error {
 	if l.fail.Load() {
-		return errors.New("disk on fire")
+		return eventlog.NotAppended(errors.New("disk on fire"))
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -108,7 +108,7 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	f := &fixture{log: newMemLog(4), keys: kr, now: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)}
-	f.intake = NewIntake(IntakeOptions{Log: f.log, Dedup: dedup.NewMemory(24 * time.Hour), InFlightWait: 200 * time.Millisecond})
+	f.intake = NewIntake(IntakeOptions{Log: f.log, Dedup: dedup.NewMemory(24 * time.Hour), InFlightWait: 200 * time.Millisecond, Now: func() time.Time { return f.now }})
 	f.h = NewHandlers(Options{
 		Intake: f.intake, Tokens: kr, Bots: bots, PublicURL: "https://t.example",
 		Ads: fakeAds{

@@ -6,15 +6,30 @@
 //   - A handler answers 2xx/302 only after Intake.Record returned nil: every event it
 //     acknowledges is durable in the log.
 //   - Each idempotency key reaches the log at most once within the dedup window: keys are
-//     reserved before the append, committed after it, released if it fails.
+//     reserved before the append and committed after it. A key is released only when its
+//     event is certainly not durable (the log said eventlog.ErrNotAppended, or the append
+//     never started). When that cannot be known (an append timed out, a round failed half
+//     way) the key stays reserved, a "maybe", until the resolver has looked for its event in
+//     the log: retries meanwhile wait and get 503, never a second append.
+//   - The client's context never decides an append's fate: a client that hangs up after its
+//     events were handed to the log leaves them to finish, and its retry finds them
+//     recorded.
+//   - Reservations are taken in one global order (by key hash): a request that finds a key
+//     in flight keeps only the keys before it in that order, so two overlapping batches can
+//     never each hold a key the other waits for.
+//   - An event is appended at most MaxHold after it was received; the stages after the log
+//     count on that bound (their Slack) for finality and duplicate filtering.
 //   - A request that fails (bad input, or the log is unavailable) changes nothing already
 //     accepted.
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +50,8 @@ const (
 )
 
 // ErrUnavailable is returned when events cannot be made durable now (the log or the dedup
-// store failed, or a key stayed in flight too long). Nothing of the request was acknowledged.
+// store failed, or a key stayed in flight too long). Nothing of the request was acknowledged,
+// and a retry is safe.
 var ErrUnavailable = errors.New("ingest: unavailable")
 
 // Intake appends events to the log exactly once per idempotency key.
@@ -43,28 +59,67 @@ type Intake struct {
 	log      eventlog.Log
 	keys     dedup.Store
 	inFlight time.Duration // how long to wait for another request's reservation
+	maxHold  time.Duration
+	timeout  time.Duration // bound of one call to the log or the dedup store
+	now      func() time.Time
+	maybe    *resolver
 
 	bufs sync.Pool // *recordBuf
 
-	accepted, duplicates, failures atomic.Int64
+	accepted, duplicates, failures, tooSlow atomic.Int64
 }
 
-// IntakeOptions configures an Intake.
+// IntakeOptions configures an Intake. Log and Dedup are required.
 type IntakeOptions struct {
 	Log   eventlog.Log
 	Dedup dedup.Store
 	// InFlightWait bounds how long a retry waits for the first attempt of the same key to
-	// finish (default 5 s); past it the retry gets ErrUnavailable and may try again.
+	// finish (default 3 s); past it the retry gets ErrUnavailable and may try again.
 	InFlightWait time.Duration
+	// MaxHold bounds how long after its receive time an event may still be handed to the
+	// log (default InFlightWait + 1 s). Past it the request gets ErrUnavailable and nothing
+	// is appended: the stages after the log rely on receive times being at most this (plus
+	// the append itself) behind the log's order.
+	MaxHold time.Duration
+	// BackendTimeout bounds each call to the log and the dedup store (default 10 s). A
+	// timed-out append has an unknown outcome: its keys wait for the resolver.
+	BackendTimeout time.Duration
+	// ResolveAfter is how long after an append with an unknown outcome its keys are looked
+	// up in the log (default 2 s): long enough for anything still on its way to have landed.
+	ResolveAfter time.Duration
+	// Now is the clock that receive times come from (default time.Now).
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
-// NewIntake returns an Intake.
+// NewIntake returns an Intake. Run must be running for keys with an unknown outcome to be
+// resolved.
 func NewIntake(o IntakeOptions) *Intake {
 	if o.InFlightWait <= 0 {
-		o.InFlightWait = 5 * time.Second
+		o.InFlightWait = 3 * time.Second
 	}
-	return &Intake{log: o.Log, keys: o.Dedup, inFlight: o.InFlightWait}
+	if o.MaxHold <= 0 {
+		o.MaxHold = o.InFlightWait + time.Second
+	}
+	if o.BackendTimeout <= 0 {
+		o.BackendTimeout = 10 * time.Second
+	}
+	if o.ResolveAfter <= 0 {
+		o.ResolveAfter = 2 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	in := &Intake{log: o.Log, keys: o.Dedup, inFlight: o.InFlightWait, maxHold: o.MaxHold, timeout: o.BackendTimeout, now: o.Now}
+	in.maybe = newResolver(o.Log, o.Dedup, o.ResolveAfter, o.BackendTimeout, o.Logger)
+	return in
 }
+
+// Run resolves keys whose append had an unknown outcome until ctx ends.
+func (in *Intake) Run(ctx context.Context) error { return in.maybe.run(ctx) }
 
 // recordBuf holds the scratch space of one Record call.
 type recordBuf struct {
@@ -75,6 +130,18 @@ type recordBuf struct {
 	reserved []string
 	idx      []int
 	seen     map[string]struct{}
+
+	// scratch of reserve
+	ask     []string
+	got     []dedup.Status
+	order   []keyOrder
+	release []string
+}
+
+// keyOrder places one key in the global reservation order.
+type keyOrder struct {
+	hash uint64
+	i    int
 }
 
 // Partition is the log partition of an ad's events: a hash of the ad id, so one ad's events
@@ -84,8 +151,9 @@ func Partition(adID string, partitions int) int32 {
 }
 
 // Record makes evs durable, each at most once per idempotency key, and sets out[i] to what
-// happened to evs[i]. Every event must have passed Validate. On error nothing is
-// acknowledged: reservations are released, and out is meaningless.
+// happened to evs[i]. Every event must have passed Validate; now is the receive time. On
+// error nothing is acknowledged and out is meaningless; the keys were released, or are held
+// until the resolver knows whether their events are in the log.
 func (in *Intake) Record(ctx context.Context, evs []event.Event, now time.Time, out []Outcome) error {
 	b, _ := in.bufs.Get().(*recordBuf)
 	if b == nil {
@@ -134,23 +202,9 @@ func (in *Intake) Record(ctx context.Context, evs []event.Event, now time.Time, 
 		b.reserved = append(b.reserved, b.keys[i])
 	}
 	if len(b.msgs) > 0 {
-		// values may have been reallocated while appending; re-slice from the final buffer.
-		off := 0
-		for i := range b.msgs {
-			n := len(b.msgs[i].Value)
-			b.msgs[i].Value = b.values[off : off+n : off+n]
-			off += n
-		}
-		if err := in.log.Append(ctx, b.msgs); err != nil {
-			// Release with a fresh context: the request's may be what was cancelled.
-			_ = in.keys.Release(context.WithoutCancel(ctx), b.reserved)
+		if err := in.appendReserved(ctx, b, now); err != nil {
 			in.failures.Add(1)
-			return fmt.Errorf("%w: append: %v", ErrUnavailable, err)
-		}
-		if err := in.keys.Commit(context.WithoutCancel(ctx), b.reserved, now); err != nil {
-			// The events are durable, so they are acknowledged; only their keys may expire
-			// early. The aggregator's own dedup is the second line of defence.
-			in.failures.Add(1)
+			return err
 		}
 	}
 	in.accepted.Add(int64(len(b.msgs)))
@@ -158,8 +212,64 @@ func (in *Intake) Record(ctx context.Context, evs []event.Event, now time.Time, 
 	return nil
 }
 
+// appendReserved appends b.msgs, whose keys b.reserved this request holds, and settles the
+// keys: committed when durable, released when certainly not, handed to the resolver when
+// nobody can tell yet.
+func (in *Intake) appendReserved(ctx context.Context, b *recordBuf, received time.Time) error {
+	// Neither the append nor what follows it may depend on the client still waiting: a
+	// client that hangs up after the log took its events must find them recorded when it
+	// retries.
+	bctx := context.WithoutCancel(ctx)
+	if held := in.now().Sub(received); held > in.maxHold {
+		in.tooSlow.Add(1)
+		in.release(bctx, b.reserved)
+		return fmt.Errorf("%w: events received %v ago, past the %v an event may wait for the log", ErrUnavailable, held.Round(time.Millisecond), in.maxHold)
+	}
+	// values may have been reallocated while appending; re-slice from the final buffer.
+	off := 0
+	for i := range b.msgs {
+		n := len(b.msgs[i].Value)
+		b.msgs[i].Value = b.values[off : off+n : off+n]
+		off += n
+	}
+	started := time.Now()
+	actx, cancel := context.WithTimeout(bctx, in.timeout)
+	err := in.log.Append(actx, b.msgs)
+	cancel()
+	switch {
+	case err == nil:
+	case errors.Is(err, eventlog.ErrNotAppended):
+		in.release(bctx, b.reserved)
+		return fmt.Errorf("%w: append: %v", ErrUnavailable, err)
+	default:
+		in.maybe.add(b.reserved, b.msgs, started)
+		return fmt.Errorf("%w: append outcome unknown (retry later): %v", ErrUnavailable, err)
+	}
+	cctx, cancel := context.WithTimeout(bctx, in.timeout)
+	defer cancel()
+	if err := in.keys.Commit(cctx, b.reserved, received); err != nil {
+		// The events are durable, so they are acknowledged; only their keys may expire
+		// early. The stages' duplicate filter (dedup.Window) is the second line of defence.
+		in.failures.Add(1)
+	}
+	return nil
+}
+
+// release frees keys whose events are certainly not in the log.
+func (in *Intake) release(ctx context.Context, keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), in.timeout)
+	defer cancel()
+	_ = in.keys.Release(rctx, keys) // a reservation that cannot be freed expires (Redis) or waits for a restart
+}
+
 // reserve reserves every key whose status is still Reserved (not an in-batch duplicate),
-// waiting for keys that another request holds in flight.
+// waiting for keys that another request holds in flight. Keys are held in one global order:
+// after each round, the request keeps only the keys ordered before the first one it found in
+// flight and releases the rest, so every waiting request holds only keys smaller than the one
+// it waits for, and no two requests can wait for each other.
 func (in *Intake) reserve(ctx context.Context, b *recordBuf, now time.Time) error {
 	b.idx = b.idx[:0]
 	for i, st := range b.status {
@@ -167,53 +277,89 @@ func (in *Intake) reserve(ctx context.Context, b *recordBuf, now time.Time) erro
 			b.idx = append(b.idx, i)
 		}
 	}
+	bctx := context.WithoutCancel(ctx)
 	deadline := time.Now().Add(in.inFlight)
 	wait := 500 * time.Microsecond
-	var keys []string
-	var got []dedup.Status
 	for len(b.idx) > 0 {
-		keys, got = keys[:0], got[:0]
+		b.ask, b.got = b.ask[:0], b.got[:0]
 		for _, i := range b.idx {
-			keys = append(keys, b.keys[i])
-			got = append(got, 0)
+			b.ask = append(b.ask, b.keys[i])
+			b.got = append(b.got, 0)
 		}
-		if err := in.keys.Reserve(ctx, keys, now, got); err != nil {
+		// The store call is bounded but not cancelled by the client: a Reserve cut off half
+		// way would leave reservations nobody knows to release.
+		rctx, cancel := context.WithTimeout(bctx, in.timeout)
+		err := in.keys.Reserve(rctx, b.ask, now, b.got)
+		cancel()
+		if err != nil {
+			in.releaseHeld(bctx, b)
 			return fmt.Errorf("%w: reserve: %v", ErrUnavailable, err)
 		}
 		pending := b.idx[:0]
+		first := -1 // in b.order, the first key found in flight
 		for j, i := range b.idx {
-			if got[j] == dedup.InFlight {
+			b.status[i] = b.got[j]
+			if b.got[j] == dedup.InFlight {
 				pending = append(pending, i)
-				continue
 			}
-			b.status[i] = got[j]
 		}
 		b.idx = pending
 		if len(pending) == 0 {
 			return nil
 		}
+		// Keep only the keys ordered before the first one in flight.
+		in.sortKeys(b)
+		for j, o := range b.order {
+			if b.status[o.i] == dedup.InFlight {
+				first = j
+				break
+			}
+		}
+		b.release = b.release[:0]
+		for _, o := range b.order[first+1:] {
+			if b.status[o.i] == dedup.Reserved {
+				b.release = append(b.release, b.keys[o.i])
+				b.status[o.i] = dedup.InFlight
+				b.idx = append(b.idx, o.i)
+			}
+		}
+		in.release(bctx, b.release)
 		if time.Now().After(deadline) {
-			in.releaseReserved(ctx, b)
-			return fmt.Errorf("%w: %d keys stayed in flight", ErrUnavailable, len(pending))
+			in.releaseHeld(bctx, b)
+			return fmt.Errorf("%w: %d keys stayed in flight for %v", ErrUnavailable, len(b.idx), in.inFlight)
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			in.releaseReserved(ctx, b)
+			in.releaseHeld(bctx, b)
 			return fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
 		case <-t.C:
 		}
 		wait = min(2*wait, 20*time.Millisecond)
-		for _, i := range pending {
-			b.status[i] = dedup.Reserved // ask again
-		}
 	}
 	return nil
 }
 
-// releaseReserved frees the keys this request already holds when it gives up.
-func (in *Intake) releaseReserved(ctx context.Context, b *recordBuf) {
+// sortKeys fills b.order with the batch's undecided keys (reserved or in flight) in the
+// global reservation order: by key hash, then key.
+func (in *Intake) sortKeys(b *recordBuf) {
+	b.order = b.order[:0]
+	for i, st := range b.status {
+		if st == dedup.Reserved || st == dedup.InFlight {
+			b.order = append(b.order, keyOrder{xxhash.Sum64String(b.keys[i]), i})
+		}
+	}
+	slices.SortFunc(b.order, func(x, y keyOrder) int {
+		if c := cmp.Compare(x.hash, y.hash); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.keys[x.i], b.keys[y.i])
+	})
+}
+
+// releaseHeld frees the keys this request holds when it gives up before appending.
+func (in *Intake) releaseHeld(ctx context.Context, b *recordBuf) {
 	pending := make(map[int]bool, len(b.idx))
 	for _, i := range b.idx {
 		pending[i] = true
@@ -224,15 +370,22 @@ func (in *Intake) releaseReserved(ctx context.Context, b *recordBuf) {
 			held = append(held, b.keys[i])
 		}
 	}
-	_ = in.keys.Release(context.WithoutCancel(ctx), held)
+	in.release(ctx, held)
 }
 
 // IntakeStats counts what Record did.
 type IntakeStats struct {
 	Accepted, Duplicates, Failures int64
+	// TooSlow counts requests refused because their events waited longer than MaxHold.
+	TooSlow int64
+	// MaybeKeys are keys whose append had an unknown outcome, waiting to be resolved;
+	// Resolved and Recovered count what the resolver settled (Recovered: found in the log).
+	MaybeKeys, Resolved, Recovered int64
 }
 
 // Stats returns counters since start.
 func (in *Intake) Stats() IntakeStats {
-	return IntakeStats{Accepted: in.accepted.Load(), Duplicates: in.duplicates.Load(), Failures: in.failures.Load()}
+	st := IntakeStats{Accepted: in.accepted.Load(), Duplicates: in.duplicates.Load(), Failures: in.failures.Load(), TooSlow: in.tooSlow.Load()}
+	st.MaybeKeys, st.Resolved, st.Recovered = in.maybe.stats()
+	return st
 }
