@@ -149,7 +149,9 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.DurationVar(&c.MinuteRetention, "minute-retention", c.MinuteRetention, "how long one-minute metric buckets are kept")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long in-flight requests may take on shutdown")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long in-flight requests may take on shutdown before their connections are cut")
+	fs.DurationVar(&c.BackendTimeout, "backend-timeout", c.BackendTimeout, "deadline of every call to the event log, Redis and the other backends")
+	fs.DurationVar(&c.InFlightWait, "in-flight-wait", c.InFlightWait, "how long a retry waits for an earlier attempt of the same event to finish before answering 503")
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

@@ -50,6 +50,26 @@ type Config struct {
 	LogFormat string // "text" or "json"
 
 	ShutdownTimeout time.Duration
+	// BackendTimeout bounds every call to the event log, the dedup store and the other
+	// backends; a request past it gets 503.
+	BackendTimeout time.Duration
+	// InFlightWait bounds how long a retry waits for an earlier attempt of the same event.
+	InFlightWait time.Duration
+}
+
+// MaxHold is how long after its receive time ingest may still hand an event to the log.
+func (c *Config) MaxHold() time.Duration { return c.InFlightWait + time.Second }
+
+// StreamSlack is how far receive times may run out of order within a log partition: an
+// event waits at most MaxHold before its append starts, and the append takes at most the
+// backend timeout (or Kafka's delivery timeout). The stages after the log hold finality and
+// size their duplicate filter's replay by it.
+func (c *Config) StreamSlack() time.Duration {
+	appendTime := c.BackendTimeout
+	if c.EventLog == "kafka" {
+		appendTime = max(appendTime, c.KafkaDeliveryTimeout)
+	}
+	return c.MaxHold() + appendTime + time.Second
 }
 
 // Default returns the defaults of the API contract.
@@ -77,6 +97,8 @@ func Default() Config {
 		LogLevel:               "info",
 		LogFormat:              "text",
 		ShutdownTimeout:        30 * time.Second,
+		BackendTimeout:         10 * time.Second,
+		InFlightWait:           3 * time.Second,
 	}
 }
 
@@ -99,6 +121,9 @@ func (c *Config) Validate() error {
 	check(c.Partitions >= 1 && c.Partitions <= 1024, "--partitions must be 1-1024")
 	check(c.SegmentBytes >= 1<<20, "--segment-bytes must be at least 1MiB")
 	check(c.LogRetention >= c.DedupWindow, "--log-retention (%v) must cover --dedup-window (%v): dedup keys are rebuilt from the log", c.LogRetention, c.DedupWindow)
+	check(c.BackendTimeout >= 10*time.Millisecond, "--backend-timeout must be at least 10ms")
+	check(c.InFlightWait >= time.Millisecond && c.InFlightWait <= time.Minute, "--in-flight-wait must be 1ms-1m")
+	check(c.ShutdownTimeout >= 0, "--shutdown-timeout must not be negative")
 	check(c.LogFormat == "text" || c.LogFormat == "json", "--log-format must be text or json")
 	check(c.EventLog == "local" || c.EventLog == "kafka", "--event-log must be local or kafka")
 	check(c.EventLog != "kafka" || len(c.KafkaBrokers) > 0, "--event-log kafka needs --kafka-brokers")

@@ -18,7 +18,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -68,11 +67,12 @@ type App struct {
 	aggregator *aggregate.Aggregator
 	billing    *billing.Charger
 
-	api, ops       *http.Server
-	apiLn, opsLn   net.Listener
-	opsServeErr    chan error
-	background     sync.WaitGroup
-	stopBackground context.CancelFunc
+	api, ops     *http.Server
+	apiLn, opsLn net.Listener
+	// components run every long-lived part; the first to fail stops the process.
+	components *group
+	// unhealthy is why /readyz answers 503 although recovery is done ("" when healthy).
+	unhealthy atomic.Pointer[string]
 }
 
 // New validates cfg and prepares the data dir and secrets. Nothing is opened until Run.
@@ -178,10 +178,14 @@ func syncDir(dir string) error {
 // AdminKey is the admin key in force (configured or generated).
 func (a *App) AdminKey() string { return a.cfg.AdminKey }
 
-// Run opens everything, serves until ctx ends, then shuts down in reverse order. It returns
-// nil after a clean shutdown.
+// Run opens everything, serves until ctx ends or a component fails, then shuts down in
+// reverse order. It returns nil after a shutdown asked for through ctx (however long the
+// slowest client took: the grace is bounded by ShutdownTimeout, after which the remaining
+// connections are cut), and the component's error after a failure, so the process exits
+// non-zero and its supervisor restarts it.
 func (a *App) Run(ctx context.Context) (err error) {
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.components = newGroup()
 	if err := a.startOps(); err != nil {
 		return err
 	}
@@ -198,21 +202,30 @@ func (a *App) Run(ctx context.Context) (err error) {
 	close(a.readyC)
 	a.logger.Info("adpulse ready", "listen", a.apiLn.Addr().String(), "ops", a.opsLn.Addr().String(), "recovery", time.Since(start).Round(time.Millisecond))
 
+	var failure error
 	select {
 	case <-ctx.Done():
-	case err := <-a.opsServeErr:
-		return fmt.Errorf("ops listener: %w", err)
+		a.logger.Info("shutting down")
+	case failure = <-a.components.Failed():
+		msg := failure.Error()
+		a.unhealthy.Store(&msg)
+		a.logger.Error("component failed; stopping so that the process is restarted", "err", failure)
 	}
-	a.logger.Info("shutting down")
 	a.ready.Store(false)
+	a.drainAPI()
+	return failure
+}
+
+// drainAPI stops accepting and lets in-flight requests finish (each may still be waiting for
+// its events to become durable, which needs the log open) for at most ShutdownTimeout, then
+// cuts the connections that are left: a client that stalls must not hold the process.
+func (a *App) drainAPI() {
 	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()
-	// Stop accepting and finish in-flight requests first: each of them may still be waiting
-	// for its events to become durable, which needs the log open.
 	if err := a.api.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shut down API listener: %w", err)
+		a.logger.Warn("connections still open after the shutdown grace; closing them", "grace", a.cfg.ShutdownTimeout, "err", err)
+		_ = a.api.Close()
 	}
-	return nil
 }
 
 // openLog opens the event log: local segment files, or a Kafka topic.
@@ -277,6 +290,23 @@ func (a *App) openDedup(ctx context.Context) error {
 	return nil
 }
 
+// readiness is nil when /readyz may answer 200: recovery is done, no component has failed,
+// and the backends the process needs are healthy.
+func (a *App) readiness() error {
+	if !a.ready.Load() {
+		if msg := a.unhealthy.Load(); msg != nil {
+			return errors.New(*msg)
+		}
+		return errors.New("recovery in progress")
+	}
+	if l, ok := a.log.(interface{ Err() error }); ok {
+		if err := l.Err(); err != nil {
+			return fmt.Errorf("event log: %w", err)
+		}
+	}
+	return nil
+}
+
 // Ready is closed once recovery is done and the API listener serves.
 func (a *App) Ready() <-chan struct{} { return a.readyC }
 
@@ -303,7 +333,21 @@ func (a *App) open(ctx context.Context) error {
 	if err := a.openDedup(ctx); err != nil {
 		return err
 	}
-	a.intake = ingest.NewIntake(ingest.IntakeOptions{Log: a.log, Dedup: a.keys})
+	resolveAfter := time.Second
+	if a.kafkaLog != nil {
+		// A produce that timed out may still be acknowledged until its delivery timeout.
+		resolveAfter = a.cfg.KafkaDeliveryTimeout + 5*time.Second
+	}
+	a.intake = ingest.NewIntake(ingest.IntakeOptions{
+		Log:            a.log,
+		Dedup:          a.keys,
+		InFlightWait:   a.cfg.InFlightWait,
+		MaxHold:        a.cfg.MaxHold(),
+		BackendTimeout: a.cfg.BackendTimeout,
+		ResolveAfter:   resolveAfter,
+		Now:            a.now,
+		Logger:         a.logger.With("component", "ingest"),
+	})
 
 	a.metrics, err = pebblestore.Open(filepath.Join(a.cfg.DataDir, "metrics"), pebblestore.Options{
 		MinuteRetention: a.cfg.MinuteRetention,
@@ -327,6 +371,7 @@ func (a *App) open(ctx context.Context) error {
 		Store:       observed,
 		MaxLateness: a.cfg.MaxLateness,
 		DedupSpan:   a.cfg.DedupWindow,
+		Slack:       a.cfg.StreamSlack(),
 		Now:         a.now,
 		Logger:      a.logger.With("component", "aggregate"),
 	})
@@ -345,30 +390,20 @@ func (a *App) open(ctx context.Context) error {
 		return fmt.Errorf("open billing: %w", err)
 	}
 
-	bctx, cancel := context.WithCancel(context.Background())
-	a.stopBackground = cancel
+	g := a.components
+	g.Go("ingest resolver", a.intake.Run)
 	if a.localLog != nil {
-		a.goBackground("eventlog retention", func() error { return a.localLog.Run(bctx) })
+		g.Go("eventlog retention", a.localLog.Run)
 	}
 	if a.memKeys != nil {
-		a.goBackground("dedup sweep", func() error { return a.memKeys.Run(bctx, time.Minute, a.now) })
+		g.Go("dedup sweep", func(ctx context.Context) error { return a.memKeys.Run(ctx, time.Minute, a.now) })
 	}
-	a.goBackground("metric store retention", func() error { return a.metrics.Run(bctx) })
-	a.goBackground("top-N maintenance", func() error { return a.top.Run(bctx) })
-	a.goBackground("aggregator", func() error { return a.aggregator.Run(bctx) })
-	a.goBackground("billing", func() error { return a.billing.Run(bctx) })
+	g.Go("metric store retention", a.metrics.Run)
+	g.Go("top-N maintenance", a.top.Run)
+	g.Go("aggregator", a.aggregator.Run)
+	g.Go("billing", a.billing.Run)
 	a.reg.MustRegister(newStatsCollector(a))
 	return nil
-}
-
-func (a *App) goBackground(name string, run func() error) {
-	a.background.Add(1)
-	go func() {
-		defer a.background.Done()
-		if err := run(); err != nil && !errors.Is(err, context.Canceled) {
-			a.logger.Error("background task failed", "task", name, "err", err)
-		}
-	}()
 }
 
 func (a *App) startOps() error {
@@ -377,11 +412,10 @@ func (a *App) startOps() error {
 		return fmt.Errorf("ops listener: %w", err)
 	}
 	a.opsLn = ln
-	a.ops = &http.Server{Handler: opsHandler(a.reg, &a.ready), ReadHeaderTimeout: 10 * time.Second}
-	a.opsServeErr = make(chan error, 1)
+	a.ops = &http.Server{Handler: opsHandler(a.reg, a.readiness), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: time.Minute}
 	go func() {
 		if err := a.ops.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.opsServeErr <- err
+			a.components.fail(fmt.Errorf("ops listener: %w", err))
 		}
 	}()
 	return nil
@@ -437,7 +471,7 @@ func (a *App) startAPI() error {
 	}
 	go func() {
 		if err := a.api.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.logger.Error("API listener failed", "err", err)
+			a.components.fail(fmt.Errorf("API listener: %w", err))
 		}
 	}()
 	return nil
@@ -458,9 +492,8 @@ func advertisedAddr(addr net.Addr) string {
 // closeAll stops background work and closes engines in reverse order of opening.
 func (a *App) closeAll() error {
 	var errs []error
-	if a.stopBackground != nil {
-		a.stopBackground()
-		a.background.Wait()
+	if a.components != nil {
+		a.components.Stop()
 	}
 	// Billing pushes its pending spend into the metric store as it closes, so it goes first;
 	// the aggregator's uncommitted counts are simply replayed from the log next start.

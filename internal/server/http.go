@@ -7,7 +7,6 @@ import (
 	"net/http/pprof"
 	"runtime/debug"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/httpapi"
@@ -83,15 +82,15 @@ func notFound(w http.ResponseWriter, r *http.Request) {
 }
 
 // opsHandler serves the ops listener: Prometheus metrics, health, readiness and pprof.
-func opsHandler(gatherer prometheus.Gatherer, ready *atomic.Bool) http.Handler {
+func opsHandler(gatherer prometheus.Gatherer, readiness func() error) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready.Load() {
-			httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeUnavailable, "recovery in progress"))
+		if err := readiness(); err != nil {
+			httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeUnavailable, "not ready: "+err.Error()))
 			return
 		}
 		httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
