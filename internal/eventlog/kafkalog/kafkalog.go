@@ -418,15 +418,19 @@ func (c *call) finish(_ *kgo.Record, err error) {
 // caller's buffers until then, and a record's context would also cancel the records of other
 // Appends batched with it.
 func (l *Log) Append(ctx context.Context, msgs []eventlog.Message) error {
+	// Until the records are handed to the client nothing can reach a broker: those errors
+	// are certain. After it, ctx no longer matters (records are produced under the log's own
+	// context) and a failure has an unknown outcome: a broker may have written a batch whose
+	// acknowledgement was lost.
 	if l.closed.Load() {
-		return eventlog.ErrClosed
+		return eventlog.NotAppended(eventlog.ErrClosed)
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return eventlog.NotAppended(err)
 	}
 	for i := range msgs {
 		if p := msgs[i].Partition; p < 0 || int(p) >= len(l.parts) {
-			return fmt.Errorf("kafkalog: append to partition %d of %d: %w", p, len(l.parts), eventlog.ErrBadPartition)
+			return eventlog.NotAppended(fmt.Errorf("kafkalog: append to partition %d of %d: %w", p, len(l.parts), eventlog.ErrBadPartition))
 		}
 	}
 	if len(msgs) == 0 {
