@@ -304,6 +304,17 @@ func (a *App) readiness() error {
 			return fmt.Errorf("event log: %w", err)
 		}
 	}
+	// Backends on the network: each must answer within the backend timeout (bounded to
+	// a second, so a probe never hangs on a stalled one).
+	ctx, cancel := context.WithTimeout(context.Background(), min(a.cfg.BackendTimeout, time.Second))
+	defer cancel()
+	for name, b := range map[string]any{"event log": a.log, "dedup store": a.keys} {
+		if p, ok := b.(interface{ Ping(context.Context) error }); ok {
+			if err := p.Ping(ctx); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+		}
+	}
 	return nil
 }
 

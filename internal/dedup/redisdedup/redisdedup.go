@@ -253,7 +253,10 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		if o.Addr == "" {
 			return nil, errors.New("redisdedup: Client or Addr is required")
 		}
-		s.rdb = redis.NewClient(&redis.Options{Addr: o.Addr, Username: o.Username, Password: o.Password, DB: o.DB})
+		// ContextTimeoutEnabled: a caller's deadline bounds the socket reads and writes too,
+		// so a stalled Redis costs a request its --backend-timeout, not the client's own
+		// multi-second read timeout.
+		s.rdb = redis.NewClient(&redis.Options{Addr: o.Addr, Username: o.Username, Password: o.Password, DB: o.DB, ContextTimeoutEnabled: true})
 		s.ownClient = true
 	}
 	// Only a single server (possibly behind Sentinel) takes a batch's keys in one script
@@ -388,7 +391,7 @@ func (s *Store) Reserve(ctx context.Context, keys []string, now time.Time, out [
 		s.stats.errors.Add(1)
 		// Some keys may be reserved in Redis, but the caller is told nothing was: free them
 		// now rather than leave them in flight for ReserveTTL.
-		s.releaseValues(context.WithoutCancel(ctx), askKeys, values)
+		go s.releaseValues(context.WithoutCancel(ctx), askKeys, values) // best effort; the caller need not wait
 		return fmt.Errorf("redisdedup: reserve %d keys: %w", len(askKeys), err)
 	}
 	var reserved, dups, inFlight int64
@@ -558,6 +561,14 @@ func (s *Store) closeClient() error {
 	}
 	if err := s.rdb.Close(); err != nil {
 		return fmt.Errorf("redisdedup: close: %w", err)
+	}
+	return nil
+}
+
+// Ping checks that Redis answers, for readiness.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redisdedup: ping: %w", err)
 	}
 	return nil
 }

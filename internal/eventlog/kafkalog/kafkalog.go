@@ -559,3 +559,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
+
+// Ping checks that a broker answers, for readiness.
+func (l *Log) Ping(ctx context.Context) error {
+	if err := l.cl.Ping(ctx); err != nil {
+		return fmt.Errorf("kafkalog: ping: %w", err)
+	}
+	return nil
+}
