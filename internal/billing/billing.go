@@ -11,9 +11,11 @@
 // local date (its current time zone, so DST days are 23 or 25 hours) of the click's event
 // time. A click on a paused campaign (status at charge time), or outside the campaign's
 // schedule (at the click's event time), charges 0. Every valid click gets a ledger entry keyed
-// by its idempotency key (event.Key: "c:" + impression id), zero charges included, so a click
-// is decided once: a second click with the same key is never charged, even after a budget
-// is raised.
+// by its idempotency key (event.Key: "c:" + impression id, or "e:" + event_id for a click
+// sent without an impression id), zero charges included, so a click is decided once: a
+// second click with the same key is never charged, even after a budget is raised. Lookups
+// and refunds name a click by the id the client sent (its impression id or event_id) and
+// try both keys, the impression's first.
 //
 // # Invariants
 //

@@ -662,7 +662,7 @@ type Refund struct {
 }
 
 type refundReq struct {
-	key   string
+	id    string // as the client sent it
 	reply chan refundReply
 }
 
@@ -671,14 +671,14 @@ type refundReply struct {
 	err error
 }
 
-// Refund marks the valid click of impressionID invalid and credits its charge back: the
-// ledger entry flips to refunded, and the campaign's spend (the click's budget day and total)
-// and spend_micros in the metric store decrease by exactly what it was charged. Refunding
-// again changes nothing. A click not charged yet (unknown, or not consumed yet) is
-// ErrNotFound. The writer does the refund, so Run must be running.
-func (c *Charger) Refund(ctx context.Context, impressionID string) (Refund, error) {
-	ev := event.Event{Type: event.TypeClick, ImpressionID: impressionID}
-	req := &refundReq{key: ev.Key(), reply: make(chan refundReply, 1)}
+// Refund marks the valid click named id invalid and credits its charge back: the ledger
+// entry flips to refunded, and the campaign's spend (the click's budget day and total) and
+// spend_micros in the metric store decrease by exactly what it was charged. id is the click's
+// idempotency key as the client sent it (see clickKeys). Refunding again changes nothing. A
+// click not charged yet (unknown, or not consumed yet) is ErrNotFound. The writer does the
+// refund, so Run must be running.
+func (c *Charger) Refund(ctx context.Context, id string) (Refund, error) {
+	req := &refundReq{id: id, reply: make(chan refundReply, 1)}
 	select {
 	case c.refunds <- req:
 	case <-ctx.Done():
@@ -696,7 +696,7 @@ func (c *Charger) Refund(ctx context.Context, impressionID string) (Refund, erro
 // serveRefund does one refund and answers it. It returns an error only when the writer must
 // stop (a failed commit).
 func (w *writer) serveRefund(req *refundReq) error {
-	r, err, fatal := w.refund(req.key)
+	r, err, fatal := w.refund(req.id)
 	req.reply <- refundReply{r, err}
 	if fatal {
 		return err
@@ -704,16 +704,11 @@ func (w *writer) serveRefund(req *refundReq) error {
 	return nil
 }
 
-func (w *writer) refund(key string) (r Refund, err error, fatal bool) {
-	v, closer, err := w.db.Get(ledgerKey(key))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return r, ErrNotFound, false
+func (w *writer) refund(id string) (r Refund, err error, fatal bool) {
+	key, e, err := findClick(w.db, id)
+	if errors.Is(err, ErrNotFound) {
+		return r, err, false
 	}
-	if err != nil {
-		return r, fmt.Errorf("read ledger: %w", err), true
-	}
-	e, err := decodeLedger(v)
-	closer.Close()
 	if err != nil {
 		return r, err, true
 	}
@@ -742,7 +737,11 @@ func (w *writer) refund(key string) (r Refund, err error, fatal bool) {
 
 // Click is a ledger entry as the API shows it.
 type Click struct {
-	ImpressionID  string `json:"impression_id"`
+	// ID is the click's idempotency key as sent, what GET /api/v1/clicks/{id} takes: its
+	// impression id, or its event_id for a click sent without an impression id.
+	ID            string `json:"id"`
+	ImpressionID  string `json:"impression_id,omitempty"`
+	EventID       string `json:"event_id,omitempty"`
 	CampaignID    string `json:"campaign_id"`
 	AdID          string `json:"ad_id"`
 	AdvertiserID  string `json:"advertiser_id"`
@@ -758,10 +757,16 @@ type Click struct {
 }
 
 func clickOut(key string, e *ledgerEntry) Click {
+	id := key[min(2, len(key)):]
 	c := Click{
-		ImpressionID: key[min(2, len(key)):], CampaignID: e.CampaignID, AdID: e.AdID, AdvertiserID: e.AdvertiserID,
+		ID: id, CampaignID: e.CampaignID, AdID: e.AdID, AdvertiserID: e.AdvertiserID,
 		EventTime: time.UnixMicro(e.Time).UTC().Format(time.RFC3339Nano), Status: "charged",
 		PriceMicros: e.PriceMicros, ChargedMicros: e.ChargedMicros, Reason: e.Reason.String(),
+	}
+	if key[0] == 'e' {
+		c.EventID = id
+	} else {
+		c.ImpressionID = id
 	}
 	if e.Day != 0 {
 		c.Day = dayString(e.Day)
@@ -773,21 +778,41 @@ func clickOut(key string, e *ledgerEntry) Click {
 	return c
 }
 
-// ClickByImpression returns the ledger entry of the valid click of impressionID.
-func (c *Charger) ClickByImpression(impressionID string) (Click, error) {
-	ev := event.Event{Type: event.TypeClick, ImpressionID: impressionID}
-	key := ev.Key()
-	var out Click
-	err := c.read(func(r pebble.Reader) error {
+// clickKeys are the ledger keys a click id can name, in the order they are tried. The ledger
+// is keyed by event.Key: a click with an impression id is "c:" + impression id (whatever
+// event_id came with it), and a click sent with only an event_id is "e:" + event_id. An id
+// that is both one click's impression id and another's event_id names the impression's
+// click, as it did before event_id clicks could be looked up.
+func clickKeys(id string) [2]string {
+	return [2]string{
+		(&event.Event{Type: event.TypeClick, ImpressionID: id}).Key(),
+		(&event.Event{Type: event.TypeClick, EventID: id}).Key(),
+	}
+}
+
+// findClick reads the ledger entry of the click named id and returns its ledger key.
+func findClick(r pebble.Reader, id string) (string, ledgerEntry, error) {
+	for _, key := range clickKeys(id) {
 		v, closer, err := r.Get(ledgerKey(key))
 		if errors.Is(err, pebble.ErrNotFound) {
-			return ErrNotFound
+			continue
 		}
 		if err != nil {
-			return err
+			return "", ledgerEntry{}, fmt.Errorf("read ledger: %w", err)
 		}
-		defer closer.Close()
 		e, err := decodeLedger(v)
+		closer.Close()
+		return key, e, err
+	}
+	return "", ledgerEntry{}, ErrNotFound
+}
+
+// ClickByID returns the ledger entry of the valid click named id: its impression id, or its
+// event_id for a click sent without one.
+func (c *Charger) ClickByID(id string) (Click, error) {
+	var out Click
+	err := c.read(func(r pebble.Reader) error {
+		key, e, err := findClick(r, id)
 		if err != nil {
 			return err
 		}

@@ -331,10 +331,10 @@ func (h *harness) sync() {
 	}
 }
 
-// refund refunds through the writer without Run.
-func (h *harness) refund(imp string) (Refund, error) {
-	ev := event.Event{Type: event.TypeClick, ImpressionID: imp}
-	r, err, fatal := h.c.w.refund(ev.Key())
+// refund refunds the click named id (its impression id or event_id) through the writer,
+// without Run.
+func (h *harness) refund(id string) (Refund, error) {
+	r, err, fatal := h.c.w.refund(id)
 	if fatal {
 		h.t.Fatalf("refund: %v", err)
 	}

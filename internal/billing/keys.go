@@ -14,7 +14,7 @@ import (
 // length-prefixed so no id can run into the next component.
 //
 //	'o' partition(u32 BE)                          -> uvarint next log offset to consume
-//	'l' click key (event.Key, "c:<impression id>") -> ledger entry (encodeLedger)
+//	'l' click key (event.Key: "c:<impression id>" or "e:<event_id>") -> ledger entry (encodeLedger)
 //	'd' len campaign day(u32 BE)                   -> varint micros spent that local day
 //	't' len campaign                               -> varint micros spent in total
 //	'j' seq(u64 BE)                                -> journal entry: metric deltas not yet applied
