@@ -36,6 +36,13 @@
 //     entry twice. On start the store's checkpoint tells which entries are in; the rest are
 //     applied again. A crash between the Pebble commit and Apply therefore loses nothing (the
 //     entry is durable) and doubles nothing (the fence). Applied entries are deleted lazily.
+//   - A refund is booked where its charge was, at the click's event-time minute (not at the
+//     refund's time), so every bucket at every interval shows the net spend of the clicks in
+//     it. A click older than the metric store's minute retention (--minute-retention) has
+//     only its hour and day buckets left: the store applies the refund to those and never
+//     writes into an expired bucket (no negative minute row appears, even if the retention is
+//     raised later). So /metrics spend equals the sum of the remaining charges over every
+//     interval that can still be queried.
 //   - Status is never cached: serving_status and budget are computed from the catalog's
 //     current values and committed spend on every call, so raising a budget or un-pausing
 //     brings a campaign back at once, and a new local day starts at the advertiser's midnight.

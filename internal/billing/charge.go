@@ -494,7 +494,8 @@ func (w *writer) addSpend(b *batchState, campaign string, day uint32, micros int
 	return nil
 }
 
-// addDeltas adds micros of spend at the click's event-time minute, at every level.
+// addDeltas adds micros of spend at the click's event-time minute, at every level: a refund
+// too, so the click's buckets net out (see the package comment on retention).
 func addDeltas(b *batchState, e *ledgerEntry, micros int64) {
 	minute := e.Time / 60e6
 	for _, d := range [...]deltaKey{
