@@ -44,7 +44,7 @@ type writer struct {
 
 type spendKey struct {
 	campaign string
-	day      uint32
+	day      int64 // the budget day's start, Unix seconds
 }
 
 // maxCachedSpend bounds the spend caches; they are dropped (and refilled from disk) past it.
@@ -80,6 +80,9 @@ func newWriter(ctx context.Context, c *Charger) (*writer, error) {
 			return nil, fmt.Errorf("billing: partition %d: committed offset %d is past the log's end %d (was the log replaced?): %w", p, next, end, eventlog.ErrOffsetOutOfRange)
 		}
 		w.next[p] = next
+	}
+	if err := w.migrateDates(); err != nil {
+		return nil, err
 	}
 	jn, _, err := w.getUvarint(keyJournalNext)
 	if err != nil {
@@ -331,10 +334,7 @@ func (w *writer) process(b *batchState, part int, m *eventlog.Message, viewsCuto
 // observeTraffic adds a valid event to the traffic profile at its advertiser's local time of
 // day: the shape pacing spreads budgets along.
 func (w *writer) observeTraffic(ev *event.Event) {
-	loc := time.UTC
-	if adv, ok := w.o.Catalog.Advertiser(ev.AdvertiserID); ok && adv.Location != nil {
-		loc = adv.Location
-	}
+	loc := w.c.zoneAt(ev.AdvertiserID, time.UnixMicro(ev.Time))
 	secs := ev.Time / 1e6
 	w.profile.observe(uint32(secs/86400), secs%86400, slotOf(time.UnixMicro(ev.Time).In(loc)))
 	w.profileDirty = true
@@ -376,7 +376,7 @@ func (w *writer) charge(b *batchState, part int, offset int64, ev *event.Event) 
 	if e.Reason != reasonNone {
 		b.partial++
 	}
-	if err := w.addSpend(b, e.CampaignID, e.Day, e.ChargedMicros); err != nil {
+	if err := w.addSpend(b, e.CampaignID, e.DayStart, e.ChargedMicros); err != nil {
 		return err
 	}
 	addDeltas(b, &e, e.ChargedMicros)
@@ -394,12 +394,9 @@ func (w *writer) decide(e *ledgerEntry, ev *event.Event) error {
 		e.Reason = reasonUnknownCampaign
 		return nil
 	}
-	loc := time.UTC
-	if adv, ok := w.o.Catalog.Advertiser(camp.AdvertiserID); ok && adv.Location != nil {
-		loc = adv.Location
-	}
 	t := time.UnixMicro(ev.Time)
-	e.Day = dayOf(t, loc)
+	day := w.c.budgetDayOf(camp.AdvertiserID, t)
+	e.Day, e.DayStart = day.Label, day.Start.Unix()
 	price := ev.PriceMicros
 	if price <= 0 {
 		ad, ok := w.o.Catalog.Ad(ev.AdID)
@@ -429,7 +426,7 @@ func (w *writer) decide(e *ledgerEntry, ev *event.Event) error {
 	}
 	charge := price
 	if camp.DailyBudgetMicros > 0 {
-		spent, err := w.daySpent(spendKey{camp.CampaignID, e.Day})
+		spent, err := w.daySpent(spendKey{camp.CampaignID, e.DayStart})
 		if err != nil {
 			return err
 		}
@@ -459,7 +456,7 @@ func (w *writer) daySpent(k spendKey) (int64, error) {
 	}
 	v, err := getInt(w.db, dayKey(k.campaign, k.day))
 	if err != nil {
-		return 0, fmt.Errorf("read spend of %s on %s: %w", k.campaign, dayString(k.day), err)
+		return 0, fmt.Errorf("read spend of %s on the day from %s: %w", k.campaign, dayStartString(k.day), err)
 	}
 	w.daySpend[k] = v
 	return v, nil
@@ -477,9 +474,10 @@ func (w *writer) totalSpent(campaign string) (int64, error) {
 	return v, nil
 }
 
-// addSpend adds micros (negative for a refund) to a campaign's day and total. It loads both
-// first: a campaign without a daily budget was charged without reading its day.
-func (w *writer) addSpend(b *batchState, campaign string, day uint32, micros int64) error {
+// addSpend adds micros (negative for a refund) to a campaign's budget day (by its start) and
+// total. It loads both first: a campaign without a daily budget was charged without reading
+// its day.
+func (w *writer) addSpend(b *batchState, campaign string, day int64, micros int64) error {
 	k := spendKey{campaign, day}
 	if _, err := w.daySpent(k); err != nil {
 		return err
@@ -520,7 +518,7 @@ func (w *writer) commit(b *batchState) error {
 	for k := range b.days {
 		v := w.daySpend[k]
 		if v < 0 {
-			return fmt.Errorf("billing: spend of %s on %s would become %d", k.campaign, dayString(k.day), v)
+			return fmt.Errorf("billing: spend of %s on the day from %s would become %d", k.campaign, dayStartString(k.day), v)
 		}
 		if err := wb.Set(dayKey(k.campaign, k.day), appendInt(nil, v), nil); err != nil {
 			return fmt.Errorf("batch set spend: %w", err)
@@ -724,7 +722,10 @@ func (w *writer) refund(id string) (r Refund, err error, fatal bool) {
 		return r, fmt.Errorf("batch set ledger: %w", err), true
 	}
 	if e.ChargedMicros > 0 {
-		if err := w.addSpend(b, e.CampaignID, e.Day, -e.ChargedMicros); err != nil {
+		if e.DayStart == 0 { // a version 1 entry: its day as migrateDates keyed it
+			e.DayStart = w.c.legacyDayStart(e.CampaignID, e.Day)
+		}
+		if err := w.addSpend(b, e.CampaignID, e.DayStart, -e.ChargedMicros); err != nil {
 			return r, err, true
 		}
 		addDeltas(b, &e, -e.ChargedMicros)
