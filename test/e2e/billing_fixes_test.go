@@ -155,3 +155,104 @@ func TestBillingEventIDClick(t *testing.T) {
 		return nil
 	})
 }
+
+// etcZone names the fixed-offset zone of offset hours east of UTC (POSIX signs are reversed:
+// Etc/GMT-5 is UTC+5).
+func etcZone(offset int) string {
+	switch {
+	case offset > 0:
+		return fmt.Sprintf("Etc/GMT-%d", offset)
+	case offset < 0:
+		return fmt.Sprintf("Etc/GMT+%d", -offset)
+	}
+	return "Etc/UTC"
+}
+
+// tomorrowZones picks, for the real time now, a zone from where the local midnight is between
+// 30 minutes and 6 hours away, and a zone where it is already the next date: moving an
+// advertiser from the first to the second would, if the zone took effect at once, start a new
+// budget day right away.
+func tomorrowZones(t *testing.T, now time.Time) (from, to string, fromDate string, midnight time.Time) {
+	t.Helper()
+	for oA := -12; oA <= 14; oA++ {
+		locA := time.FixedZone("", oA*3600)
+		la := now.In(locA)
+		next := time.Date(la.Year(), la.Month(), la.Day()+1, 0, 0, 0, 0, locA)
+		if left := next.Sub(now); left < 30*time.Minute || left > 6*time.Hour {
+			continue
+		}
+		for oB := oA + 1; oB <= 14; oB++ {
+			if lb := now.In(time.FixedZone("", oB*3600)); lb.Format(time.DateOnly) > la.Format(time.DateOnly) {
+				return etcZone(oA), etcZone(oB), la.Format(time.DateOnly), next
+			}
+		}
+	}
+	t.Fatalf("no pair of zones for %s", now)
+	return
+}
+
+// TestBillingZoneChangeKeepsDay: an advertiser spends its daily budget, then moves to a zone
+// where it is already tomorrow. The budget day in progress continues until the old zone's
+// midnight: more clicks charge 0, the campaign stays budget_exhausted on the old day and out
+// of the serving feed, and so it stays across a kill -9 and restart.
+func TestBillingZoneChangeKeepsDay(t *testing.T) {
+	needBinary(t)
+	from, to, day, midnight := tomorrowZones(t, time.Now())
+	t.Logf("moving the advertiser from %s (on %s until %s) to %s", from, day, midnight.UTC().Format(time.RFC3339), to)
+	if time.Until(midnight) < 25*time.Minute {
+		t.Skip("too close to the old zone's midnight")
+	}
+	e := newEnv(t)
+	args := []string{"--admin-key", testAdminKey, "--click-secret", testClickSecret}
+	srv := e.start(args...)
+	c := newClient(4)
+	ad := bfSetup(t, c, srv.base, "tz", from, 300_000, 500_000)
+	postLines(t, c, srv.base,
+		eventLine{Type: "click", ImpressionID: "tz-1", AdID: ad.id},
+		eventLine{Type: "click", ImpressionID: "tz-2", AdID: ad.id},
+	)
+	spent := waitClick(t, c, srv.base, "tz-1").ChargedMicros + waitClick(t, c, srv.base, "tz-2").ChargedMicros
+	if spent != 500_000 {
+		t.Fatalf("the first two clicks charged %d, want the daily budget 500000", spent)
+	}
+	checkExhausted := func(when string) {
+		t.Helper()
+		cp := getCampaign(t, c, srv.base, ad.campaign)
+		if cp.ServingStatus != "budget_exhausted" || cp.Budget.Day != day || cp.Budget.SpentTodayMicros != 500_000 ||
+			cp.Budget.RemainingTodayMicros == nil || *cp.Budget.RemainingTodayMicros != 0 {
+			t.Fatalf("%s: %s, budget %+v (remaining %s); want budget_exhausted on %s with 500000 spent", when, cp.ServingStatus, cp.Budget, fmtPtr(cp.Budget.RemainingTodayMicros), day)
+		}
+		var feed feedJSON
+		mustJSON(t, c, "GET", srv.base+"/api/v1/serving/campaigns", testAdminKey, nil, 200, &feed)
+		for _, f := range feed.Campaigns {
+			if f.CampaignID == ad.campaign {
+				t.Fatalf("%s: exhausted campaign in the serving feed: %+v", when, f)
+			}
+		}
+	}
+	checkExhausted("before the zone change")
+
+	mustJSON(t, c, "PUT", srv.base+"/api/v1/advertisers/"+ad.advertiser, testAdminKey, map[string]any{"name": "Advertiser tz", "timezone": to}, 200, nil)
+	checkExhausted("right after the zone change")
+	postLines(t, c, srv.base,
+		eventLine{Type: "click", ImpressionID: "tz-3", AdID: ad.id},
+		eventLine{Type: "click", EventID: "tz-4", AdID: ad.id},
+	)
+	for _, id := range []string{"tz-3", "tz-4"} {
+		if cl := waitClick(t, c, srv.base, id); cl.ChargedMicros != 0 || cl.Day != day || cl.Reason != "daily_budget_exhausted" {
+			t.Fatalf("click %s after the zone change: %+v; want 0 on %s (daily_budget_exhausted)", id, cl, day)
+		}
+	}
+	checkExhausted("after clicks in the new zone")
+
+	// The change is durable: after a kill -9 the day in progress is still the old zone's.
+	srv.kill(t)
+	srv = e.start(args...)
+	defer srv.stop(t)
+	checkExhausted("after a restart")
+	postLines(t, c, srv.base, eventLine{Type: "click", ImpressionID: "tz-5", AdID: ad.id})
+	if cl := waitClick(t, c, srv.base, "tz-5"); cl.ChargedMicros != 0 || cl.Day != day {
+		t.Fatalf("click after the restart: %+v; want 0 on %s", cl, day)
+	}
+	checkExhausted("at the end")
+}
