@@ -7,13 +7,20 @@
 //
 // A valid click (event.TypeClick, Invalid == event.ReasonNone) charges
 // min(price, remaining daily budget, remaining total budget), where price is the click
-// token's price if positive, else the ad's current bid, and the budget day is the advertiser's
-// local date (its current time zone, so DST days are 23 or 25 hours) of the click's event
-// time. A click on a paused campaign (status at charge time), or outside the campaign's
+// token's price if positive, else the ad's current bid, and the budget day is the one that
+// contains the click's event time. A budget day is a real interval [start, end): the
+// advertiser's local calendar day (23 or 25 hours across DST), and a time zone change takes
+// effect at the next local midnight of the zone in force when it was made, so the day in
+// progress keeps its end and no hours get a second daily budget (budgetday.go). The zone
+// history comes from the catalog with the time of each change, so a decision replayed from
+// the log uses the zone that was in force at the click's time. Spend is kept per budget day
+// by its start. A click on a paused campaign (status at charge time), or outside the campaign's
 // schedule (at the click's event time), charges 0. Every valid click gets a ledger entry keyed
-// by its idempotency key (event.Key: "c:" + impression id), zero charges included, so a click
-// is decided once: a second click with the same key is never charged, even after a budget
-// is raised.
+// by its idempotency key (event.Key: "c:" + impression id, or "e:" + event_id for a click
+// sent without an impression id), zero charges included, so a click is decided once: a
+// second click with the same key is never charged, even after a budget is raised. Lookups
+// and refunds name a click by the id the client sent (its impression id or event_id) and
+// try both keys, the impression's first.
 //
 // # Invariants
 //
@@ -34,9 +41,18 @@
 //     entry twice. On start the store's checkpoint tells which entries are in; the rest are
 //     applied again. A crash between the Pebble commit and Apply therefore loses nothing (the
 //     entry is durable) and doubles nothing (the fence). Applied entries are deleted lazily.
+//   - A refund is booked where its charge was, at the click's event-time minute (not at the
+//     refund's time), so every bucket at every interval shows the net spend of the clicks in
+//     it. A click older than the metric store's minute retention (--minute-retention) has
+//     only its hour and day buckets left: the store applies the refund to those and never
+//     writes into an expired bucket (no negative minute row appears, even if the retention is
+//     raised later). So /metrics spend equals the sum of the remaining charges over every
+//     interval that can still be queried.
 //   - Status is never cached: serving_status and budget are computed from the catalog's
 //     current values and committed spend on every call, so raising a budget or un-pausing
-//     brings a campaign back at once, and a new local day starts at the advertiser's midnight.
+//     brings a campaign back at once, and a new budget day starts at its start (the
+//     advertiser's local midnight, or the instant a time zone change takes effect). Status,
+//     budget.day and pacing use the same budget day as charging.
 //   - User views count each valid impression with a user and catalog id once, in the same
 //     batch as the offsets it came from (exactly once as long as ingest keeps its one
 //     impression per impression id contract; duplicates in the log are not filtered here).

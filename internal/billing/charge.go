@@ -44,7 +44,7 @@ type writer struct {
 
 type spendKey struct {
 	campaign string
-	day      uint32
+	day      int64 // the budget day's start, Unix seconds
 }
 
 // maxCachedSpend bounds the spend caches; they are dropped (and refilled from disk) past it.
@@ -80,6 +80,9 @@ func newWriter(ctx context.Context, c *Charger) (*writer, error) {
 			return nil, fmt.Errorf("billing: partition %d: committed offset %d is past the log's end %d (was the log replaced?): %w", p, next, end, eventlog.ErrOffsetOutOfRange)
 		}
 		w.next[p] = next
+	}
+	if err := w.migrateDates(); err != nil {
+		return nil, err
 	}
 	jn, _, err := w.getUvarint(keyJournalNext)
 	if err != nil {
@@ -331,10 +334,7 @@ func (w *writer) process(b *batchState, part int, m *eventlog.Message, viewsCuto
 // observeTraffic adds a valid event to the traffic profile at its advertiser's local time of
 // day: the shape pacing spreads budgets along.
 func (w *writer) observeTraffic(ev *event.Event) {
-	loc := time.UTC
-	if adv, ok := w.o.Catalog.Advertiser(ev.AdvertiserID); ok && adv.Location != nil {
-		loc = adv.Location
-	}
+	loc := w.c.zoneAt(ev.AdvertiserID, time.UnixMicro(ev.Time))
 	secs := ev.Time / 1e6
 	w.profile.observe(uint32(secs/86400), secs%86400, slotOf(time.UnixMicro(ev.Time).In(loc)))
 	w.profileDirty = true
@@ -376,7 +376,7 @@ func (w *writer) charge(b *batchState, part int, offset int64, ev *event.Event) 
 	if e.Reason != reasonNone {
 		b.partial++
 	}
-	if err := w.addSpend(b, e.CampaignID, e.Day, e.ChargedMicros); err != nil {
+	if err := w.addSpend(b, e.CampaignID, e.DayStart, e.ChargedMicros); err != nil {
 		return err
 	}
 	addDeltas(b, &e, e.ChargedMicros)
@@ -394,12 +394,9 @@ func (w *writer) decide(e *ledgerEntry, ev *event.Event) error {
 		e.Reason = reasonUnknownCampaign
 		return nil
 	}
-	loc := time.UTC
-	if adv, ok := w.o.Catalog.Advertiser(camp.AdvertiserID); ok && adv.Location != nil {
-		loc = adv.Location
-	}
 	t := time.UnixMicro(ev.Time)
-	e.Day = dayOf(t, loc)
+	day := w.c.budgetDayOf(camp.AdvertiserID, t)
+	e.Day, e.DayStart = day.Label, day.Start.Unix()
 	price := ev.PriceMicros
 	if price <= 0 {
 		ad, ok := w.o.Catalog.Ad(ev.AdID)
@@ -429,7 +426,7 @@ func (w *writer) decide(e *ledgerEntry, ev *event.Event) error {
 	}
 	charge := price
 	if camp.DailyBudgetMicros > 0 {
-		spent, err := w.daySpent(spendKey{camp.CampaignID, e.Day})
+		spent, err := w.daySpent(spendKey{camp.CampaignID, e.DayStart})
 		if err != nil {
 			return err
 		}
@@ -459,7 +456,7 @@ func (w *writer) daySpent(k spendKey) (int64, error) {
 	}
 	v, err := getInt(w.db, dayKey(k.campaign, k.day))
 	if err != nil {
-		return 0, fmt.Errorf("read spend of %s on %s: %w", k.campaign, dayString(k.day), err)
+		return 0, fmt.Errorf("read spend of %s on the day from %s: %w", k.campaign, dayStartString(k.day), err)
 	}
 	w.daySpend[k] = v
 	return v, nil
@@ -477,9 +474,10 @@ func (w *writer) totalSpent(campaign string) (int64, error) {
 	return v, nil
 }
 
-// addSpend adds micros (negative for a refund) to a campaign's day and total. It loads both
-// first: a campaign without a daily budget was charged without reading its day.
-func (w *writer) addSpend(b *batchState, campaign string, day uint32, micros int64) error {
+// addSpend adds micros (negative for a refund) to a campaign's budget day (by its start) and
+// total. It loads both first: a campaign without a daily budget was charged without reading
+// its day.
+func (w *writer) addSpend(b *batchState, campaign string, day int64, micros int64) error {
 	k := spendKey{campaign, day}
 	if _, err := w.daySpent(k); err != nil {
 		return err
@@ -494,7 +492,8 @@ func (w *writer) addSpend(b *batchState, campaign string, day uint32, micros int
 	return nil
 }
 
-// addDeltas adds micros of spend at the click's event-time minute, at every level.
+// addDeltas adds micros of spend at the click's event-time minute, at every level: a refund
+// too, so the click's buckets net out (see the package comment on retention).
 func addDeltas(b *batchState, e *ledgerEntry, micros int64) {
 	minute := e.Time / 60e6
 	for _, d := range [...]deltaKey{
@@ -519,7 +518,7 @@ func (w *writer) commit(b *batchState) error {
 	for k := range b.days {
 		v := w.daySpend[k]
 		if v < 0 {
-			return fmt.Errorf("billing: spend of %s on %s would become %d", k.campaign, dayString(k.day), v)
+			return fmt.Errorf("billing: spend of %s on the day from %s would become %d", k.campaign, dayStartString(k.day), v)
 		}
 		if err := wb.Set(dayKey(k.campaign, k.day), appendInt(nil, v), nil); err != nil {
 			return fmt.Errorf("batch set spend: %w", err)
@@ -662,7 +661,7 @@ type Refund struct {
 }
 
 type refundReq struct {
-	key   string
+	id    string // as the client sent it
 	reply chan refundReply
 }
 
@@ -671,14 +670,14 @@ type refundReply struct {
 	err error
 }
 
-// Refund marks the valid click of impressionID invalid and credits its charge back: the
-// ledger entry flips to refunded, and the campaign's spend (the click's budget day and total)
-// and spend_micros in the metric store decrease by exactly what it was charged. Refunding
-// again changes nothing. A click not charged yet (unknown, or not consumed yet) is
-// ErrNotFound. The writer does the refund, so Run must be running.
-func (c *Charger) Refund(ctx context.Context, impressionID string) (Refund, error) {
-	ev := event.Event{Type: event.TypeClick, ImpressionID: impressionID}
-	req := &refundReq{key: ev.Key(), reply: make(chan refundReply, 1)}
+// Refund marks the valid click named id invalid and credits its charge back: the ledger
+// entry flips to refunded, and the campaign's spend (the click's budget day and total) and
+// spend_micros in the metric store decrease by exactly what it was charged. id is the click's
+// idempotency key as the client sent it (see clickKeys). Refunding again changes nothing. A
+// click not charged yet (unknown, or not consumed yet) is ErrNotFound. The writer does the
+// refund, so Run must be running.
+func (c *Charger) Refund(ctx context.Context, id string) (Refund, error) {
+	req := &refundReq{id: id, reply: make(chan refundReply, 1)}
 	select {
 	case c.refunds <- req:
 	case <-ctx.Done():
@@ -696,7 +695,7 @@ func (c *Charger) Refund(ctx context.Context, impressionID string) (Refund, erro
 // serveRefund does one refund and answers it. It returns an error only when the writer must
 // stop (a failed commit).
 func (w *writer) serveRefund(req *refundReq) error {
-	r, err, fatal := w.refund(req.key)
+	r, err, fatal := w.refund(req.id)
 	req.reply <- refundReply{r, err}
 	if fatal {
 		return err
@@ -704,16 +703,11 @@ func (w *writer) serveRefund(req *refundReq) error {
 	return nil
 }
 
-func (w *writer) refund(key string) (r Refund, err error, fatal bool) {
-	v, closer, err := w.db.Get(ledgerKey(key))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return r, ErrNotFound, false
+func (w *writer) refund(id string) (r Refund, err error, fatal bool) {
+	key, e, err := findClick(w.db, id)
+	if errors.Is(err, ErrNotFound) {
+		return r, err, false
 	}
-	if err != nil {
-		return r, fmt.Errorf("read ledger: %w", err), true
-	}
-	e, err := decodeLedger(v)
-	closer.Close()
 	if err != nil {
 		return r, err, true
 	}
@@ -728,7 +722,10 @@ func (w *writer) refund(key string) (r Refund, err error, fatal bool) {
 		return r, fmt.Errorf("batch set ledger: %w", err), true
 	}
 	if e.ChargedMicros > 0 {
-		if err := w.addSpend(b, e.CampaignID, e.Day, -e.ChargedMicros); err != nil {
+		if e.DayStart == 0 { // a version 1 entry: its day as migrateDates keyed it
+			e.DayStart = w.c.legacyDayStart(e.CampaignID, e.Day)
+		}
+		if err := w.addSpend(b, e.CampaignID, e.DayStart, -e.ChargedMicros); err != nil {
 			return r, err, true
 		}
 		addDeltas(b, &e, -e.ChargedMicros)
@@ -742,7 +739,11 @@ func (w *writer) refund(key string) (r Refund, err error, fatal bool) {
 
 // Click is a ledger entry as the API shows it.
 type Click struct {
-	ImpressionID  string `json:"impression_id"`
+	// ID is the click's idempotency key as sent, what GET /api/v1/clicks/{id} takes: its
+	// impression id, or its event_id for a click sent without an impression id.
+	ID            string `json:"id"`
+	ImpressionID  string `json:"impression_id,omitempty"`
+	EventID       string `json:"event_id,omitempty"`
 	CampaignID    string `json:"campaign_id"`
 	AdID          string `json:"ad_id"`
 	AdvertiserID  string `json:"advertiser_id"`
@@ -758,10 +759,16 @@ type Click struct {
 }
 
 func clickOut(key string, e *ledgerEntry) Click {
+	id := key[min(2, len(key)):]
 	c := Click{
-		ImpressionID: key[min(2, len(key)):], CampaignID: e.CampaignID, AdID: e.AdID, AdvertiserID: e.AdvertiserID,
+		ID: id, CampaignID: e.CampaignID, AdID: e.AdID, AdvertiserID: e.AdvertiserID,
 		EventTime: time.UnixMicro(e.Time).UTC().Format(time.RFC3339Nano), Status: "charged",
 		PriceMicros: e.PriceMicros, ChargedMicros: e.ChargedMicros, Reason: e.Reason.String(),
+	}
+	if key[0] == 'e' {
+		c.EventID = id
+	} else {
+		c.ImpressionID = id
 	}
 	if e.Day != 0 {
 		c.Day = dayString(e.Day)
@@ -773,21 +780,41 @@ func clickOut(key string, e *ledgerEntry) Click {
 	return c
 }
 
-// ClickByImpression returns the ledger entry of the valid click of impressionID.
-func (c *Charger) ClickByImpression(impressionID string) (Click, error) {
-	ev := event.Event{Type: event.TypeClick, ImpressionID: impressionID}
-	key := ev.Key()
-	var out Click
-	err := c.read(func(r pebble.Reader) error {
+// clickKeys are the ledger keys a click id can name, in the order they are tried. The ledger
+// is keyed by event.Key: a click with an impression id is "c:" + impression id (whatever
+// event_id came with it), and a click sent with only an event_id is "e:" + event_id. An id
+// that is both one click's impression id and another's event_id names the impression's
+// click, as it did before event_id clicks could be looked up.
+func clickKeys(id string) [2]string {
+	return [2]string{
+		(&event.Event{Type: event.TypeClick, ImpressionID: id}).Key(),
+		(&event.Event{Type: event.TypeClick, EventID: id}).Key(),
+	}
+}
+
+// findClick reads the ledger entry of the click named id and returns its ledger key.
+func findClick(r pebble.Reader, id string) (string, ledgerEntry, error) {
+	for _, key := range clickKeys(id) {
 		v, closer, err := r.Get(ledgerKey(key))
 		if errors.Is(err, pebble.ErrNotFound) {
-			return ErrNotFound
+			continue
 		}
 		if err != nil {
-			return err
+			return "", ledgerEntry{}, fmt.Errorf("read ledger: %w", err)
 		}
-		defer closer.Close()
 		e, err := decodeLedger(v)
+		closer.Close()
+		return key, e, err
+	}
+	return "", ledgerEntry{}, ErrNotFound
+}
+
+// ClickByID returns the ledger entry of the valid click named id: its impression id, or its
+// event_id for a click sent without one.
+func (c *Charger) ClickByID(id string) (Click, error) {
+	var out Click
+	err := c.read(func(r pebble.Reader) error {
+		key, e, err := findClick(r, id)
 		if err != nil {
 			return err
 		}

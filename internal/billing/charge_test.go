@@ -241,7 +241,7 @@ func TestRefund(t *testing.T) {
 		t.Fatalf("click after refund charged %d", e.ChargedMicros)
 	}
 	h.checkMoney()
-	c, err := h.c.ClickByImpression("i1")
+	c, err := h.c.ClickByID("i1")
 	if err != nil || c.Status != "refunded" || c.ChargedMicros != 500_000 || c.RefundedAt == "" || c.Day != "2026-11-21" {
 		t.Fatalf("ledger entry: %+v, %v", c, err)
 	}

@@ -331,10 +331,10 @@ func (h *harness) sync() {
 	}
 }
 
-// refund refunds through the writer without Run.
-func (h *harness) refund(imp string) (Refund, error) {
-	ev := event.Event{Type: event.TypeClick, ImpressionID: imp}
-	r, err, fatal := h.c.w.refund(ev.Key())
+// refund refunds the click named id (its impression id or event_id) through the writer,
+// without Run.
+func (h *harness) refund(id string) (Refund, error) {
+	r, err, fatal := h.c.w.refund(id)
 	if fatal {
 		h.t.Fatalf("refund: %v", err)
 	}
@@ -389,7 +389,7 @@ func (h *harness) ledger() ledgerSums {
 			s.entries[string(it.Key()[1:])] = e
 			if e.State == stateCharged {
 				s.total[e.CampaignID] += e.ChargedMicros
-				s.days[spendKey{e.CampaignID, e.Day}] += e.ChargedMicros
+				s.days[spendKey{e.CampaignID, e.DayStart}] += e.ChargedMicros
 			}
 		}
 		return it.Error()
@@ -462,24 +462,25 @@ func (h *harness) checkMoney() ledgerSums {
 		defer it.Close()
 		stored := map[spendKey]bool{}
 		for ok := it.First(); ok; ok = it.Next() {
-			k := it.Key()
-			id := string(k[2 : 2+int(k[1])])
-			day := uint32(k[len(k)-4])<<24 | uint32(k[len(k)-3])<<16 | uint32(k[len(k)-2])<<8 | uint32(k[len(k)-1])
+			id, day, ok := parseDayKey(it.Key())
+			if !ok {
+				h.t.Fatalf("bad spend key %x", it.Key())
+			}
 			v, err := decodeInt(it.Value())
 			if err != nil {
 				return err
 			}
 			stored[spendKey{id, day}] = true
 			if v != led.days[spendKey{id, day}] {
-				h.t.Errorf("campaign %s day %s: stored spend %d, ledger sum %d", id, dayString(day), v, led.days[spendKey{id, day}])
+				h.t.Errorf("campaign %s day from %s: stored spend %d, ledger sum %d", id, dayStartString(day), v, led.days[spendKey{id, day}])
 			}
 			if info, ok := h.cat.Campaign(id); ok && info.DailyBudgetMicros > 0 && v > info.DailyBudgetMicros {
-				h.t.Errorf("campaign %s day %s: spend %d exceeds daily budget %d", id, dayString(day), v, info.DailyBudgetMicros)
+				h.t.Errorf("campaign %s day from %s: spend %d exceeds daily budget %d", id, dayStartString(day), v, info.DailyBudgetMicros)
 			}
 		}
 		for k, v := range led.days {
 			if v != 0 && !stored[k] {
-				h.t.Errorf("campaign %s day %s: ledger sum %d but no stored day spend", k.campaign, dayString(k.day), v)
+				h.t.Errorf("campaign %s day from %s: ledger sum %d but no stored day spend", k.campaign, dayStartString(k.day), v)
 			}
 		}
 		return it.Error()

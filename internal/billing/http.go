@@ -25,9 +25,10 @@ type HandlerOptions struct {
 //     UTC day (default today). Admin key only: the counts span every advertiser's ads, so
 //     an advertiser key gets 403 (not 404: nothing is hidden about an object it does not
 //     own; the endpoint is simply not for it).
-//   - GET /api/v1/clicks/{impression_id}: the ledger entry of the impression's valid click
-//     (Click). Admin key, or the advertiser key of the click's advertiser (others: 404).
-//   - POST /api/v1/clicks/{impression_id}/refund: credit the click back (Refund). Admin key.
+//   - GET /api/v1/clicks/{id}: the ledger entry of a valid click (Click). id is the click's
+//     idempotency key as sent: its impression id, or its event_id for a click sent without
+//     one. Admin key, or the advertiser key of the click's advertiser (others: 404).
+//   - POST /api/v1/clicks/{id}/refund: credit the click back (Refund). Admin key.
 //     Idempotent: a repeat answers 200 with already_refunded true and refunded_micros 0. A
 //     click not charged (yet) answers 404.
 type Handler struct {
@@ -47,8 +48,8 @@ func NewHandler(c *Charger, o HandlerOptions) *Handler {
 func (h *Handler) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/serving/campaigns", h.servingCampaigns)
 	mux.HandleFunc("GET /api/v1/users/{user_id}/views", h.userViews)
-	mux.HandleFunc("GET /api/v1/clicks/{impression_id}", h.getClick)
-	mux.HandleFunc("POST /api/v1/clicks/{impression_id}/refund", h.refund)
+	mux.HandleFunc("GET /api/v1/clicks/{id}", h.getClick)
+	mux.HandleFunc("POST /api/v1/clicks/{id}/refund", h.refund)
 }
 
 // fail writes err: API errors as they are, engine states as their codes, anything else as an
@@ -59,7 +60,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.As(err, &ae):
 		httpapi.WriteError(w, ae)
 	case errors.Is(err, ErrNotFound):
-		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeNotFound, "impression_id: no charged click for this impression (unknown, invalid, or not charged yet)"))
+		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeNotFound, "id: no charged click with this impression id or event_id (unknown, invalid, or not charged yet)"))
 	case errors.Is(err, ErrClosed), errors.Is(err, ErrNotRunning):
 		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeUnavailable, "billing is not running"))
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
@@ -126,10 +127,10 @@ func (h *Handler) userViews(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, viewsJSON{UserID: user, Date: day.Format(time.DateOnly), Catalogs: counts})
 }
 
-func impressionID(r *http.Request) (string, error) {
-	id := r.PathValue("impression_id")
+func clickID(r *http.Request) (string, error) {
+	id := r.PathValue("id")
 	if !event.ValidID(id) {
-		return "", httpapi.BadField("impression_id", "must be 1-64 characters of [A-Za-z0-9._:-]")
+		return "", httpapi.BadField("id", "must be 1-64 characters of [A-Za-z0-9._:-]")
 	}
 	return id, nil
 }
@@ -140,12 +141,12 @@ func (h *Handler) getClick(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, err)
 		return
 	}
-	id, err := impressionID(r)
+	id, err := clickID(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
-	click, err := h.c.ClickByImpression(id)
+	click, err := h.c.ClickByID(id)
 	if err == nil && !p.CanSee(click.AdvertiserID) {
 		err = ErrNotFound // another advertiser's click answers exactly as a missing one
 	}
@@ -161,7 +162,7 @@ func (h *Handler) refund(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, err)
 		return
 	}
-	id, err := impressionID(r)
+	id, err := clickID(r)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return
@@ -172,7 +173,7 @@ func (h *Handler) refund(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !res.AlreadyRefunded {
-		h.log.Info("billing: click refunded", "impression_id", id, "campaign_id", res.CampaignID, "micros", res.RefundedMicros)
+		h.log.Info("billing: click refunded", "id", id, "campaign_id", res.CampaignID, "micros", res.RefundedMicros)
 	}
 	writeJSON(w, res)
 }

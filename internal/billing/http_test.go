@@ -244,7 +244,7 @@ func TestHTTPClicksAndRefund(t *testing.T) {
 	}
 	if code, body = serve(srv, "POST", "/api/v1/clicks/nope/refund", "admin"); code != 404 {
 		t.Errorf("refund of an unknown click: %d %v", code, body)
-	} else if c, msg := errorOf(t, body); c != httpapi.CodeNotFound || !strings.HasPrefix(msg, "impression_id:") {
+	} else if c, msg := errorOf(t, body); c != httpapi.CodeNotFound || !strings.HasPrefix(msg, "id:") {
 		t.Errorf("refund of an unknown click: %s %q", c, msg)
 	}
 	if code, body = serve(srv, "POST", "/api/v1/clicks/bad%21/refund", "admin"); code != 400 {

@@ -14,8 +14,9 @@ import (
 // length-prefixed so no id can run into the next component.
 //
 //	'o' partition(u32 BE)                          -> uvarint next log offset to consume
-//	'l' click key (event.Key, "c:<impression id>") -> ledger entry (encodeLedger)
-//	'd' len campaign day(u32 BE)                   -> varint micros spent that local day
+//	'l' click key (event.Key: "c:<impression id>" or "e:<event_id>") -> ledger entry (encodeLedger)
+//	'b' len campaign day start(u64 BE, Unix s)     -> varint micros spent that budget day
+//	'd' len campaign date(u32 BE)                  -> legacy spend by local date; moved to 'b' by Open
 //	't' len campaign                               -> varint micros spent in total
 //	'j' seq(u64 BE)                                -> journal entry: metric deltas not yet applied
 //	'k' campaign                                   -> (empty) a campaign seen in the log
@@ -27,7 +28,8 @@ import (
 const (
 	prefixOffset  = 'o'
 	prefixLedger  = 'l'
-	prefixDay     = 'd'
+	prefixDay     = 'b'
+	prefixDate    = 'd' // legacy: spend keyed by a bare local date (see migrateDates)
 	prefixTotal   = 't'
 	prefixJournal = 'j'
 	prefixKnown   = 'k'
@@ -50,11 +52,21 @@ func ledgerKey(clickKey string) []byte {
 	return append([]byte{prefixLedger}, clickKey...)
 }
 
-func dayKey(campaign string, day uint32) []byte {
-	b := make([]byte, 0, 2+len(campaign)+4)
+// dayKey is the key of a campaign's spend on the budget day that starts at start (Unix
+// seconds).
+func dayKey(campaign string, start int64) []byte {
+	b := make([]byte, 0, 2+len(campaign)+8)
 	b = append(b, prefixDay, byte(len(campaign)))
 	b = append(b, campaign...)
-	return binary.BigEndian.AppendUint32(b, day)
+	return binary.BigEndian.AppendUint64(b, uint64(start))
+}
+
+// parseDayKey splits a dayKey.
+func parseDayKey(k []byte) (campaign string, start int64, ok bool) {
+	if len(k) < 2 || k[0] != prefixDay || len(k) != 2+int(k[1])+8 {
+		return "", 0, false
+	}
+	return string(k[2 : 2+int(k[1])]), int64(binary.BigEndian.Uint64(k[len(k)-8:])), true
 }
 
 func totalKey(campaign string) []byte {
@@ -99,9 +111,8 @@ func decodeInt(v []byte) (int64, error) {
 	return n, nil
 }
 
-// Days. A day is a calendar date numbered as days since 1970-01-01, whatever the time zone it
-// is a date in: the budget day of a click is its advertiser's local date, a views day is the
-// UTC date.
+// Dates. A date is numbered as days since 1970-01-01, whatever the time zone it is a date in:
+// a budget day's label is its local date (budgetday.go), a views day is the UTC date.
 
 // maxEventMicros bounds event times the store takes (year 2500), like the aggregator.
 const maxEventMicros = 16725225600 * 1e6
@@ -156,10 +167,11 @@ type ledgerEntry struct {
 	State         uint8
 	Reason        zeroReason // why it charged 0 or less than PriceMicros; reasonNone for a full charge
 	ChargedMicros int64
-	PriceMicros   int64 // what it would have cost with budget left (0 when unknown)
-	Time          int64 // event time, Unix micros
-	Day           uint32
-	RefundedAt    int64 // Unix micros; 0 unless refunded
+	PriceMicros   int64  // what it would have cost with budget left (0 when unknown)
+	Time          int64  // event time, Unix micros
+	Day           uint32 // the budget day's label: its local date
+	DayStart      int64  // the budget day's start, Unix seconds: its spend key (0 in version 1 entries)
+	RefundedAt    int64  // Unix micros; 0 unless refunded
 	Partition     int32
 	Offset        int64
 	CampaignID    string
@@ -167,7 +179,12 @@ type ledgerEntry struct {
 	AdvertiserID  string
 }
 
-const ledgerVersion = 1
+// Ledger entry versions: 2 adds DayStart at the end; version 1 entries (written before budget
+// days were intervals) are still read.
+const (
+	ledgerVersion1 = 1
+	ledgerVersion  = 2
+)
 
 func encodeLedger(b []byte, e *ledgerEntry) []byte {
 	b = append(b, ledgerVersion, e.State, byte(e.Reason))
@@ -182,15 +199,16 @@ func encodeLedger(b []byte, e *ledgerEntry) []byte {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
-	return b
+	return binary.AppendVarint(b, e.DayStart)
 }
 
 func decodeLedger(v []byte) (ledgerEntry, error) {
 	var e ledgerEntry
 	bad := fmt.Errorf("%w: ledger entry %x", errCorrupt, v)
-	if len(v) < 3 || v[0] != ledgerVersion || (v[1] != stateCharged && v[1] != stateRefunded) {
+	if len(v) < 3 || (v[0] != ledgerVersion && v[0] != ledgerVersion1) || (v[1] != stateCharged && v[1] != stateRefunded) {
 		return e, bad
 	}
+	version := v[0]
 	e.State, e.Reason = v[1], zeroReason(v[2])
 	v = v[3:]
 	var ints [6]int64
@@ -222,6 +240,13 @@ func decodeLedger(v []byte) (ledgerEntry, error) {
 			return e, bad
 		}
 		*p, v = string(v[k:k+int(l)]), v[k+int(l):]
+	}
+	if version == ledgerVersion {
+		n, k := binary.Varint(v)
+		if k <= 0 {
+			return e, bad
+		}
+		e.DayStart, v = n, v[k:]
 	}
 	if len(v) != 0 || e.ChargedMicros < 0 {
 		return e, bad

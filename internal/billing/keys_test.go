@@ -9,7 +9,7 @@ import (
 
 func TestLedgerRoundTrip(t *testing.T) {
 	for _, e := range []ledgerEntry{
-		{State: stateCharged, ChargedMicros: 500_000, PriceMicros: 500_000, Time: 1_763_719_205_000_000, Day: 20413, Partition: 3, Offset: 12345, CampaignID: "c1", AdID: "a1", AdvertiserID: "adv1"},
+		{State: stateCharged, ChargedMicros: 500_000, PriceMicros: 500_000, Time: 1_763_719_205_000_000, Day: 20413, DayStart: 1_763_683_200, Partition: 3, Offset: 12345, CampaignID: "c1", AdID: "a1", AdvertiserID: "adv1"},
 		{State: stateRefunded, Reason: reasonDailyBudget, ChargedMicros: 1, PriceMicros: 9, Time: 1, Day: 0, RefundedAt: 99, CampaignID: "", AdID: "x"},
 	} {
 		got, err := decodeLedger(encodeLedger(nil, &e))

@@ -25,8 +25,8 @@ import (
 //     peak) in proportion to how much history there is (half-half at 2000 events). Only
 //     whole UTC days are learned from (seen from their first two hours to their end), so the
 //     curve changes once a UTC day. A floor keeps every slot above zero.
-//  2. Target. For a campaign with daily budget B on a local day that runs from m0 to m1 (23,
-//     24 or 25 hours), share(t) is the profile's cumulative share of the day at t, computed
+//  2. Target. For a campaign with daily budget B on a budget day that runs from m0 to m1 (23,
+//     24 or 25 hours, or a part of a local day where a time zone change starts it), share(t) is the profile's cumulative share of the day at t, computed
 //     on the real quarter hours of that day, so it reaches 1 exactly at the next local
 //     midnight across a DST change. The target spend at t is B × share(t).
 //  3. Demand. Every PacingInterval the controller observes the campaign's spend ΔS over the
@@ -212,10 +212,9 @@ type dayCurve struct {
 	cum    []float64 // cum[k]: share of the day before quarter k; cum[len-1] == 1
 }
 
-func newDayCurve(c *curve, t time.Time, loc *time.Location) *dayCurve {
-	m0 := startOfDay(t, loc)
-	y, m, d := m0.In(loc).Date()
-	m1 := startOfDay(time.Date(y, m, d+1, 12, 0, 0, 0, loc), loc)
+// newDayCurve lays c over the budget day [m0, m1) in loc: a local day, or a shorter one
+// where a time zone change starts or ends it.
+func newDayCurve(c *curve, m0, m1 time.Time, loc *time.Location) *dayCurve {
 	n := int((m1.Sub(m0) + quarter - 1) / quarter)
 	dc := &dayCurve{m0: m0, m1: m1, cum: make([]float64, n+1)}
 	for k := range n {
@@ -258,7 +257,7 @@ type paceState struct {
 
 type dayCurveKey struct {
 	loc     string
-	m0      int64
+	m0, m1  int64
 	version uint64
 }
 
@@ -288,30 +287,29 @@ func (pc *pacer) setCurve(c *curve) {
 	clear(pc.days)
 }
 
-func (pc *pacer) dayCurveLocked(t time.Time, loc *time.Location) *dayCurve {
-	m0 := startOfDay(t, loc)
-	k := dayCurveKey{loc.String(), m0.Unix(), pc.version}
+func (pc *pacer) dayCurveLocked(day budgetDay) *dayCurve {
+	k := dayCurveKey{day.Loc.String(), day.Start.Unix(), day.End.Unix(), pc.version}
 	if dc, ok := pc.days[k]; ok {
 		return dc
 	}
 	if len(pc.days) > 4096 {
 		clear(pc.days)
 	}
-	dc := newDayCurve(pc.curve, t, loc)
+	dc := newDayCurve(pc.curve, day.Start, day.End, day.Loc)
 	pc.days[k] = dc
 	return dc
 }
 
-// pacing steps campaign id's controller if a step is due and returns its pacing. budget is
-// the day's effective budget (0: none, pacing 1) and spent what the campaign spent so far on
-// the local day of now.
-func (pc *pacer) pacing(id string, now time.Time, loc *time.Location, budget, spent int64) float64 {
+// pacing steps campaign id's controller if a step is due and returns its pacing. day is the
+// budget day that contains now, budget the day's effective budget (0: none, pacing 1) and
+// spent what the campaign spent so far on it.
+func (pc *pacer) pacing(id string, now time.Time, day budgetDay, budget, spent int64) float64 {
 	if budget <= 0 {
 		return 1
 	}
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	dc := pc.dayCurveLocked(now, loc)
+	dc := pc.dayCurveLocked(day)
 	sh := dc.share(now)
 	st := pc.states[id]
 	if len(pc.states) > 1<<20 {

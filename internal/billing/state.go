@@ -17,17 +17,9 @@ type CampaignStatus struct {
 	Budget        catalog.Budget
 }
 
-// location is the advertiser's time zone (UTC if it has none).
-func (c *Charger) location(advertiserID string) *time.Location {
-	if adv, ok := c.cat.Advertiser(advertiserID); ok && adv.Location != nil {
-		return adv.Location
-	}
-	return time.UTC
-}
-
 // spend reads a campaign's committed spend on day and in total.
-func spend(r pebble.Reader, campaign string, day uint32) (today, total int64, err error) {
-	if today, err = getInt(r, dayKey(campaign, day)); err != nil {
+func spend(r pebble.Reader, campaign string, day budgetDay) (today, total int64, err error) {
+	if today, err = getInt(r, dayKey(campaign, day.Start.Unix())); err != nil {
 		return 0, 0, err
 	}
 	if total, err = getInt(r, totalKey(campaign)); err != nil {
@@ -49,26 +41,35 @@ func servingStatus(cp catalog.Campaign, now time.Time, today, total int64) strin
 	return catalog.ServingActive
 }
 
-func (c *Charger) status(r pebble.Reader, cp catalog.Campaign, loc *time.Location, now time.Time) (CampaignStatus, error) {
-	today, total, err := spend(r, cp.ID, dayOf(now, loc))
+// status computes cp's status as of now, on day, the budget day that contains now.
+func (c *Charger) status(r pebble.Reader, cp catalog.Campaign, day budgetDay, now time.Time) (CampaignStatus, error) {
+	today, total, err := spend(r, cp.ID, day)
 	if err != nil {
 		return CampaignStatus{}, err
 	}
 	return CampaignStatus{
 		ServingStatus: servingStatus(cp, now, today, total),
-		Budget:        catalog.NewBudget(cp, loc, now, today, total),
+		Budget:        newBudget(cp, day, now, today, total),
 	}, nil
+}
+
+// newBudget is catalog.NewBudget with the budget day's label, which after a time zone change
+// is not always today's date in the advertiser's current zone.
+func newBudget(cp catalog.Campaign, day budgetDay, now time.Time, today, total int64) catalog.Budget {
+	b := catalog.NewBudget(cp, day.Loc, now, today, total)
+	b.Day = dayString(day.Label)
+	return b
 }
 
 // Status returns the serving status and budget of cp as of now, from its current values and
 // the committed spend.
 func (c *Charger) Status(cp catalog.Campaign) (CampaignStatus, error) {
 	now := c.opts.Now()
-	loc := c.location(cp.AdvertiserID)
+	day := c.budgetDayOf(cp.AdvertiserID, now)
 	var st CampaignStatus
 	err := c.read(func(r pebble.Reader) error {
 		var err error
-		st, err = c.status(r, cp, loc, now)
+		st, err = c.status(r, cp, day, now)
 		return err
 	})
 	return st, err
@@ -82,7 +83,7 @@ func (c *Charger) CampaignState(_ context.Context, cp catalog.Campaign) (string,
 	if err != nil {
 		c.opts.Logger.Error("billing: campaign spend unavailable", "campaign_id", cp.ID, "err", err)
 		now := c.opts.Now()
-		return catalog.ScheduleStatus(cp, now), catalog.NewBudget(cp, c.location(cp.AdvertiserID), now, 0, 0)
+		return catalog.ScheduleStatus(cp, now), newBudget(cp, c.budgetDayOf(cp.AdvertiserID, now), now, 0, 0)
 	}
 	return st.ServingStatus, st.Budget
 }
@@ -151,8 +152,8 @@ func (c *Charger) Feed(ctx context.Context) (*Feed, error) {
 				continue
 			}
 			cp := campaignOf(info)
-			loc := c.location(cp.AdvertiserID)
-			st, err := c.status(r, cp, loc, now)
+			day := c.budgetDayOf(cp.AdvertiserID, now)
+			st, err := c.status(r, cp, day, now)
 			if err != nil {
 				return err
 			}
@@ -166,7 +167,7 @@ func (c *Charger) Feed(ctx context.Context) (*Feed, error) {
 					budget = min(budget, st.Budget.SpentTodayMicros+*st.Budget.RemainingTodayMicros)
 				}
 			}
-			p := c.pacer.pacing(id, now, loc, budget, st.Budget.SpentTodayMicros)
+			p := c.pacer.pacing(id, now, day, budget, st.Budget.SpentTodayMicros)
 			feed.Campaigns = append(feed.Campaigns, FeedCampaign{CampaignID: id, CPCBidMicros: cp.CPCBidMicros, Pacing: roundPacing(p, c.opts.MinPacing)})
 		}
 		return nil

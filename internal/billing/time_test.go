@@ -106,7 +106,8 @@ func TestNewYorkDST(t *testing.T) {
 		{"2026-11-01T12:00:00Z", 100, "2026-11-01T04:00:00Z", "2026-11-02T05:00:00Z"},
 		{"2026-11-21T12:00:00Z", 96, "2026-11-21T05:00:00Z", "2026-11-22T05:00:00Z"},
 	} {
-		dc := newDayCurve(&c, utc(tc.at), ny)
+		m0, m1 := localDay(utc(tc.at), ny)
+		dc := newDayCurve(&c, m0, m1, ny)
 		if len(dc.cum)-1 != tc.quarters || !dc.m0.Equal(utc(tc.m0)) || !dc.m1.Equal(utc(tc.m1)) {
 			t.Errorf("%s: %d quarters from %s to %s; want %d from %s to %s", tc.at, len(dc.cum)-1, dc.m0.UTC(), dc.m1.UTC(), tc.quarters, tc.m0, tc.m1)
 		}

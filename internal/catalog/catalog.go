@@ -128,6 +128,17 @@ type AdvertiserInfo struct {
 	Name         string
 	Timezone     string
 	Location     *time.Location // loaded from Timezone
+	// TimezoneChanges are the changes of Timezone, oldest first; nil if it never changed.
+	// Readers must not modify the slice.
+	TimezoneChanges []TimezoneChange
+}
+
+// TimezoneChange is one change of an advertiser's time zone as recorded when it was made.
+// The catalog keeps the facts; when a change takes effect is the budget rule of billing (the
+// next local midnight of the zone in force), which needs the time it was made.
+type TimezoneChange struct {
+	At       time.Time // when the write that changed it was made
+	From, To *time.Location
 }
 
 // Options configure Open.
@@ -263,6 +274,10 @@ func (c *Catalog) load(ctx context.Context) error {
 }
 
 func (c *Catalog) loadAdvertisers(ctx context.Context) error {
+	changes, err := c.loadTimezoneChanges(ctx)
+	if err != nil {
+		return err
+	}
 	rows, err := c.db.QueryContext(ctx, c.d.q(`SELECT id, name, timezone, created_at, updated_at FROM advertisers`))
 	if err != nil {
 		return err
@@ -274,9 +289,38 @@ func (c *Catalog) loadAdvertisers(ctx context.Context) error {
 		if err := rows.Scan(&a.ID, &a.Name, &a.Timezone, &created, &updated); err != nil {
 			return err
 		}
-		c.indexAdvertiser(a)
+		c.indexAdvertiser(a, changes[a.ID])
 	}
 	return rows.Err()
+}
+
+func (c *Catalog) loadTimezoneChanges(ctx context.Context) (map[string][]TimezoneChange, error) {
+	rows, err := c.db.QueryContext(ctx, c.d.q(`SELECT advertiser_id, changed_at, from_timezone, to_timezone FROM advertiser_timezones ORDER BY advertiser_id, changed_at`))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make(map[string][]TimezoneChange)
+	for rows.Next() {
+		var id, from, to string
+		var at int64
+		if err := rows.Scan(&id, &at, &from, &to); err != nil {
+			return nil, err
+		}
+		out[id] = append(out[id], TimezoneChange{At: fromMicros(at), From: c.location(id, from), To: c.location(id, to)})
+	}
+	return out, rows.Err()
+}
+
+// location loads a stored time zone. One that no longer loads (a binary built without tzdata)
+// falls back to UTC rather than losing the advertiser.
+func (c *Catalog) location(advertiserID, tz string) *time.Location {
+	loc, err := time.LoadLocation(tz)
+	if err != nil {
+		c.log.Warn("catalog: advertiser time zone does not load; using UTC", "advertiser_id", advertiserID, "timezone", tz, "err", err)
+		return time.UTC
+	}
+	return loc
 }
 
 func (c *Catalog) loadCampaigns(ctx context.Context) error {
@@ -327,15 +371,10 @@ func (c *Catalog) loadAds(ctx context.Context) error {
 	return rows.Err()
 }
 
-// indexAdvertiser puts a stored advertiser into the index. A time zone that no longer loads
-// (a binary built without tzdata) falls back to UTC rather than losing the advertiser.
-func (c *Catalog) indexAdvertiser(a Advertiser) {
-	loc, err := time.LoadLocation(a.Timezone)
-	if err != nil {
-		c.log.Warn("catalog: advertiser time zone does not load; using UTC", "advertiser_id", a.ID, "timezone", a.Timezone, "err", err)
-		loc = time.UTC
-	}
-	c.advertisers.put(a.ID, &AdvertiserInfo{AdvertiserID: a.ID, Name: a.Name, Timezone: a.Timezone, Location: loc})
+// indexAdvertiser puts a stored advertiser and its time zone changes into the index.
+func (c *Catalog) indexAdvertiser(a Advertiser, changes []TimezoneChange) {
+	c.advertisers.put(a.ID, &AdvertiserInfo{AdvertiserID: a.ID, Name: a.Name, Timezone: a.Timezone,
+		Location: c.location(a.ID, a.Timezone), TimezoneChanges: changes})
 }
 
 func (c *Catalog) indexCampaign(cp Campaign) error {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -490,4 +491,43 @@ func TestCampaignIDs(t *testing.T) {
 	if strings.Join(ids, ",") != "c1,c2" {
 		t.Fatalf("CampaignIDs = %v", ids)
 	}
+}
+
+func TestTimezoneHistory(t *testing.T) { forEachBackend(t, testTimezoneHistory) }
+
+// testTimezoneHistory: every change of an advertiser's time zone is recorded with the time it
+// was made, in order, and survives a restart; a PUT that keeps the zone records nothing.
+func testTimezoneHistory(t *testing.T, o Options) {
+	clock := &testClock{t: testNow}
+	ctx := context.Background()
+	c := openWith(t, o, clock)
+	put := func(tz string) {
+		t.Helper()
+		if _, err := c.PutAdvertiser(ctx, Advertiser{ID: "a1", Name: "Acme", Timezone: tz}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("UTC")
+	clock.Set(testNow.Add(time.Hour))
+	put("Asia/Tokyo")
+	put("Asia/Tokyo") // same microsecond, no change
+	put("America/Los_Angeles")
+	want := []string{"UTC>Asia/Tokyo@" + testNow.Add(time.Hour).String(), "Asia/Tokyo>America/Los_Angeles@" + testNow.Add(time.Hour+time.Microsecond).String()}
+	check := func(when string) {
+		t.Helper()
+		info, _ := c.Advertiser("a1")
+		var got []string
+		for _, ch := range info.TimezoneChanges {
+			got = append(got, ch.From.String()+">"+ch.To.String()+"@"+ch.At.UTC().String())
+		}
+		if !slices.Equal(got, want) || info.Location.String() != "America/Los_Angeles" {
+			t.Errorf("%s: changes %q in %s, want %q", when, got, info.Location, want)
+		}
+	}
+	check("after the PUTs")
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c = openWith(t, o, clock)
+	check("after a restart")
 }

@@ -112,6 +112,16 @@ func (d dialect) schema() []string {
 	updated_at BIGINT NOT NULL,
 	PRIMARY KEY (id)
 )`,
+		// Every change of an advertiser's time zone, kept so that budget days can be computed
+		// for any past time (see Catalog.recordTimezoneChange).
+		`CREATE TABLE IF NOT EXISTS advertiser_timezones (
+	advertiser_id VARCHAR(64) NOT NULL,
+	changed_at BIGINT NOT NULL,
+	from_timezone VARCHAR(64) NOT NULL,
+	to_timezone VARCHAR(64) NOT NULL,
+	PRIMARY KEY (advertiser_id, changed_at),
+	FOREIGN KEY (advertiser_id) REFERENCES advertisers (id)
+)`,
 		`CREATE TABLE IF NOT EXISTS campaigns (
 	id VARCHAR(64) NOT NULL,
 	advertiser_id VARCHAR(64) NOT NULL,

@@ -56,8 +56,11 @@ func (c *Catalog) PutAdvertiser(ctx context.Context, a Advertiser) (Advertiser, 
 	defer c.writeMu.Unlock()
 	now := c.nowMicros()
 	created := now
+	var change *TimezoneChange
 	err := c.inTx(ctx, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, c.d.q(`SELECT created_at FROM advertisers WHERE id = ?`), a.ID).Scan(&created)
+		change = nil
+		var oldTZ string
+		err := tx.QueryRowContext(ctx, c.d.q(`SELECT created_at, timezone FROM advertisers WHERE id = ?`), a.ID).Scan(&created, &oldTZ)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			created = now
@@ -66,15 +69,46 @@ func (c *Catalog) PutAdvertiser(ctx context.Context, a Advertiser) (Advertiser, 
 		case err == nil:
 			_, err = tx.ExecContext(ctx, c.d.q(`UPDATE advertisers SET name = ?, timezone = ?, updated_at = ? WHERE id = ?`),
 				a.Name, a.Timezone, now, a.ID)
+			if err == nil && oldTZ != a.Timezone {
+				change, err = c.recordTimezoneChange(ctx, tx, a.ID, now, oldTZ, a.Timezone)
+			}
 		}
 		return err
 	})
 	if err != nil {
 		return Advertiser{}, fmt.Errorf("put advertiser %q: %w", a.ID, err)
 	}
-	c.indexAdvertiser(a)
+	var changes []TimezoneChange
+	if old, ok := c.Advertiser(a.ID); ok {
+		changes = old.TimezoneChanges
+	}
+	if change != nil {
+		changes = append(changes[:len(changes):len(changes)], *change) // readers share the old slice
+	}
+	c.indexAdvertiser(a, changes)
 	a.CreatedAt, a.UpdatedAt = fromMicros(created), fromMicros(now)
 	return a, nil
+}
+
+// recordTimezoneChange stores that the advertiser's time zone changed from one zone to another
+// at now. Budget days depend on when a change was made (it takes effect at the next local
+// midnight of the zone in force), and charging decisions replayed later must see the same
+// history, so every change is kept. Times are unique per advertiser (the primary key): a
+// second change within the same microsecond is recorded one microsecond later.
+func (c *Catalog) recordTimezoneChange(ctx context.Context, tx *sql.Tx, id string, now int64, from, to string) (*TimezoneChange, error) {
+	var last sql.NullInt64
+	if err := tx.QueryRowContext(ctx, c.d.q(`SELECT MAX(changed_at) FROM advertiser_timezones WHERE advertiser_id = ?`), id).Scan(&last); err != nil {
+		return nil, err
+	}
+	at := now
+	if last.Valid && last.Int64 >= at {
+		at = last.Int64 + 1
+	}
+	if _, err := tx.ExecContext(ctx, c.d.q(`INSERT INTO advertiser_timezones (advertiser_id, changed_at, from_timezone, to_timezone) VALUES (?, ?, ?, ?)`),
+		id, at, from, to); err != nil {
+		return nil, err
+	}
+	return &TimezoneChange{At: fromMicros(at), From: c.location(id, from), To: c.location(id, to)}, nil
 }
 
 // GetAdvertiser reads an advertiser from the database.

@@ -6,7 +6,9 @@
 // range is covered by whole days, then whole hours, then minutes at the edges (plan in
 // query.go). Buckets live in rows, one key per id and short time partition (keys.go,
 // value.go). Minute buckets expire after MinuteRetention and hour buckets after
-// HourRetention (whole partitions at a time, by Run); day buckets are kept forever.
+// HourRetention (whole partitions at a time, by Run); day buckets are kept forever. A delta
+// for a bucket already past its retention is written only to the coarser buckets still
+// kept, so an old correction never recreates an expired row.
 //
 // Invariants:
 //   - One Apply is one Pebble batch holding all merge operands and the consumer's checkpoint,
@@ -297,11 +299,22 @@ func (s *Store) buildBatch(deltas []metricstore.Delta) (*pebble.Batch, error) {
 	})
 	batch := s.db.NewBatchWithSize(len(order)*3*24 + 256)
 	w := rowWriter{deltas: deltas, batch: batch}
+	nowMin := s.opts.Now().Unix() / 60
 	for r := range resolutions {
 		rs := &resolutions[r]
+		// A bucket that starts before its resolution's retention can no longer be queried
+		// (and its partition may already be dropped): a late delta (a refund of an old click)
+		// goes to the coarser buckets that are still kept, not into a dead row.
+		cutoff := int64(-1)
+		if ret := s.retention[r]; ret != 0 {
+			cutoff = nowMin - ret
+		}
 		for _, o := range order {
 			d := &deltas[o.i]
 			unit := d.Minute / rs.minutes
+			if unit*rs.minutes < cutoff {
+				continue
+			}
 			w.key = appendRowKey(w.key[:0], rs, unit/rs.perPart, d.Level, d.ID)
 			if err := w.add(int(unit%rs.perPart), int(o.i)); err != nil {
 				batch.Close()

@@ -262,6 +262,57 @@ func TestRetention(t *testing.T) {
 	}
 }
 
+// TestLateDeltaPastRetention: a delta for a minute past the minute retention (a refund of an
+// old click) changes the hour and day buckets that are still kept and writes no minute row;
+// past the hour retention, only the day.
+func TestLateDeltaPastRetention(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 21, 10, 30, 0, 0, time.UTC)
+	s, err := Open(t.TempDir(), Options{Now: func() time.Time { return now }, MinuteRetention: 2 * 24 * time.Hour, HourRetention: 40 * 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m := now.Unix()/60 - 60
+	apply := func(spend int64) {
+		t.Helper()
+		if err := s.Apply(ctx, &metricstore.Commit{Consumer: "a", Deltas: []metricstore.Delta{{Level: metricstore.LevelAd, ID: "x", Minute: m, Counts: metricstore.Counts{SpendMicros: spend}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spend := func(iv time.Duration) int64 {
+		t.Helper()
+		r, err := s.Query(ctx, metricstore.Query{Level: metricstore.LevelAd, IDs: []string{"x"}, Start: time.Unix(m*60, 0), End: time.Unix((m+1)*60, 0), Interval: iv})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Series[0].Points[0].SpendMicros
+	}
+	apply(500)
+	now = now.Add(3 * 24 * time.Hour)
+	if err := s.Expire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	apply(-200)
+	if n := countKeys(t, s, resMinute); n != 0 {
+		t.Errorf("%d minute rows after a delta past the minute retention, want 0", n)
+	}
+	if h, d := spend(time.Hour), spend(24*time.Hour); h != 300 || d != 300 {
+		t.Errorf("hour %d, day %d; want 300 and 300", h, d)
+	}
+	now = now.Add(60 * 24 * time.Hour)
+	if err := s.Expire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	apply(-300)
+	if n := countKeys(t, s, resHour); n != 0 {
+		t.Errorf("%d hour rows after a delta past the hour retention, want 0", n)
+	}
+	if d := spend(24 * time.Hour); d != 0 {
+		t.Errorf("day %d, want 0", d)
+	}
+}
+
 func countKeys(t testing.TB, s *Store, res int) int {
 	t.Helper()
 	it, err := s.db.NewIter(nil)
