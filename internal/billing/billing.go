@@ -54,8 +54,10 @@
 //     advertiser's local midnight, or the instant a time zone change takes effect). Status,
 //     budget.day and pacing use the same budget day as charging.
 //   - User views count each valid impression with a user and catalog id once, in the same
-//     batch as the offsets it came from (exactly once as long as ingest keeps its one
-//     impression per impression id contract; duplicates in the log are not filtered here).
+//     batch as the offsets it came from. An impression that reached the log twice (a retry
+//     whose first attempt had an unknown outcome, a dedup store that lost keys) is dropped
+//     by a per-partition dedup.Window over DedupSpan, rebuilt from the log on start, so the
+//     count does not depend on crashes or timing.
 //
 // # Scale-out
 //
@@ -123,6 +125,12 @@ type Options struct {
 	Publisher Publisher
 	// ViewRetentionDays is how many UTC days of user views are kept, today included (default 7).
 	ViewRetentionDays int
+	// DedupSpan is how long the user views' duplicate filter remembers an impression key
+	// (ingest's --dedup-window; default 24h; negative turns it off): an impression whose key
+	// the partition already held within the span is not counted again (dedup.Window).
+	DedupSpan time.Duration
+	// Slack is how far receive times may run out of order within a partition (default 5s).
+	Slack time.Duration
 	// ReadBytes bounds one read of one partition (default 1 MiB).
 	ReadBytes int
 	// PollInterval is the pause when every partition is caught up (default 20ms).
@@ -151,6 +159,12 @@ func (o *Options) setDefaults() {
 	}
 	if o.ViewRetentionDays <= 0 {
 		o.ViewRetentionDays = 7
+	}
+	if o.DedupSpan == 0 {
+		o.DedupSpan = 24 * time.Hour
+	}
+	if o.Slack <= 0 {
+		o.Slack = 5 * time.Second
 	}
 	if o.ReadBytes <= 0 {
 		o.ReadBytes = 1 << 20
@@ -209,6 +223,7 @@ type Stats struct {
 	Refunds         int64            // refunds that credited a click (repeats excluded)
 	MicrosRefunded  int64
 	ViewsCounted    int64
+	ViewDuplicates  int64 // impressions already in the log within the dedup span, not counted
 
 	Commits            int64
 	LastCommitLatency  time.Duration // of the last Pebble commit, including the sync

@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/adpulse/adpulse/internal/catalog"
+	"github.com/adpulse/adpulse/internal/dedup"
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/metricstore"
+	"github.com/cespare/xxhash/v2"
 	"github.com/cockroachdb/pebble"
 )
 
@@ -36,6 +38,9 @@ type writer struct {
 	profileDirty   bool
 	publishedDay   uint32 // profile day whose curve the pacer has
 	viewsDeletedTo uint32 // views of days before it were deleted by this process
+
+	// viewDups is per partition the duplicate filter of impressions (nil when off).
+	viewDups []*dedup.Window
 
 	ev   event.Event
 	refs []msgRef
@@ -80,6 +85,9 @@ func newWriter(ctx context.Context, c *Charger) (*writer, error) {
 			return nil, fmt.Errorf("billing: partition %d: committed offset %d is past the log's end %d (was the log replaced?): %w", p, next, end, eventlog.ErrOffsetOutOfRange)
 		}
 		w.next[p] = next
+	}
+	if err := w.rebuildViewDups(ctx); err != nil {
+		return nil, err
 	}
 	if err := w.migrateDates(); err != nil {
 		return nil, err
@@ -216,7 +224,7 @@ type batchState struct {
 	newKnown []string
 	expire   uint32 // delete views of days before it; 0: none
 
-	consumed, corrupt, charged, micros, partial, dups, viewsCounted int64
+	consumed, corrupt, charged, micros, partial, dups, viewsCounted, viewDups int64
 	zero                                                            [len(zeroReasonNames)]int64
 	refunds, refunded                                               int64
 }
@@ -319,6 +327,10 @@ func (w *writer) process(b *batchState, part int, m *eventlog.Message, viewsCuto
 		w.observeTraffic(ev)
 	}
 	if ev.Type == event.TypeImpression {
+		if w.repeatedView(part, ev) {
+			b.viewDups++
+			return nil
+		}
 		if inRange && ev.UserID != "" && ev.CatalogID != "" && event.ValidID(ev.UserID) && event.ValidID(ev.CatalogID) {
 			day := dayOf(time.UnixMicro(ev.Time), time.UTC)
 			if day >= viewsCutoff {
@@ -632,6 +644,7 @@ func (c *Charger) recordBatch(b *batchState, lat time.Duration, next []int64) {
 	s.PartialCharges += b.partial
 	s.DuplicateClicks += b.dups
 	s.ViewsCounted += b.viewsCounted
+	s.ViewDuplicates += b.viewDups
 	s.Refunds += b.refunds
 	s.MicrosRefunded += b.refunded
 	for r, n := range b.zero {
@@ -822,4 +835,60 @@ func (c *Charger) ClickByID(id string) (Click, error) {
 		return nil
 	})
 	return out, err
+}
+
+// repeatedView passes a valid impression through its partition's duplicate filter.
+func (w *writer) repeatedView(part int, ev *event.Event) bool {
+	if w.viewDups == nil {
+		return false
+	}
+	return w.viewDups[part].Observe(xxhash.Sum64String(ev.Key()), ev.RecvTime)
+}
+
+// rebuildViewDups feeds each partition's duplicate filter the impressions appended since
+// dedup.ReplayFrom of the last consumed message, so it decides as an uninterrupted run would.
+func (w *writer) rebuildViewDups(ctx context.Context) error {
+	if w.o.DedupSpan < 0 {
+		return nil
+	}
+	span, slack := w.o.DedupSpan.Microseconds(), w.o.Slack.Microseconds()
+	w.viewDups = make([]*dedup.Window, len(w.next))
+	var ev event.Event
+	for p, next := range w.next {
+		w.viewDups[p] = dedup.NewWindow(span, slack)
+		start, _, err := w.o.Log.Offsets(ctx, p)
+		if err != nil {
+			return fmt.Errorf("offsets of partition %d: %w", p, err)
+		}
+		if next <= start {
+			continue
+		}
+		last, err := w.o.Log.Read(ctx, p, next-1, 1)
+		if err != nil || len(last) == 0 {
+			return fmt.Errorf("billing: read partition %d at %d: %v", p, next-1, err)
+		}
+		off, err := w.o.Log.OffsetForTime(ctx, p, time.UnixMicro(dedup.ReplayFrom(last[0].Time.UnixMicro(), span, slack)))
+		if err != nil {
+			return fmt.Errorf("billing: partition %d: %w", p, err)
+		}
+		for off = max(off, start); off < next; {
+			msgs, err := w.o.Log.Read(ctx, p, off, w.o.ReadBytes)
+			if err != nil {
+				return fmt.Errorf("billing: replay partition %d at %d: %w", p, off, err)
+			}
+			if len(msgs) == 0 {
+				return fmt.Errorf("billing: replay partition %d: log ends at %d, before the committed offset %d", p, off, next)
+			}
+			for i := range msgs {
+				if msgs[i].Offset >= next {
+					break
+				}
+				off = msgs[i].Offset + 1
+				if ev.Decode(msgs[i].Value) == nil && ev.Type == event.TypeImpression && ev.Invalid == event.ReasonNone {
+					w.viewDups[p].Observe(xxhash.Sum64String(ev.Key()), ev.RecvTime)
+				}
+			}
+		}
+	}
+	return nil
 }

@@ -186,7 +186,8 @@ func TestCrashRecovery(t *testing.T) {
 	views := map[viewKey]int64{}
 	clicks := map[string]bool{} // valid click keys appended
 	var imps []string
-	var sent []event.Event // valid clicks appended, to be appended again later
+	var sent []event.Event     // valid clicks appended, to be appended again later
+	var sentImps []event.Event // impressions appended, to be appended again (a retried append)
 	n := 0
 	newEvents := func(count int) []event.Event {
 		var evs []event.Event
@@ -198,9 +199,18 @@ func TestCrashRecovery(t *testing.T) {
 			imp := fmt.Sprintf("imp%d", n)
 			user, catID := fmt.Sprintf("u%d", rng.IntN(7)), fmt.Sprintf("cat%d", rng.IntN(3))
 			info, _ := cat.Ad(ad)
-			evs = append(evs, event.Event{Type: event.TypeImpression, Time: at.UnixMicro(), AdID: ad, CampaignID: c, AdvertiserID: info.AdvertiserID,
-				ImpressionID: imp, UserID: user, CatalogID: catID})
+			impression := event.Event{Type: event.TypeImpression, Time: at.UnixMicro(), RecvTime: clock.Now().UnixMicro(), AdID: ad, CampaignID: c,
+				AdvertiserID: info.AdvertiserID, ImpressionID: imp, UserID: user, CatalogID: catID}
+			evs = append(evs, impression)
+			sentImps = append(sentImps, impression)
 			views[viewKey{user, catID}]++
+			if rng.IntN(6) == 0 {
+				// The same impression reaches the log again, now or rounds and restarts
+				// later: a retry whose first append had an unknown outcome. It is one view.
+				again := sentImps[rng.IntN(len(sentImps))]
+				again.RecvTime = clock.Now().UnixMicro()
+				evs = append(evs, again)
+			}
 			if rng.IntN(3) > 0 {
 				ev := h.click(imp, ad, at, 0)
 				if c == "c2" {

@@ -390,12 +390,14 @@ func (a *App) open(ctx context.Context) error {
 		return fmt.Errorf("start aggregator: %w", err)
 	}
 	a.billing, err = billing.Open(ctx, billing.Options{
-		Dir:     filepath.Join(a.cfg.DataDir, "billing"),
-		Log:     a.log,
-		Catalog: a.catalog,
-		Metrics: observed,
-		Now:     a.now,
-		Logger:  a.logger.With("component", "billing"),
+		Dir:       filepath.Join(a.cfg.DataDir, "billing"),
+		Log:       a.log,
+		Catalog:   a.catalog,
+		Metrics:   observed,
+		DedupSpan: a.cfg.DedupWindow,
+		Slack:     a.cfg.StreamSlack(),
+		Now:       a.now,
+		Logger:    a.logger.With("component", "billing"),
 	})
 	if err != nil {
 		return fmt.Errorf("open billing: %w", err)

@@ -32,6 +32,9 @@ var collectorDefs = []metricDef{
 	{"adpulse_ingest_events_accepted_total", "Events appended to the log.", prometheus.CounterValue, nil},
 	{"adpulse_ingest_events_duplicate_total", "Events dropped as duplicates of a recorded idempotency key.", prometheus.CounterValue, nil},
 	{"adpulse_ingest_record_failures_total", "Requests whose events could not be made durable (nothing acknowledged).", prometheus.CounterValue, nil},
+	{"adpulse_ingest_too_slow_total", "Requests refused because their events waited longer than the hold bound before the log.", prometheus.CounterValue, nil},
+	{"adpulse_ingest_maybe_keys", "Idempotency keys of appends with an unknown outcome, held until the log is checked.", prometheus.GaugeValue, nil},
+	{"adpulse_ingest_maybe_resolved_total", "Keys with an unknown append outcome settled from the log, by what was found.", prometheus.CounterValue, []string{"outcome"}},
 	{"adpulse_dedup_keys", "Idempotency keys held by the embedded dedup store.", prometheus.GaugeValue, nil},
 	{"adpulse_catalog_objects", "Catalog objects by kind.", prometheus.GaugeValue, []string{"kind"}},
 
@@ -55,6 +58,7 @@ var collectorDefs = []metricDef{
 	{"adpulse_billing_charged_micros_total", "Micros charged.", prometheus.CounterValue, nil},
 	{"adpulse_billing_zero_charge_clicks_total", "Valid clicks that charged nothing, by reason.", prometheus.CounterValue, []string{"reason"}},
 	{"adpulse_billing_refunded_micros_total", "Micros credited back by refunds.", prometheus.CounterValue, nil},
+	{"adpulse_billing_view_duplicates_total", "Impressions already in the log within the dedup window, not counted as user views again.", prometheus.CounterValue, nil},
 	{"adpulse_billing_commit_seconds_total", "Time spent committing the ledger.", prometheus.CounterValue, nil},
 	{"adpulse_billing_lag_messages", "Messages in the log not yet charged, per partition.", prometheus.GaugeValue, []string{"partition"}},
 	{"adpulse_billing_journal_unapplied", "Spend journal entries not yet in the metric store.", prometheus.GaugeValue, nil},
@@ -110,6 +114,10 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	emit("adpulse_ingest_events_accepted_total", float64(is.Accepted))
 	emit("adpulse_ingest_events_duplicate_total", float64(is.Duplicates))
 	emit("adpulse_ingest_record_failures_total", float64(is.Failures))
+	emit("adpulse_ingest_too_slow_total", float64(is.TooSlow))
+	emit("adpulse_ingest_maybe_keys", float64(is.MaybeKeys))
+	emit("adpulse_ingest_maybe_resolved_total", float64(is.Recovered), "in_log")
+	emit("adpulse_ingest_maybe_resolved_total", float64(is.Resolved-is.Recovered), "not_in_log")
 	if m := c.a.memKeys; m != nil {
 		emit("adpulse_dedup_keys", float64(m.Len()))
 	}
@@ -150,6 +158,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		emit("adpulse_billing_zero_charge_clicks_total", float64(n), reason)
 	}
 	emit("adpulse_billing_refunded_micros_total", float64(bs.MicrosRefunded))
+	emit("adpulse_billing_view_duplicates_total", float64(bs.ViewDuplicates))
 	emit("adpulse_billing_commit_seconds_total", bs.TotalCommitLatency.Seconds())
 	for _, ps := range bs.Partitions {
 		emit("adpulse_billing_lag_messages", float64(ps.Lag), strconv.Itoa(int(ps.Partition)))
