@@ -225,8 +225,8 @@ type batchState struct {
 	expire   uint32 // delete views of days before it; 0: none
 
 	consumed, corrupt, charged, micros, partial, dups, viewsCounted, viewDups int64
-	zero                                                            [len(zeroReasonNames)]int64
-	refunds, refunded                                               int64
+	zero                                                                      [len(zeroReasonNames)]int64
+	refunds, refunded                                                         int64
 }
 
 func (w *writer) newBatch() *batchState {
