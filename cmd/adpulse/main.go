@@ -118,6 +118,10 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 }
 
 func serveFlags(fs *flag.FlagSet, c *config.Config) {
+	fs.Func("roles", "comma-separated roles of this process: ingest, process, query (default all three)", func(v string) error {
+		c.Roles = strings.Split(v, ",")
+		return nil
+	})
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory holding all embedded state")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "API listen address")
 	fs.StringVar(&c.OpsListen, "ops-listen", c.OpsListen, "ops listen address (Prometheus /metrics, /healthz, /readyz, pprof)")

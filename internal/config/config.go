@@ -6,11 +6,15 @@ package config
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
 // Config holds every setting of `adpulse serve`.
 type Config struct {
+	// Roles is what this process does: a subset of Ingest, Process and Query (default all).
+	Roles []string
+
 	DataDir     string
 	Listen      string
 	OpsListen   string
@@ -57,6 +61,26 @@ type Config struct {
 	InFlightWait time.Duration
 }
 
+// Roles of a process.
+const (
+	RoleIngest  = "ingest"  // GET /c, GET /i, POST /click, POST /events
+	RoleProcess = "process" // aggregation, charging, user views, the serving feed
+	RoleQuery   = "query"   // /metrics, /metrics/top, budgets, serving feed and views reads
+)
+
+// AllRoles is the default: one process does everything.
+var AllRoles = []string{RoleIngest, RoleProcess, RoleQuery}
+
+// Has reports whether the process runs role.
+func (c *Config) Has(role string) bool {
+	for _, r := range c.Roles {
+		if r == role {
+			return true
+		}
+	}
+	return false
+}
+
 // MaxHold is how long after its receive time ingest may still hand an event to the log.
 func (c *Config) MaxHold() time.Duration { return c.InFlightWait + time.Second }
 
@@ -75,6 +99,7 @@ func (c *Config) StreamSlack() time.Duration {
 // Default returns the defaults of the API contract.
 func Default() Config {
 	return Config{
+		Roles:                  AllRoles,
 		DataDir:                "./adpulse-data",
 		Listen:                 ":8080",
 		OpsListen:              "127.0.0.1:9464",
@@ -121,6 +146,7 @@ func (c *Config) Validate() error {
 	check(c.Partitions >= 1 && c.Partitions <= 1024, "--partitions must be 1-1024")
 	check(c.SegmentBytes >= 1<<20, "--segment-bytes must be at least 1MiB")
 	check(c.LogRetention >= c.DedupWindow, "--log-retention (%v) must cover --dedup-window (%v): dedup keys are rebuilt from the log", c.LogRetention, c.DedupWindow)
+	c.checkRoles(check)
 	check(c.BackendTimeout >= 10*time.Millisecond, "--backend-timeout must be at least 10ms")
 	check(c.InFlightWait >= time.Millisecond && c.InFlightWait <= time.Minute, "--in-flight-wait must be 1ms-1m")
 	check(c.ShutdownTimeout >= 0, "--shutdown-timeout must not be negative")
@@ -133,4 +159,29 @@ func (c *Config) Validate() error {
 	// first attempt's records are still on their way to the brokers.
 	check(c.Dedup != "redis" || c.DedupReserveTTL > c.KafkaDeliveryTimeout, "--dedup-reserve-ttl (%v) must exceed --kafka-delivery-timeout (%v)", c.DedupReserveTTL, c.KafkaDeliveryTimeout)
 	return errors.Join(errs...)
+}
+
+// checkRoles checks --roles: known names, and the backends a split deployment needs. A
+// process that does not run every role shares its work with others, which embedded state
+// cannot do: the local log and in-process dedup keys belong to one process, and so does the
+// embedded catalog.
+func (c *Config) checkRoles(check func(bool, string, ...any)) {
+	seen := map[string]bool{}
+	for _, r := range c.Roles {
+		check(r == RoleIngest || r == RoleProcess || r == RoleQuery, "--roles: unknown role %q (want a comma-separated subset of ingest, process, query)", r)
+		check(!seen[r], "--roles: %q given twice", r)
+		seen[r] = true
+	}
+	check(len(c.Roles) > 0, "--roles must name at least one of ingest, process, query")
+	if len(seen) == len(AllRoles) {
+		return
+	}
+	check(c.EventLog == "kafka", "--roles %s shares the event log with other processes: it needs --event-log kafka", strings.Join(c.Roles, ","))
+	check(c.CatalogDSN != "", "--roles %s shares the catalog with other processes: it needs --catalog-dsn postgres://... or mysql://...", strings.Join(c.Roles, ","))
+	if seen[RoleIngest] {
+		check(c.Dedup == "redis", "--roles %s takes events beside other ingest processes: it needs --dedup redis so a retry reaching another process is recognised", strings.Join(c.Roles, ","))
+	}
+	// Query nodes read what process nodes write. With the embedded metric store and ledger
+	// that is only the same process.
+	check(!seen[RoleQuery] || seen[RoleProcess], "--roles %s: a query node without the process role needs a shared metric store and ledger (not available yet); run query together with process", strings.Join(c.Roles, ","))
 }

@@ -94,7 +94,7 @@ func TestRestartKeepsSecretsAndDedup(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		if n := app.intake.Stats(); n.Accepted != 1 || n.Duplicates != 1 {
+		if n := app.ingest.intake.Stats(); n.Accepted != 1 || n.Duplicates != 1 {
 			t.Fatalf("first run: %+v", n)
 		}
 		resp, err := c.Get("http://" + app.OpsAddr() + "/metrics")
@@ -116,7 +116,7 @@ func TestRestartKeepsSecretsAndDedup(t *testing.T) {
 		}
 		clickURL = base + clickURL[strings.Index(clickURL, "/c/"):]
 		click(base)
-		if n := app.intake.Stats(); n.Accepted != 0 || n.Duplicates != 1 {
+		if n := app.ingest.intake.Stats(); n.Accepted != 0 || n.Duplicates != 1 {
 			t.Fatalf("after restart: %+v", n)
 		}
 		// The top-N index lives in memory: it must have been rebuilt from the metric store

@@ -89,28 +89,34 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	emit := func(name string, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(c.descs[name], typ[name], v, labels...)
 	}
-	if l := c.a.localLog; l != nil {
-		ls := l.Stats()
-		emit("adpulse_eventlog_appended_messages_total", float64(ls.AppendedMessages))
-		emit("adpulse_eventlog_appended_bytes_total", float64(ls.AppendedBytes))
-		emit("adpulse_eventlog_commits_total", float64(ls.Commits))
-		emit("adpulse_eventlog_syncs_total", float64(ls.Syncs))
-		emit("adpulse_eventlog_sync_seconds_total", ls.SyncTime.Seconds())
-		emit("adpulse_eventlog_segments_deleted_total", float64(ls.SegmentsDeleted))
-		for p, ps := range ls.Partitions {
-			part := strconv.Itoa(p)
-			emit("adpulse_eventlog_end_offset", float64(ps.End), part)
-			emit("adpulse_eventlog_start_offset", float64(ps.Start), part)
-			emit("adpulse_eventlog_bytes", float64(ps.Bytes), part)
-		}
+	ls := c.a.b.logStats()
+	emit("adpulse_eventlog_appended_messages_total", float64(ls.AppendedMessages))
+	emit("adpulse_eventlog_appended_bytes_total", float64(ls.AppendedBytes))
+	emit("adpulse_eventlog_commits_total", float64(ls.Commits))
+	emit("adpulse_eventlog_syncs_total", float64(ls.Syncs))
+	emit("adpulse_eventlog_sync_seconds_total", ls.SyncTime.Seconds())
+	emit("adpulse_eventlog_segments_deleted_total", float64(ls.SegmentsDeleted))
+	for p, ps := range ls.Partitions {
+		part := strconv.Itoa(p)
+		emit("adpulse_eventlog_end_offset", float64(ps.End), part)
+		emit("adpulse_eventlog_start_offset", float64(ps.Start), part)
+		emit("adpulse_eventlog_bytes", float64(ps.Bytes), part)
 	}
-	if l := c.a.kafkaLog; l != nil {
-		ks := l.Stats()
-		emit("adpulse_eventlog_appended_messages_total", float64(ks.AppendedMessages))
-		emit("adpulse_eventlog_appended_bytes_total", float64(ks.AppendedBytes))
-		emit("adpulse_eventlog_commits_total", float64(ks.ProduceRequests))
+	emit("adpulse_dedup_keys", float64(c.a.b.keyCount()))
+	cs := c.a.b.catalog.Stats()
+	emit("adpulse_catalog_objects", float64(cs.Advertisers), "advertiser")
+	emit("adpulse_catalog_objects", float64(cs.Campaigns), "campaign")
+	emit("adpulse_catalog_objects", float64(cs.Ads), "ad")
+	if c.a.ingest != nil {
+		c.collectIngest(emit)
 	}
-	is := c.a.intake.Stats()
+	if c.a.process != nil {
+		c.collectProcess(emit)
+	}
+}
+
+func (c *statsCollector) collectIngest(emit func(name string, v float64, labels ...string)) {
+	is := c.a.ingest.intake.Stats()
 	emit("adpulse_ingest_events_accepted_total", float64(is.Accepted))
 	emit("adpulse_ingest_events_duplicate_total", float64(is.Duplicates))
 	emit("adpulse_ingest_record_failures_total", float64(is.Failures))
@@ -118,18 +124,11 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	emit("adpulse_ingest_maybe_keys", float64(is.MaybeKeys))
 	emit("adpulse_ingest_maybe_resolved_total", float64(is.Recovered), "in_log")
 	emit("adpulse_ingest_maybe_resolved_total", float64(is.Resolved-is.Recovered), "not_in_log")
-	if m := c.a.memKeys; m != nil {
-		emit("adpulse_dedup_keys", float64(m.Len()))
-	}
-	if r := c.a.redisKeys; r != nil {
-		emit("adpulse_dedup_keys", float64(r.Stats().HeldNow))
-	}
-	cs := c.a.catalog.Stats()
-	emit("adpulse_catalog_objects", float64(cs.Advertisers), "advertiser")
-	emit("adpulse_catalog_objects", float64(cs.Campaigns), "campaign")
-	emit("adpulse_catalog_objects", float64(cs.Ads), "ad")
+}
 
-	as := c.a.aggregator.Stats()
+func (c *statsCollector) collectProcess(emit func(name string, v float64, labels ...string)) {
+	p := c.a.process
+	as := p.aggregator.Stats()
 	emit("adpulse_aggregate_events_consumed_total", float64(as.EventsConsumed))
 	emit("adpulse_aggregate_events_counted_total", float64(as.EventsCounted))
 	emit("adpulse_aggregate_duplicates_total", float64(as.Duplicates))
@@ -145,12 +144,12 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		emit("adpulse_aggregate_final_before_timestamp_seconds", float64(as.FinalBefore.Unix()))
 	}
 
-	ms := c.a.metrics.Stats()
+	ms := p.metrics.Stats()
 	emit("adpulse_metricstore_applies_total", float64(ms.Applies))
 	emit("adpulse_metricstore_apply_seconds_total", float64(ms.ApplyNanos)/1e9)
 	emit("adpulse_metricstore_disk_bytes", float64(ms.DiskBytes))
 
-	bs := c.a.billing.Stats()
+	bs := p.billing.Stats()
 	emit("adpulse_billing_events_consumed_total", float64(bs.EventsConsumed))
 	emit("adpulse_billing_clicks_charged_total", float64(bs.ClicksCharged))
 	emit("adpulse_billing_charged_micros_total", float64(bs.MicrosCharged))
@@ -165,7 +164,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	emit("adpulse_billing_journal_unapplied", float64(bs.JournalNext-bs.JournalApplied))
 
-	ts := c.a.top.Stats()
+	ts := p.top.Stats()
 	emit("adpulse_topn_bytes", float64(ts.Bytes))
 	emit("adpulse_topn_queries_total", float64(ts.TAQueries), "threshold")
 	emit("adpulse_topn_queries_total", float64(ts.BruteQueries), "brute_force")

@@ -1,0 +1,48 @@
+package server
+
+import (
+	"context"
+
+	"github.com/adpulse/adpulse/internal/catalog"
+	"github.com/adpulse/adpulse/internal/ingest"
+	"github.com/adpulse/adpulse/internal/metricstore"
+)
+
+// observedStore passes every successful Apply's deltas to onApply.
+type observedStore struct {
+	metricstore.Store
+	onApply func([]metricstore.Delta)
+}
+
+func (o *observedStore) Apply(ctx context.Context, c *metricstore.Commit) error {
+	if err := o.Store.Apply(ctx, c); err != nil {
+		return err
+	}
+	o.onApply(c.Deltas)
+	return nil
+}
+
+// catalogOwners adapts the catalog to the ownership questions of queries.
+type catalogOwners struct{ c *catalog.Catalog }
+
+func (o catalogOwners) AdCampaign(adID string) (string, bool) {
+	ad, ok := o.c.Ad(adID)
+	return ad.CampaignID, ok
+}
+
+func (o catalogOwners) AdAdvertiser(adID string) (string, bool) { return o.c.AdOwner(adID) }
+
+func (o catalogOwners) CampaignAdvertiser(campaignID string) (string, bool) {
+	return o.c.CampaignOwner(campaignID)
+}
+
+// catalogAds adapts the catalog's index to what ingest reads.
+type catalogAds struct{ c *catalog.Catalog }
+
+func (c catalogAds) LookupAd(id string) (ingest.Ad, bool) {
+	ad, ok := c.c.Ad(id)
+	if !ok {
+		return ingest.Ad{}, false
+	}
+	return ingest.Ad{CampaignID: ad.CampaignID, AdvertiserID: ad.AdvertiserID, LandingURL: ad.LandingURL, CatalogID: ad.CatalogID, BidMicros: ad.CPCBidMicros}, true
+}

@@ -1,0 +1,162 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/aggregate"
+	"github.com/adpulse/adpulse/internal/billing"
+	"github.com/adpulse/adpulse/internal/ingest"
+	"github.com/adpulse/adpulse/internal/ivt"
+	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
+	"github.com/adpulse/adpulse/internal/query"
+	"github.com/adpulse/adpulse/internal/query/topn"
+)
+
+// The roles of a process (--roles), each wired in one place: what it opens, which components
+// it runs in the group, and which routes it serves. The catalog and key API answers on every
+// process.
+
+// ingestRole takes events in: GET /c, GET /i, POST /click, POST /events.
+type ingestRole struct {
+	intake *ingest.Intake
+}
+
+func (a *App) openIngest() {
+	resolveAfter := time.Second
+	if a.cfg.EventLog == "kafka" {
+		// A produce that timed out may still be acknowledged until its delivery timeout.
+		resolveAfter = a.cfg.KafkaDeliveryTimeout + 5*time.Second
+	}
+	a.ingest = &ingestRole{intake: ingest.NewIntake(ingest.IntakeOptions{
+		Log:            a.b.log,
+		Dedup:          a.b.keys,
+		InFlightWait:   a.cfg.InFlightWait,
+		MaxHold:        a.cfg.MaxHold(),
+		BackendTimeout: a.cfg.BackendTimeout,
+		ResolveAfter:   resolveAfter,
+		Now:            a.now,
+		Logger:         a.logger.With("component", "ingest"),
+	})}
+	a.components.Go("ingest resolver", a.ingest.intake.Run)
+}
+
+func (a *App) registerIngest(mux *http.ServeMux, publicURL string) error {
+	bots, err := ivt.New()
+	if err != nil {
+		return err
+	}
+	ingest.NewHandlers(ingest.Options{
+		Intake:    a.ingest.intake,
+		Ads:       catalogAds{a.b.catalog},
+		Tokens:    a.tokens,
+		Bots:      bots,
+		PublicURL: publicURL,
+		ClickTTL:  a.cfg.ClickTTL,
+		Limits:    ingest.BatchLimits{MaxEvents: a.cfg.MaxBatch, MaxLateness: a.cfg.MaxLateness, MaxClockSkew: a.cfg.MaxClockSkew},
+		MaxBody:   a.cfg.MaxBody,
+		Now:       a.now,
+		Logger:    a.logger.With("component", "ingest"),
+	}).Register(mux)
+	return nil
+}
+
+// processRole turns the log into counts and money: the aggregator into the metric store, the
+// charger into the ledger, and the top-N index fed by every commit.
+type processRole struct {
+	metrics    *pebblestore.Store
+	top        *topn.Index
+	aggregator *aggregate.Aggregator
+	billing    *billing.Charger
+}
+
+func (a *App) openProcess(ctx context.Context) error {
+	p := &processRole{}
+	a.process = p
+	var err error
+	p.metrics, err = pebblestore.Open(a.dir.metrics(), pebblestore.Options{
+		MinuteRetention: a.cfg.MinuteRetention,
+		Now:             a.now,
+		Logger:          a.logger.With("component", "metricstore"),
+	})
+	if err != nil {
+		return fmt.Errorf("open metric store: %w", err)
+	}
+	p.top = topn.New(topn.Options{Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "topn")})
+	t0 := time.Now()
+	if err := p.top.Rebuild(ctx, p.metrics); err != nil {
+		return fmt.Errorf("rebuild top-N index: %w", err)
+	}
+	a.logger.Info("top-N index rebuilt from the metric store", "took", time.Since(t0).Round(time.Millisecond))
+	// Every stage that writes the metric store goes through observed, so the top-N index sees
+	// exactly the committed deltas, once each, in commit order.
+	observed := &observedStore{Store: p.metrics, onApply: p.top.Add}
+	slack := a.cfg.StreamSlack()
+	p.aggregator, err = aggregate.New(aggregate.Options{
+		Log:         a.b.log,
+		Store:       observed,
+		MaxLateness: a.cfg.MaxLateness,
+		DedupSpan:   a.cfg.DedupWindow,
+		Slack:       slack,
+		Now:         a.now,
+		Logger:      a.logger.With("component", "aggregate"),
+	})
+	if err != nil {
+		return fmt.Errorf("start aggregator: %w", err)
+	}
+	p.billing, err = billing.Open(ctx, billing.Options{
+		Dir:       a.dir.billing(),
+		Log:       a.b.log,
+		Catalog:   a.b.catalog,
+		Metrics:   observed,
+		DedupSpan: a.cfg.DedupWindow,
+		Slack:     slack,
+		Now:       a.now,
+		Logger:    a.logger.With("component", "billing"),
+	})
+	if err != nil {
+		return fmt.Errorf("open billing: %w", err)
+	}
+	g := a.components
+	g.Go("metric store retention", p.metrics.Run)
+	g.Go("top-N maintenance", p.top.Run)
+	g.Go("aggregator", p.aggregator.Run)
+	g.Go("billing", p.billing.Run)
+	return nil
+}
+
+// close closes the process role's engines. Billing pushes its pending spend into the metric
+// store as it closes, so it goes first; the aggregator's uncommitted counts are simply
+// replayed from the log next start.
+func (p *processRole) close() []error {
+	var errs []error
+	if p.billing != nil {
+		errs = append(errs, p.billing.Close())
+	}
+	if p.aggregator != nil {
+		errs = append(errs, p.aggregator.Close())
+	}
+	if p.top != nil {
+		errs = append(errs, p.top.Close())
+	}
+	if p.metrics != nil {
+		errs = append(errs, p.metrics.Close())
+	}
+	return errs
+}
+
+// registerQuery serves the reads of what the process role computes: /metrics, /metrics/top,
+// the serving feed, user views, clicks and refunds. Config validation keeps query together
+// with process until the metric store and ledger are shared.
+func (a *App) registerQuery(mux *http.ServeMux) error {
+	p := a.process
+	q, err := query.New(query.Options{Store: p.metrics, Index: p.top, Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "query")})
+	if err != nil {
+		return err
+	}
+	q.Register(mux)
+	billing.NewHandler(p.billing, billing.HandlerOptions{}).Register(mux)
+	return nil
+}
