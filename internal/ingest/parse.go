@@ -28,8 +28,7 @@ type BatchLimits struct {
 // batchParser parses POST /events bodies. It is not safe for concurrent use; handlers take
 // one from a pool.
 type batchParser struct {
-	p   fastjson.Parser
-	arr fastjson.Parser
+	p fastjson.Parser
 }
 
 // ParsedLine is one line of a batch: an event, or why it was rejected.
@@ -43,28 +42,33 @@ type ParsedLine struct {
 // errTooManyEvents is returned when a batch exceeds MaxEvents.
 var errTooManyEvents = httpapi.Errorf(httpapi.CodeInvalidArgument, "body: too many events in one batch")
 
+// MaxLineBytes bounds one event: an NDJSON line or an element of a JSON array. A real event is
+// a few hundred bytes. The bound matters because the JSON parser builds a value for every
+// number or string it meets: a line of tiny values costs it dozens of times the line's size,
+// and a whole body of them parsed at once took gigabytes.
+const MaxLineBytes = 64 << 10
+
+var errArray = httpapi.BadField("body", "invalid JSON array: unbalanced brackets or an unterminated string")
+
 // parse splits body into events: NDJSON (one object a line, blank lines ignored) or a JSON
 // array of objects. Each line is validated on its own; a bad line never fails the others.
-// The only whole-body errors are a malformed array and too many events.
+// The only whole-body errors are a malformed array and too many events. Each line or element
+// is parsed on its own, so what the parser builds is bounded by MaxLineBytes, not by the body.
 func (bp *batchParser) parse(body []byte, now time.Time, lim BatchLimits, out []ParsedLine) ([]ParsedLine, error) {
 	out = out[:0]
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) > 0 && trimmed[0] == '[' {
-		v, err := bp.arr.ParseBytes(trimmed)
+		n, err := splitArray(trimmed, nil)
 		if err != nil {
-			return nil, httpapi.BadField("body", "invalid JSON array: "+err.Error())
+			return nil, err
 		}
-		items, err := v.Array()
-		if err != nil {
-			return nil, httpapi.BadField("body", "invalid JSON array")
-		}
-		if len(items) > lim.MaxEvents {
+		if n > lim.MaxEvents {
 			return nil, errTooManyEvents
 		}
-		for i, it := range items {
-			out = append(out, ParsedLine{Line: i + 1})
-			parseObject(it, i+1, now, lim, &out[len(out)-1])
-		}
+		_, _ = splitArray(trimmed, func(i int, elem []byte) {
+			out = append(out, ParsedLine{Line: i})
+			bp.parseLine(elem, i, now, lim, &out[len(out)-1])
+		})
 		return out, nil
 	}
 	line := 0
@@ -83,15 +87,76 @@ func (bp *batchParser) parse(body []byte, now time.Time, lim BatchLimits, out []
 			return nil, errTooManyEvents
 		}
 		out = append(out, ParsedLine{Line: line})
-		pl := &out[len(out)-1]
-		v, err := bp.p.ParseBytes(l)
-		if err != nil {
-			pl.Err = &LineError{Line: line, Code: httpapi.CodeInvalidArgument, Message: "invalid JSON: " + err.Error()}
-			continue
-		}
-		parseObject(v, line, now, lim, pl)
+		bp.parseLine(l, line, now, lim, &out[len(out)-1])
 	}
 	return out, nil
+}
+
+// parseLine parses one event of at most MaxLineBytes.
+func (bp *batchParser) parseLine(l []byte, line int, now time.Time, lim BatchLimits, pl *ParsedLine) {
+	if len(l) > MaxLineBytes {
+		reject(pl, line, "body", "event longer than "+itoa(MaxLineBytes)+" bytes")
+		return
+	}
+	v, err := bp.p.ParseBytes(l)
+	if err != nil {
+		pl.Err = &LineError{Line: line, Code: httpapi.CodeInvalidArgument, Message: "invalid JSON: " + err.Error()}
+		return
+	}
+	parseObject(v, line, now, lim, pl)
+}
+
+// splitArray finds the elements of the JSON array b (which starts with '[') without parsing
+// them, calling each (when not nil) with every element, numbered from 1, and returns how many
+// there are. It checks what it must to find them: brackets balance and strings end, and only
+// white space follows the array. Whether each element is valid JSON is left to its parse. It
+// keeps a counter, not a stack, so no nesting depth can exhaust anything.
+func splitArray(b []byte, each func(i int, elem []byte)) (int, error) {
+	n, depth, start := 0, 0, 1
+	emit := func(end int) {
+		n++
+		if each != nil {
+			each(n, bytes.TrimSpace(b[start:end]))
+		}
+	}
+	for i := 1; i < len(b); i++ {
+		switch b[i] {
+		case '"':
+			for i++; i < len(b) && b[i] != '"'; i++ {
+				if b[i] == '\\' {
+					i++
+				}
+			}
+			if i >= len(b) {
+				return 0, errArray
+			}
+		case '{', '[':
+			depth++
+		case '}':
+			if depth == 0 {
+				return 0, errArray
+			}
+			depth--
+		case ']':
+			if depth > 0 {
+				depth--
+				continue
+			}
+			if n > 0 || len(bytes.TrimSpace(b[start:i])) > 0 {
+				emit(i)
+			}
+			if len(bytes.TrimSpace(b[i+1:])) > 0 {
+				return 0, httpapi.BadField("body", "invalid JSON array: data after the closing ]")
+			}
+			return n, nil
+		case ',':
+			if depth == 0 {
+				emit(i)
+				start = i + 1
+			}
+		}
+	}
+	return 0, errArray
 }
 
 func reject(pl *ParsedLine, line int, field, msg string) {

@@ -22,7 +22,7 @@ func FuzzParseMetricsQuery(f *testing.F) {
 		"ad_ids=1&start_time=0&end_time=1099511627776&interval=3660d",
 		"ad_ids=1&interval=1d&tz=America/New_York&start_time=2026-03-01T00:00:00-05:00",
 		"ad_ids=1&interval=90m&end_time=3600",
-		"ad_ids=1,,2", "ad_ids=1&campaign_ids=2", "ad_ids=1&interval=0m", "ad_ids=1&tz=Local&interval=1d",
+		"ad_ids=1,,2", "ad_ids=1&campaign_ids=2", "ad_ids=1,2,1&ad_ids=2,3", "ad_ids=1&interval=0m", "ad_ids=1&tz=Local&interval=1d",
 	} {
 		f.Add(s)
 	}
@@ -42,10 +42,15 @@ func FuzzParseMetricsQuery(f *testing.F) {
 		if !p.level.Valid() || len(p.ids) < 1 || len(p.ids) > MaxIDs {
 			t.Fatalf("%q: level %v, %d ids", raw, p.level, len(p.ids))
 		}
+		seen := map[string]bool{}
 		for _, id := range p.ids {
 			if !event.ValidID(id) {
 				t.Fatalf("%q: accepted id %q", raw, id)
 			}
+			if seen[id] {
+				t.Fatalf("%q: id %q kept twice", raw, id)
+			}
+			seen[id] = true
 		}
 		if !p.start.Before(p.end) || p.start.Before(time.Unix(0, 0)) {
 			t.Fatalf("%q: range %v..%v", raw, p.start, p.end)
@@ -61,8 +66,11 @@ func FuzzParseMetricsQuery(f *testing.F) {
 		}
 		q := p.query([]string{"x"})
 		b, err := q.Buckets()
-		if err != nil || len(b)-1 < 1 || len(b)-1 > MaxPoints {
-			t.Fatalf("%q: %d buckets, %v", raw, len(b)-1, err)
+		if err != nil || len(b)-1 < 1 || len(b)-1 > MaxPoints || len(b)-1 != p.points {
+			t.Fatalf("%q: %d buckets (params say %d), %v", raw, len(b)-1, p.points, err)
+		}
+		if p.points*len(p.ids) > MaxTotalPoints {
+			t.Fatalf("%q: %d ids x %d points", raw, len(p.ids), p.points)
 		}
 	})
 }

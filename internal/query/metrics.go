@@ -1,6 +1,7 @@
 package query
 
 import (
+	"context"
 	"net/http"
 	"slices"
 	"strconv"
@@ -33,37 +34,67 @@ func (h *Handler) serveMetrics(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	// Ask the store for each id once; a repeated id gets a copy of its series back.
-	uniq := mp.ids
-	index := make(map[string]int, len(mp.ids))
-	for _, id := range mp.ids {
-		if _, ok := index[id]; !ok {
-			index[id] = len(index)
-		}
-	}
-	if len(index) < len(mp.ids) {
-		uniq = make([]string, 0, len(index))
-		for _, id := range mp.ids {
-			if index[id] == len(uniq) {
-				uniq = append(uniq, id)
-			}
-		}
-	}
-	res, err := h.opts.Store.Query(r.Context(), mp.query(uniq))
+	// The store is read in chunks of ids of at most ChunkPoints points, each encoded and
+	// written before the next is read: what one request holds does not grow with its
+	// response. The first chunk is read before anything is written, so a request that fails
+	// at once gets a proper error.
+	per := max(1, ChunkPoints/mp.points)
+	chunk := mp.ids[:min(per, len(mp.ids))]
+	res, err := h.read(r, mp, chunk)
 	if err != nil {
-		h.fail(w, r, storeError(err))
+		h.fail(w, r, err)
 		return
 	}
-	if len(res.Series) != len(uniq) {
-		h.fail(w, r, errBadStoreResult)
-		return
-	}
-	body := appendMetrics(make([]byte, 0, 256+len(mp.ids)*len(res.Series[0].Points)*130), mp, res, index)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body)
-	h.metricsOK.Add(1)
+
+	bp, _ := h.bufs.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+		*bp = make([]byte, 0, httpapi.StreamPiece+4<<10)
+	}
+	st := httpapi.NewStream(w, *bp, h.opts.WriteIdle, h.opts.WriteTimeout)
+	st.B = appendMetricsHead(st.B, mp, res)
+	for i := 0; i < len(mp.ids) && st.Err() == nil; i += len(chunk) {
+		if i > 0 {
+			chunk = mp.ids[i:min(i+per, len(mp.ids))]
+			if res, err = h.read(r, mp, chunk); err != nil {
+				// Too late for an error status: cut the response so that the client sees a
+				// failed request, not a shorter answer.
+				h.failed.Add(1)
+				if r.Context().Err() == nil {
+					h.opts.Logger.Error("analytics query failed mid-response", "path", r.URL.Path, "query", r.URL.RawQuery, "err", err)
+				}
+				panic(http.ErrAbortHandler)
+			}
+			st.B = append(st.B, ',')
+		}
+		appendSeries(st, mp, i, res)
+	}
+	st.B = append(st.B, "]}\n"...)
+	err = st.Flush(true)
+	if cap(st.B) <= 4*httpapi.StreamPiece {
+		*bp = st.B[:0]
+		h.bufs.Put(bp)
+	}
+	if err == nil {
+		h.metricsOK.Add(1)
+	}
+}
+
+// read asks the store for the series of ids, within the store timeout.
+func (h *Handler) read(r *http.Request, mp *metricsParams, ids []string) (*metricstore.Result, error) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.opts.StoreTimeout)
+	defer cancel()
+	res, err := h.opts.Store.Query(ctx, mp.query(ids))
+	if err != nil {
+		return nil, storeError(err)
+	}
+	if len(res.Series) != len(ids) {
+		return nil, errBadStoreResult
+	}
+	return res, nil
 }
 
 type storeResultError struct{}
@@ -72,36 +103,44 @@ func (storeResultError) Error() string { return "metric store returned the wrong
 
 var errBadStoreResult error = storeResultError{}
 
-// appendMetrics writes the /metrics response. It is hand-written because a day of minutes for
-// a handful of ads is tens of thousands of points, where encoding/json's reflection and map
-// sorting cost more than the store read.
-func appendMetrics(b []byte, mp *metricsParams, res *metricstore.Result, index map[string]int) []byte {
+// appendMetricsHead writes the /metrics response up to its first series. The response is
+// hand-written because a day of minutes for a handful of ads is tens of thousands of points,
+// where encoding/json's reflection and map sorting cost more than the store read.
+func appendMetricsHead(b []byte, mp *metricsParams, res *metricstore.Result) []byte {
 	b = append(b, `{"start_time":`...)
 	b = appendTime(b, res.Start)
 	b = append(b, `,"end_time":`...)
 	b = appendTime(b, res.End)
 	b = append(b, `,"interval":"`...)
 	b = append(b, mp.name...)
-	b = append(b, `","series":[`...)
+	return append(b, `","series":[`...)
+}
+
+// appendSeries writes the series of res, the ids of mp from first on, flushing st as it
+// fills; it stops early when a write failed.
+func appendSeries(st *httpapi.Stream, mp *metricsParams, first int, res *metricstore.Result) {
 	key := seriesKey(mp.level)
-	for i, id := range mp.ids {
+	for i := range res.Series {
 		if i > 0 {
-			b = append(b, ',')
+			st.B = append(st.B, ',')
 		}
-		b = append(b, `{"`...)
-		b = append(b, key...)
-		b = append(b, `":`...)
-		b = appendString(b, id)
-		b = append(b, `,"points":[`...)
-		for j := range res.Series[index[id]].Points {
+		st.B = append(st.B, `{"`...)
+		st.B = append(st.B, key...)
+		st.B = append(st.B, `":`...)
+		st.B = appendString(st.B, mp.ids[first+i])
+		st.B = append(st.B, `,"points":[`...)
+		pts := res.Series[i].Points
+		for j := range pts {
 			if j > 0 {
-				b = append(b, ',')
+				st.B = append(st.B, ',')
 			}
-			b = appendPoint(b, &res.Series[index[id]].Points[j])
+			st.B = appendPoint(st.B, &pts[j])
+			if st.Flush(false) != nil {
+				return
+			}
 		}
-		b = append(b, "]}"...)
+		st.B = append(st.B, "]}"...)
 	}
-	return append(b, "]}\n"...)
 }
 
 func appendPoint(b []byte, pt *metricstore.Point) []byte {

@@ -15,12 +15,16 @@ import (
 
 // Limits of the API contract.
 const (
-	MaxIDs    = 1000  // ids per /metrics request
+	MaxIDs    = 1000  // ids per /metrics request, as given (repeats included)
 	MaxPoints = 10000 // points per series
-	// MaxTotalPoints bounds one response (ids x points): the contract's two limits together
-	// would allow ten million points, a response of gigabytes. This still allows 1000 ids
-	// over a day at 2m, or 100 ids at the full 10000 points.
-	MaxTotalPoints  = 1_000_000
+	// MaxTotalPoints bounds one response (distinct ids x points): the contract's two limits
+	// together would allow ten million points, a response of gigabytes. This allows 1000 ids
+	// over a day at 15m, 69 ads over a day at 1m, or 10 ids at the full 10000 points: about
+	// 15 MB of JSON.
+	MaxTotalPoints = 100_000
+	// ChunkPoints is how many points /metrics reads from the store at once (at least one
+	// series): what a request holds while a client reads its response.
+	ChunkPoints     = 10_000
 	DefaultRange    = time.Hour
 	MaxTopMinutes   = 1440 // the top-N window, and how far back it may start
 	DefaultTopN     = 10
@@ -46,7 +50,8 @@ func seriesKey(l metricstore.Level) string { return idParams[l-1].key }
 type metricsParams struct {
 	level    metricstore.Level
 	idsParam string   // which of ad_ids, campaign_ids, advertiser_ids
-	ids      []string // as requested, in order, duplicates kept
+	ids      []string // as requested, in order, each once (where it first appears)
+	points   int      // per series
 	start    time.Time
 	end      time.Time
 	interval time.Duration
@@ -75,9 +80,12 @@ func quoteID(s string) string {
 	return strconv.Quote(s)
 }
 
-// parseIDs splits the comma-separated, possibly repeated values of one parameter.
+// parseIDs splits the comma-separated, possibly repeated values of one parameter. An id named
+// more than once is kept once, where it first appears; the limit counts the ids as given.
 func parseIDs(name string, vs []string) ([]string, error) {
 	var ids []string
+	seen := make(map[string]struct{})
+	given := 0
 	for _, v := range vs {
 		for id := range strings.SplitSeq(v, ",") {
 			if id == "" {
@@ -86,9 +94,14 @@ func parseIDs(name string, vs []string) ([]string, error) {
 			if !event.ValidID(id) {
 				return nil, httpapi.BadField(name, "invalid id "+quoteID(id)+" (ids are 1-64 characters from [A-Za-z0-9._:-])")
 			}
-			if len(ids) == MaxIDs {
+			if given == MaxIDs {
 				return nil, httpapi.BadField(name, fmt.Sprintf("more than %d ids", MaxIDs))
 			}
+			given++
+			if _, dup := seen[id]; dup {
+				continue
+			}
+			seen[id] = struct{}{}
 			ids = append(ids, id)
 		}
 	}
@@ -261,11 +274,14 @@ func parseMetricsParams(v url.Values, now time.Time, zone func(string) (*time.Lo
 	if err != nil {
 		return nil, httpapi.BadField("interval", strings.TrimPrefix(err.Error(), "metricstore: "))
 	}
-	if n := int64(len(b) - 1); n > MaxPoints {
+	n := int64(len(b) - 1)
+	if n > MaxPoints {
 		return nil, tooManyPoints(n, p.name)
-	} else if total := n * int64(len(p.ids)); total > MaxTotalPoints {
-		return nil, httpapi.BadField("interval", fmt.Sprintf("%d ids x %d points is %d points, at most %d in one response: ask for fewer ids or fewer points", len(p.ids), n, total, MaxTotalPoints))
 	}
+	if total := n * int64(len(p.ids)); total > MaxTotalPoints {
+		return nil, httpapi.BadField("interval", fmt.Sprintf("%d ids x %d points is %d points, at most %d in one response: ask for fewer ids, a larger interval or a shorter range", len(p.ids), n, total, MaxTotalPoints))
+	}
+	p.points = int(n)
 	return p, nil
 }
 

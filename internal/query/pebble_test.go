@@ -163,20 +163,21 @@ func BenchmarkMetrics(b *testing.B) {
 // query, so the benchmark measures the handler, not the fake.
 type cachedStore struct {
 	*fakeStore
-	last    string
-	lastRes *metricstore.Result
+	cache map[string]*metricstore.Result
 }
 
-func newCachedStore() *cachedStore { return &cachedStore{fakeStore: newFakeStore()} }
+func newCachedStore() *cachedStore {
+	return &cachedStore{fakeStore: newFakeStore(), cache: map[string]*metricstore.Result{}}
+}
 
 func (s *cachedStore) Query(ctx context.Context, q metricstore.Query) (*metricstore.Result, error) {
 	key := fmt.Sprint(q)
-	if key == s.last {
-		return s.lastRes, nil
+	if res, ok := s.cache[key]; ok {
+		return res, nil
 	}
 	res, err := s.fakeStore.Query(ctx, q)
 	if err == nil {
-		s.last, s.lastRes = key, res
+		s.cache[key] = res
 	}
 	return res, err
 }

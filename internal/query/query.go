@@ -10,12 +10,16 @@
 //     Admin keys see everything (unknown ids simply have zeros). Every other caller gets 401
 //     or 403.
 //   - Responses follow API.md exactly: /metrics has one series per requested id in request
-//     order (a repeated id gets its series again, so responses line up with requests), every
-//     bucket of the aligned range, and echoes the aligned range and the normalised interval;
-//     /metrics/top lists only positive values, highest first, ties by id ascending.
+//     order (an id named twice is answered once, where it first appears), every bucket of the
+//     aligned range, and echoes the aligned range and the normalised interval; /metrics/top
+//     lists only positive values, highest first, ties by id ascending.
 //   - Every rejected request is a 4xx naming the bad parameter; nothing a caller sends makes
-//     the handlers panic or do unbounded work (ids, points and windows are bounded before
-//     anything is read).
+//     the handlers panic or do unbounded work (ids, points per series, points per response
+//     and windows are bounded before anything is read).
+//   - What a request holds does not grow with its response: /metrics reads the store in
+//     chunks of at most ChunkPoints points and writes each before reading the next. Every
+//     wait has a deadline: store and index reads StoreTimeout, each piece of a response
+//     WriteIdle, a whole response WriteTimeout, so a client that stops reading is cut off.
 package query
 
 import (
@@ -51,7 +55,21 @@ type Options struct {
 	Owners Owners
 	Now    func() time.Time // default time.Now
 	Logger *slog.Logger
+
+	// StoreTimeout bounds each read of the store or the index (default 30s).
+	StoreTimeout time.Duration
+	// WriteIdle bounds the writing of each piece of a response (default 10s): a client that
+	// reads nothing for that long is cut off. WriteTimeout bounds a whole response (default
+	// 2m: the largest response, MaxTotalPoints points of about 150 bytes, at 128 KB/s).
+	WriteIdle, WriteTimeout time.Duration
 }
+
+// Defaults of Options.
+const (
+	DefaultStoreTimeout = 30 * time.Second
+	DefaultWriteIdle    = 10 * time.Second
+	DefaultWriteTimeout = 2 * time.Minute
+)
 
 // Stats are the handler's counters since New.
 type Stats struct {
@@ -67,6 +85,8 @@ type Handler struct {
 
 	zoneMu sync.Mutex
 	zones  map[string]*time.Location // loaded zones; only valid names enter, so it is bounded
+
+	bufs sync.Pool // *[]byte: response buffers of /metrics
 
 	metricsOK, topOK, rejected, failed atomic.Int64
 }
@@ -84,6 +104,15 @@ func New(opts Options) (*Handler, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.StoreTimeout <= 0 {
+		opts.StoreTimeout = DefaultStoreTimeout
+	}
+	if opts.WriteIdle <= 0 {
+		opts.WriteIdle = DefaultWriteIdle
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = DefaultWriteTimeout
 	}
 	return &Handler{opts: opts, zones: make(map[string]*time.Location)}, nil
 }
@@ -167,6 +196,8 @@ func storeError(err error) error {
 		return httpapi.BadField("start_time", trimPrefix(err))
 	case errors.Is(err, metricstore.ErrClosed):
 		return httpapi.Errorf(httpapi.CodeUnavailable, "metric store: shutting down")
+	case errors.Is(err, context.DeadlineExceeded):
+		return httpapi.Errorf(httpapi.CodeUnavailable, "metric store: no answer in time, retry")
 	}
 	return fmt.Errorf("metric store query: %w", err)
 }

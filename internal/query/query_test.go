@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -170,7 +172,8 @@ func TestMetricsParams(t *testing.T) {
 		// Defaults: the last hour, at 1m; start floored and end ceiled.
 		{"ad_ids=1", "2026-11-21T10:02:00Z", "2026-11-21T11:03:00Z", "1m", []string{"1"}, 61},
 		{"ad_ids=1,2&ad_ids=3", "2026-11-21T10:02:00Z", "2026-11-21T11:03:00Z", "1m", []string{"1", "2", "3"}, 61},
-		{"ad_ids=3,1,3", "2026-11-21T10:02:00Z", "2026-11-21T11:03:00Z", "1m", []string{"3", "1", "3"}, 61},
+		{"ad_ids=3,1,3", "2026-11-21T10:02:00Z", "2026-11-21T11:03:00Z", "1m", []string{"3", "1"}, 61},
+		{"ad_ids=1,1&ad_ids=2,1", "2026-11-21T10:02:00Z", "2026-11-21T11:03:00Z", "1m", []string{"1", "2"}, 61},
 		{"ad_ids=1&end_time=2026-11-21T06:00:00Z", "2026-11-21T05:00:00Z", "2026-11-21T06:00:00Z", "1m", []string{"1"}, 60},
 		{"ad_ids=1&start_time=2026-11-21T10:59:59Z", "2026-11-21T10:59:00Z", "2026-11-21T11:03:00Z", "1m", []string{"1"}, 4},
 		{"ad_ids=1&start_time=1795251600&end_time=1795255200&interval=5m", "2026-11-21T09:00:00Z", "2026-11-21T10:00:00Z", "5m", []string{"1"}, 12},
@@ -229,9 +232,11 @@ func TestMetricsParams(t *testing.T) {
 			t.Errorf("campaign %d clicks %v, want %v", i, got, want)
 		}
 	}
-	// Repeated ids are read from the store once.
+	// Repeated ids are read from the store once, and answered once.
 	e.store.queries = nil
-	e.series("/metrics?ad_ids=3,1,3,3", admin)
+	if r := e.series("/metrics?ad_ids=3,1,3,3", admin); len(r.Series) != 2 {
+		t.Errorf("ad_ids=3,1,3,3: %d series, want 2", len(r.Series))
+	}
 	if ids := e.store.queries[0].IDs; strings.Join(ids, ",") != "3,1" {
 		t.Errorf("store asked for %v", ids)
 	}
@@ -540,17 +545,202 @@ func TestNewValidates(t *testing.T) {
 
 func TestMetricsTotalPointsCap(t *testing.T) {
 	now := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
-	ids := make([]string, 200)
+	ids := make([]string, 1000)
 	for i := range ids {
 		ids[i] = fmt.Sprint("ad", i)
 	}
-	v := url.Values{"ad_ids": {strings.Join(ids, ",")}, "start_time": {"2026-11-14T08:00:00Z"}, "end_time": {"2026-11-21T00:00:00Z"}, "interval": {"1m"}}
-	if _, err := parseMetricsParams(v, now, time.LoadLocation); err == nil || !strings.Contains(err.Error(), "in one response") {
-		t.Fatalf("200 ids x 9600 points: %v", err)
+	cases := []struct {
+		ids        []string
+		start, end string
+		interval   string
+		ok         bool
+	}{
+		{ids[:10], "2026-11-14T08:00:00Z", "2026-11-21T00:00:00Z", "1m", true},            // 10 x 9600
+		{ids[:11], "2026-11-14T08:00:00Z", "2026-11-21T00:00:00Z", "1m", false},           // 11 x 9600
+		{ids[:69], "2026-11-20T00:00:00Z", "2026-11-21T00:00:00Z", "1m", true},            // 69 x 1440
+		{ids[:70], "2026-11-20T00:00:00Z", "2026-11-21T00:00:00Z", "1m", false},           // 70 x 1440
+		{ids, "2026-11-20T00:00:00Z", "2026-11-21T00:00:00Z", "15m", true},                // 1000 x 96
+		{ids, "2026-11-20T00:00:00Z", "2026-11-21T00:00:00Z", "10m", false},               // 1000 x 144
+		{ids[:100], "2026-11-20T10:00:00Z", "2026-11-21T02:40:00Z", "1m", true},           // 100 x 1000
+		{repeat("ad1", 1000), "2026-11-14T08:00:00Z", "2026-11-21T00:00:00Z", "1m", true}, // 1 x 9600
 	}
-	v.Set("ad_ids", strings.Join(ids[:90], ","))
-	v.Set("start_time", "2026-11-14T08:00:00Z")
-	if _, err := parseMetricsParams(v, now, time.LoadLocation); err != nil {
-		t.Fatalf("90 ids x 9600 points must pass: %v", err)
+	for _, c := range cases {
+		v := url.Values{"ad_ids": {strings.Join(c.ids, ",")}, "start_time": {c.start}, "end_time": {c.end}, "interval": {c.interval}}
+		p, err := parseMetricsParams(v, now, time.LoadLocation)
+		what := fmt.Sprintf("%d ids %s..%s at %s", len(c.ids), c.start, c.end, c.interval)
+		if !c.ok {
+			var ae *httpapi.Error
+			if !errors.As(err, &ae) || ae.Code != httpapi.CodeInvalidArgument || !strings.Contains(ae.Message, "at most 100000 in one response") {
+				t.Errorf("%s: %v, want invalid_argument naming the limit of 100000 points", what, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
+			continue
+		}
+		if total := p.points * len(p.ids); total > MaxTotalPoints {
+			t.Errorf("%s: accepted %d points", what, total)
+		}
+	}
+}
+
+func repeat(id string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = id
+	}
+	return out
+}
+
+// TestParseIDsDedup: each id once, in the order it first appears; the limit counts ids as
+// given.
+func TestParseIDsDedup(t *testing.T) {
+	for _, c := range []struct {
+		vs   []string
+		want string
+	}{
+		{[]string{"1"}, "1"},
+		{[]string{"3,1,3"}, "3,1"},
+		{[]string{"b,a", "a,c,b", "c"}, "b,a,c"},
+		{repeat("x", 1000), "x"},
+		{[]string{strings.Join(repeat("x", 1000), ",")}, "x"},
+	} {
+		ids, err := parseIDs("ad_ids", c.vs)
+		if err != nil || strings.Join(ids, ",") != c.want {
+			t.Errorf("%.40q: %v %v, want %s", c.vs, ids, err, c.want)
+		}
+	}
+	if _, err := parseIDs("ad_ids", repeat("x", 1001)); err == nil {
+		t.Error("1001 ids as given (one distinct) accepted")
+	}
+}
+
+// chunkStore records the ids of each query and can fail the query numbered failAt (from 0).
+type chunkStore struct {
+	*fakeStore
+	failAt int
+	calls  int
+}
+
+func (s *chunkStore) Query(ctx context.Context, q metricstore.Query) (*metricstore.Result, error) {
+	n := s.calls
+	s.calls++
+	if n == s.failAt {
+		return nil, errors.New("disk on fire")
+	}
+	return s.fakeStore.Query(ctx, q)
+}
+
+// TestMetricsChunkedReads: a response bigger than ChunkPoints is read from the store in chunks
+// of whole series (so what a request holds is bounded), and the stitched response is the same
+// as one read; a store failure after the first chunk cuts the response instead of ending it
+// early as if complete.
+func TestMetricsChunkedReads(t *testing.T) {
+	e := newEnv(t)
+	ids := make([]string, 40)
+	for i := range ids {
+		ids[i] = fmt.Sprint("ad", i)
+		e.event(ids[i], t0("2026-11-21T09:00:00Z").Add(time.Duration(i)*time.Minute), metricstore.Counts{Clicks: int64(i + 1)})
+	}
+	// 40 ids x 1440 points: 6 ids (8640 points) per read, 7 reads.
+	target := "/metrics?ad_ids=" + strings.Join(ids, ",") + "&start_time=2026-11-20T11:00:00Z&end_time=2026-11-21T11:00:00Z&interval=1m"
+	cs := &chunkStore{fakeStore: e.store, failAt: -1}
+	h, err := New(Options{Store: cs, Owners: e.owners, Now: func() time.Time { return testNow }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	h.Register(mux)
+	r := httptest.NewRequest("GET", target, nil)
+	r = r.WithContext(httpapi.WithPrincipal(r.Context(), admin))
+	w := httptest.NewRecorder()
+	mux.ServeHTTP(w, r)
+	if w.Code != 200 {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	if cs.calls != 7 {
+		t.Errorf("%d store reads, want 7", cs.calls)
+	}
+	for _, q := range e.store.queries {
+		if n := len(q.IDs) * 1440; n > ChunkPoints {
+			t.Errorf("a store read of %d points", n)
+		}
+	}
+	var got seriesResp
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Series) != len(ids) {
+		t.Fatalf("%d series", len(got.Series))
+	}
+	for i, s := range got.Series {
+		pts := s["points"].([]any)
+		var clicks float64
+		for _, p := range pts {
+			clicks += p.(map[string]any)["clicks"].(float64)
+		}
+		if s["ad_id"] != ids[i] || len(pts) != 1440 || clicks != float64(i+1) {
+			t.Errorf("series %d: %v, %d points, %v clicks", i, s["ad_id"], len(pts), clicks)
+		}
+	}
+
+	// A failure of the third read: the client sees a broken response, not valid JSON.
+	cs.calls, cs.failAt = 0, 2
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mux.ServeHTTP(w, r.WithContext(httpapi.WithPrincipal(r.Context(), admin)))
+	}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Errorf("store failure mid-response: read %d bytes without an error (valid JSON: %v)", len(body), json.Valid(body))
+	}
+	if st := h.Stats(); st.Failed != 1 {
+		t.Errorf("stats %+v, want one failure", st)
+	}
+}
+
+// TestMetricsStalledReaderIsCut: a client that stops reading a large response is cut off once
+// a piece of it could not be written for WriteIdle, and the handler returns.
+func TestMetricsStalledReaderIsCut(t *testing.T) {
+	e := newEnv(t)
+	done := make(chan struct{}, 1)
+	h, err := New(Options{Store: e.store, Owners: e.owners, Now: func() time.Time { return testNow }, WriteIdle: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	h.Register(mux)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() { done <- struct{}{} }()
+		mux.ServeHTTP(w, r.WithContext(httpapi.WithPrincipal(r.Context(), admin)))
+	}))
+	defer srv.Close()
+	ids := make([]string, 69)
+	for i := range ids {
+		ids[i] = fmt.Sprint("ad", i)
+	}
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// A small receive buffer: the kernel must not take the whole response off the server.
+	if err := conn.(*net.TCPConn).SetReadBuffer(4096); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "GET /metrics?ad_ids=%s&start_time=2026-11-20T11:00:00Z&end_time=2026-11-21T11:00:00Z HTTP/1.1\r\nHost: x\r\n\r\n", strings.Join(ids, ","))
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler still writes to a client that has read nothing for 10s")
+	}
+	if st := h.Stats(); st.MetricsRequests != 0 {
+		t.Errorf("a cut response counted as answered: %+v", st)
 	}
 }

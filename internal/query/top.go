@@ -1,6 +1,7 @@
 package query
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -38,10 +39,12 @@ func (h *Handler) serveTop(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, httpapi.Errorf(httpapi.CodeUnavailable, "top-N index: not configured"))
 		return
 	}
-	items, err := h.opts.Index.Top(r.Context(), topn.Query{
+	ctx, cancel := context.WithTimeout(r.Context(), h.opts.StoreTimeout)
+	items, err := h.opts.Index.Top(ctx, topn.Query{
 		Level: tp.level, Metric: tp.metric, From: tp.from, To: tp.to, N: tp.n,
 		Advertiser: tp.advertiser, Campaign: tp.campaign,
 	})
+	cancel()
 	if err != nil {
 		h.fail(w, r, topError(err))
 		return
@@ -72,6 +75,8 @@ func (h *Handler) serveTop(w http.ResponseWriter, r *http.Request) {
 		b = append(b, '}')
 	}
 	b = append(b, "]}\n"...)
+	// At most topn.MaxN items, tens of KB: one deadline for all of it.
+	httpapi.SetWriteTimeout(w, h.opts.WriteIdle)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
@@ -86,6 +91,8 @@ func topError(err error) error {
 		return httpapi.BadField("start_time", "before the oldest minute the top-N index holds (it keeps the last 24 hours; after a restart, what was rebuilt)")
 	case errors.Is(err, topn.ErrInvalidQuery):
 		return httpapi.BadField("minutes", trimPrefix(err))
+	case errors.Is(err, context.DeadlineExceeded):
+		return httpapi.Errorf(httpapi.CodeUnavailable, "top-N index: no answer in time, retry")
 	}
 	return fmt.Errorf("top-N query: %w", err)
 }

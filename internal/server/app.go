@@ -250,10 +250,15 @@ func (a *App) startAPI() error {
 	}
 
 	handler := a.b.catalog.Middleware(instrument(mux, newHTTPMetrics(a.reg), a.logger))
+	// WriteTimeout runs from the end of the headers, so it covers the body (up to
+	// ReadTimeout) as well as the response: 2m leaves a minute for the largest response,
+	// about 15 MB of /metrics. It is the backstop; /metrics and /events set tighter deadlines
+	// as they make progress (httpapi.Stream, httpapi.ReadBody).
 	a.api = &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      2 * time.Minute,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(a.logger.Handler(), slog.LevelDebug),
