@@ -1,26 +1,18 @@
 package aggregate
 
 import (
-	"flag"
 	"fmt"
 	"math/rand/v2"
 	"testing"
-	"time"
+
+	"github.com/adpulse/adpulse/internal/testseed"
 
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/cespare/xxhash/v2"
 )
 
-var seedFlag = flag.Uint64("seed", 0, "seed of the random tests (0: from the clock); printed by every test that uses it")
-
-func testSeed(t testing.TB) uint64 {
-	s := *seedFlag
-	if s == 0 {
-		s = uint64(time.Now().UnixNano())
-	}
-	t.Logf("seed %d (rerun with -args -seed=%d)", s, s)
-	return s
-}
+// testSeed is the repository's seed convention (internal/testseed).
+func testSeed(t testing.TB) uint64 { return testseed.Seed(t) }
 
 func randomEvent(rng *rand.Rand) event.Event {
 	str := func(p string) string {

@@ -3,28 +3,21 @@ package billing
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/testseed"
+
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog/locallog"
 )
 
-var seedFlag = flag.Uint64("billing.seed", 0, "seed of the randomized billing tests (0: from the clock)")
-
-func testSeed(t *testing.T) uint64 {
-	seed := *seedFlag
-	if seed == 0 {
-		seed = uint64(time.Now().UnixNano())
-	}
-	t.Logf("seed %d (rerun with -billing.seed=%d)", seed, seed)
-	return seed
-}
+// testSeed is the repository's seed convention (internal/testseed).
+func testSeed(t *testing.T) uint64 { return testseed.Seed(t) }
 
 func openLocalLog(t *testing.T, partitions int) *locallog.Log {
 	l, err := locallog.Open(locallog.Options{Dir: t.TempDir(), Partitions: partitions, Retention: -1})

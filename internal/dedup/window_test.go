@@ -1,22 +1,15 @@
 package dedup
 
 import (
-	"flag"
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/adpulse/adpulse/internal/testseed"
 )
 
-var seedFlag = flag.Uint64("seed", 0, "random seed for the model tests (0: time-based)")
-
-func testSeed(t testing.TB) uint64 {
-	s := *seedFlag
-	if s == 0 {
-		s = uint64(time.Now().UnixNano())
-	}
-	t.Logf("seed %d (rerun with -args -seed=%d)", s, s)
-	return s
-}
+// testSeed is the repository's seed convention (internal/testseed).
+func testSeed(t testing.TB) uint64 { return testseed.Seed(t) }
 
 // naiveRepeat is Window's rule written plainly: some earlier event with the same key was
 // received at most span before this one.

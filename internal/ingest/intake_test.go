@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/testseed"
+
 	"github.com/adpulse/adpulse/internal/dedup"
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
@@ -220,8 +222,7 @@ func (s keyAtATime) Reserve(ctx context.Context, keys []string, now time.Time, o
 func TestOverlappingBatchesDoNotDeadlock(t *testing.T) {
 	l := &faultLog{memLog: newMemLog(4), delay: time.Millisecond}
 	in := NewIntake(IntakeOptions{Log: l, Dedup: keyAtATime{dedup.NewMemory(24 * time.Hour)}, InFlightWait: time.Second})
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
+	seed := testseed.Seed(t)
 	var wg sync.WaitGroup
 	var failures atomic.Int64
 	for g := range 8 {

@@ -4,12 +4,12 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
-	"os"
 	"reflect"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/adpulse/adpulse/internal/testseed"
 
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/event"
@@ -17,19 +17,8 @@ import (
 )
 
 // testSeed returns the seed of a randomized test (ADPULSE_TEST_SEED replays one) and logs it.
-func testSeed(t *testing.T) uint64 {
-	t.Helper()
-	s := uint64(time.Now().UnixNano())
-	if v := os.Getenv("ADPULSE_TEST_SEED"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("ADPULSE_TEST_SEED=%q: %v", v, err)
-		}
-		s = n
-	}
-	t.Logf("seed %d (replay with ADPULSE_TEST_SEED=%d)", s, s)
-	return s
-}
+// testSeed is the repository's seed convention (internal/testseed).
+func testSeed(t *testing.T) uint64 { return testseed.Seed(t) }
 
 func TestZipf(t *testing.T) {
 	for _, tc := range []struct {

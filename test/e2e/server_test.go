@@ -24,12 +24,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/adpulse/adpulse/internal/testseed"
 
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog/locallog"
@@ -38,7 +39,6 @@ import (
 // Environment variables of these tests.
 const (
 	envBinary = "ADPULSE_E2E_BINARY" // a prebuilt adpulse binary to test instead of building one
-	envSeed   = "ADPULSE_E2E_SEED"   // replay a run: every random choice derives from it
 )
 
 // browserUA is sent on every public request: bot and tool user agents (curl, Go-http-client)
@@ -88,26 +88,9 @@ func needBinary(t *testing.T) {
 	}
 }
 
-// seed returns the seed of this test (from ADPULSE_E2E_SEED, or the clock) and logs how to
-// replay it, again at the end when the test failed.
-func seed(t *testing.T) uint64 {
-	t.Helper()
-	s := uint64(time.Now().UnixNano())
-	if v := os.Getenv(envSeed); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("%s=%q: %v", envSeed, v, err)
-		}
-		s = n
-	}
-	t.Logf("seed %d (replay with %s=%d)", s, envSeed, s)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("failed with seed %d: replay with %s=%d", s, envSeed, s)
-		}
-	})
-	return s
-}
+// seed returns the seed of this test: every random choice derives from it, and
+// ADPULSE_TEST_SEED replays it (the repository's convention, internal/testseed).
+func seed(t *testing.T) uint64 { return testseed.Seed(t) }
 
 func newRand(seed uint64, stream uint64) *rand.Rand {
 	return rand.New(rand.NewPCG(seed, stream))

@@ -3,7 +3,7 @@
 //
 // The suite writes only buckets within the last four days of the wall clock, so it holds for
 // any store that keeps at least that much minute data. Random cases are driven by the seed
-// given to Run (callers take it from a -seed test flag; 0 picks one from the clock); it is
+// given to Run (callers take it from testseed.Seed; 0 picks one from the clock); it is
 // logged and named in every failure message, so a failure can be replayed exactly.
 package metricstoretest
 

@@ -3,10 +3,11 @@ package pebblestore
 import (
 	"context"
 	"errors"
-	"flag"
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/adpulse/adpulse/internal/testseed"
 
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/metricstore"
@@ -14,27 +15,22 @@ import (
 	"github.com/cockroachdb/pebble/vfs"
 )
 
-var seedFlag = flag.Uint64("seed", 0, "seed of the random tests (0: from the clock)")
-
 func TestConformance(t *testing.T) {
 	metricstoretest.Run(t, func(t *testing.T) metricstoretest.Opener {
 		dir := t.TempDir()
 		return func() (metricstore.Store, error) { return Open(dir, Options{}) }
-	}, *seedFlag)
+	}, testseed.Seed(t))
 }
 
 func TestConformanceMemFS(t *testing.T) {
 	metricstoretest.Run(t, func(t *testing.T) metricstoretest.Opener {
 		fs := vfs.NewMem()
 		return func() (metricstore.Store, error) { return Open("db", Options{FS: fs}) }
-	}, *seedFlag)
+	}, testseed.Seed(t))
 }
 
 func TestValueRoundTrip(t *testing.T) {
-	seed := *seedFlag
-	if seed == 0 {
-		seed = uint64(time.Now().UnixNano())
-	}
+	seed := testseed.Seed(t)
 	rng := rand.New(rand.NewPCG(seed, 2))
 	randCounts := func() metricstore.Counts {
 		var c metricstore.Counts
@@ -152,10 +148,7 @@ func TestPlanTiles(t *testing.T) {
 // "crashes" at random points, and checks that what survives is exactly the commits that
 // returned, with offsets and counts in step.
 func TestCrashKeepsCommitsAtomic(t *testing.T) {
-	seed := *seedFlag
-	if seed == 0 {
-		seed = uint64(time.Now().UnixNano())
-	}
+	seed := testseed.Seed(t)
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 3))
 	fs := vfs.NewStrictMem()

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -13,19 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/testseed"
+
 	"github.com/adpulse/adpulse/internal/metricstore"
 )
 
-var seedFlag = flag.Uint64("seed", 0, "seed of the random tests (0: from the clock)")
-
-func testSeed(t testing.TB) uint64 {
-	s := *seedFlag
-	if s == 0 {
-		s = uint64(time.Now().UnixNano())
-	}
-	t.Logf("seed %d (replay with -seed %d)", s, s)
-	return s
-}
+// testSeed is the repository's seed convention (internal/testseed).
+func testSeed(t testing.TB) uint64 { return testseed.Seed(t) }
 
 // clock is a settable test clock.
 type clock struct {
