@@ -31,3 +31,48 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		}
 	}
 }
+
+func TestRolesNeedSharedBackends(t *testing.T) {
+	shared := func(c *Config) {
+		c.EventLog, c.KafkaBrokers = "kafka", []string{"k:9092"}
+		c.Dedup, c.RedisAddr = "redis", "r:6379"
+		c.DedupReserveTTL = time.Minute
+		c.CatalogDSN = "postgres://db/adpulse"
+	}
+	for _, tc := range []struct {
+		roles  []string
+		shared bool
+		want   string // substring of the error, "" for valid
+	}{
+		{AllRoles, false, ""},
+		{[]string{"ingest", "process", "query"}, false, ""},
+		{[]string{"ingest"}, false, "needs --event-log kafka"},
+		{[]string{"process", "query"}, false, "needs --event-log kafka"},
+		{[]string{"ingest"}, true, ""},
+		{[]string{"process", "query"}, true, ""},
+		{[]string{"query"}, true, "query node without the process role"},
+		{[]string{"ingest", "bogus"}, true, `unknown role "bogus"`},
+		{[]string{"ingest", "ingest"}, true, "given twice"},
+		{[]string{}, false, "at least one"},
+	} {
+		c := Default()
+		c.Roles = tc.roles
+		if tc.shared {
+			shared(&c)
+		}
+		err := c.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("roles %v (shared %v): %v", tc.roles, tc.shared, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("roles %v (shared %v): %v, want an error saying %q", tc.roles, tc.shared, err, tc.want)
+		}
+	}
+	c := Default()
+	c.Roles = []string{"ingest"}
+	shared(&c)
+	c.Dedup = "memory"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--dedup redis") {
+		t.Errorf("ingest-only with in-process dedup: %v", err)
+	}
+}

@@ -90,3 +90,23 @@ func TestGroupTreatsEarlyReturnAsFailure(t *testing.T) {
 	}
 	g.Stop()
 }
+
+// Two processes on one data dir would share embedded state that belongs to one process: the
+// second refuses to start, saying why.
+func TestDataDirBelongsToOneProcess(t *testing.T) {
+	cfg := config.Default()
+	cfg.DataDir, cfg.Listen, cfg.OpsListen = t.TempDir(), "127.0.0.1:0", "127.0.0.1:0"
+	first, err := New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(cfg, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "in use by another adpulse process") {
+		t.Fatalf("second process on the same data dir: %v", err)
+	}
+	first.dir.close()
+	second, err := New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("after the first released the dir: %v", err)
+	}
+	second.dir.close()
+}
