@@ -103,12 +103,18 @@ func NewHandlers(o Options) *Handlers {
 	return &Handlers{o: o}
 }
 
-// Register adds the ingest routes to mux.
+// Register adds the ingest routes to mux: the event endpoints and POST /api/v1/click-urls.
 func (h *Handlers) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /c/{token}", h.clickRedirect)
 	mux.HandleFunc("GET /i/{token}", h.impressionPixel)
 	mux.HandleFunc("POST /click", h.appClick)
 	mux.HandleFunc("POST /events", h.events)
+	h.RegisterClickURLs(mux)
+}
+
+// RegisterClickURLs adds only POST /api/v1/click-urls, which needs the catalog and the click
+// keys but no intake: the /api/v1 routes answer on every process, whatever its roles.
+func (h *Handlers) RegisterClickURLs(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/click-urls", h.clickURLs)
 }
 

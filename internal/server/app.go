@@ -233,10 +233,8 @@ func (a *App) startAPI() error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", notFound)
-	if a.ingest != nil {
-		if err := a.registerIngest(mux, publicURL); err != nil {
-			return err
-		}
+	if err := a.registerIngest(mux, publicURL); err != nil {
+		return err
 	}
 	catOpts := catalog.HandlerOptions{Logger: a.logger.With("component", "catalog")}
 	if a.process != nil {

@@ -43,7 +43,20 @@ func (a *App) openIngest() {
 	a.components.Go("ingest resolver", a.ingest.intake.Run)
 }
 
+// registerIngest serves the event endpoints on an ingest process, and on every process the
+// click URL signing of the /api/v1 routes.
 func (a *App) registerIngest(mux *http.ServeMux, publicURL string) error {
+	if a.ingest == nil {
+		ingest.NewHandlers(ingest.Options{
+			Ads:       catalogAds{a.b.catalog},
+			Tokens:    a.tokens,
+			PublicURL: publicURL,
+			ClickTTL:  a.cfg.ClickTTL,
+			Now:       a.now,
+			Logger:    a.logger.With("component", "ingest"),
+		}).RegisterClickURLs(mux)
+		return nil
+	}
 	bots, err := ivt.New()
 	if err != nil {
 		return err
