@@ -51,7 +51,9 @@ func TestRunAgainstFake(t *testing.T) {
 	}{
 		{"server signs tokens", 0, nil},
 		{"local signing", 0, func(o *Options) { o.ClickSecret = testSecret; o.Model.ExpiredShare = 0.05 }},
-		{"closed model", 0, func(o *Options) { o.Rate, o.Concurrency, o.Duration = 0, 8, 500*time.Millisecond }},
+		// A fixed number of requests, not a time: a loaded machine must not make the run too
+		// small to hold every kind of event.
+		{"closed model", 0, func(o *Options) { o.Rate, o.Concurrency, o.Duration, o.Requests = 0, 8, time.Minute, 600 }},
 		{"flaky server", 0.05, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/clicktoken"
@@ -40,7 +41,11 @@ type Options struct {
 	Duration    time.Duration
 	MaxInFlight int
 	Concurrency int
-	Timeout     time.Duration // of one request
+	// Requests, in the closed model, ends the run after this many requests even if
+	// Duration has not passed (0: Duration alone), so a run's size does not depend on the
+	// machine's speed.
+	Requests int64
+	Timeout  time.Duration // of one request
 
 	Check          CheckMode
 	CatchUpTimeout time.Duration // how long to wait for /metrics to count everything acknowledged
@@ -370,15 +375,19 @@ loop:
 }
 
 // closedLoop runs Concurrency workers that each send the next request as soon as their
-// previous one was answered, until Duration is over.
+// previous one was answered, until Duration is over or Requests were sent.
 func (r *runner) closedLoop(ctx context.Context) {
 	end := time.Now().Add(r.o.Duration)
+	var sent atomic.Int64
 	var wg sync.WaitGroup
 	for range r.o.Concurrency {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil && time.Now().Before(end) {
+				if r.o.Requests > 0 && sent.Add(1) > r.o.Requests {
+					return
+				}
 				r.genMu.Lock()
 				req := r.gen.next()
 				r.genMu.Unlock()
