@@ -26,8 +26,12 @@ type Config struct {
 	MaxLateness  time.Duration
 	MaxClockSkew time.Duration
 	DedupWindow  time.Duration
-	MaxBody      int64
-	MaxBatch     int
+	// StreamDedupWindow is how long the stages after the log remember a key to drop an event
+	// that reached the log twice (0: DedupWindow; negative: off). About 48 bytes per event
+	// received within it, per stage.
+	StreamDedupWindow time.Duration
+	MaxBody           int64
+	MaxBatch          int
 
 	// EventLog is "local" (segment files in DataDir) or "kafka".
 	EventLog               string
@@ -79,6 +83,14 @@ func (c *Config) Has(role string) bool {
 		}
 	}
 	return false
+}
+
+// StreamDedupSpan is the span of the stream stages' duplicate filter (negative: off).
+func (c *Config) StreamDedupSpan() time.Duration {
+	if c.StreamDedupWindow == 0 {
+		return c.DedupWindow
+	}
+	return c.StreamDedupWindow
 }
 
 // MaxHold is how long after its receive time ingest may still hand an event to the log.

@@ -19,7 +19,7 @@ package dedup
 // events appended since (the append time of its last consumed event) - Span - 2*Slack; see
 // ReplayFrom. Decisions are therefore the same with or without crashes.
 //
-// Memory is about 48 bytes per event of the last Span: a FIFO of (hash, receive time) in
+// Memory is 48 to 80 bytes per event of the last Span (BenchmarkWindowBytesPerKey): a FIFO of (hash, receive time) in
 // arrival order, and an open-addressing table of hash -> the FIFO position of its occurrence
 // with the latest receive time (the only one the rule needs), at most half full. It is hand-rolled because it runs once per event at millions
 // of events a second: a Go map costs three hashed operations per event (look up, insert,

@@ -2,6 +2,7 @@ package dedup
 
 import (
 	"math/rand/v2"
+	"runtime"
 	"testing"
 	"time"
 
@@ -101,5 +102,23 @@ func BenchmarkWindowObserve(b *testing.B) {
 			h = uint64(i - 5) // one in ten a repeat of a recent key
 		}
 		w.Observe(h, int64(i)*100)
+	}
+}
+
+// BenchmarkWindowBytesPerKey reports the heap a Window holds per key it remembers.
+func BenchmarkWindowBytesPerKey(b *testing.B) {
+	const keys = 1 << 20
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		w := NewWindow(int64(time.Hour/time.Microsecond), 0)
+		for i := range keys {
+			w.Observe(uint64(i)*0x9E3779B97F4A7C15+1, int64(i))
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/keys, "B/key")
+		runtime.KeepAlive(w)
 	}
 }
