@@ -57,3 +57,7 @@ func TestRedisBaseline(t *testing.T) {
 	}
 	runBaseline(t, BaselineRedis, func(o *Options) { o.RedisAddr = addr })
 }
+
+func TestBareBaseline(t *testing.T) {
+	runBaseline(t, BaselineBare, func(*Options) {})
+}

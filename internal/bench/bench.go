@@ -68,6 +68,9 @@ var AllScenarios = []string{ScenarioClicksFixed, ScenarioClicksSat, ScenarioEven
 const (
 	BaselineClickHouse = "clickhouse"
 	BaselineRedis      = "redis"
+	// BaselineBare is the physical reference of the click rows: token check, group-commit
+	// fsynced append, 302, and nothing else (baseline/barebase).
+	BaselineBare = "bare"
 )
 
 // Options configure a bench run. QuickOptions and FullOptions are the two presets.
@@ -198,8 +201,8 @@ func (o *Options) validate() error {
 		}
 	}
 	for _, b := range o.Baselines {
-		if b != BaselineClickHouse && b != BaselineRedis {
-			add("unknown baseline %q (have clickhouse, redis)", b)
+		if b != BaselineClickHouse && b != BaselineRedis && b != BaselineBare {
+			add("unknown baseline %q (have bare, clickhouse, redis)", b)
 		}
 	}
 	if o.Target != "" {
@@ -395,11 +398,15 @@ func (b *runner) startBaseline(ctx context.Context, name string) (*target, func(
 		return nil, nil, err
 	}
 	t := &target{name: name, adminKey: c.adminKey, keys: keys, client: newAPIClient(64)}
-	backing := func(context.Context) int {
-		if name == BaselineClickHouse {
-			return findProcess("clickhouse-serv")
+	// backing is the process of the baseline's storage server; bare has none.
+	backing := func(context.Context) []int {
+		switch name {
+		case BaselineClickHouse:
+			return []int{findProcess("clickhouse-serv")}
+		case BaselineRedis:
+			return []int{findRedis(ctx, o.RedisAddr)}
 		}
-		return findRedis(ctx, o.RedisAddr)
+		return nil
 	}
 	if o.BaselineInProcess {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -416,8 +423,13 @@ func (b *runner) startBaseline(ctx context.Context, name string) (*target, func(
 			return nil, nil, err
 		}
 		t.base = "http://" + ln.Addr().String()
-		t.pids = func(ctx context.Context) []int { return []int{backing(ctx)} }
+		t.pids = func(ctx context.Context) []int { return backing(ctx) }
 		t.resNote = "the " + name + " server process only (the Go handler runs inside the bench process here)"
+		if name == BaselineBare {
+			// No server of its own: its log and handler live in the bench process.
+			t.pids = func(context.Context) []int { return []int{os.Getpid()} }
+			t.resNote = "the bench process, which serves the bare baseline here"
+		}
 		b.logf("%s baseline serving in-process on %s", name, ln.Addr())
 		return t, func() { stop(); <-errC }, nil
 	}
@@ -430,8 +442,11 @@ func (b *runner) startBaseline(ctx context.Context, name string) (*target, func(
 		return nil, nil, err
 	}
 	t.base = "http://" + addr
-	t.pids = func(ctx context.Context) []int { return []int{cmd.Process.Pid, backing(ctx)} }
+	t.pids = func(ctx context.Context) []int { return append([]int{cmd.Process.Pid}, backing(ctx)...) }
 	t.resNote = "sum of the Go handler process (adpulse bench --serve-baseline) and the " + name + " server process"
+	if name == BaselineBare {
+		t.resNote = "the Go handler process (adpulse bench --serve-baseline), which holds the bare log itself"
+	}
 	b.logf("%s baseline serving on %s (pid %d)", name, addr, cmd.Process.Pid)
 	return t, func() { stopChild(cmd, done) }, nil
 }

@@ -56,7 +56,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, looku
 	fs.StringVar(&o.ClickSecret, "click-secret", "", "click secret (keyring) of --target, to sign click tokens")
 	fs.StringVar(&dataDir, "data-dir", "", "data dir of --target, to read its admin key and click secret from")
 	fs.StringVar(&scenarios, "scenarios", strings.Join(o.Scenarios, ","), "scenarios to run: "+strings.Join(AllScenarios, ","))
-	fs.StringVar(&baselines, "baseline", "", "baselines to run the same scenarios against: clickhouse,redis")
+	fs.StringVar(&baselines, "baseline", "", "baselines to run the same scenarios against: bare (token check, fsynced append, 302: the physical reference of the click rows), clickhouse, redis")
 	fs.StringVar(&o.ClickHouseAddr, "clickhouse-addr", o.ClickHouseAddr, "ClickHouse native protocol address of the clickhouse baseline")
 	fs.DurationVar(&o.ClickHouseFlush, "clickhouse-flush", o.ClickHouseFlush, "longest a click waits for its ClickHouse batch insert")
 	fs.StringVar(&o.RedisAddr, "redis-addr", o.RedisAddr, "Redis address of the redis baseline")

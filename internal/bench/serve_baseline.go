@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/adpulse/adpulse/internal/bench/baseline"
+	"github.com/adpulse/adpulse/internal/bench/baseline/barebase"
 	"github.com/adpulse/adpulse/internal/bench/baseline/chbase"
 	"github.com/adpulse/adpulse/internal/bench/baseline/redisbase"
 	"github.com/adpulse/adpulse/internal/clicktoken"
@@ -51,6 +52,17 @@ func openStore(ctx context.Context, c baselineConfig) (store baseline.Store, cle
 			return nil, nil, fmt.Errorf("%w (scripts/install-baselines.sh installs and starts it)", err)
 		}
 		return s, func() { _ = s.Clear(context.Background()) }, nil
+	case BaselineBare:
+		dir, err := os.MkdirTemp("", "adpulse-bare-"+c.id+"-")
+		if err != nil {
+			return nil, nil, err
+		}
+		s, err := barebase.Open(barebase.Options{Dir: dir})
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, nil, err
+		}
+		return s, func() { _ = os.RemoveAll(dir) }, nil
 	}
 	return nil, nil, fmt.Errorf("unknown baseline %q", c.name)
 }
