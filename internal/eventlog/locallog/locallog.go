@@ -449,19 +449,22 @@ func (l *Log) partition(ctx context.Context, i int) (*partition, error) {
 }
 
 // Append makes msgs durable and sets their Offset and Time. It returns once the group commit
-// that took them has synced. If ctx ends first, Append returns its error: before the committer
-// took msgs they are withdrawn; after, they may still become durable (the contract allows
-// that) but the caller is not kept waiting for the disk.
+// that took them has synced. ctx can only withdraw a request the committer has not taken yet
+// (Append then returns ctx's error, wrapping eventlog.ErrNotAppended); once taken, the
+// records may reach the disk, so Append waits for the outcome and reports it, whatever ctx
+// says: a caller told "canceled" about records that became durable would append them twice.
+// Errors wrapping ErrNotAppended (refused, withdrawn, rolled back) promise the records are
+// not and never will be durable; any other error leaves the outcome unknown.
 func (l *Log) Append(ctx context.Context, msgs []eventlog.Message) error {
 	if err := ctx.Err(); err != nil {
-		return err
+		return eventlog.NotAppended(err)
 	}
 	for i := range msgs {
 		if p := msgs[i].Partition; p < 0 || int(p) >= len(l.parts) {
-			return fmt.Errorf("locallog: append to partition %d of %d: %w", p, len(l.parts), eventlog.ErrBadPartition)
+			return eventlog.NotAppended(fmt.Errorf("locallog: append to partition %d of %d: %w", p, len(l.parts), eventlog.ErrBadPartition))
 		}
 		if n := len(msgs[i].Value); n > MaxValueBytes {
-			return fmt.Errorf("locallog: append: value of %d bytes exceeds %d", n, MaxValueBytes)
+			return eventlog.NotAppended(fmt.Errorf("locallog: append: value of %d bytes exceeds %d", n, MaxValueBytes))
 		}
 	}
 	req := l.reqs.Get().(*request)
@@ -470,13 +473,13 @@ func (l *Log) Append(ctx context.Context, msgs []eventlog.Message) error {
 	if l.closed {
 		l.mu.Unlock()
 		l.putRequest(req)
-		return eventlog.ErrClosed
+		return eventlog.NotAppended(eventlog.ErrClosed)
 	}
 	if l.failed != nil {
 		err := l.failed
 		l.mu.Unlock()
 		l.putRequest(req)
-		return fmt.Errorf("locallog: append refused after an earlier write failure: %w", err)
+		return refusedAfter(err)
 	}
 	if len(msgs) == 0 {
 		l.mu.Unlock()
@@ -492,25 +495,29 @@ func (l *Log) Append(ctx context.Context, msgs []eventlog.Message) error {
 
 	select {
 	case <-req.done:
-		err := req.err
-		l.putRequest(req)
-		return err
 	case <-ctx.Done():
-	}
-	l.mu.Lock()
-	withdrawn := false
-	if !req.taken {
-		if i := slices.Index(l.pending, req); i >= 0 {
-			l.pending = slices.Delete(l.pending, i, i+1)
-			withdrawn = true
+		l.mu.Lock()
+		if !req.taken {
+			// Still queued: nothing of it was encoded or written. Withdraw it.
+			if i := slices.Index(l.pending, req); i >= 0 {
+				l.pending = slices.Delete(l.pending, i, i+1)
+			}
+			l.mu.Unlock()
+			l.putRequest(req)
+			return eventlog.NotAppended(fmt.Errorf("locallog: append withdrawn before commit: %w", ctx.Err()))
 		}
+		l.mu.Unlock()
+		<-req.done // taken: the records may become durable, so the outcome is owed
 	}
-	l.mu.Unlock()
-	if withdrawn {
-		l.putRequest(req)
-	}
-	// Otherwise the committer still holds req and will signal it; it is left to the GC.
-	return ctx.Err()
+	err := req.err
+	l.putRequest(req)
+	return err
+}
+
+// refusedAfter is the error of an Append refused because the log failed: its records were
+// never taken, so they are certainly not appended.
+func refusedAfter(failure error) error {
+	return eventlog.NotAppended(fmt.Errorf("locallog: append refused after an earlier write failure: %w", failure))
 }
 
 func (l *Log) putRequest(req *request) {
@@ -539,7 +546,7 @@ func (l *Log) commitLoop() {
 					l.logger.Error("locallog: write failed; refusing appends until reopened", "err", err)
 				}
 			} else {
-				err = fmt.Errorf("locallog: append refused after an earlier write failure: %w", err)
+				err = refusedAfter(err)
 			}
 			for i, req := range l.batch {
 				req.err = err
