@@ -23,9 +23,17 @@
 //     nothing else. A torn tail is truncated, and logged. A bad record anywhere else is
 //     reported by Read as ErrCorrupt, never skipped.
 //   - Retention deletes whole sealed segments, oldest first, never the active one.
-//   - After a failed write or sync, Append fails for good: the file's state is unknown and a
-//     failed fsync cannot be retried safely. Reopening recovers (and truncates what was not
-//     durable).
+//   - A failed round is rolled back, not retried: when a write or sync of any partition
+//     fails, every partition the round wrote is truncated back to its size before the round
+//     (a segment the round created is removed) and synced, and the in-memory state is
+//     restored, so the log continues from its last published record. Retrying the sync would
+//     be unsound: after a failed fsync Linux may have dropped the dirty pages, or marked them
+//     clean without writing them, so the page cache no longer says what the disk holds. The
+//     round's Appends fail with eventlog.ErrNotAppended and later rounds proceed (a full disk
+//     refuses appends until space returns). Records acknowledged before are never touched:
+//     they lie below the truncation point. Only if the rollback fails too does the log fail
+//     for good: the round's Appends get an error of unknown outcome, Err reports the failure,
+//     Run returns it, and reopening recovers.
 //
 // Lock order: Log.mu, then partition.mu; segment.buildMu before partition.mu. No file I/O is
 // done while holding Log.mu or a partition.mu, so a slow disk never blocks readers.
@@ -91,6 +99,7 @@ type Stats struct {
 	AppendedMessages int64         // messages acknowledged by Append
 	AppendedBytes    int64         // value bytes acknowledged by Append
 	Commits          int64         // group commits that acknowledged at least one request
+	Rollbacks        int64         // group commits that failed and were rolled back (or failed the log)
 	Syncs            int64         // fdatasync calls on segment files
 	SyncTime         time.Duration // time spent in those calls, summed (they overlap across partitions)
 	SegmentsDeleted  int64         // segments deleted by retention
@@ -118,7 +127,8 @@ type Log struct {
 	mu      sync.Mutex // guards pending, closed, failed
 	pending []*request
 	closed  bool
-	failed  error // sticky: the first write or sync error
+	failed  error         // sticky: why a round could not be rolled back
+	dead    chan struct{} // closed when failed is set: ends Run
 
 	isClosed atomic.Bool   // closed, readable without mu
 	kick     chan struct{} // wakes the committer; buffered, so a kick is never lost
@@ -133,7 +143,7 @@ type Log struct {
 	roundBytes int64
 
 	stats struct {
-		msgs, bytes, commits, syncs, syncNanos, deleted atomic.Int64
+		msgs, bytes, commits, rollbacks, syncs, syncNanos, deleted atomic.Int64
 	}
 }
 
@@ -163,7 +173,15 @@ type partition struct {
 	lastIdx int64    // position of active's last index entry
 	chunks  []chunk  // this round's writes, one per target segment
 	nchunks int
-	err     error // this round's write error
+	err     error     // this round's write error
+	saved   tailState // the fields above as they were before this round, for a rollback
+}
+
+// tailState is a partition's append position, saved at the start of a round.
+type tailState struct {
+	active              *segment
+	next, lastMs, wsize int64
+	lastIdx             int64
 }
 
 // chunk is one round's records for one segment: a single write call.
@@ -210,6 +228,7 @@ func open(opts Options, syncFile func(*os.File) error) (*Log, error) {
 		kick:    make(chan struct{}, 1),
 		closing: make(chan struct{}),
 		stopped: make(chan struct{}),
+		dead:    make(chan struct{}),
 	}
 	l.reqs.New = func() any { return &request{done: make(chan struct{}, 1)} }
 
@@ -539,12 +558,7 @@ func (l *Log) commitLoop() {
 			}
 			err := failed
 			if err == nil {
-				if err = l.commit(); err != nil {
-					l.mu.Lock()
-					l.failed = err
-					l.mu.Unlock()
-					l.logger.Error("locallog: write failed; refusing appends until reopened", "err", err)
-				}
+				err = l.commit()
 			} else {
 				err = refusedAfter(err)
 			}
@@ -586,6 +600,7 @@ func (l *Log) gather() (n int, failed error, closed bool) {
 			p := l.parts[m.Partition]
 			if p.nchunks == 0 {
 				l.dirty = append(l.dirty, p)
+				p.saved = tailState{active: p.active, next: p.next, lastMs: p.lastMs, wsize: p.wsize, lastIdx: p.lastIdx}
 			}
 			p.add(l.crc, segBytes, ms, m)
 			size += headerSize + int64(len(m.Value))
@@ -641,7 +656,9 @@ func (p *partition) startChunk(create bool) {
 }
 
 // commit writes and syncs every dirty partition, in parallel, and then publishes the new
-// records to readers.
+// records to readers. If any partition fails, it rolls the whole round back and returns an
+// error wrapping eventlog.ErrNotAppended; if the rollback fails too, it fails the log and
+// returns an error of unknown outcome.
 func (l *Log) commit() error {
 	if len(l.dirty) == 0 {
 		return nil
@@ -664,6 +681,19 @@ func (l *Log) commit() error {
 		l.stats.commits.Add(1)
 		l.stats.msgs.Add(l.roundMsgs)
 		l.stats.bytes.Add(l.roundBytes)
+	} else {
+		l.stats.rollbacks.Add(1)
+		var rerrs []error
+		for _, p := range l.dirty {
+			rerrs = append(rerrs, l.rollback(p))
+		}
+		if rerr := errors.Join(rerrs...); rerr != nil {
+			err = fmt.Errorf("locallog: commit failed and could not be rolled back (%w): %w", rerr, err)
+			l.fail(err)
+		} else {
+			l.logger.Warn("locallog: commit failed; rolled back", "messages", l.roundMsgs, "err", err)
+			err = eventlog.NotAppended(fmt.Errorf("locallog: commit failed, rolled back: %w", err))
+		}
 	}
 	for _, p := range l.dirty {
 		p.resetChunks()
@@ -703,6 +733,65 @@ func (l *Log) flush(p *partition) error {
 		}
 	}
 	return nil
+}
+
+// rollback undoes the round's writes to p, on disk and in memory. It removes the segments the
+// round created, newest first, and syncs the directory, before it truncates the segment the
+// round started in: a crash midway then leaves a shorter tail (the round's records in the old
+// segment, still unacknowledged), never a truncated segment followed by a longer one.
+// Truncating only what the round wrote keeps every record acknowledged before.
+func (l *Log) rollback(p *partition) error {
+	removed := false
+	for i := p.nchunks - 1; i >= 0; i-- {
+		c := &p.chunks[i]
+		if !c.create {
+			continue
+		}
+		if c.seg.f != nil {
+			_ = c.seg.f.Close()
+			c.seg.f = nil
+		}
+		if err := os.Remove(c.seg.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("locallog: partition %d: roll back: remove segment %d: %w", p.id, c.seg.base, err)
+		}
+		removed = true
+	}
+	if removed {
+		if err := syncDir(p.dir); err != nil {
+			return fmt.Errorf("locallog: partition %d: roll back: %w", p.id, err)
+		}
+	}
+	if c := &p.chunks[0]; !c.create {
+		if err := c.seg.f.Truncate(c.pos); err != nil {
+			return fmt.Errorf("locallog: partition %d: roll back: truncate segment %d: %w", p.id, c.seg.base, err)
+		}
+		if err := l.sync(c.seg.f); err != nil {
+			return fmt.Errorf("locallog: partition %d: roll back: sync segment %d: %w", p.id, c.seg.base, err)
+		}
+	}
+	sv := p.saved
+	p.active, p.next, p.lastMs, p.wsize, p.lastIdx = sv.active, sv.next, sv.lastMs, sv.wsize, sv.lastIdx
+	return nil
+}
+
+// fail puts the log in its permanent failed state: Append refuses, Err and Run report err.
+func (l *Log) fail(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.failed != nil {
+		return
+	}
+	l.failed = err
+	close(l.dead)
+	l.logger.Error("locallog: write failed and could not be undone; refusing appends until reopened", "err", err)
+}
+
+// Err returns nil while the log is healthy, and the error that failed it once a failed round
+// could not be rolled back. A failed log refuses appends; reopening it recovers.
+func (l *Log) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.failed
 }
 
 // publish makes the round's durable records visible to readers.
@@ -996,12 +1085,17 @@ func (p *partition) scanTime(v view, ms int64) (int64, error) {
 	return v.endOff, nil
 }
 
-// Run enforces retention every Options.RetentionCheck until ctx ends or the log is closed.
-// Failures are logged and retried on the next tick: a full disk is better than a dead ingest.
+// Run enforces retention every Options.RetentionCheck until ctx ends or the log is closed,
+// and returns nil then. Retention failures are logged and retried on the next tick: a full
+// disk is better than a dead ingest. If the log fails for good (see Err), Run returns that
+// error at once, so that the server stops and its supervisor restarts it, which recovers.
 func (l *Log) Run(ctx context.Context) error {
 	t := time.NewTicker(l.opts.RetentionCheck)
 	defer t.Stop()
 	for {
+		if err := l.Err(); err != nil {
+			return err
+		}
 		if err := l.EnforceRetention(); err != nil {
 			if errors.Is(err, eventlog.ErrClosed) {
 				return nil
@@ -1013,6 +1107,7 @@ func (l *Log) Run(ctx context.Context) error {
 			return nil
 		case <-l.closing:
 			return nil
+		case <-l.dead:
 		case <-t.C:
 		}
 	}
@@ -1074,6 +1169,7 @@ func (l *Log) Stats() Stats {
 		AppendedMessages: l.stats.msgs.Load(),
 		AppendedBytes:    l.stats.bytes.Load(),
 		Commits:          l.stats.commits.Load(),
+		Rollbacks:        l.stats.rollbacks.Load(),
 		Syncs:            l.stats.syncs.Load(),
 		SyncTime:         time.Duration(l.stats.syncNanos.Load()),
 		SegmentsDeleted:  l.stats.deleted.Load(),

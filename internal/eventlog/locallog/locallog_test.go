@@ -327,46 +327,69 @@ func TestReadersSeeOnlyDurable(t *testing.T) {
 	}
 }
 
-// TestSyncFailure: a failed fsync fails the Appends of its commit, hides their records from
-// readers, and fails every later Append; reopening recovers.
+// TestSyncFailure: a failed fsync fails the Appends of its commit with ErrNotAppended, and
+// its records are rolled back (gone, also after a reopen); later Appends succeed. If the
+// rollback fails too, the log fails for good: the outcome is unknown, Err and Run report the
+// failure, and Appends are refused until the log is reopened.
 func TestSyncFailure(t *testing.T) {
 	dir := testDir(t)
 	var failing sync.Mutex
-	fail := false
+	failNext := 0 // syncs to fail; -1: all
 	syncFile := func(f *os.File) error {
 		failing.Lock()
 		defer failing.Unlock()
-		if fail {
+		if failNext != 0 {
+			failNext--
 			return errors.New("injected EIO")
 		}
 		return fdatasync(f)
+	}
+	setFail := func(n int) {
+		failing.Lock()
+		failNext = n
+		failing.Unlock()
 	}
 	l, err := open(Options{Dir: dir, Partitions: 1}, syncFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	acked := appendN(t, l, 0, 5, "ok")
-	failing.Lock()
-	fail = true
-	failing.Unlock()
+	setFail(1)
 	ctx := context.Background()
-	if err := l.Append(ctx, []eventlog.Message{{Value: []byte("lost")}}); err == nil {
-		t.Fatal("Append succeeded although its sync failed")
+	if err := l.Append(ctx, []eventlog.Message{{Value: []byte("rolled back")}}); !errors.Is(err, eventlog.ErrNotAppended) {
+		t.Fatalf("Append whose sync failed = %v, want ErrNotAppended", err)
 	}
-	failing.Lock()
-	fail = false
-	failing.Unlock()
-	if err := l.Append(ctx, []eventlog.Message{{Value: []byte("after")}}); err == nil {
-		t.Fatal("Append succeeded after an earlier sync failure")
+	if err := l.Err(); err != nil {
+		t.Fatalf("Err after a rolled-back commit = %v", err)
+	}
+	acked = append(acked, appendN(t, l, 0, 2, "after")...)
+	checkSame(t, readAll(t, l, 0, 0), acked)
+
+	setFail(-1)
+	if err := l.Append(ctx, []eventlog.Message{{Value: []byte("unknown")}}); err == nil || errors.Is(err, eventlog.ErrNotAppended) {
+		t.Fatalf("Append whose sync and rollback failed = %v, want an error of unknown outcome", err)
+	}
+	if l.Err() == nil {
+		t.Fatal("Err = nil after a failed rollback")
+	}
+	if err := l.Run(ctx); err == nil {
+		t.Fatal("Run of a failed log = nil")
+	}
+	setFail(0)
+	if err := l.Append(ctx, []eventlog.Message{{Value: []byte("refused")}}); !errors.Is(err, eventlog.ErrNotAppended) {
+		t.Fatalf("Append to a failed log = %v, want a refusal (ErrNotAppended)", err)
 	}
 	checkSame(t, readAll(t, l, 0, 0), acked)
 	mustClose(t, l)
 
 	l = mustOpen(t, Options{Dir: dir})
-	// The unacknowledged record may or may not be there (its write reached the page cache);
-	// everything acknowledged must be.
+	// The record of unknown outcome may or may not be there (its write reached the page
+	// cache); everything acknowledged must be, and nothing rolled back or refused.
 	got := readAll(t, l, 0, 0)
 	checkSame(t, got[:len(acked)], acked)
+	if len(got) > len(acked)+1 || len(got) == len(acked)+1 && string(got[len(acked)].Value) != "unknown" {
+		t.Errorf("after reopen the log holds %q", values(got))
+	}
 	appendN(t, l, 0, 1, "works")
 }
 
