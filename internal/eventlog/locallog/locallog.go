@@ -45,10 +45,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -57,6 +56,7 @@ import (
 	"time"
 
 	"github.com/adpulse/adpulse/internal/eventlog"
+	"github.com/cockroachdb/pebble/vfs"
 )
 
 var _ eventlog.Log = (*Log)(nil)
@@ -92,6 +92,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock stamping append times and judging retention. Default time.Now.
 	Now func() time.Time
+	// FS is the file system the log lives in; every file operation goes through it. Default
+	// vfs.Default, the operating system's. Its files must also have a Truncate(size int64)
+	// error method, as vfs.Default's do: recovery cuts a torn tail with it, and a failed
+	// commit is rolled back with it (without it, a failed commit fails the log for good).
+	FS vfs.FS
 }
 
 // Stats are the log's counters and sizes, for the server to export as metrics.
@@ -120,9 +125,9 @@ type Log struct {
 	logger *slog.Logger
 	now    func() time.Time
 	crc    *crc32.Table
-	sync   func(*os.File) error // fdatasync; tests substitute faults and pauses
+	fs     vfs.FS
 	parts  []*partition
-	lock   *os.File // holds the directory lock while open
+	lock   io.Closer // holds the directory lock while open
 
 	mu      sync.Mutex // guards pending, closed, failed
 	pending []*request
@@ -159,6 +164,7 @@ type request struct {
 type partition struct {
 	id     int32
 	dir    string
+	fs     vfs.FS
 	logger *slog.Logger
 
 	mu   sync.RWMutex // guards segs, end, and the reader-visible fields of segments
@@ -197,10 +203,6 @@ type chunk struct {
 // Open opens (or creates) the log in opts.Dir, recovering the tail of every partition, and
 // starts its committer. Call Close to release it, and Run to enforce retention.
 func Open(opts Options) (*Log, error) {
-	return open(opts, fdatasync)
-}
-
-func open(opts Options, syncFile func(*os.File) error) (*Log, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("locallog: Options.Dir is empty")
 	}
@@ -219,12 +221,15 @@ func open(opts Options, syncFile func(*os.File) error) (*Log, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.FS == nil {
+		opts.FS = vfs.Default
+	}
 	l := &Log{
 		opts:    opts,
 		logger:  opts.Logger,
 		now:     opts.Now,
 		crc:     crc32.MakeTable(crc32.Castagnoli),
-		sync:    syncFile,
+		fs:      opts.FS,
 		kick:    make(chan struct{}, 1),
 		closing: make(chan struct{}),
 		stopped: make(chan struct{}),
@@ -232,16 +237,12 @@ func open(opts Options, syncFile func(*os.File) error) (*Log, error) {
 	}
 	l.reqs.New = func() any { return &request{done: make(chan struct{}, 1)} }
 
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+	if err := l.createDir(opts.Dir); err != nil {
 		return nil, fmt.Errorf("locallog: create %s: %w", opts.Dir, err)
 	}
-	lock, err := os.OpenFile(filepath.Join(opts.Dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o644)
+	lock, err := l.fs.Lock(l.fs.PathJoin(opts.Dir, "LOCK"))
 	if err != nil {
-		return nil, fmt.Errorf("locallog: open lock file: %w", err)
-	}
-	if err := lockFile(lock); err != nil {
-		_ = lock.Close()
-		return nil, fmt.Errorf("locallog: %w", err)
+		return nil, fmt.Errorf("locallog: lock %s (is another log open on it?): %w", opts.Dir, err)
 	}
 	l.lock = lock
 	n, err := l.loadMeta()
@@ -255,7 +256,7 @@ func open(opts Options, syncFile func(*os.File) error) (*Log, error) {
 		}
 	}
 	if err == nil {
-		err = syncDir(opts.Dir) // partition directories created above
+		err = syncDir(l.fs, opts.Dir) // partition directories created above
 	}
 	if err != nil {
 		l.closeFiles()
@@ -265,18 +266,30 @@ func open(opts Options, syncFile func(*os.File) error) (*Log, error) {
 	return l, nil
 }
 
+// createDir creates dir if it is missing and makes its entry in its parent durable, so a
+// crash cannot take away a directory whose files were synced.
+func (l *Log) createDir(dir string) error {
+	if _, err := l.fs.Stat(dir); err == nil {
+		return nil
+	}
+	if err := l.fs.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return syncDir(l.fs, l.fs.PathDir(dir))
+}
+
 const metaMagic = "adpulse-locallog 1"
 
 // loadMeta returns the partition count stored in Dir, storing opts.Partitions for a new log.
 func (l *Log) loadMeta() (int, error) {
-	path := filepath.Join(l.opts.Dir, "META")
-	b, err := os.ReadFile(path)
+	path := l.fs.PathJoin(l.opts.Dir, "META")
+	b, err := readFile(l.fs, path)
 	if errors.Is(err, fs.ErrNotExist) {
 		n := l.opts.Partitions
 		if n <= 0 {
 			return 0, fmt.Errorf("locallog: new log in %s needs Options.Partitions > 0", l.opts.Dir)
 		}
-		return n, writeFileDurably(path, fmt.Appendf(nil, "%s\npartitions %d\n", metaMagic, n))
+		return n, writeFileDurably(l.fs, path, fmt.Appendf(nil, "%s\npartitions %d\n", metaMagic, n))
 	}
 	if err != nil {
 		return 0, fmt.Errorf("locallog: read %s: %w", path, err)
@@ -298,9 +311,9 @@ func (l *Log) loadMeta() (int, error) {
 }
 
 // writeFileDurably writes a small file so that a crash leaves either no file or all of it.
-func writeFileDurably(path string, data []byte) error {
+func writeFileDurably(fsys vfs.FS, path string, data []byte) error {
 	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
+	f, err := fsys.Create(tmp)
 	if err != nil {
 		return fmt.Errorf("locallog: %w", err)
 	}
@@ -312,10 +325,10 @@ func writeFileDurably(path string, data []byte) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, path)
+		err = fsys.Rename(tmp, path)
 	}
 	if err == nil {
-		err = syncDir(filepath.Dir(path))
+		err = syncDir(fsys, fsys.PathDir(path))
 	}
 	if err != nil {
 		return fmt.Errorf("locallog: write %s: %w", path, err)
@@ -327,15 +340,15 @@ func writeFileDurably(path string, data []byte) error {
 // of the last one. Older segments are only opened: their first header gives their start
 // time, and their index is built on first read.
 func (l *Log) openPartition(id int) (*partition, error) {
-	dir := filepath.Join(l.opts.Dir, "p"+strconv.Itoa(id))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	dir := l.fs.PathJoin(l.opts.Dir, "p"+strconv.Itoa(id))
+	if err := l.fs.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("locallog: create %s: %w", dir, err)
 	}
-	bases, err := listSegments(dir)
+	bases, err := listSegments(l.fs, dir)
 	if err != nil {
 		return nil, fmt.Errorf("locallog: list segments of partition %d: %w", id, err)
 	}
-	p := &partition{id: int32(id), dir: dir, logger: l.logger}
+	p := &partition{id: int32(id), dir: dir, fs: l.fs, logger: l.logger}
 	var segs []*segment
 	fail := func(err error) (*partition, error) {
 		for _, s := range segs {
@@ -348,24 +361,24 @@ func (l *Log) openPartition(id int) (*partition, error) {
 	}
 	for p.active == nil {
 		if len(bases) == 0 {
-			f, err := os.OpenFile(segmentPath(dir, 0), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+			f, err := createSegment(l.fs, segmentPath(l.fs, dir, 0))
 			if err != nil {
 				return fail(fmt.Errorf("locallog: create first segment of partition %d: %w", id, err))
 			}
-			if err := syncDir(dir); err != nil {
+			if err := syncDir(l.fs, dir); err != nil {
 				_ = f.Close()
 				return fail(fmt.Errorf("locallog: %w", err))
 			}
-			p.active = newSegment(dir, 0, f)
+			p.active = newSegment(l.fs, dir, 0, f)
 			p.lastIdx = -indexInterval
 			break
 		}
 		base := bases[len(bases)-1]
-		f, err := os.OpenFile(segmentPath(dir, base), os.O_RDWR, 0)
+		f, err := l.fs.OpenReadWrite(segmentPath(l.fs, dir, base))
 		if err != nil {
 			return fail(fmt.Errorf("locallog: open segment %d of partition %d: %w", base, id, err))
 		}
-		s := newSegment(dir, base, f)
+		s := newSegment(l.fs, dir, base, f)
 		if err := l.recoverTail(p, s); err != nil {
 			_ = f.Close()
 			return fail(err)
@@ -374,10 +387,10 @@ func (l *Log) openPartition(id int) (*partition, error) {
 			// An empty segment after others is a roll whose records did not survive. Drop it,
 			// so the previous segment becomes the tail and is validated like any tail.
 			_ = f.Close()
-			if err := os.Remove(s.path); err != nil {
+			if err := l.fs.Remove(s.path); err != nil {
 				return fail(fmt.Errorf("locallog: remove empty segment: %w", err))
 			}
-			if err := syncDir(dir); err != nil {
+			if err := syncDir(l.fs, dir); err != nil {
 				return fail(fmt.Errorf("locallog: %w", err))
 			}
 			l.logger.Warn("locallog: removed empty last segment", "partition", id, "segment", s.path)
@@ -388,11 +401,11 @@ func (l *Log) openPartition(id int) (*partition, error) {
 	}
 	prevMs := int64(0)
 	for _, base := range bases[:max(len(bases)-1, 0)] {
-		f, err := os.Open(segmentPath(dir, base))
+		f, err := l.fs.Open(segmentPath(l.fs, dir, base))
 		if err != nil {
 			return fail(fmt.Errorf("locallog: open segment %d of partition %d: %w", base, id, err))
 		}
-		s := newSegment(dir, base, f)
+		s := newSegment(l.fs, dir, base, f)
 		segs = append(segs, s)
 		st, err := f.Stat()
 		if err != nil {
@@ -432,10 +445,10 @@ func (l *Log) recoverTail(p *partition, s *segment) error {
 	if res.end < size {
 		l.logger.Warn("locallog: truncating torn tail", "partition", p.id, "segment", s.path,
 			"at_byte", res.end, "dropped_bytes", size-res.end, "kept_records", res.count, "reason", res.err)
-		if err := s.f.Truncate(res.end); err != nil {
+		if err := truncate(s.f, res.end); err != nil {
 			return fmt.Errorf("locallog: truncate %s: %w", s.path, err)
 		}
-		if err := l.sync(s.f); err != nil {
+		if err := s.f.SyncData(); err != nil {
 			return fmt.Errorf("locallog: sync %s: %w", s.path, err)
 		}
 	}
@@ -620,7 +633,7 @@ func (p *partition) add(tab *crc32.Table, segBytes, ms int64, m *eventlog.Messag
 	recSize := headerSize + int64(len(m.Value))
 	switch {
 	case p.wsize > 0 && p.wsize+recSize > segBytes:
-		p.active = newSegment(p.dir, p.next, nil)
+		p.active = newSegment(p.fs, p.dir, p.next, nil)
 		p.active.indexed = true
 		p.wsize = 0
 		p.startChunk(true)
@@ -710,7 +723,7 @@ func (l *Log) flush(p *partition) error {
 	for i := range p.chunks[:p.nchunks] {
 		c := &p.chunks[i]
 		if c.create {
-			f, err := os.OpenFile(c.seg.path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+			f, err := createSegment(p.fs, c.seg.path)
 			if err != nil {
 				return fmt.Errorf("locallog: partition %d: create segment: %w", p.id, err)
 			}
@@ -720,7 +733,7 @@ func (l *Log) flush(p *partition) error {
 			return fmt.Errorf("locallog: partition %d: write segment %d: %w", p.id, c.seg.base, err)
 		}
 		start := time.Now()
-		err := l.sync(c.seg.f)
+		err := c.seg.f.SyncData()
 		l.stats.syncs.Add(1)
 		l.stats.syncNanos.Add(int64(time.Since(start)))
 		if err != nil {
@@ -728,7 +741,7 @@ func (l *Log) flush(p *partition) error {
 		}
 	}
 	if created {
-		if err := syncDir(p.dir); err != nil {
+		if err := syncDir(p.fs, p.dir); err != nil {
 			return fmt.Errorf("locallog: partition %d: %w", p.id, err)
 		}
 	}
@@ -751,21 +764,21 @@ func (l *Log) rollback(p *partition) error {
 			_ = c.seg.f.Close()
 			c.seg.f = nil
 		}
-		if err := os.Remove(c.seg.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := p.fs.Remove(c.seg.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("locallog: partition %d: roll back: remove segment %d: %w", p.id, c.seg.base, err)
 		}
 		removed = true
 	}
 	if removed {
-		if err := syncDir(p.dir); err != nil {
+		if err := syncDir(p.fs, p.dir); err != nil {
 			return fmt.Errorf("locallog: partition %d: roll back: %w", p.id, err)
 		}
 	}
 	if c := &p.chunks[0]; !c.create {
-		if err := c.seg.f.Truncate(c.pos); err != nil {
+		if err := truncate(c.seg.f, c.pos); err != nil {
 			return fmt.Errorf("locallog: partition %d: roll back: truncate segment %d: %w", p.id, c.seg.base, err)
 		}
-		if err := l.sync(c.seg.f); err != nil {
+		if err := c.seg.f.SyncData(); err != nil {
 			return fmt.Errorf("locallog: partition %d: roll back: sync segment %d: %w", p.id, c.seg.base, err)
 		}
 	}
@@ -1152,7 +1165,7 @@ func (l *Log) EnforceRetention() error {
 		// Unlink oldest first, so a crash midway leaves a contiguous run of segments. Readers
 		// still holding a segment keep reading the unlinked file until they release it.
 		for _, s := range old {
-			if err := os.Remove(s.path); err != nil {
+			if err := l.fs.Remove(s.path); err != nil {
 				errs = append(errs, fmt.Errorf("locallog: retention: %w", err))
 			}
 			s.release()

@@ -201,9 +201,7 @@ func TestTornTail(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			seed := time.Now().UnixNano()
-			t.Logf("seed %d", seed)
-			rng := rand.New(rand.NewPCG(uint64(seed), 1))
+			rng := rand.New(rand.NewPCG(testSeed(t), 1))
 			dir := testDir(t)
 			logs := &logBuffer{}
 			opts := Options{Dir: dir, Partitions: 2, Logger: slog.New(slog.NewTextHandler(logs, nil))}
@@ -291,19 +289,9 @@ func TestTornTailNotResurrected(t *testing.T) {
 func TestReadersSeeOnlyDurable(t *testing.T) {
 	entered := make(chan struct{})
 	release := make(chan struct{})
-	var hold sync.Once
-	syncFile := func(f *os.File) error {
-		hold.Do(func() {
-			close(entered)
-			<-release
-		})
-		return fdatasync(f)
-	}
-	l, err := open(Options{Dir: testDir(t), Partitions: 1}, syncFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	fs := newFaultFS()
+	l := mustOpen(t, Options{Dir: testDir(t), Partitions: 1, FS: fs})
+	fs.setInject(holdFirstSync(entered, release))
 	ctx := context.Background()
 	done := make(chan error, 1)
 	msg := []eventlog.Message{{Value: []byte("pending")}}
@@ -335,24 +323,22 @@ func TestSyncFailure(t *testing.T) {
 	dir := testDir(t)
 	var failing sync.Mutex
 	failNext := 0 // syncs to fail; -1: all
-	syncFile := func(f *os.File) error {
+	fs := newFaultFS()
+	fs.setInject(func(op faultOp, path string) (error, bool) {
 		failing.Lock()
 		defer failing.Unlock()
-		if failNext != 0 {
+		if op == opSync && failNext != 0 {
 			failNext--
-			return errors.New("injected EIO")
+			return errors.New("injected EIO"), false
 		}
-		return fdatasync(f)
-	}
+		return nil, false
+	})
 	setFail := func(n int) {
 		failing.Lock()
 		failNext = n
 		failing.Unlock()
 	}
-	l, err := open(Options{Dir: dir, Partitions: 1}, syncFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := mustOpen(t, Options{Dir: dir, Partitions: 1, FS: fs})
 	acked := appendN(t, l, 0, 5, "ok")
 	setFail(1)
 	ctx := context.Background()
@@ -398,19 +384,9 @@ func TestSyncFailure(t *testing.T) {
 func TestAppendCanceledWhileQueued(t *testing.T) {
 	entered := make(chan struct{})
 	release := make(chan struct{})
-	var hold sync.Once
-	syncFile := func(f *os.File) error {
-		hold.Do(func() {
-			close(entered)
-			<-release
-		})
-		return fdatasync(f)
-	}
-	l, err := open(Options{Dir: testDir(t), Partitions: 1}, syncFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	fs := newFaultFS()
+	l := mustOpen(t, Options{Dir: testDir(t), Partitions: 1, FS: fs})
+	fs.setInject(holdFirstSync(entered, release))
 	first := make(chan error, 1)
 	go func() { first <- l.Append(context.Background(), []eventlog.Message{{Value: []byte("first")}}) }()
 	<-entered // the committer is busy with "first"
@@ -428,6 +404,21 @@ func TestAppendCanceledWhileQueued(t *testing.T) {
 	got := readAll(t, l, 0, 0)
 	if len(got) != 2 || string(got[0].Value) != "first" || !strings.HasPrefix(string(got[1].Value), "last") {
 		t.Errorf("log holds %q, want first and last only", values(got))
+	}
+}
+
+// holdFirstSync is a faultFS injection that holds the first sync of a segment file until
+// release is closed, after closing entered.
+func holdFirstSync(entered, release chan struct{}) func(faultOp, string) (error, bool) {
+	var hold sync.Once
+	return func(op faultOp, path string) (error, bool) {
+		if op == opSync && tracked(path) {
+			hold.Do(func() {
+				close(entered)
+				<-release
+			})
+		}
+		return nil, false
 	}
 }
 
@@ -524,9 +515,7 @@ func TestSegmentRoll(t *testing.T) {
 // TestRandomReads checks the sparse index: reads at random offsets, across segments, before and
 // after a reopen (which leaves sealed segments to be indexed lazily), with random maxBytes.
 func TestRandomReads(t *testing.T) {
-	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(uint64(seed), 2))
+	rng := rand.New(rand.NewPCG(testSeed(t), 2))
 	dir := testDir(t)
 	opts := Options{Dir: dir, Partitions: 1, SegmentBytes: 64 << 10}
 	l := mustOpen(t, opts)
