@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -197,6 +198,113 @@ func TestCanceledAppendNeverDurable(t *testing.T) {
 	o.check(t, l, false)
 	mustClose(t, l)
 	o.check(t, mustOpen(t, opts), false)
+}
+
+// TestSyncFailure: a failed fsync fails the Appends of its commit with ErrNotAppended, and
+// its records are rolled back (gone, also after a reopen); later Appends succeed. If the
+// rollback fails too, the log fails for good: the outcome is unknown, Err and Run report the
+// failure, and Appends are refused until the log is reopened.
+func TestSyncFailure(t *testing.T) {
+	dir := testDir(t)
+	var failing sync.Mutex
+	failNext := 0 // syncs to fail; -1: all
+	fs := newFaultFS()
+	fs.setInject(func(op faultOp, path string) (error, bool) {
+		failing.Lock()
+		defer failing.Unlock()
+		if op == opSync && failNext != 0 {
+			failNext--
+			return errors.New("injected EIO"), false
+		}
+		return nil, false
+	})
+	setFail := func(n int) {
+		failing.Lock()
+		failNext = n
+		failing.Unlock()
+	}
+	l := mustOpen(t, Options{Dir: dir, Partitions: 1, FS: fs})
+	acked := appendN(t, l, 0, 5, "ok")
+	setFail(1)
+	ctx := context.Background()
+	if err := l.Append(ctx, []eventlog.Message{{Value: []byte("rolled back")}}); !errors.Is(err, eventlog.ErrNotAppended) {
+		t.Fatalf("Append whose sync failed = %v, want ErrNotAppended", err)
+	}
+	if err := l.Err(); err != nil {
+		t.Fatalf("Err after a rolled-back commit = %v", err)
+	}
+	acked = append(acked, appendN(t, l, 0, 2, "after")...)
+	checkSame(t, readAll(t, l, 0, 0), acked)
+
+	setFail(-1)
+	if err := l.Append(ctx, []eventlog.Message{{Value: []byte("unknown")}}); err == nil || errors.Is(err, eventlog.ErrNotAppended) {
+		t.Fatalf("Append whose sync and rollback failed = %v, want an error of unknown outcome", err)
+	}
+	if l.Err() == nil {
+		t.Fatal("Err = nil after a failed rollback")
+	}
+	if err := l.Run(ctx); err == nil {
+		t.Fatal("Run of a failed log = nil")
+	}
+	setFail(0)
+	if err := l.Append(ctx, []eventlog.Message{{Value: []byte("refused")}}); !errors.Is(err, eventlog.ErrNotAppended) {
+		t.Fatalf("Append to a failed log = %v, want a refusal (ErrNotAppended)", err)
+	}
+	checkSame(t, readAll(t, l, 0, 0), acked)
+	mustClose(t, l)
+
+	l = mustOpen(t, Options{Dir: dir})
+	// The record of unknown outcome may or may not be there (its write reached the page
+	// cache); everything acknowledged must be, and nothing rolled back or refused.
+	got := readAll(t, l, 0, 0)
+	checkSame(t, got[:len(acked)], acked)
+	if len(got) > len(acked)+1 || len(got) == len(acked)+1 && string(got[len(acked)].Value) != "unknown" {
+		t.Errorf("after reopen the log holds %q", values(got))
+	}
+	appendN(t, l, 0, 1, "works")
+}
+
+// TestAppendCanceledWhileQueued: an Append whose context ends before the committer takes it is
+// withdrawn and never written.
+func TestAppendCanceledWhileQueued(t *testing.T) {
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	fs := newFaultFS()
+	l := mustOpen(t, Options{Dir: testDir(t), Partitions: 1, FS: fs})
+	fs.setInject(holdFirstSync(entered, release))
+	first := make(chan error, 1)
+	go func() { first <- l.Append(context.Background(), []eventlog.Message{{Value: []byte("first")}}) }()
+	<-entered // the committer is busy with "first"
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := l.Append(ctx, []eventlog.Message{{Value: []byte("withdrawn")}}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("queued Append with an expiring context = %v, want DeadlineExceeded", err)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, 0, 1, "last")
+	got := readAll(t, l, 0, 0)
+	if len(got) != 2 || string(got[0].Value) != "first" || !strings.HasPrefix(string(got[1].Value), "last") {
+		t.Errorf("log holds %q, want first and last only", values(got))
+	}
+}
+
+// holdFirstSync is a faultFS injection that holds the first sync of a segment file until
+// release is closed, after closing entered.
+func holdFirstSync(entered, release chan struct{}) func(faultOp, string) (error, bool) {
+	var hold sync.Once
+	return func(op faultOp, path string) (error, bool) {
+		if op == opSync && tracked(path) {
+			hold.Do(func() {
+				close(entered)
+				<-release
+			})
+		}
+		return nil, false
+	}
 }
 
 // errCrashed stands for the outcome of an Append that returned after the simulated crash
