@@ -323,12 +323,13 @@ func (l *Log) rollback(p *partition) error {
 // fail puts the log in its permanent failed state: Append refuses, Err and Run report err.
 func (l *Log) fail(err error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.failed != nil {
+		l.mu.Unlock()
 		return
 	}
 	l.failed = err
 	close(l.dead)
+	l.mu.Unlock()
 	l.logger.Error("locallog: write failed and could not be undone; refusing appends until reopened", "err", err)
 }
 
@@ -370,4 +371,5 @@ func (p *partition) resetChunks() {
 	}
 	p.nchunks = 0
 	p.err = nil
+	p.saved = tailState{}
 }
