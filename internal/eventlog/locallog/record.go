@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-	"os"
+
+	"github.com/cockroachdb/pebble/vfs"
 )
 
 // Record framing. Every record is a 16-byte header followed by its value:
@@ -74,7 +75,7 @@ func parseHeader(h []byte) (header, error) {
 // recordReader reads records of one segment file with pread, in chunks, so that a scan makes
 // one system call per chunk rather than one per record.
 type recordReader struct {
-	f     *os.File
+	f     vfs.File
 	limit int64 // bytes of the file that may be read: the durable or validated size
 	chunk int   // preferred size of one read
 	// fresh makes every read use a new buffer, so that slices returned earlier stay valid

@@ -4,13 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/vfs"
 )
 
 // indexInterval is the spacing of sparse index entries in bytes: a Read skips at most this
@@ -33,7 +35,7 @@ type indexEntry struct {
 type segment struct {
 	base int64
 	path string
-	f    *os.File
+	f    vfs.File
 
 	// refs counts the partition's segment list (one reference while the segment is listed)
 	// and every reader using f. The last release closes f, so retention and Close never pull
@@ -53,14 +55,26 @@ type segment struct {
 	buildMu sync.Mutex
 }
 
-func newSegment(dir string, base int64, f *os.File) *segment {
-	s := &segment{base: base, path: segmentPath(dir, base), f: f, firstMs: -1, lastMs: -1, bad: -1}
+func newSegment(fsys vfs.FS, dir string, base int64, f vfs.File) *segment {
+	s := &segment{base: base, path: segmentPath(fsys, dir, base), f: f, firstMs: -1, lastMs: -1, bad: -1}
 	s.refs.Store(1)
 	return s
 }
 
-func segmentPath(dir string, base int64) string {
-	return filepath.Join(dir, fmt.Sprintf("%020d.log", base))
+func segmentPath(fsys vfs.FS, dir string, base int64) string {
+	return fsys.PathJoin(dir, fmt.Sprintf("%020d.log", base))
+}
+
+// createSegment creates a new segment file. It refuses to replace one (vfs.FS.Create would):
+// a file already there is one this log does not know about, and its records are not ours
+// to drop.
+func createSegment(fsys vfs.FS, path string) (vfs.File, error) {
+	if _, err := fsys.Stat(path); err == nil {
+		return nil, fmt.Errorf("create %s: %w", path, os.ErrExist)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	return fsys.Create(path)
 }
 
 // release drops one reference; the last one closes the file.
@@ -71,15 +85,15 @@ func (s *segment) release() {
 }
 
 // listSegments returns the base offsets of the segment files in dir, ascending.
-func listSegments(dir string) ([]int64, error) {
-	entries, err := os.ReadDir(dir)
+func listSegments(fsys vfs.FS, dir string) ([]int64, error) {
+	names, err := fsys.List(dir)
 	if err != nil {
 		return nil, err
 	}
 	var bases []int64
-	for _, e := range entries {
-		name, ok := strings.CutSuffix(e.Name(), ".log")
-		if !ok || e.IsDir() || len(name) != 20 {
+	for _, n := range names {
+		name, ok := strings.CutSuffix(n, ".log")
+		if !ok || len(name) != 20 {
 			continue
 		}
 		base, err := strconv.ParseInt(name, 10, 64)
@@ -119,7 +133,7 @@ type scanResult struct {
 // verify it checks every checksum (recovery of the active segment); without it reads headers
 // only (lazy index of a sealed segment, whose checksums Read verifies). It stops at the first
 // bad record, or after maxRecords records.
-func scan(f *os.File, base, limit, maxRecords int64, verify bool, tab *crc32.Table) scanResult {
+func scan(f vfs.File, base, limit, maxRecords int64, verify bool, tab *crc32.Table) scanResult {
 	r := recordReader{f: f, limit: limit, chunk: scanChunk}
 	res := scanResult{firstMs: -1, lastMs: -1}
 	lastIdx := int64(-indexInterval)
@@ -148,7 +162,7 @@ func scan(f *os.File, base, limit, maxRecords int64, verify bool, tab *crc32.Tab
 }
 
 // readFirstTime returns the append time of a segment's first record from its header alone.
-func readFirstTime(f *os.File, size int64) (int64, error) {
+func readFirstTime(f vfs.File, size int64) (int64, error) {
 	r := recordReader{f: f, limit: size, chunk: headerSize}
 	hd, err := r.header(0)
 	if err != nil {
@@ -158,8 +172,8 @@ func readFirstTime(f *os.File, size int64) (int64, error) {
 }
 
 // syncDir makes a directory's entries (created or removed files) durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+func syncDir(fsys vfs.FS, dir string) error {
+	d, err := fsys.OpenDir(dir)
 	if err != nil {
 		return err
 	}
@@ -177,4 +191,25 @@ func syncDir(dir string) error {
 // checksum) rather than about reading them.
 func isTorn(err error) bool {
 	return errors.Is(err, errShort) || errors.Is(err, errBadRecord)
+}
+
+// truncate cuts f to size bytes. vfs.File has no Truncate, but the files of vfs.Default (an
+// *os.File inside) have one; a file system whose files lack it cannot recover a torn tail or
+// roll back a failed commit.
+func truncate(f vfs.File, size int64) error {
+	t, ok := f.(interface{ Truncate(size int64) error })
+	if !ok {
+		return fmt.Errorf("truncate: %T has no Truncate method", f)
+	}
+	return t.Truncate(size)
+}
+
+// readFile returns the contents of a small file.
+func readFile(fsys vfs.FS, path string) ([]byte, error) {
+	f, err := fsys.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
 }
