@@ -43,7 +43,7 @@ type namedComponent struct {
 // have stay zero (and partitions empty).
 type logStats struct {
 	AppendedMessages, AppendedBytes, Commits int64
-	Syncs, SegmentsDeleted                   int64
+	Syncs, SegmentsDeleted, Rollbacks        int64
 	SyncTime                                 time.Duration
 	Partitions                               []logPartitionStats
 }
@@ -87,7 +87,7 @@ func (b *backends) openLog(ctx context.Context, cfg *config.Config, dir *dataDir
 	b.logStats = func() logStats {
 		ls := l.Stats()
 		out := logStats{AppendedMessages: ls.AppendedMessages, AppendedBytes: ls.AppendedBytes, Commits: ls.Commits,
-			Syncs: ls.Syncs, SyncTime: ls.SyncTime, SegmentsDeleted: ls.SegmentsDeleted}
+			Syncs: ls.Syncs, SyncTime: ls.SyncTime, SegmentsDeleted: ls.SegmentsDeleted, Rollbacks: ls.Rollbacks}
 		for _, ps := range ls.Partitions {
 			out.Partitions = append(out.Partitions, logPartitionStats{Start: ps.Start, End: ps.End, Bytes: ps.Bytes})
 		}

@@ -26,6 +26,7 @@ var collectorDefs = []metricDef{
 	{"adpulse_eventlog_syncs_total", "fdatasync calls on event log segments.", prometheus.CounterValue, nil},
 	{"adpulse_eventlog_sync_seconds_total", "Time spent in fdatasync on event log segments.", prometheus.CounterValue, nil},
 	{"adpulse_eventlog_segments_deleted_total", "Segments deleted by retention.", prometheus.CounterValue, nil},
+	{"adpulse_eventlog_rollbacks_total", "Group commits that failed (write, fsync, disk full) and were rolled back: nothing of them acknowledged.", prometheus.CounterValue, nil},
 	{"adpulse_eventlog_end_offset", "Next offset to be assigned, per partition.", prometheus.GaugeValue, []string{"partition"}},
 	{"adpulse_eventlog_start_offset", "First retained offset, per partition.", prometheus.GaugeValue, []string{"partition"}},
 	{"adpulse_eventlog_bytes", "Durable bytes on disk, per partition.", prometheus.GaugeValue, []string{"partition"}},
@@ -96,6 +97,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	emit("adpulse_eventlog_syncs_total", float64(ls.Syncs))
 	emit("adpulse_eventlog_sync_seconds_total", ls.SyncTime.Seconds())
 	emit("adpulse_eventlog_segments_deleted_total", float64(ls.SegmentsDeleted))
+	emit("adpulse_eventlog_rollbacks_total", float64(ls.Rollbacks))
 	for p, ps := range ls.Partitions {
 		part := strconv.Itoa(p)
 		emit("adpulse_eventlog_end_offset", float64(ps.End), part)

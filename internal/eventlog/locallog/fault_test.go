@@ -3,7 +3,6 @@ package locallog
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -14,22 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/testseed"
+
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/cockroachdb/pebble/vfs"
 )
 
-var seedFlag = flag.Uint64("seed", 0, "seed of the random tests (0: from the clock)")
-
-// testSeed returns the seed of a randomized test and logs it, so that a failure can be replayed.
-func testSeed(t testing.TB) uint64 {
-	t.Helper()
-	s := *seedFlag
-	if s == 0 {
-		s = uint64(time.Now().UnixNano())
-	}
-	t.Logf("seed %d (replay with -seed %d)", s, s)
-	return s
-}
+// testSeed is the repository's seed convention (internal/testseed).
+func testSeed(t testing.TB) uint64 { return testseed.Seed(t) }
 
 // outcomes records what every Append of a randomized test returned, by value: each value is
 // appended once, so a value read back names the Append that wrote it.
