@@ -186,6 +186,8 @@ type Publisher struct {
 	resync  bool          // a resync is due: totals handed over meanwhile are left to it
 	kick    chan struct{} // wakes RunViews; buffered
 
+	syncedCheck time.Duration // how often RunViews looks for views:synced; tests shorten it
+
 	closed atomic.Bool
 	stats  struct {
 		feedWrites, feedRefreshes, feedErrors                                       atomic.Int64
@@ -227,6 +229,7 @@ func Open(ctx context.Context, o Options) (*Publisher, error) {
 		pending:     make(map[viewKey]int64),
 		resync:      true, // nothing is known of what Redis holds until the first resync
 		kick:        make(chan struct{}, 1),
+		syncedCheck: defaultSyncedCheck,
 	}
 	p.nextKey = p.feedKey + ":next:" + hex.EncodeToString(id[:])
 	pctx, cancel := context.WithTimeout(ctx, o.Timeout)

@@ -21,8 +21,8 @@ var _ ViewSource = (*billing.Charger)(nil)
 // viewsChunk is the number of totals per pipeline.
 const viewsChunk = 4096
 
-// syncedCheck is how often RunViews checks that Redis still has views:synced.
-const syncedCheck = 5 * time.Second
+// defaultSyncedCheck is how often RunViews checks that Redis still has views:synced.
+const defaultSyncedCheck = 5 * time.Second
 
 // Retry delays of RunViews after a failure. The first is not below Timeout: see the package
 // comment on writes that time out.
@@ -77,7 +77,7 @@ func (p *Publisher) PublishViews(ctx context.Context, day time.Time, counts map[
 // Charger), until ctx is done; it resyncs again when Redis lost views:synced or the queue
 // overflowed. Failures are logged, counted and retried; it returns nil when ctx is done.
 func (p *Publisher) RunViews(ctx context.Context, src ViewSource) error {
-	check := time.NewTicker(syncedCheck)
+	check := time.NewTicker(p.syncedCheck)
 	defer check.Stop()
 	retry := p.o.Timeout
 	for ctx.Err() == nil {
@@ -284,7 +284,9 @@ func (p *Publisher) writeViews(ctx context.Context, vs []billing.ViewCount) erro
 		pipe := p.rdb.Pipeline()
 		for _, h := range chunk {
 			pipe.HSet(rctx, h.key, h.args...)
-			pipe.PExpireAt(rctx, h.key, h.exp)
+			// Relative, so that the expiry follows the publisher's clock (the one that
+			// decides the day), not Redis's.
+			pipe.PExpire(rctx, h.key, h.exp.Sub(now))
 		}
 		_, err = pipe.Exec(rctx)
 		cancel()
