@@ -41,8 +41,8 @@
 // # User views: exact
 //
 // billing commits a round's view counts together with the log offsets they came from, and
-// then hands ViewsCommitted (billing.Options.OnViews) the committed totals of every (day,
-// user, catalog) the round changed. They are absolute values, and they are written as such
+// then hands ViewsCommitted (billing.Options.OnViews), in commit order, the committed totals
+// of every (day, user, catalog) the round changed. They are absolute values, and they are written as such
 // (HSET, never HINCRBY): writing a total twice, after a retry or a restart, leaves it as it
 // was, so Redis cannot count an impression twice. Totals wait in a map that keeps the newest
 // total per count, and RunViews writes them, in order, by one goroutine; a failed write puts
@@ -65,6 +65,17 @@
 //
 // Keys of one feed must be in one slot: this works on a single Redis server (with its
 // replicas), not a Redis Cluster.
+//
+// # Wiring
+//
+// The server opens a Publisher with the backend timeout and hands it to billing:
+//
+//	pub, err := servingredis.Open(ctx, servingredis.Options{Addr: addr, Timeout: backendTimeout, Logger: logger})
+//	charger, err := billing.Open(ctx, billing.Options{ /* ... */
+//		Publisher: pub, OnViews: pub.ViewsCommitted, FeedInterval: servingredis.FeedInterval})
+//
+// runs charger.Run(ctx) and pub.RunViews(ctx, charger) in its component group, closes the
+// charger and then the Publisher after both returned, and exports pub.Stats().
 package servingredis
 
 import (
@@ -275,8 +286,10 @@ func (p *Publisher) Stats() Stats {
 	return s
 }
 
-// FeedKey, VersionKey and ViewsKey name the keys ad servers read.
-func (p *Publisher) FeedKey() string    { return p.feedKey }
+// FeedKey is the key of the feed hash ad servers read.
+func (p *Publisher) FeedKey() string { return p.feedKey }
+
+// VersionKey is the key of the feed's version.
 func (p *Publisher) VersionKey() string { return p.versionKey }
 
 // ViewsKey is the key of userID's views on the UTC date of day.
