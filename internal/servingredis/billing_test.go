@@ -280,3 +280,62 @@ func TestWithBilling(t *testing.T) {
 		t.Errorf("publisher stats %+v", ps)
 	}
 }
+
+// BenchmarkFeedCycle is one FeedInterval's work at 10 000 campaigns: billing computes the feed
+// (Charger.Feed) and the Publisher writes it, changed (a new version) or unchanged.
+func BenchmarkFeedCycle(b *testing.B) {
+	addr := testAddr(b)
+	cat := &fakeCatalog{ads: map[string]catalog.AdInfo{}, camps: map[string]catalog.CampaignInfo{}}
+	for i := range 10_000 {
+		id := "c" + strconv.Itoa(i)
+		cat.camps[id] = catalog.CampaignInfo{CampaignID: id, AdvertiserID: "adv1", Status: catalog.StatusActive, CPCBidMicros: 100_000, DailyBudgetMicros: 1e9}
+	}
+	dir := b.TempDir()
+	log, err := locallog.Open(locallog.Options{Dir: filepath.Join(dir, "log"), Partitions: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer log.Close()
+	store, err := pebblestore.Open(filepath.Join(dir, "metrics"), pebblestore.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	ctx := context.Background()
+	c, err := billing.Open(ctx, billing.Options{Dir: filepath.Join(dir, "billing"), Log: log, Catalog: cat, Metrics: store})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	p, err := Open(ctx, Options{Addr: addr, KeyPrefix: testPrefix(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	b.Run("compute", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := c.Feed(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	feed, err := c.Feed(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("publish=changed", func(b *testing.B) {
+		for i := 0; b.Loop(); i++ {
+			feed.Campaigns[0].CPCBidMicros = int64(i)
+			if err := p.Publish(ctx, feed); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("publish=unchanged", func(b *testing.B) {
+		for b.Loop() {
+			if err := p.Publish(ctx, feed); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
