@@ -97,7 +97,9 @@ import (
 var _ billing.Publisher = (*Publisher)(nil)
 
 // FeedInterval is the billing.Options.FeedInterval to use with a Publisher: short enough that
-// a change reaches Redis within a second.
+// a change reaches Redis within a second. Its cost grows with the campaigns: at 10 000,
+// billing computes the feed in about 30 ms and a changed feed is written in about 20 ms (an
+// unchanged one in under 1 ms; BenchmarkFeedCycle), so about an eighth of a core.
 const FeedInterval = 250 * time.Millisecond
 
 // Defaults of Options.

@@ -176,7 +176,8 @@ func (p *Publisher) drain(ctx context.Context) error {
 // Resync rewrites the views of every day whose hashes have not expired from src's committed
 // state, then marks Redis with views:synced. Totals queued before it started are dropped (the
 // snapshot holds them or newer ones); those queued while it runs are written after it.
-// RunViews calls it; it is exported for tools that repair Redis by hand.
+// RunViews calls it; it is exported for tools that repair Redis by hand, and must not run
+// while RunViews does (the order of writes is RunViews's).
 func (p *Publisher) Resync(ctx context.Context, src ViewSource) error {
 	p.viewsMu.Lock()
 	p.resync = false
