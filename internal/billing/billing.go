@@ -123,6 +123,10 @@ type Options struct {
 	Consumer string
 	// Publisher, if set, receives the serving feed every FeedInterval (the Redis seam).
 	Publisher Publisher
+	// OnViews, if set, receives after each commit that counted user views the committed
+	// totals of the counts it changed (the Redis seam for views). The writer calls it in
+	// commit order, after the commit, so it must not block: queue and return.
+	OnViews func([]ViewCount)
 	// ViewRetentionDays is how many UTC days of user views are kept, today included (default 7).
 	ViewRetentionDays int
 	// DedupSpan is how long the user views' duplicate filter remembers an impression key

@@ -545,6 +545,7 @@ func (w *writer) commit(b *batchState) error {
 			return fmt.Errorf("batch set total spend: %w", err)
 		}
 	}
+	var views []ViewCount // the committed totals, for OnViews
 	for k, n := range b.views {
 		cur, err := getInt(w.db, []byte(k))
 		if err != nil {
@@ -552,6 +553,10 @@ func (w *writer) commit(b *batchState) error {
 		}
 		if err := wb.Set([]byte(k), appendInt(nil, cur+n), nil); err != nil {
 			return fmt.Errorf("batch set views: %w", err)
+		}
+		if w.o.OnViews != nil {
+			day, user, cat, _ := parseViewsKey([]byte(k))
+			views = append(views, ViewCount{Day: dayTime(day), UserID: user, CatalogID: cat, Count: cur + n})
 		}
 	}
 	if b.expire > 0 {
@@ -607,6 +612,9 @@ func (w *writer) commit(b *batchState) error {
 		w.c.journalNext.Store(w.journalNext)
 	}
 	w.c.recordBatch(b, lat, w.next)
+	if len(views) > 0 {
+		w.o.OnViews(views)
+	}
 	if journal {
 		select {
 		case w.c.kick <- struct{}{}:

@@ -95,6 +95,15 @@ func viewsKey(day uint32, user, catalogID string) []byte {
 	return append(viewsPrefix(day, user), catalogID...)
 }
 
+// parseViewsKey splits a viewsKey.
+func parseViewsKey(k []byte) (day uint32, user, catalogID string, ok bool) {
+	if len(k) < 6 || k[0] != prefixViews || len(k) < 6+int(k[5]) {
+		return 0, "", "", false
+	}
+	n := 6 + int(k[5])
+	return binary.BigEndian.Uint32(k[1:5]), string(k[6:n]), string(k[n:]), true
+}
+
 // viewsDayBound is the first key of day's views: [viewsDayBound(0), viewsDayBound(d)) holds
 // every day before d.
 func viewsDayBound(day uint32) []byte {
@@ -121,6 +130,9 @@ func dayOf(t time.Time, loc *time.Location) uint32 {
 	y, m, d := t.In(loc).Date()
 	return uint32(time.Date(y, m, d, 0, 0, 0, 0, time.UTC).Unix() / 86400)
 }
+
+// dayTime is midnight UTC of day.
+func dayTime(day uint32) time.Time { return time.Unix(int64(day)*86400, 0).UTC() }
 
 func dayString(day uint32) string {
 	return time.Unix(int64(day)*86400, 0).UTC().Format(time.DateOnly)

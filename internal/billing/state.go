@@ -3,6 +3,7 @@ package billing
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"slices"
 	"time"
@@ -249,4 +250,46 @@ func (c *Charger) UserViews(ctx context.Context, userID string, day time.Time) (
 // ViewsRetained reports whether the views of day (UTC) are still kept as of now.
 func (c *Charger) ViewsRetained(day time.Time) bool {
 	return dayOf(day, time.UTC) >= viewsCutoff(dayOf(c.opts.Now(), time.UTC), c.opts.ViewRetentionDays)
+}
+
+// ViewCount is one user's committed count of valid impressions of one catalog id on one UTC
+// day: an absolute value, so writing it again anywhere changes nothing.
+type ViewCount struct {
+	Day       time.Time // midnight UTC
+	UserID    string
+	CatalogID string
+	Count     int64
+}
+
+// ScanViews calls fn with every committed count of the UTC date of day, from one consistent
+// snapshot, by user then catalog id, and stops at fn's first error. It lets a copy of the
+// views kept through Options.OnViews catch up on the calls it missed (a restart between a
+// commit and its publication): the snapshot holds every commit whose OnViews call came before
+// the scan started.
+func (c *Charger) ScanViews(ctx context.Context, day time.Time, fn func(ViewCount) error) error {
+	d := dayOf(day, time.UTC)
+	return c.read(func(r pebble.Reader) error {
+		it, err := r.NewIter(&pebble.IterOptions{LowerBound: viewsDayBound(d), UpperBound: viewsDayBound(d + 1)})
+		if err != nil {
+			return err
+		}
+		defer it.Close()
+		for ok := it.First(); ok; ok = it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			_, user, cat, ok := parseViewsKey(it.Key())
+			if !ok {
+				return fmt.Errorf("%w: views key %x", errCorrupt, it.Key())
+			}
+			n, err := decodeInt(it.Value())
+			if err != nil {
+				return err
+			}
+			if err := fn(ViewCount{Day: dayTime(d), UserID: user, CatalogID: cat, Count: n}); err != nil {
+				return err
+			}
+		}
+		return it.Error()
+	})
 }
