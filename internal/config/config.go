@@ -48,6 +48,11 @@ type Config struct {
 	RedisAddr       string
 	RedisPassword   string
 	DedupReserveTTL time.Duration
+	// ServingRedisAddr, when set, is the Redis the ad servers read: the process role
+	// publishes the serving feed and each user's daily catalog views there.
+	ServingRedisAddr     string
+	ServingRedisPassword string
+	ServingRedisPrefix   string // of every key there (default "adpulse:")
 
 	Partitions      int
 	SegmentBytes    int64
@@ -135,6 +140,7 @@ func Default() Config {
 		LogFormat:              "text",
 		ShutdownTimeout:        30 * time.Second,
 		BackendTimeout:         10 * time.Second,
+		ServingRedisPrefix:     "adpulse:",
 		InFlightWait:           3 * time.Second,
 	}
 }

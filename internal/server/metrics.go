@@ -2,6 +2,7 @@ package server
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -63,6 +64,14 @@ var collectorDefs = []metricDef{
 	{"adpulse_billing_commit_seconds_total", "Time spent committing the ledger.", prometheus.CounterValue, nil},
 	{"adpulse_billing_lag_messages", "Messages in the log not yet charged, per partition.", prometheus.GaugeValue, []string{"partition"}},
 	{"adpulse_billing_journal_unapplied", "Spend journal entries not yet in the metric store.", prometheus.GaugeValue, nil},
+
+	{"adpulse_servingredis_feed_writes_total", "Serving feeds written to the ad servers' Redis (each a new version).", prometheus.CounterValue, nil},
+	{"adpulse_servingredis_feed_errors_total", "Serving feed publishes that failed.", prometheus.CounterValue, nil},
+	{"adpulse_servingredis_feed_age_seconds", "Time since the serving feed was last published.", prometheus.GaugeValue, nil},
+	{"adpulse_servingredis_views_written_total", "User view totals written to the ad servers' Redis.", prometheus.CounterValue, nil},
+	{"adpulse_servingredis_views_errors_total", "Failed writes of user views.", prometheus.CounterValue, nil},
+	{"adpulse_servingredis_views_pending", "User view totals waiting to be written.", prometheus.GaugeValue, nil},
+	{"adpulse_servingredis_resyncs_total", "Full rewrites of user views from the ledger.", prometheus.CounterValue, nil},
 
 	{"adpulse_topn_bytes", "Estimated heap of the top-N index.", prometheus.GaugeValue, nil},
 	{"adpulse_topn_queries_total", "Top-N queries by how they were answered.", prometheus.CounterValue, []string{"method"}},
@@ -166,6 +175,18 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 	}
 	emit("adpulse_billing_journal_unapplied", float64(bs.JournalNext-bs.JournalApplied))
 
+	if p.serving != nil {
+		ss := p.serving.Stats()
+		emit("adpulse_servingredis_feed_writes_total", float64(ss.FeedWrites))
+		emit("adpulse_servingredis_feed_errors_total", float64(ss.FeedErrors))
+		if !ss.FeedPublishedAt.IsZero() {
+			emit("adpulse_servingredis_feed_age_seconds", time.Since(ss.FeedPublishedAt).Seconds())
+		}
+		emit("adpulse_servingredis_views_written_total", float64(ss.ViewsWritten))
+		emit("adpulse_servingredis_views_errors_total", float64(ss.ViewsErrors))
+		emit("adpulse_servingredis_views_pending", float64(ss.ViewsPending))
+		emit("adpulse_servingredis_resyncs_total", float64(ss.Resyncs))
+	}
 	ts := p.top.Stats()
 	emit("adpulse_topn_bytes", float64(ts.Bytes))
 	emit("adpulse_topn_queries_total", float64(ts.TAQueries), "threshold")

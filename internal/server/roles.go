@@ -13,6 +13,7 @@ import (
 	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
 	"github.com/adpulse/adpulse/internal/query"
 	"github.com/adpulse/adpulse/internal/query/topn"
+	"github.com/adpulse/adpulse/internal/servingredis"
 )
 
 // The roles of a process (--roles), each wired in one place: what it opens, which components
@@ -83,6 +84,7 @@ type processRole struct {
 	top        *topn.Index
 	aggregator *aggregate.Aggregator
 	billing    *billing.Charger
+	serving    *servingredis.Publisher // nil unless --serving-redis-addr
 }
 
 func (a *App) openProcess(ctx context.Context) error {
@@ -119,7 +121,7 @@ func (a *App) openProcess(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start aggregator: %w", err)
 	}
-	p.billing, err = billing.Open(ctx, billing.Options{
+	bo := billing.Options{
 		Dir:       a.dir.billing(),
 		Log:       a.b.log,
 		Catalog:   a.b.catalog,
@@ -128,11 +130,30 @@ func (a *App) openProcess(ctx context.Context) error {
 		Slack:     slack,
 		Now:       a.now,
 		Logger:    a.logger.With("component", "billing"),
-	})
+	}
+	if a.cfg.ServingRedisAddr != "" {
+		// The ad servers' Redis: the feed every FeedInterval (atomic switch), views as
+		// their rounds commit (absolute totals, resynced from the ledger on start).
+		p.serving, err = servingredis.Open(ctx, servingredis.Options{
+			Addr:      a.cfg.ServingRedisAddr,
+			Password:  a.cfg.ServingRedisPassword,
+			KeyPrefix: a.cfg.ServingRedisPrefix,
+			Timeout:   min(a.cfg.BackendTimeout, time.Second),
+			Logger:    a.logger.With("component", "servingredis"),
+		})
+		if err != nil {
+			return fmt.Errorf("open serving Redis: %w", err)
+		}
+		bo.Publisher, bo.OnViews, bo.FeedInterval = p.serving, p.serving.ViewsCommitted, servingredis.FeedInterval
+	}
+	p.billing, err = billing.Open(ctx, bo)
 	if err != nil {
 		return fmt.Errorf("open billing: %w", err)
 	}
 	g := a.components
+	if p.serving != nil {
+		g.Go("serving Redis views", func(ctx context.Context) error { return p.serving.RunViews(ctx, p.billing) })
+	}
 	g.Go("metric store retention", p.metrics.Run)
 	g.Go("top-N maintenance", p.top.Run)
 	g.Go("aggregator", p.aggregator.Run)
@@ -156,6 +177,9 @@ func (p *processRole) close() []error {
 	}
 	if p.metrics != nil {
 		errs = append(errs, p.metrics.Close())
+	}
+	if p.serving != nil {
+		errs = append(errs, p.serving.Close())
 	}
 	return errs
 }
