@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/adpulse/adpulse/api"
 	"github.com/adpulse/adpulse/internal/aggregate"
 	"github.com/adpulse/adpulse/internal/billing"
 	"github.com/adpulse/adpulse/internal/catalog"
@@ -459,6 +460,7 @@ func (a *App) startAPI() error {
 	}
 	q.Register(mux)
 	billing.NewHandler(a.billing, billing.HandlerOptions{}).Register(mux)
+	mux.Handle("GET /openapi.json", api.Handler())
 
 	handler := a.catalog.Middleware(instrument(mux, newHTTPMetrics(a.reg), a.logger))
 	a.api = &http.Server{
