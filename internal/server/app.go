@@ -28,6 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/adpulse/adpulse/api"
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/config"
@@ -246,6 +247,7 @@ func (a *App) startAPI() error {
 			return err
 		}
 	}
+	mux.Handle("GET /openapi.json", api.Handler())
 
 	handler := a.b.catalog.Middleware(instrument(mux, newHTTPMetrics(a.reg), a.logger))
 	// WriteTimeout runs from the end of the headers, so it covers the body (up to
