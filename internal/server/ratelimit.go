@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 
@@ -11,6 +12,10 @@ import (
 // authentication (a valid key is limited by key) and before every handler, so a refused
 // request has reserved and appended nothing.
 func (a *App) newLimiter() *ratelimit.Limiter {
+	// Said once at start: behind a load balancer without --trusted-proxies, every client
+	// shares the balancer's address and so one limit.
+	a.logger.Info("rate limits (0: off)", "per_ip", a.cfg.RateLimitIP, "ip_burst", a.cfg.RateLimitIPBurst,
+		"per_key", a.cfg.RateLimitKey, "key_burst", a.cfg.RateLimitKeyBurst, "trusted_proxies", fmt.Sprint(a.cfg.TrustedProxies))
 	return ratelimit.New(ratelimit.Options{
 		IP:             ratelimit.Limit{Rate: a.cfg.RateLimitIP, Burst: a.cfg.RateLimitIPBurst},
 		Key:            ratelimit.Limit{Rate: a.cfg.RateLimitKey, Burst: a.cfg.RateLimitKeyBurst},
