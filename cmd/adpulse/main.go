@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -160,6 +161,29 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long in-flight requests may take on shutdown before their connections are cut")
 	fs.DurationVar(&c.BackendTimeout, "backend-timeout", c.BackendTimeout, "deadline of every call to the event log, Redis and the other backends")
 	fs.DurationVar(&c.InFlightWait, "in-flight-wait", c.InFlightWait, "how long a retry waits for an earlier attempt of the same event to finish before answering 503")
+	fs.Float64Var(&c.RateLimitIP, "rate-limit-ip", c.RateLimitIP, "requests per second per source address on the public endpoints and without a valid key (0: off)")
+	fs.IntVar(&c.RateLimitIPBurst, "rate-limit-ip-burst", c.RateLimitIPBurst, "requests a source address may send at once")
+	fs.Float64Var(&c.RateLimitKey, "rate-limit-key", c.RateLimitKey, "requests per second per API key on the authenticated API (0: off)")
+	fs.IntVar(&c.RateLimitKeyBurst, "rate-limit-key-burst", c.RateLimitKeyBurst, "requests an API key may send at once")
+	fs.IntVar(&c.RateLimitEntries, "rate-limit-entries", c.RateLimitEntries, "source addresses (and keys) remembered at once; beyond, new sources share an overflow limit")
+	fs.Func("trusted-proxies", "comma-separated CIDRs of proxies whose X-Forwarded-For names the source address (default none: the TCP peer is the source)", func(v string) error {
+		c.TrustedProxies = nil
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s == "" {
+				continue
+			}
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				a, aerr := netip.ParseAddr(s)
+				if aerr != nil {
+					return fmt.Errorf("%q is not a CIDR or an address", s)
+				}
+				p = netip.PrefixFrom(a.WithZone(""), a.BitLen())
+			}
+			c.TrustedProxies = append(c.TrustedProxies, p)
+		}
+		return nil
+	})
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

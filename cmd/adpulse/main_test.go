@@ -81,3 +81,28 @@ func TestSign(t *testing.T) {
 		t.Fatal("sign without --ad-id must fail")
 	}
 }
+
+// TestTrustedProxiesFlag: CIDRs and bare addresses (one host) are accepted, anything else is
+// an error naming the value.
+func TestTrustedProxiesFlag(t *testing.T) {
+	cfg := config.Default()
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	serveFlags(fs, &cfg)
+	if err := parseFlags(fs, []string{"--trusted-proxies", "10.0.0.0/8, 127.0.0.1,::1,2001:db8::/32,"}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range cfg.TrustedProxies {
+		got = append(got, p.String())
+	}
+	if strings.Join(got, " ") != "10.0.0.0/8 127.0.0.1/32 ::1/128 2001:db8::/32" {
+		t.Fatalf("trusted proxies %v", got)
+	}
+	fs = flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	serveFlags(fs, &cfg)
+	if err := parseFlags(fs, []string{"--trusted-proxies", "10.0.0.0/8,proxy.internal"}); err == nil || !strings.Contains(err.Error(), "proxy.internal") {
+		t.Fatalf("want an error naming proxy.internal, got %v", err)
+	}
+}

@@ -146,7 +146,8 @@ func (c *child) start(ctx context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	args := append([]string{"serve", "--data-dir", c.dataDir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0",
-		"--admin-key", c.adminKey, "--click-secret", c.secret, "--log-format", "text"}, c.extra...)
+		"--admin-key", c.adminKey, "--click-secret", c.secret, "--log-format", "text",
+		"--rate-limit-ip", "0", "--rate-limit-key", "0"}, c.extra...) // the bench's load comes from one address
 	cmd := exec.Command(c.bin, args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "ADPULSE_") { // nothing from the caller's shell configures it

@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 )
@@ -68,6 +69,17 @@ type Config struct {
 	BackendTimeout time.Duration
 	// InFlightWait bounds how long a retry waits for an earlier attempt of the same event.
 	InFlightWait time.Duration
+
+	// Rate limits in requests per second, with a burst: per source address (the public
+	// endpoints, and requests without a valid key) and per API key (the authenticated API).
+	// A rate of 0 turns that limit off. RateLimitEntries caps the sources (and the keys)
+	// remembered at once.
+	RateLimitIP, RateLimitKey           float64
+	RateLimitIPBurst, RateLimitKeyBurst int
+	RateLimitEntries                    int
+	// TrustedProxies are the peers whose X-Forwarded-For names a request's source; from
+	// anyone else the TCP peer is the source.
+	TrustedProxies []netip.Prefix
 }
 
 // Roles of a process.
@@ -142,6 +154,11 @@ func Default() Config {
 		BackendTimeout:         10 * time.Second,
 		ServingRedisPrefix:     "adpulse:",
 		InFlightWait:           3 * time.Second,
+		RateLimitIP:            1000,
+		RateLimitIPBurst:       10000,
+		RateLimitKey:           2000,
+		RateLimitKeyBurst:      10000,
+		RateLimitEntries:       100_000,
 	}
 }
 
@@ -169,6 +186,10 @@ func (c *Config) Validate() error {
 	check(c.InFlightWait >= time.Millisecond && c.InFlightWait <= time.Minute, "--in-flight-wait must be 1ms-1m")
 	check(c.ShutdownTimeout >= 0, "--shutdown-timeout must not be negative")
 	check(c.LogFormat == "text" || c.LogFormat == "json", "--log-format must be text or json")
+	check(c.RateLimitIP >= 0 && c.RateLimitKey >= 0, "--rate-limit-ip and --rate-limit-key must not be negative (0 turns a limit off)")
+	check(c.RateLimitIP == 0 || c.RateLimitIPBurst >= 1, "--rate-limit-ip-burst must be at least 1")
+	check(c.RateLimitKey == 0 || c.RateLimitKeyBurst >= 1, "--rate-limit-key-burst must be at least 1")
+	check(c.RateLimitEntries >= 1, "--rate-limit-entries must be at least 1")
 	check(c.EventLog == "local" || c.EventLog == "kafka", "--event-log must be local or kafka")
 	check(c.EventLog != "kafka" || len(c.KafkaBrokers) > 0, "--event-log kafka needs --kafka-brokers")
 	check(c.Dedup == "memory" || c.Dedup == "redis", "--dedup must be memory or redis")

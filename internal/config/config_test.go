@@ -23,6 +23,9 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{func(c *Config) { c.Partitions = 0 }, "--partitions"},
 		{func(c *Config) { c.ClickTTL = 0 }, "--click-ttl"},
 		{func(c *Config) { c.LogFormat = "xml" }, "--log-format"},
+		{func(c *Config) { c.RateLimitIP = -1 }, "--rate-limit-ip"},
+		{func(c *Config) { c.RateLimitKeyBurst = 0 }, "--rate-limit-key-burst"},
+		{func(c *Config) { c.RateLimitEntries = 0 }, "--rate-limit-entries"},
 	} {
 		c := Default()
 		tc.mut(&c)

@@ -32,6 +32,7 @@ import (
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/config"
+	"github.com/adpulse/adpulse/internal/ratelimit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -44,6 +45,8 @@ type App struct {
 	reg    *prometheus.Registry
 	dir    *dataDir
 	tokens *clicktoken.Keyring
+	// limits are per source address and per API key, in front of every handler.
+	limits *ratelimit.Limiter
 
 	b       backends
 	ingest  *ingestRole  // nil unless the process runs the ingest role
@@ -71,6 +74,7 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	a := &App{cfg: cfg, logger: logger, now: time.Now, reg: prometheus.NewRegistry(), dir: dir, readyC: make(chan struct{})}
+	a.limits = a.newLimiter()
 	if err := a.loadSecrets(); err != nil {
 		dir.close()
 		return nil, err
@@ -249,7 +253,7 @@ func (a *App) startAPI() error {
 	}
 	mux.Handle("GET /openapi.json", api.Handler())
 
-	handler := a.b.catalog.Middleware(instrument(mux, newHTTPMetrics(a.reg), a.logger))
+	handler := a.b.catalog.Middleware(a.limits.Middleware(instrument(mux, newHTTPMetrics(a.reg), a.logger)))
 	// WriteTimeout runs from the end of the headers, so it covers the body (up to
 	// ReadTimeout) as well as the response: 2m leaves a minute for the largest response,
 	// about 15 MB of /metrics. It is the backstop; /metrics and /events set tighter deadlines

@@ -73,6 +73,10 @@ var collectorDefs = []metricDef{
 	{"adpulse_servingredis_views_pending", "User view totals waiting to be written.", prometheus.GaugeValue, nil},
 	{"adpulse_servingredis_resyncs_total", "Full rewrites of user views from the ledger.", prometheus.CounterValue, nil},
 
+	{"adpulse_ratelimit_limited_requests_total", "Requests refused with 429 rate_limited (nothing recorded), by what limited them: ip or key.", prometheus.CounterValue, []string{"kind"}},
+	{"adpulse_ratelimit_overflow_requests_total", "Requests of new sources charged to a shared overflow limit because the limiter's table was full, by kind.", prometheus.CounterValue, []string{"kind"}},
+	{"adpulse_ratelimit_entries", "Source addresses or API keys with a rate limit bucket held, by kind.", prometheus.GaugeValue, []string{"kind"}},
+
 	{"adpulse_topn_bytes", "Estimated heap of the top-N index.", prometheus.GaugeValue, nil},
 	{"adpulse_topn_queries_total", "Top-N queries by how they were answered.", prometheus.CounterValue, []string{"method"}},
 }
@@ -118,6 +122,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	emit("adpulse_catalog_objects", float64(cs.Advertisers), "advertiser")
 	emit("adpulse_catalog_objects", float64(cs.Campaigns), "campaign")
 	emit("adpulse_catalog_objects", float64(cs.Ads), "ad")
+	c.collectRateLimits(emit)
 	if c.a.ingest != nil {
 		c.collectIngest(emit)
 	}
