@@ -405,6 +405,7 @@ func (a *App) open(ctx context.Context) error {
 
 	g := a.components
 	g.Go("ingest resolver", a.intake.Run)
+	g.Go("catalog feed", a.catalog.Run)
 	if a.localLog != nil {
 		g.Go("eventlog retention", a.localLog.Run)
 	}
