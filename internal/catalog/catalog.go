@@ -148,6 +148,7 @@ type TimezoneChange struct {
 type Options struct {
 	// DB is an open database. When set, DSN and Driver are ignored and Close leaves DB open;
 	// the caller sets any per-connection settings (for SQLite: busy timeout, foreign keys).
+	// Run needs a pool of at least two connections (its reads and a write in flight).
 	DB *sql.DB
 	// Dialect of the database; default DialectSQLite.
 	Dialect Dialect
