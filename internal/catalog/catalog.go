@@ -5,9 +5,11 @@
 // authentication, never query SQL.
 //
 // Invariants:
-//   - The in-memory index mirrors what this process committed: it is loaded at Open and every
-//     write updates it only after its transaction commits. Writes are serialized (writeMu), so
-//     the index applies commits in commit order.
+//   - The in-memory index mirrors the database: it is loaded at Open, every write through this
+//     process updates it right after its transaction commits, and Run applies the writes of
+//     other processes sharing the database from the change feed (feed.go) within a poll
+//     interval. Writes are serialized across all processes (the feed's lock row), so every
+//     process sees commits in one order.
 //   - An ad's bid is resolved through its campaign at lookup time: a campaign bid change is
 //     seen at once by all of its ads.
 //   - Ownership is fixed: a campaign never changes advertiser and an ad never moves to another
@@ -20,7 +22,7 @@
 //
 // A PUT replaces the whole object: an omitted optional field returns to its default.
 //
-// Lock order: writeMu, then the locks inside the index (adShard.mu, recTable.mu).
+// Lock order: writeMu, indexMu, then the locks inside the index (adShard.mu, recTable.mu).
 package catalog
 
 import (
@@ -30,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -145,6 +148,7 @@ type TimezoneChange struct {
 type Options struct {
 	// DB is an open database. When set, DSN and Driver are ignored and Close leaves DB open;
 	// the caller sets any per-connection settings (for SQLite: busy timeout, foreign keys).
+	// Run needs a pool of at least two connections (its reads and a write in flight).
 	DB *sql.DB
 	// Dialect of the database; default DialectSQLite.
 	Dialect Dialect
@@ -159,6 +163,15 @@ type Options struct {
 	AdminKey string
 	Logger   *slog.Logger
 	Now      func() time.Time // default time.Now
+
+	// FeedInterval is how often Run polls the change feed; default DefaultFeedInterval.
+	FeedInterval time.Duration
+	// FeedRetention and FeedMaxRows bound the change table: rows older than FeedRetention
+	// (default DefaultFeedRetention), and all but the newest FeedMaxRows (default
+	// DefaultFeedMaxRows), are trimmed. A process that falls further behind reloads the
+	// whole catalog.
+	FeedRetention time.Duration
+	FeedMaxRows   int64
 }
 
 // Catalog is the store and its in-memory index. It is safe for concurrent use.
@@ -176,6 +189,10 @@ type Catalog struct {
 	// the index sees commits in commit order (two racing PUTs of one ad cannot leave the
 	// index on the one SQL overwrote).
 	writeMu sync.Mutex
+	// indexMu makes "read objects from SQL, put them in the index" atomic with respect to a
+	// writer's "commit, update the index" (see feed.go).
+	indexMu sync.Mutex
+	feed    feedState
 
 	ads         *adIndex
 	campaigns   recTable[campaignRec]
@@ -205,6 +222,16 @@ func Open(ctx context.Context, o Options) (*Catalog, error) {
 	if c.now == nil {
 		c.now = time.Now
 	}
+	c.feed = feedState{interval: o.FeedInterval, retention: o.FeedRetention, maxRows: o.FeedMaxRows, epoch: time.Now()}
+	if c.feed.interval <= 0 {
+		c.feed.interval = DefaultFeedInterval
+	}
+	if c.feed.retention <= 0 {
+		c.feed.retention = DefaultFeedRetention
+	}
+	if c.feed.maxRows <= 0 {
+		c.feed.maxRows = DefaultFeedMaxRows
+	}
 	if o.AdminKey != "" {
 		c.adminHash, c.hasAdmin = sha256.Sum256([]byte(o.AdminKey)), true
 	}
@@ -226,6 +253,9 @@ func Open(ctx context.Context, o Options) (*Catalog, error) {
 		c.ownDB = true
 		if d.name == DialectSQLite && sqliteInMemory(o.DSN) {
 			c.db.SetMaxOpenConns(1)
+			// One process by definition; and the follower must not wait for the one
+			// connection while holding indexMu, which a writer holding it waits for.
+			c.feed.disabled = true
 		}
 	}
 	if err := c.init(ctx); err != nil {
@@ -247,12 +277,25 @@ func (c *Catalog) init(ctx context.Context) error {
 			return fmt.Errorf("create catalog schema: %w", err)
 		}
 	}
+	if err := c.ensureFeedHead(ctx); err != nil {
+		return err
+	}
+	// The head first: changes committed while loading are then applied again by Run, which
+	// is harmless, and none is missed.
+	head, err := c.readHead(ctx)
+	if err != nil {
+		return err
+	}
 	if err := c.load(ctx); err != nil {
 		return err
 	}
+	c.feed.applied = head
+	c.feed.appliedSeq.Store(head)
+	c.feed.headSeq.Store(head)
+	c.feed.markCaughtUp(start)
 	st := c.Stats()
 	c.log.Info("catalog loaded", "advertisers", st.Advertisers, "campaigns", st.Campaigns, "ads", st.Ads,
-		"keys", st.AdvertiserKeys+st.IngestKeys, "index_bytes", st.IndexBytes, "took", time.Since(start))
+		"keys", st.AdvertiserKeys+st.IngestKeys, "index_bytes", st.IndexBytes, "feed_seq", head, "took", time.Since(start))
 	return nil
 }
 
@@ -329,16 +372,27 @@ func (c *Catalog) loadCampaigns(ctx context.Context) error {
 		return err
 	}
 	defer rows.Close()
+	// Another process may write while this one loads: a campaign read here may belong to an
+	// advertiser created after the advertisers were read. Those are fetched at the end.
+	var orphans []Campaign
 	for rows.Next() {
 		cp, err := scanCampaign(rows)
 		if err != nil {
 			return err
 		}
+		if _, _, ok := c.advertisers.get(cp.AdvertiserID); !ok {
+			orphans = append(orphans, cp)
+			continue
+		}
 		if err := c.indexCampaign(cp); err != nil {
 			return err
 		}
 	}
-	return rows.Err()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	rows.Close()
+	return c.indexWithParents(ctx, nil, orphans)
 }
 
 func (c *Catalog) loadAds(ctx context.Context) error {
@@ -352,6 +406,7 @@ func (c *Catalog) loadAds(ctx context.Context) error {
 	campIdx := make(map[string]uint32, c.campaigns.len())
 	var id, campaign, landing, catalogID sql.RawBytes
 	var bid sql.NullInt64
+	var orphans []Ad // of campaigns created since they were loaded (see loadCampaigns)
 	for rows.Next() {
 		if err := rows.Scan(&id, &campaign, &landing, &catalogID, &bid); err != nil {
 			return err
@@ -359,7 +414,11 @@ func (c *Catalog) loadAds(ctx context.Context) error {
 		idx, ok := campIdx[string(campaign)]
 		if !ok {
 			if _, idx, ok = c.campaigns.get(string(campaign)); !ok {
-				c.log.Warn("catalog: ad of an unknown campaign skipped", "ad_id", string(id), "campaign_id", string(campaign))
+				a := Ad{ID: string(id), CampaignID: string(campaign), LandingURL: string(landing), CatalogID: string(catalogID)}
+				if bid.Valid {
+					a.CPCBidMicros = ptrTo(bid.Int64)
+				}
+				orphans = append(orphans, a)
 				continue
 			}
 			campIdx[string(campaign)] = idx
@@ -368,7 +427,47 @@ func (c *Catalog) loadAds(ctx context.Context) error {
 			return fmt.Errorf("index ad %q: %w", id, err)
 		}
 	}
-	return rows.Err()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	rows.Close()
+	return c.indexWithParents(ctx, orphans, nil)
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+// indexWithParents indexes ads and campaigns read from the database, first fetching the
+// campaigns and advertisers they belong to that the index lacks: created by another process
+// after this one last read them. The database's foreign keys guarantee that they exist.
+func (c *Catalog) indexWithParents(ctx context.Context, ads []Ad, cps []Campaign) error {
+	var missingCamps, missingAdvs []string
+	for _, a := range ads {
+		if _, _, ok := c.campaigns.get(a.CampaignID); !ok && !slices.Contains(missingCamps, a.CampaignID) {
+			missingCamps = append(missingCamps, a.CampaignID)
+		}
+	}
+	for _, cp := range cps {
+		if _, _, ok := c.advertisers.get(cp.AdvertiserID); !ok && !slices.Contains(missingAdvs, cp.AdvertiserID) {
+			missingAdvs = append(missingAdvs, cp.AdvertiserID)
+		}
+	}
+	if err := c.refreshAdvertisers(ctx, missingAdvs); err != nil {
+		return err
+	}
+	if err := c.refreshCampaigns(ctx, missingCamps); err != nil {
+		return err
+	}
+	for _, cp := range cps {
+		if err := c.indexCampaign(cp); err != nil {
+			return err
+		}
+	}
+	for _, a := range ads {
+		if err := c.indexAd(a); err != nil {
+			return fmt.Errorf("index ad %q: %w", a.ID, err)
+		}
+	}
+	return nil
 }
 
 // indexAdvertiser puts a stored advertiser and its time zone changes into the index.
@@ -499,6 +598,7 @@ type Stats struct {
 	AdvertiserKeys int64
 	IngestKeys     int64
 	IndexBytes     int64 // memory held by the ad index's arenas and slots
+	FeedInfo
 }
 
 // Stats returns current counts.
@@ -510,6 +610,7 @@ func (c *Catalog) Stats() Stats {
 		AdvertiserKeys: c.advertiserKeys.Load(),
 		IngestKeys:     c.ingestKeys.Load(),
 		IndexBytes:     c.ads.bytes.Load(),
+		FeedInfo:       c.feedInfo(),
 	}
 }
 

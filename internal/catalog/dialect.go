@@ -156,6 +156,20 @@ func (d dialect) schema() []string {
 	PRIMARY KEY (key_hash),
 	FOREIGN KEY (advertiser_id) REFERENCES advertisers (id)
 )`,
+		// The change feed (see feed.go): one row holding the last sequence number given out,
+		// whose lock serialises writers, and one row per changed object.
+		`CREATE TABLE IF NOT EXISTS catalog_feed_head (
+	id INT NOT NULL,
+	seq BIGINT NOT NULL,
+	PRIMARY KEY (id)
+)`,
+		`CREATE TABLE IF NOT EXISTS catalog_changes (
+	seq BIGINT NOT NULL,
+	kind VARCHAR(16) NOT NULL,
+	object_id VARCHAR(64) NOT NULL,
+	changed_at BIGINT NOT NULL,
+	PRIMARY KEY (seq)
+)`,
 	}
 	for i := range s {
 		s[i] += d.tableOptions

@@ -58,7 +58,7 @@ func (c *Catalog) createKey(ctx context.Context, prefix string, p httpapi.Princi
 
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
-	err := c.inTx(ctx, func(tx *sql.Tx) error {
+	err := c.writeTx(ctx, func(tx *sql.Tx, ch *changes) error {
 		if owner.Valid {
 			var one int
 			err := tx.QueryRowContext(ctx, c.d.q(`SELECT 1 FROM advertisers WHERE id = ?`), owner.String).Scan(&one)
@@ -69,26 +69,19 @@ func (c *Catalog) createKey(ctx context.Context, prefix string, p httpapi.Princi
 				return err
 			}
 		}
+		hexHash := hex.EncodeToString(h[:])
 		_, err := tx.ExecContext(ctx, c.d.q(`INSERT INTO api_keys (key_hash, role, advertiser_id, created_at) VALUES (?, ?, ?, ?)`),
-			hex.EncodeToString(h[:]), role, owner, c.nowMicros())
+			hexHash, role, owner, c.nowMicros())
+		ch.add(changeKey, hexHash)
 		return err
+	}, func(context.Context) error {
+		c.setKey(h, p)
+		return nil
 	})
 	if err != nil {
 		return "", fmt.Errorf("create %s key: %w", role, err)
 	}
-	c.addKey(h, p)
 	return key, nil
-}
-
-func (c *Catalog) addKey(h [sha256.Size]byte, p httpapi.Principal) {
-	if _, loaded := c.keys.LoadOrStore(h, p); loaded {
-		return
-	}
-	if p.Role == httpapi.RoleAdvertiser {
-		c.advertiserKeys.Add(1)
-	} else {
-		c.ingestKeys.Add(1)
-	}
 }
 
 func (c *Catalog) loadKeys(ctx context.Context) error {
@@ -98,26 +91,37 @@ func (c *Catalog) loadKeys(ctx context.Context) error {
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var hexHash, role string
-		var owner sql.NullString
-		if err := rows.Scan(&hexHash, &role, &owner); err != nil {
+		h, p, ok, err := c.scanKey(rows)
+		if err != nil {
 			return err
 		}
-		var h [sha256.Size]byte
-		if n, err := hex.Decode(h[:], []byte(hexHash)); err != nil || n != len(h) {
-			c.log.Warn("catalog: malformed api key hash skipped", "role", role)
-			continue
-		}
-		switch role {
-		case roleAdvertiser:
-			c.addKey(h, httpapi.Principal{Role: httpapi.RoleAdvertiser, AdvertiserID: owner.String})
-		case roleIngest:
-			c.addKey(h, httpapi.Principal{Role: httpapi.RoleIngest})
-		default:
-			c.log.Warn("catalog: api key of an unknown role skipped", "role", role)
+		if ok {
+			c.setKey(h, p)
 		}
 	}
 	return rows.Err()
+}
+
+// scanKey scans a key_hash, role, advertiser_id row. It reports !ok, having logged why, for a
+// row that cannot be used.
+func (c *Catalog) scanKey(r rowScanner) (h [sha256.Size]byte, p httpapi.Principal, ok bool, err error) {
+	var hexHash, role string
+	var owner sql.NullString
+	if err := r.Scan(&hexHash, &role, &owner); err != nil {
+		return h, p, false, err
+	}
+	if n, err := hex.Decode(h[:], []byte(hexHash)); err != nil || n != len(h) {
+		c.log.Warn("catalog: malformed api key hash skipped", "role", role)
+		return h, p, false, nil
+	}
+	switch role {
+	case roleAdvertiser:
+		return h, httpapi.Principal{Role: httpapi.RoleAdvertiser, AdvertiserID: owner.String}, true, nil
+	case roleIngest:
+		return h, httpapi.Principal{Role: httpapi.RoleIngest}, true, nil
+	}
+	c.log.Warn("catalog: api key of an unknown role skipped", "role", role)
+	return h, p, false, nil
 }
 
 // Authenticate returns the principal of a key: the admin key (compared in constant time), or

@@ -12,26 +12,11 @@ import (
 
 // Upserts are a SELECT of the existing row followed by an INSERT or an UPDATE in one
 // transaction: portable to every dialect, and the SELECT is needed anyway to keep created_at
-// and to enforce fixed ownership. In this process writeMu rules out a race between the two;
-// against another process (a shared MySQL/PostgreSQL) the loser's INSERT fails on the primary
-// key and the write returns an error the client can retry.
+// and to enforce fixed ownership. Every write transaction first takes the change feed's lock
+// row (see feed.go), which serialises writers across all processes sharing the database, so
+// no other write can come between the SELECT and the INSERT or UPDATE.
 
 const campaignCols = `id, advertiser_id, name, status, cpc_bid_micros, daily_budget_micros, total_budget_micros, start_time, end_time, created_at, updated_at`
-
-func (c *Catalog) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := c.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
-}
 
 func (c *Catalog) nowMicros() int64 { return c.now().UnixMicro() }
 
@@ -57,8 +42,7 @@ func (c *Catalog) PutAdvertiser(ctx context.Context, a Advertiser) (Advertiser, 
 	now := c.nowMicros()
 	created := now
 	var change *TimezoneChange
-	err := c.inTx(ctx, func(tx *sql.Tx) error {
-		change = nil
+	err := c.writeTx(ctx, func(tx *sql.Tx, ch *changes) error {
 		var oldTZ string
 		err := tx.QueryRowContext(ctx, c.d.q(`SELECT created_at, timezone FROM advertisers WHERE id = ?`), a.ID).Scan(&created, &oldTZ)
 		switch {
@@ -73,19 +57,22 @@ func (c *Catalog) PutAdvertiser(ctx context.Context, a Advertiser) (Advertiser, 
 				change, err = c.recordTimezoneChange(ctx, tx, a.ID, now, oldTZ, a.Timezone)
 			}
 		}
+		ch.add(changeAdvertiser, a.ID)
 		return err
+	}, func(context.Context) error {
+		var tzs []TimezoneChange
+		if old, ok := c.Advertiser(a.ID); ok {
+			tzs = old.TimezoneChanges
+		}
+		if change != nil {
+			tzs = append(tzs[:len(tzs):len(tzs)], *change) // readers share the old slice
+		}
+		c.indexAdvertiser(a, tzs)
+		return nil
 	})
 	if err != nil {
 		return Advertiser{}, fmt.Errorf("put advertiser %q: %w", a.ID, err)
 	}
-	var changes []TimezoneChange
-	if old, ok := c.Advertiser(a.ID); ok {
-		changes = old.TimezoneChanges
-	}
-	if change != nil {
-		changes = append(changes[:len(changes):len(changes)], *change) // readers share the old slice
-	}
-	c.indexAdvertiser(a, changes)
 	a.CreatedAt, a.UpdatedAt = fromMicros(created), fromMicros(now)
 	return a, nil
 }
@@ -137,7 +124,7 @@ func (c *Catalog) PutCampaign(ctx context.Context, cp Campaign) (Campaign, error
 	defer c.writeMu.Unlock()
 	now := c.nowMicros()
 	created := now
-	err := c.inTx(ctx, func(tx *sql.Tx) error {
+	err := c.writeTx(ctx, func(tx *sql.Tx, ch *changes) error {
 		var one int
 		err := tx.QueryRowContext(ctx, c.d.q(`SELECT 1 FROM advertisers WHERE id = ?`), cp.AdvertiserID).Scan(&one)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -163,13 +150,11 @@ func (c *Catalog) PutCampaign(ctx context.Context, cp Campaign) (Campaign, error
 				cp.Name, string(cp.Status), cp.CPCBidMicros, cp.DailyBudgetMicros, cp.TotalBudgetMicros,
 				nullMicros(cp.StartTime), nullMicros(cp.EndTime), now, cp.ID)
 		}
+		ch.add(changeCampaign, cp.ID)
 		return err
-	})
+	}, func(ctx context.Context) error { return c.indexWithParents(ctx, nil, []Campaign{cp}) })
 	if err != nil {
 		return Campaign{}, wrapPut("campaign", cp.ID, err)
-	}
-	if err := c.indexCampaign(cp); err != nil {
-		return Campaign{}, err
 	}
 	cp.CreatedAt, cp.UpdatedAt = fromMicros(created), fromMicros(now)
 	return cp, nil
@@ -255,7 +240,7 @@ func (c *Catalog) putAds(ctx context.Context, ads []Ad) ([]error, error) {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	now := c.nowMicros()
-	err := c.inTx(ctx, func(tx *sql.Tx) error {
+	err := c.writeTx(ctx, func(tx *sql.Tx, ch *changes) error {
 		selCampaign, err := tx.PrepareContext(ctx, c.d.q(`SELECT advertiser_id FROM campaigns WHERE id = ?`))
 		if err != nil {
 			return err
@@ -316,23 +301,27 @@ func (c *Catalog) putAds(ctx context.Context, ads []Ad) ([]error, error) {
 			if err != nil {
 				return err
 			}
+			ch.add(changeAd, a.ID)
 			a.CreatedAt, a.UpdatedAt = fromMicros(created), fromMicros(now)
+		}
+		return nil
+	}, func(ctx context.Context) error {
+		written := make([]Ad, 0, valid)
+		for i := range ads {
+			if errs[i] == nil {
+				written = append(written, ads[i])
+			}
+		}
+		if err := c.indexWithParents(ctx, written, nil); err != nil {
+			// Committed but not indexed: only possible if the index's own limits are broken
+			// or the database failed right after the commit. Loud; the change feed retries.
+			c.log.Error("catalog: committed ads not indexed", "ads", len(written), "err", err)
+			return err
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("put %d ads: %w", valid, err)
-	}
-	for i := range ads {
-		if errs[i] != nil {
-			continue
-		}
-		if err := c.indexAd(ads[i]); err != nil {
-			// Committed but not indexed: only possible if the index's own limits are broken.
-			// Loud, because the click path will not find this ad until a restart.
-			c.log.Error("catalog: committed ad not indexed", "ad_id", ads[i].ID, "err", err)
-			return nil, fmt.Errorf("index ad %q: %w", ads[i].ID, err)
-		}
 	}
 	return errs, nil
 }

@@ -147,6 +147,8 @@ func (b *backends) openCatalog(ctx context.Context, cfg *config.Config, dir *dat
 		return fmt.Errorf("open catalog: %w", err)
 	}
 	b.catalog = c
+	// The change feed: writes made through any process are in force here within 2 s.
+	b.components = append(b.components, namedComponent{"catalog feed", c.Run})
 	return nil
 }
 

@@ -39,6 +39,11 @@ var collectorDefs = []metricDef{
 	{"adpulse_ingest_maybe_resolved_total", "Keys with an unknown append outcome settled from the log, by what was found.", prometheus.CounterValue, []string{"outcome"}},
 	{"adpulse_dedup_keys", "Idempotency keys held by the embedded dedup store.", prometheus.GaugeValue, nil},
 	{"adpulse_catalog_objects", "Catalog objects by kind.", prometheus.GaugeValue, []string{"kind"}},
+	{"adpulse_catalog_feed_lag_seconds", "How stale this process's catalog may be: time since the change feed last brought it up to date.", prometheus.GaugeValue, nil},
+	{"adpulse_catalog_feed_lag_changes", "Catalog changes in the database not yet applied here.", prometheus.GaugeValue, nil},
+	{"adpulse_catalog_feed_changes_applied_total", "Catalog changes made through other processes and applied here.", prometheus.CounterValue, nil},
+	{"adpulse_catalog_feed_reloads_total", "Full catalog reloads after falling behind the trimmed change feed.", prometheus.CounterValue, nil},
+	{"adpulse_catalog_feed_poll_errors_total", "Failed polls of the catalog change feed.", prometheus.CounterValue, nil},
 
 	{"adpulse_aggregate_events_consumed_total", "Log messages the aggregator processed.", prometheus.CounterValue, nil},
 	{"adpulse_aggregate_events_counted_total", "Events counted into metric buckets.", prometheus.CounterValue, nil},
@@ -122,6 +127,11 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	emit("adpulse_catalog_objects", float64(cs.Advertisers), "advertiser")
 	emit("adpulse_catalog_objects", float64(cs.Campaigns), "campaign")
 	emit("adpulse_catalog_objects", float64(cs.Ads), "ad")
+	emit("adpulse_catalog_feed_lag_seconds", cs.FeedLagSeconds)
+	emit("adpulse_catalog_feed_lag_changes", float64(cs.FeedLagSeq))
+	emit("adpulse_catalog_feed_changes_applied_total", float64(cs.FeedChangesApplied))
+	emit("adpulse_catalog_feed_reloads_total", float64(cs.FeedReloads))
+	emit("adpulse_catalog_feed_poll_errors_total", float64(cs.FeedPollErrors))
 	c.collectRateLimits(emit)
 	if c.a.ingest != nil {
 		c.collectIngest(emit)

@@ -15,7 +15,7 @@ import (
 
 // TestRolesAcrossProcesses runs adpulse as a split deployment: two ingest-only processes and
 // one process+query process, on Kafka (kfake, in this test process, on loopback ports), Redis
-// and PostgreSQL. Clicks and batches reach both ingest processes, with every event sent to
+// and PostgreSQL; the catalog reaches the ingest processes through the change feed. Clicks and batches reach both ingest processes, with every event sent to
 // both (a retry landing on the other process); each ingest process and then the processing
 // one is killed with SIGKILL mid-load and restarted. /metrics and spend on the query process
 // must equal the distinct events exactly.
@@ -43,9 +43,26 @@ func TestRolesAcrossProcesses(t *testing.T) {
 		return append(append([]string{}, shared...), "--roles", roles, "--data-dir", filepath.Join(e.dir, name))
 	}
 	proc := e.start(node("process", "process,query")...)
-	c := newClient(16)
-	cat := setupCatalog(t, c, proc.base, testAdminKey, run+"-", 1, 2, 3) // 250,000 micros a click, no budget limit
 	ing := []*server{e.start(node("ingest-1", "ingest")...), e.start(node("ingest-2", "ingest")...)}
+	c := newClient(16)
+	// The catalog is written through the processing process after every process started:
+	// the ingest processes learn it from the catalog change feed, within 2 s.
+	cat := setupCatalog(t, c, proc.base, testAdminKey, run+"-", 1, 2, 3) // 250,000 micros a click, no budget limit
+	written := time.Now()
+	last := cat.ads[len(cat.ads)-1]
+	for _, srv := range ing {
+		for {
+			_, err := clickToken(context.Background(), c, srv.base, testAdminKey, last.id, run+"-probe", "")
+			if err == nil {
+				break
+			}
+			if time.Since(written) > 2*time.Second {
+				t.Fatalf("an ad written through the processing process is unknown to %s after 2s: %v", srv.base, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	t.Logf("catalog in force on both ingest processes %v after the last write", time.Since(written).Round(time.Millisecond))
 
 	// Each role serves its own routes; the /api/v1 routes answer everywhere.
 	ctx := context.Background()
