@@ -54,7 +54,8 @@ type App struct {
 
 	ready  atomic.Bool
 	readyC chan struct{} // closed once the API listener serves
-	// unhealthy is why /readyz answers 503 after a component failed ("" while healthy).
+	// unhealthy is why /readyz answers 503 once the process is stopping: a component's failure,
+	// or a shutdown (nil before either).
 	unhealthy atomic.Pointer[string]
 	// components run every long-lived part; the first to fail stops the process.
 	components *group
@@ -145,6 +146,8 @@ func (a *App) Run(ctx context.Context) (err error) {
 	var failure error
 	select {
 	case <-ctx.Done():
+		msg := "shutting down"
+		a.unhealthy.Store(&msg)
 		a.logger.Info("shutting down")
 	case failure = <-a.components.Failed():
 		msg := failure.Error()
