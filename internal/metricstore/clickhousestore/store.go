@@ -11,7 +11,7 @@
 //     (consumer, seq, token). Every minute delta is written three times by the store, to its
 //     1m, 1h and 1d bucket, in the same INSERT. Ordered by (level, id, res, bucket) so a query
 //     reads a few short key ranges; partitioned by day for 1m rows (retention drops whole
-//     partitions) and by year for 1h and 1d rows. Plain MergeTree: rows are never replaced,
+//     partitions) and by year for 1h and 1d rows together. Plain MergeTree: rows are never replaced,
 //     only counted or ignored (below).
 //   - heads: ReplacingMergeTree(seq) ordered by consumer: each consumer's latest commit (seq,
 //     offsets after it, FinalBefore). Read with max/argMax over seq, never FINAL.
@@ -192,6 +192,10 @@ var _ metricstore.Store = (*Store)(nil)
 // errCrash is what an Apply stopped by failAfter returns.
 var errCrash = errors.New("clickhousestore: simulated crash")
 
+// rollupPartitions is added to the year of 1h and 1d rows to make their partition number,
+// above every day number of 1m rows (until the year 4700).
+const rollupPartitions = 1_000_000
+
 // Open connects to the server, creates the database and tables if missing, and returns the
 // store.
 func Open(ctx context.Context, opts Options) (*Store, error) {
@@ -241,6 +245,9 @@ func (s *Store) createTables(ctx context.Context) error {
 	ddl := []string{
 		"CREATE DATABASE IF NOT EXISTS " + s.db,
 		// res: 0 = 1m, 1 = 1h, 2 = 1d; bucket: start in minutes since the Unix epoch.
+		// Partitions: a UTC day of 1m rows, so retention drops whole partitions; a year of 1h
+		// and 1d rows together, so a commit of recent minutes makes two parts, not three
+		// (a part costs a few tens of files, which is most of a small commit's time).
 		`CREATE TABLE IF NOT EXISTS ` + s.db + `.counts (
 			level UInt8, id String, res UInt8, bucket UInt32,
 			consumer String, seq UInt64, token UInt64,
@@ -248,7 +255,7 @@ func (s *Store) createTables(ctx context.Context) error {
 			reasons Array(UInt8), reason_counts Array(Int64),
 			interactions Array(String), interaction_counts Array(Int64)
 		) ENGINE = MergeTree()
-		PARTITION BY (res, intDiv(bucket, if(res = 0, 1440, 525600)))
+		PARTITION BY if(res = 0, intDiv(bucket, 1440), ` + strconv.Itoa(rollupPartitions) + ` + intDiv(bucket, 525600))
 		ORDER BY (level, id, res, bucket, consumer, seq, token)`,
 		`CREATE TABLE IF NOT EXISTS ` + s.db + `.heads (
 			consumer String, seq UInt64, token UInt64,
@@ -613,13 +620,9 @@ func (s *Store) Expire(ctx context.Context) error {
 			rows.Close()
 			return fmt.Errorf("expire: list partitions: %w", err)
 		}
-		// The partition of a 1m row prints as "(0,<day>)".
-		res, day, ok := strings.Cut(strings.Trim(p, "()"), ",")
-		if !ok || strings.TrimSpace(res) != "0" {
-			continue
-		}
-		if d, err := strconv.ParseInt(strings.TrimSpace(day), 10, 64); err == nil && d < cutoffDay {
-			drop = append(drop, "(0, "+strconv.FormatInt(d, 10)+")")
+		// A 1m partition is its UTC day number; rollup partitions start at rollupPartitions.
+		if d, err := strconv.ParseInt(strings.Trim(p, "'"), 10, 64); err == nil && d < rollupPartitions && d < cutoffDay {
+			drop = append(drop, strconv.FormatInt(d, 10))
 		}
 	}
 	rows.Close()
