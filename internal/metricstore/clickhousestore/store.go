@@ -16,7 +16,10 @@
 //   - heads: ReplacingMergeTree(seq) ordered by consumer: each consumer's latest commit (seq,
 //     offsets after it, FinalBefore). Read with max/argMax over seq, never FINAL.
 //   - intents, aborted: (consumer, seq, token) markers of commit attempts, ordered by
-//     (consumer, seq). Small: an aborted row exists only for an attempt that failed.
+//     (consumer, seq). An aborted row exists only for an attempt that failed, so queries
+//     read that table whole. Intents grow by one row per commit and are not pruned yet
+//     (tens of bytes each once compressed); only the intents at a consumer's next seq are
+//     ever read.
 //
 // # Commits: atomic, idempotent, fenced, without transactions
 //
