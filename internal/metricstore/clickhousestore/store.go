@@ -1,0 +1,698 @@
+// Package clickhousestore is the scale-out metric store: metricstore.Store on a ClickHouse
+// server shared by every process of a deployment, over the native protocol (clickhouse-go/v2).
+// It is written for the oldest server it runs on, Debian's clickhouse-server 18.16 (see
+// "Server compatibility" below).
+//
+// # Tables
+//
+// All in one database (Options.Database, default "adpulse"), created on first start:
+//
+//   - counts: one row per (level, id, resolution, bucket) and commit attempt, tagged with
+//     (consumer, seq, token). Every minute delta is written three times by the store, to its
+//     1m, 1h and 1d bucket, in the same INSERT. Ordered by (level, id, res, bucket) so a query
+//     reads a few short key ranges; partitioned by day for 1m rows (retention drops whole
+//     partitions) and by year for 1h and 1d rows together. Plain MergeTree: rows are never replaced,
+//     only counted or ignored (below).
+//   - heads: ReplacingMergeTree(seq) ordered by consumer: each consumer's latest commit (seq,
+//     offsets after it, FinalBefore). Read with max/argMax over seq, never FINAL.
+//   - intents, aborted: (consumer, seq, token) markers of commit attempts, ordered by
+//     (consumer, seq). An aborted row exists only for an attempt that failed, so queries
+//     read that table whole. Intents grow by one row per commit and are not pruned yet
+//     (tens of bytes each once compressed); only the intents at a consumer's next seq are
+//     ever read.
+//
+// # Commits: atomic, idempotent, fenced, without transactions
+//
+// ClickHouse has no transaction spanning two INSERTs, and a failed INSERT may have been
+// written or not. So nothing a commit writes counts until its head row exists, and that row
+// is written last. Apply, for consumer C:
+//
+//  1. reads C's head from the server (seq S, offsets): the fence compares the commit's
+//     ranges with these offsets (ErrConflict), so a replayed commit, or a zombie process
+//     replaying a range another process already committed, is refused and writes nothing;
+//  2. draws a random token T and inserts the intent (C, S+1, T);
+//  3. reads the other intents at (C, S+1) that are not aborted: one younger than the lease
+//     belongs to a live competing writer, so this attempt aborts itself, waits and starts
+//     again from 1; older ones are attempts that died (their writer never writes a head after
+//     half the lease, see 5), and are marked aborted;
+//  4. inserts the counts rows tagged (C, S+1, T);
+//  5. gives up (marking itself aborted) if steps 2-4 took more than half the lease;
+//  6. inserts the head row (C, S+1, T, new offsets, FinalBefore): the commit point.
+//
+// A reader counts a row only if its seq is at most its consumer's head seq and its (consumer,
+// seq, token) is not aborted. Hence:
+//   - Atomic: before step 6 a reader sees none of the commit (seq above the head); after it,
+//     all of it (every counts row was acknowledged before the head was written). A crash
+//     anywhere leaves either a head row or only rows that are never counted: the next
+//     attempt at the same seq finds the dead intent in step 3 and aborts it, so leftovers of
+//     a crashed attempt never add to a retry, even when the retry's batch differs (the
+//     aggregator's batch boundaries depend on timing, so "same start offset, same rows" is not
+//     something the store may assume).
+//   - Idempotent: a commit attempt is never re-sent with the same token; a retry is a new
+//     attempt at the same position, and only the one whose head is written counts.
+//   - One snapshot per query: the heads are read first and bound every row by seq, so rows
+//     of a commit that lands while the query runs are ignored as a whole.
+//
+// Fencing across processes: ClickHouse offers reads and appends only (no compare-and-set),
+// and with those two writers cannot agree on who goes first without a timing assumption.
+// Steps 2-3 are a write-then-read mutual exclusion: of two attempts at the same seq at least
+// one sees the other's intent, and a writer that sees a live one backs off, so two writers
+// never both write a head at one seq. Telling a dead attempt from a slow one takes the lease
+// (Options.Lease, default 30s, measured on the server's clock for intents and on the
+// writer's for step 5): the protocol is exact as long as no writer stalls for more than half
+// the lease between step 5 and its head row reaching the server. Within one process Applies
+// are also serialised by a mutex, and the contract's fence holds exactly. The cost of the
+// lease: after a crash mid-commit, the restarted writer's first Apply waits until the dead
+// intent is a lease old.
+//
+// # Server compatibility (ClickHouse 18.16, protocol revision 54412)
+//
+// clickhouse-go/v2's native protocol works with 18.16 for DDL, SELECT and batch INSERT
+// (PrepareBatch with an explicit column list). An INSERT with inline VALUES sent through Exec
+// hangs (the driver waits for a reply the server does not send before it gets data blocks),
+// so every INSERT here is a batch. The store avoids what 18.16 lacks or has only as
+// experimental: LowCardinality, DateTime64 (buckets are UInt32 minutes, FinalBefore Int64
+// microseconds), Map (reasons and interactions are parallel arrays, summed in Go after
+// groupArrayArray, since 18.16's sumMap refuses String keys), TTL (retention drops
+// partitions), query parameters (values are quoted by the store), and time zone functions
+// (local-day buckets are computed in Go with metricstore.Buckets and tiled with 1d, 1h and 1m
+// rows, as pebblestore does).
+//
+// Lock order: Store.life before Store.mu.
+package clickhousestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/adpulse/adpulse/internal/metricstore"
+)
+
+// DefaultDatabase is the database the store uses when Options.Database is empty.
+const DefaultDatabase = "adpulse"
+
+// Options configure a Store. Addr is required.
+type Options struct {
+	Addr     string // native protocol host:port, e.g. 127.0.0.1:9000
+	Database string // default DefaultDatabase; created if missing
+	Username string // default: the server's default user
+	Password string
+	// Timeout bounds every call to the server (default 10s).
+	Timeout time.Duration
+	// MinuteRetention is how long 1m buckets are kept (default 14 days; negative: forever).
+	// 1h and 1d buckets are kept forever.
+	MinuteRetention time.Duration
+	// Lease is how old an unfinished commit attempt must be before another writer may
+	// declare it dead (default 30s; at least 2s, since the server clock counts seconds). A
+	// writer gives up on its own attempt after half of it.
+	Lease time.Duration
+	// ExpireInterval is how often Run drops expired minute partitions (default 10 minutes).
+	ExpireInterval time.Duration
+	// Now is the clock for retention (default time.Now).
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.Database == "" {
+		o.Database = DefaultDatabase
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Second
+	}
+	if o.MinuteRetention == 0 {
+		o.MinuteRetention = 14 * 24 * time.Hour
+	}
+	if o.Lease <= 0 {
+		o.Lease = 30 * time.Second
+	}
+	o.Lease = max(o.Lease, 2*time.Second)
+	if o.ExpireInterval <= 0 {
+		o.ExpireInterval = 10 * time.Minute
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Stats are the store's counters since Open.
+type Stats struct {
+	Applies        int64
+	Conflicts      int64 // Applies refused with ErrConflict
+	DeltasApplied  int64
+	RowsWritten    int64 // counts rows inserted (three resolutions per delta, fewer when summed)
+	ApplyNanos     int64 // total time in successful Applies
+	LastApplyNanos int64
+	// AbortedAttempts counts attempts marked aborted: this store's own failed or
+	// backed-off attempts, and dead ones of other writers it cleared.
+	AbortedAttempts int64
+	LeaseWaits      int64 // times an Apply waited for another writer's attempt
+	Queries         int64
+	QueryNanos      int64 // total time in successful Queries
+	LastQueryNanos  int64
+	RowsRead        int64 // grouped rows returned by the server to queries
+	ServerCalls     int64 // queries and inserts sent to the server
+	ExpiredParts    int64 // minute partitions dropped by retention
+}
+
+// Store is the ClickHouse metric store.
+type Store struct {
+	conn      driver.Conn
+	opts      Options
+	db        string // database name, safe to splice into SQL
+	minuteRet int64  // minutes; 0 = forever
+
+	// Lock order: life before mu.
+	life   sync.RWMutex // held shared by every call, exclusively by Close
+	closed bool         // guarded by life
+	mu     sync.Mutex   // serialises Apply
+
+	applies, conflicts, deltas, rowsWritten, applyNanos, lastApply atomic.Int64
+	aborted, waits, queries, queryNanos, lastQuery, rowsRead       atomic.Int64
+	calls, expired                                                 atomic.Int64
+
+	// failAfter, when set by a test, makes Apply stop after the given step (1-5) as if the
+	// process had died there.
+	failAfter int
+}
+
+var _ metricstore.Store = (*Store)(nil)
+
+// errCrash is what an Apply stopped by failAfter returns.
+var errCrash = errors.New("clickhousestore: simulated crash")
+
+// rollupPartitions is added to the year of 1h and 1d rows to make their partition number,
+// above every day number of 1m rows (until the year 4700).
+const rollupPartitions = 1_000_000
+
+// Open connects to the server, creates the database and tables if missing, and returns the
+// store.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	opts.setDefaults()
+	if opts.Addr == "" {
+		return nil, errors.New("clickhouse metric store: no address")
+	}
+	if !validName(opts.Database) {
+		return nil, fmt.Errorf("clickhouse metric store: database name %q: letters, digits and _ only", opts.Database)
+	}
+	conn, err := clickhouse.Open(&clickhouse.Options{
+		Addr:         []string{opts.Addr},
+		Auth:         clickhouse.Auth{Username: opts.Username, Password: opts.Password},
+		DialTimeout:  opts.Timeout,
+		ReadTimeout:  opts.Timeout,
+		MaxOpenConns: 8,
+		MaxIdleConns: 8,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse metric store %s: %w", opts.Addr, err)
+	}
+	s := &Store{conn: conn, opts: opts, db: opts.Database}
+	if opts.MinuteRetention > 0 {
+		s.minuteRet = int64(opts.MinuteRetention / time.Minute)
+	}
+	if err := s.createTables(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > 64 || s[0] >= '0' && s[0] <= '9' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Store) createTables(ctx context.Context) error {
+	ddl := []string{
+		"CREATE DATABASE IF NOT EXISTS " + s.db,
+		// res: 0 = 1m, 1 = 1h, 2 = 1d; bucket: start in minutes since the Unix epoch.
+		// Partitions: a UTC day of 1m rows, so retention drops whole partitions; a year of 1h
+		// and 1d rows together, so a commit of recent minutes makes two parts, not three
+		// (a part costs a few tens of files, which is most of a small commit's time).
+		`CREATE TABLE IF NOT EXISTS ` + s.db + `.counts (
+			level UInt8, id String, res UInt8, bucket UInt32,
+			consumer String, seq UInt64, token UInt64,
+			impressions Int64, clicks Int64, invalid_clicks Int64, spend_micros Int64,
+			reasons Array(UInt8), reason_counts Array(Int64),
+			interactions Array(String), interaction_counts Array(Int64)
+		) ENGINE = MergeTree()
+		PARTITION BY if(res = 0, intDiv(bucket, 1440), ` + strconv.Itoa(rollupPartitions) + ` + intDiv(bucket, 525600))
+		ORDER BY (level, id, res, bucket, consumer, seq, token)`,
+		`CREATE TABLE IF NOT EXISTS ` + s.db + `.heads (
+			consumer String, seq UInt64, token UInt64,
+			partitions Array(Int32), offsets Array(Int64), final_before Int64,
+			at DateTime DEFAULT now()
+		) ENGINE = ReplacingMergeTree(seq) ORDER BY consumer`,
+		`CREATE TABLE IF NOT EXISTS ` + s.db + `.intents (
+			consumer String, seq UInt64, token UInt64, at DateTime DEFAULT now()
+		) ENGINE = MergeTree() ORDER BY (consumer, seq)`,
+		`CREATE TABLE IF NOT EXISTS ` + s.db + `.aborted (
+			consumer String, seq UInt64, token UInt64, at DateTime DEFAULT now()
+		) ENGINE = MergeTree() ORDER BY (consumer, seq)`,
+	}
+	for _, q := range ddl {
+		if err := s.exec(ctx, q); err != nil {
+			return fmt.Errorf("clickhouse metric store: create tables: %w", err)
+		}
+	}
+	return nil
+}
+
+// call bounds one server call by the Timeout.
+func (s *Store) call(ctx context.Context) (context.Context, context.CancelFunc) {
+	s.calls.Add(1)
+	return context.WithTimeout(ctx, s.opts.Timeout)
+}
+
+func (s *Store) exec(ctx context.Context, q string) error {
+	ctx, cancel := s.call(ctx)
+	defer cancel()
+	return s.conn.Exec(ctx, q)
+}
+
+// head is a consumer's latest commit.
+type head struct {
+	seq         uint64
+	offsets     map[int32]int64
+	finalBefore int64 // Unix micros; 0 = not declared
+}
+
+func (s *Store) readHead(ctx context.Context, consumer string) (head, error) {
+	h := head{offsets: make(map[int32]int64)}
+	ctx, cancel := s.call(ctx)
+	defer cancel()
+	rows, err := s.conn.Query(ctx, "SELECT seq, partitions, offsets, final_before FROM "+s.db+".heads WHERE consumer = "+quote(consumer)+" ORDER BY seq DESC LIMIT 1")
+	if err != nil {
+		return h, fmt.Errorf("read head of %s: %w", consumer, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var parts []int32
+		var offs []int64
+		if err := rows.Scan(&h.seq, &parts, &offs, &h.finalBefore); err != nil {
+			return h, fmt.Errorf("read head of %s: %w", consumer, err)
+		}
+		if len(parts) != len(offs) {
+			return h, fmt.Errorf("read head of %s: %d partitions, %d offsets", consumer, len(parts), len(offs))
+		}
+		for i, p := range parts {
+			h.offsets[p] = offs[i]
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return h, fmt.Errorf("read head of %s: %w", consumer, err)
+	}
+	return h, nil
+}
+
+// busyError says another writer's attempt at the same seq is live.
+type busyError struct {
+	seq  uint64
+	wait time.Duration
+}
+
+func (e *busyError) Error() string {
+	return fmt.Sprintf("another writer is committing seq %d", e.seq)
+}
+
+// Apply implements metricstore.Store.
+func (s *Store) Apply(ctx context.Context, c *metricstore.Commit) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if c.Consumer == "" || len(c.Consumer) > 255 {
+		return fmt.Errorf("%w: consumer name %q", metricstore.ErrInvalidDelta, c.Consumer)
+	}
+	for _, r := range c.Ranges {
+		if r.To < r.From {
+			return fmt.Errorf("%w: partition %d range [%d, %d)", metricstore.ErrInvalidDelta, r.Partition, r.From, r.To)
+		}
+	}
+	start := time.Now()
+	rows, err := s.buildRows(c.Deltas)
+	if err != nil {
+		return err
+	}
+	s.life.RLock()
+	defer s.life.RUnlock()
+	if s.closed {
+		return metricstore.ErrClosed
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for attempt := 0; ; attempt++ {
+		err := s.applyOnce(ctx, c, rows)
+		var busy *busyError
+		if !errors.As(err, &busy) {
+			if err != nil {
+				if errors.Is(err, metricstore.ErrConflict) {
+					s.conflicts.Add(1)
+				}
+				return err
+			}
+			break
+		}
+		// Wait until the other attempt is either committed (the fence then decides) or a
+		// lease old (dead, or given up by its writer).
+		s.waits.Add(1)
+		if attempt >= 3 {
+			s.conflicts.Add(1)
+			return fmt.Errorf("%w: %s: %v", metricstore.ErrConflict, c.Consumer, busy)
+		}
+		s.opts.Logger.Info("metric store commit waits for another attempt", "consumer", c.Consumer, "seq", busy.seq, "wait", busy.wait)
+		t := time.NewTimer(busy.wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			s.conflicts.Add(1)
+			return fmt.Errorf("%w: %s: %v", metricstore.ErrConflict, c.Consumer, busy)
+		case <-t.C:
+		}
+	}
+	took := time.Since(start).Nanoseconds()
+	s.applies.Add(1)
+	s.deltas.Add(int64(len(c.Deltas)))
+	s.rowsWritten.Add(int64(len(rows.level)))
+	s.applyNanos.Add(took)
+	s.lastApply.Store(took)
+	return nil
+}
+
+// applyOnce is one commit attempt (steps 1-6 of the package comment).
+func (s *Store) applyOnce(ctx context.Context, c *metricstore.Commit, rows *countRows) error {
+	h, err := s.readHead(ctx, c.Consumer)
+	if err != nil {
+		return err
+	}
+	next := h.offsets // a fresh map per read
+	for _, r := range c.Ranges {
+		if o, ok := next[r.Partition]; ok && o != r.From {
+			return fmt.Errorf("%w: %s partition %d at offset %d, commit starts at %d", metricstore.ErrConflict, c.Consumer, r.Partition, o, r.From)
+		}
+		next[r.Partition] = r.To
+	}
+	fb := h.finalBefore
+	if v := c.FinalBefore.UnixMicro(); !c.FinalBefore.IsZero() && v > fb {
+		fb = v
+	}
+	seq := h.seq + 1
+	token := rand.Uint64() | 1 // never 0
+	t0 := time.Now()
+	if err := s.insertMarkers(ctx, "intents", c.Consumer, seq, token); err != nil {
+		return fmt.Errorf("commit %s seq %d: %w", c.Consumer, seq, err)
+	}
+	if s.failAfter == 2 {
+		return errCrash
+	}
+	// From here until the head row, a failure marks this attempt aborted (best effort), so
+	// the next attempt need not wait for the lease.
+	abort := func(err error) error {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
+		defer cancel()
+		if aerr := s.insertMarkers(actx, "aborted", c.Consumer, seq, token); aerr != nil {
+			s.opts.Logger.Warn("metric store: cannot mark a failed commit attempt aborted; the next one waits for the lease", "consumer", c.Consumer, "seq", seq, "err", aerr)
+		} else {
+			s.aborted.Add(1)
+		}
+		return err
+	}
+	live, dead, err := s.competitors(ctx, c.Consumer, seq, token)
+	if err != nil {
+		return abort(fmt.Errorf("commit %s seq %d: %w", c.Consumer, seq, err))
+	}
+	if live > 0 {
+		return abort(&busyError{seq: seq, wait: s.opts.Lease - live + 2*time.Second})
+	}
+	if len(dead) > 0 {
+		if err := s.insertMarkers(ctx, "aborted", c.Consumer, seq, dead...); err != nil {
+			return abort(fmt.Errorf("commit %s seq %d: abort dead attempts: %w", c.Consumer, seq, err))
+		}
+		s.aborted.Add(int64(len(dead)))
+		s.opts.Logger.Info("metric store aborted dead commit attempts", "consumer", c.Consumer, "seq", seq, "attempts", len(dead))
+	}
+	if s.failAfter == 3 {
+		return errCrash
+	}
+	if len(rows.level) > 0 {
+		if err := s.insertCounts(ctx, c.Consumer, seq, token, rows); err != nil {
+			return abort(fmt.Errorf("commit %s seq %d: %d rows: %w", c.Consumer, seq, len(rows.level), err))
+		}
+	}
+	if s.failAfter == 4 {
+		return errCrash
+	}
+	if took := time.Since(t0); took > s.opts.Lease/2 {
+		return abort(fmt.Errorf("commit %s seq %d: took %v, more than half the lease %v", c.Consumer, seq, took, s.opts.Lease))
+	}
+	if s.failAfter == 5 {
+		return errCrash
+	}
+	// The commit point. A failure here is ambiguous (the row may have landed), so it is not
+	// marked aborted: the next attempt reads the head and finds out.
+	if err := s.insertHead(ctx, c.Consumer, seq, token, next, fb); err != nil {
+		return fmt.Errorf("commit %s seq %d: write head: %w", c.Consumer, seq, err)
+	}
+	return nil
+}
+
+// competitors returns, for the other attempts at (consumer, seq) not marked aborted, the age
+// of the youngest one younger than the lease (0 if none) and the tokens of the older ones.
+func (s *Store) competitors(ctx context.Context, consumer string, seq, token uint64) (live time.Duration, dead []uint64, err error) {
+	ctx, cancel := s.call(ctx)
+	defer cancel()
+	key := "consumer = " + quote(consumer) + " AND seq = " + strconv.FormatUint(seq, 10)
+	rows, err := s.conn.Query(ctx, "SELECT token, toInt64(now()) - toInt64(at) FROM "+s.db+".intents WHERE "+key+
+		" AND token != "+strconv.FormatUint(token, 10)+" AND token NOT IN (SELECT token FROM "+s.db+".aborted WHERE "+key+")")
+	if err != nil {
+		return 0, nil, fmt.Errorf("read intents: %w", err)
+	}
+	defer rows.Close()
+	leaseSec := int64(s.opts.Lease / time.Second)
+	youngest := int64(-1)
+	for rows.Next() {
+		var t uint64
+		var age int64
+		if err := rows.Scan(&t, &age); err != nil {
+			return 0, nil, fmt.Errorf("read intents: %w", err)
+		}
+		// at counts whole seconds, so an age above the lease in whole seconds is more than
+		// the lease in real time.
+		if age > leaseSec {
+			dead = append(dead, t)
+		} else if youngest < 0 || age < youngest {
+			youngest = max(age, 0)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return 0, nil, fmt.Errorf("read intents: %w", err)
+	}
+	if youngest >= 0 {
+		live = max(time.Duration(youngest)*time.Second, time.Nanosecond)
+	}
+	return live, dead, nil
+}
+
+func (s *Store) insertMarkers(ctx context.Context, table, consumer string, seq uint64, tokens ...uint64) error {
+	ctx, cancel := s.call(ctx)
+	defer cancel()
+	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+"."+table+" (consumer, seq, token)")
+	if err != nil {
+		return fmt.Errorf("insert %s: %w", table, err)
+	}
+	for _, t := range tokens {
+		if err := b.Append(consumer, seq, t); err != nil {
+			_ = b.Abort()
+			return fmt.Errorf("insert %s: %w", table, err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("insert %s: %w", table, err)
+	}
+	return nil
+}
+
+func (s *Store) insertHead(ctx context.Context, consumer string, seq, token uint64, offsets map[int32]int64, fb int64) error {
+	parts := make([]int32, 0, len(offsets))
+	for p := range offsets {
+		parts = append(parts, p)
+	}
+	slices.Sort(parts)
+	offs := make([]int64, len(parts))
+	for i, p := range parts {
+		offs[i] = offsets[p]
+	}
+	ctx, cancel := s.call(ctx)
+	defer cancel()
+	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".heads (consumer, seq, token, partitions, offsets, final_before)")
+	if err != nil {
+		return err
+	}
+	if err := b.Append(consumer, seq, token, parts, offs, fb); err != nil {
+		_ = b.Abort()
+		return err
+	}
+	return b.Send()
+}
+
+// Checkpoint implements metricstore.Store.
+func (s *Store) Checkpoint(ctx context.Context, consumer string) (metricstore.Checkpoint, error) {
+	if err := ctx.Err(); err != nil {
+		return metricstore.Checkpoint{}, err
+	}
+	s.life.RLock()
+	defer s.life.RUnlock()
+	if s.closed {
+		return metricstore.Checkpoint{}, metricstore.ErrClosed
+	}
+	h, err := s.readHead(ctx, consumer)
+	if err != nil {
+		return metricstore.Checkpoint{}, err
+	}
+	cp := metricstore.Checkpoint{Offsets: h.offsets}
+	if h.finalBefore != 0 {
+		cp.FinalBefore = time.UnixMicro(h.finalBefore).UTC()
+	}
+	return cp, nil
+}
+
+// Run drops expired minute partitions every ExpireInterval until ctx is done. It returns nil
+// when ctx is done and the error of a failed expiry otherwise.
+func (s *Store) Run(ctx context.Context) error {
+	t := time.NewTicker(s.opts.ExpireInterval)
+	defer t.Stop()
+	for {
+		if err := s.Expire(ctx); err != nil {
+			if ctx.Err() != nil || errors.Is(err, metricstore.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Expire drops the 1m partitions (UTC days) that end at or before now minus the minute
+// retention. Queries refuse ranges past retention whether or not Expire has run, so results
+// do not depend on when it runs.
+func (s *Store) Expire(ctx context.Context) error {
+	s.life.RLock()
+	defer s.life.RUnlock()
+	if s.closed {
+		return metricstore.ErrClosed
+	}
+	if s.minuteRet == 0 {
+		return nil
+	}
+	cutoffDay := (s.opts.Now().Unix()/60 - s.minuteRet) / 1440 // days below it are wholly expired
+	cctx, cancel := s.call(ctx)
+	defer cancel()
+	rows, err := s.conn.Query(cctx, "SELECT DISTINCT partition FROM system.parts WHERE database = "+quote(s.db)+" AND table = 'counts' AND active")
+	if err != nil {
+		return fmt.Errorf("expire: list partitions: %w", err)
+	}
+	var drop []string
+	for rows.Next() {
+		var p string
+		if err := rows.Scan(&p); err != nil {
+			rows.Close()
+			return fmt.Errorf("expire: list partitions: %w", err)
+		}
+		// A 1m partition is its UTC day number; rollup partitions start at rollupPartitions.
+		if d, err := strconv.ParseInt(strings.Trim(p, "'"), 10, 64); err == nil && d < rollupPartitions && d < cutoffDay {
+			drop = append(drop, strconv.FormatInt(d, 10))
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("expire: list partitions: %w", err)
+	}
+	for _, p := range drop {
+		if err := s.exec(ctx, "ALTER TABLE "+s.db+".counts DROP PARTITION "+p); err != nil {
+			return fmt.Errorf("expire: drop minute partition %s: %w", p, err)
+		}
+		s.expired.Add(1)
+		s.opts.Logger.Debug("expired metric minute buckets", "partition", p)
+	}
+	return nil
+}
+
+// Stats returns the store's counters.
+func (s *Store) Stats() Stats {
+	return Stats{
+		Applies:         s.applies.Load(),
+		Conflicts:       s.conflicts.Load(),
+		DeltasApplied:   s.deltas.Load(),
+		RowsWritten:     s.rowsWritten.Load(),
+		ApplyNanos:      s.applyNanos.Load(),
+		LastApplyNanos:  s.lastApply.Load(),
+		AbortedAttempts: s.aborted.Load(),
+		LeaseWaits:      s.waits.Load(),
+		Queries:         s.queries.Load(),
+		QueryNanos:      s.queryNanos.Load(),
+		LastQueryNanos:  s.lastQuery.Load(),
+		RowsRead:        s.rowsRead.Load(),
+		ServerCalls:     s.calls.Load(),
+		ExpiredParts:    s.expired.Load(),
+	}
+}
+
+// Close closes the connections. Commits that returned are on the server.
+func (s *Store) Close() error {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if err := s.conn.Close(); err != nil {
+		return fmt.Errorf("close clickhouse metric store: %w", err)
+	}
+	return nil
+}
+
+// quote returns s as a ClickHouse string literal. Every byte outside printable ASCII, and the
+// quote and backslash, is escaped as \xHH, so any byte string round-trips.
+func quote(s string) string {
+	const hex = "0123456789abcdef"
+	var b strings.Builder
+	b.Grow(len(s) + 2)
+	b.WriteByte('\'')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '\'' || c == '\\' {
+			b.WriteString(`\x`)
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+			continue
+		}
+		b.WriteByte(c)
+	}
+	b.WriteByte('\'')
+	return b.String()
+}
