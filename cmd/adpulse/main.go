@@ -210,6 +210,7 @@ func serve(args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	cfg.Version = version
 	app, err := server.New(cfg, logger)
 	if err != nil {
 		return err

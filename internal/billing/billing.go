@@ -483,7 +483,11 @@ func (c *Charger) withDB(f func(db *pebble.DB) error) error {
 func (c *Charger) Stats() Stats {
 	c.mu.Lock()
 	s := c.stats
-	s.ZeroCharge = make(map[string]int64, len(c.stats.ZeroCharge))
+	// Every reason, zero included, so dashboards see each series before its first click.
+	s.ZeroCharge = make(map[string]int64, len(zeroReasonNames))
+	for _, name := range zeroReasonNames[1:] {
+		s.ZeroCharge[name] = 0
+	}
 	for k, v := range c.stats.ZeroCharge {
 		s.ZeroCharge[k] = v
 	}

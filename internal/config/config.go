@@ -15,6 +15,8 @@ import (
 type Config struct {
 	// Roles is what this process does: a subset of Ingest, Process and Query (default all).
 	Roles []string
+	// Version names the binary (adpulse_build_info); set by main, not a flag.
+	Version string
 
 	DataDir     string
 	Listen      string

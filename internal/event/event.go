@@ -46,6 +46,9 @@ const (
 // reasonNames maps each reason to the name used in metrics and the API.
 var reasonNames = [...]string{"", "expired", "bot"}
 
+// Named reports whether r is one of the reasons this build knows (and has a name for).
+func (r Reason) Named() bool { return r != ReasonNone && int(r) < len(reasonNames) }
+
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
 		return reasonNames[r]

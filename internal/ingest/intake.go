@@ -67,6 +67,7 @@ type Intake struct {
 	bufs sync.Pool // *recordBuf
 
 	accepted, duplicates, failures, tooSlow atomic.Int64
+	invalidClicks                           [256]atomic.Int64 // accepted invalid clicks by event.Reason
 }
 
 // IntakeOptions configures an Intake. Log and Dedup are required.
@@ -193,6 +194,9 @@ func (in *Intake) Record(ctx context.Context, evs []event.Event, now time.Time, 
 			continue
 		}
 		out[i] = Accepted
+		if evs[i].Type == event.TypeClick && evs[i].Invalid != event.ReasonNone {
+			in.invalidClicks[evs[i].Invalid].Add(1) // counted once durable below, or undone
+		}
 		start := len(b.values)
 		b.values = evs[i].AppendBinary(b.values)
 		b.msgs = append(b.msgs, eventlog.Message{
@@ -204,6 +208,11 @@ func (in *Intake) Record(ctx context.Context, evs []event.Event, now time.Time, 
 	if len(b.msgs) > 0 {
 		if err := in.appendReserved(ctx, b, now); err != nil {
 			in.failures.Add(1)
+			for i := range evs {
+				if out[i] == Accepted && evs[i].Type == event.TypeClick && evs[i].Invalid != event.ReasonNone {
+					in.invalidClicks[evs[i].Invalid].Add(-1)
+				}
+			}
 			return err
 		}
 	}
@@ -381,11 +390,20 @@ type IntakeStats struct {
 	// MaybeKeys are keys whose append had an unknown outcome, waiting to be resolved;
 	// Resolved and Recovered count what the resolver settled (Recovered: found in the log).
 	MaybeKeys, Resolved, Recovered int64
+	// InvalidClicks counts the invalid clicks appended, by reason: every named reason, zero
+	// included, so a dashboard sees the series before the first one.
+	InvalidClicks map[event.Reason]int64
 }
 
 // Stats returns counters since start.
 func (in *Intake) Stats() IntakeStats {
 	st := IntakeStats{Accepted: in.accepted.Load(), Duplicates: in.duplicates.Load(), Failures: in.failures.Load(), TooSlow: in.tooSlow.Load()}
 	st.MaybeKeys, st.Resolved, st.Recovered = in.maybe.stats()
+	st.InvalidClicks = make(map[event.Reason]int64)
+	for r := range in.invalidClicks {
+		if n := in.invalidClicks[r].Load(); n != 0 || event.Reason(r).Named() {
+			st.InvalidClicks[event.Reason(r)] = n
+		}
+	}
 	return st
 }

@@ -18,6 +18,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -125,6 +126,7 @@ func (a *App) AdminKey() string { return a.cfg.AdminKey }
 // non-zero and its supervisor restarts it.
 func (a *App) Run(ctx context.Context) (err error) {
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(a.reg, cmp.Or(a.cfg.Version, "dev"))
 	a.components = newGroup()
 	if err := a.startOps(); err != nil {
 		a.dir.close()

@@ -20,6 +20,26 @@ type httpMetrics struct {
 	latency  *prometheus.HistogramVec
 }
 
+// registerBuildInfo exports adpulse_build_info: 1, labelled with the version and VCS
+// revision of the binary and the Go version that built it, so dashboards can mark upgrades.
+func registerBuildInfo(reg prometheus.Registerer, version string) {
+	revision, goVersion := "unknown", "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		goVersion = bi.GoVersion
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				revision = s.Value
+			}
+		}
+	}
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "adpulse_build_info",
+		Help: "Always 1; the labels say which adpulse binary runs.",
+	}, []string{"version", "revision", "goversion"})
+	g.WithLabelValues(version, revision, goVersion).Set(1)
+	reg.MustRegister(g)
+}
+
 func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
 	m := &httpMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{

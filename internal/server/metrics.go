@@ -34,6 +34,7 @@ var collectorDefs = []metricDef{
 	{"adpulse_ingest_events_accepted_total", "Events appended to the log.", prometheus.CounterValue, nil},
 	{"adpulse_ingest_events_duplicate_total", "Events dropped as duplicates of a recorded idempotency key.", prometheus.CounterValue, nil},
 	{"adpulse_ingest_record_failures_total", "Requests whose events could not be made durable (nothing acknowledged).", prometheus.CounterValue, nil},
+	{"adpulse_ingest_invalid_clicks_total", "Invalid clicks recorded (never counted as clicks, never charged), by reason.", prometheus.CounterValue, []string{"reason"}},
 	{"adpulse_ingest_too_slow_total", "Requests refused because their events waited longer than the hold bound before the log.", prometheus.CounterValue, nil},
 	{"adpulse_ingest_maybe_keys", "Idempotency keys of appends with an unknown outcome, held until the log is checked.", prometheus.GaugeValue, nil},
 	{"adpulse_ingest_maybe_resolved_total", "Keys with an unknown append outcome settled from the log, by what was found.", prometheus.CounterValue, []string{"outcome"}},
@@ -147,6 +148,9 @@ func (c *statsCollector) collectIngest(emit func(name string, v float64, labels 
 	emit("adpulse_ingest_events_duplicate_total", float64(is.Duplicates))
 	emit("adpulse_ingest_record_failures_total", float64(is.Failures))
 	emit("adpulse_ingest_too_slow_total", float64(is.TooSlow))
+	for reason, n := range is.InvalidClicks {
+		emit("adpulse_ingest_invalid_clicks_total", float64(n), reason.String())
+	}
 	emit("adpulse_ingest_maybe_keys", float64(is.MaybeKeys))
 	emit("adpulse_ingest_maybe_resolved_total", float64(is.Recovered), "in_log")
 	emit("adpulse_ingest_maybe_resolved_total", float64(is.Resolved-is.Recovered), "not_in_log")
