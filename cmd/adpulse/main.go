@@ -21,6 +21,7 @@ import (
 	_ "time/tzdata" // advertiser time zones must resolve on machines without a zoneinfo database
 
 	"github.com/adpulse/adpulse/internal/bench"
+	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/cliflag"
 	"github.com/adpulse/adpulse/internal/config"
@@ -72,18 +73,30 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
-			if err := c.run(args[1:], stdout, stderr); err != nil {
-				if errors.Is(err, flag.ErrHelp) {
-					return 0
-				}
-				fmt.Fprintf(stderr, "adpulse %s: %v\n", c.name, err)
-				return 1
+			err := c.run(args[1:], stdout, stderr)
+			var ue usageError
+			switch {
+			case err == nil:
+				return 0
+			case errors.Is(err, flag.ErrHelp):
+				return 0
+			case errors.Is(err, errReported):
+				return 1 // already logged, in the log's format
+			case errors.As(err, &ue):
+				// A flag, a variable or the configuration is wrong: a usage error.
+				fmt.Fprintf(stderr, "adpulse %s: %v\nRun 'adpulse %s -h' for the flags.\n", c.name, ue.err, c.name)
+				return 2
 			}
-			return 0
+			fmt.Fprintf(stderr, "adpulse %s: %v\n", c.name, err)
+			return 1
 		}
 	}
-	if args[0] == "-h" || args[0] == "--help" {
+	switch args[0] {
+	case "-h", "--help":
 		usage(stdout)
+		return 0
+	case "-v", "--version", "-version":
+		fmt.Fprintln(stdout, versionString())
 		return 0
 	}
 	fmt.Fprintf(stderr, "adpulse: unknown subcommand %q\n\n", args[0])
@@ -115,8 +128,33 @@ func versionString() string {
 // parseFlags parses args, then fills every flag not given on the command line from its
 // ADPULSE_* environment variable.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	return cliflag.Parse(fs, args, os.LookupEnv)
+	cliflag.DescribeEnv(fs)
+	// The flag package would print its error and every flag on any mistake; adpulse prints
+	// the one error and where to look, and the flags only when asked (-h).
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	err := cliflag.Parse(fs, args, os.LookupEnv)
+	fs.SetOutput(out)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintf(out, "Usage: adpulse %s [flags]\n\nEvery flag can also be set by the environment variable named after it.\n\n", fs.Name())
+		fs.PrintDefaults()
+		return err
+	case err != nil:
+		return usageError{err}
+	}
+	return nil
 }
+
+// usageError is a mistake in how adpulse was called (a flag, a variable, the configuration):
+// exit status 2, like the flag package's own.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// errReported marks an error already written to the log.
+var errReported = errors.New("reported")
 
 func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.Func("roles", "comma-separated roles of this process: ingest, process, query (default all three)", func(v string) error {
@@ -208,17 +246,31 @@ func serve(args []string, _, stderr io.Writer) error {
 	}
 	logger, err := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	cfg.Version = version
-	app, err := server.New(cfg, logger)
-	if err != nil {
-		return err
+	if err := cfg.Validate(); err != nil {
+		// Nothing has been written to the data dir yet.
+		return usageError{err}
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	logger.Info("starting adpulse", "version", versionString(), "data_dir", cfg.DataDir)
-	return app.Run(ctx)
+	if cfg.CatalogDSN != "" {
+		if _, _, _, err := catalog.ParseDSN(cfg.CatalogDSN); err != nil {
+			return usageError{fmt.Errorf("--catalog-dsn: %w", err)}
+		}
+	}
+	app, err := server.New(cfg, logger)
+	if err == nil {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		logger.Info("starting adpulse", "version", versionString(), "data_dir", cfg.DataDir)
+		err = app.Run(ctx)
+	}
+	if err != nil && cfg.LogFormat == "json" {
+		// A log collector reads JSON lines: the fatal error must be one too.
+		logger.Error("adpulse stopped with an error", "err", err.Error())
+		return errReported
+	}
+	return err
 }
 
 func sign(args []string, stdout, stderr io.Writer) error {

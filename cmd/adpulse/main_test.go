@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"flag"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -104,5 +106,39 @@ func TestTrustedProxiesFlag(t *testing.T) {
 	serveFlags(fs, &cfg)
 	if err := parseFlags(fs, []string{"--trusted-proxies", "10.0.0.0/8,proxy.internal"}); err == nil || !strings.Contains(err.Error(), "proxy.internal") {
 		t.Fatalf("want an error naming proxy.internal, got %v", err)
+	}
+}
+
+// Mistakes in how adpulse is called are usage errors (exit 2) that name the value and the
+// expected form, and write nothing to the data dir.
+func TestUsageErrors(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve", "--partitions", "many"}, `invalid value "many" for flag -partitions`},
+		{[]string{"serve", "--no-such-flag"}, "not defined: -no-such-flag"},
+		{[]string{"serve", "--data-dir", dir, "--catalog-dsn", "root@tcp(127.0.0.1:3306)/test"}, "mysql://user:password@tcp(host:3306)/dbname"},
+		{[]string{"serve", "--data-dir", dir, "--catalog-dsn", "postgres:/db"}, "want postgres://"},
+		{[]string{"serve", "--data-dir", dir, "--public-url", "ftp://t.example"}, "--public-url \"ftp://t.example\" must be an absolute http(s) URL"},
+		{[]string{"serve", "--data-dir", dir, "--roles", "ingest"}, "needs --event-log kafka"},
+	} {
+		var out, errOut bytes.Buffer
+		if code := run(tc.args, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, errOut.String(), tc.want)
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("a refused configuration left %s behind (%v)", dir, err)
+	}
+	var out, errOut bytes.Buffer
+	if code := run([]string{"--version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "adpulse ") {
+		t.Errorf("--version: exit %d, %q", code, out.String())
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := run([]string{"serve", "-h"}, &out, &errOut); code != 0 || !strings.Contains(errOut.String(), "[env ADPULSE_CLICK_SECRET]") {
+		t.Errorf("serve -h: exit %d, does not name each flag's variable:\n%s", code, errOut.String())
 	}
 }

@@ -230,7 +230,9 @@ func TestParseDSN(t *testing.T) {
 			t.Errorf("ParseDSN(%q): dialect %q: %v", tc.in, d, err)
 		}
 	}
-	for _, in := range []string{"", "sqlite:", "sqlite://", "postgres://", "mysql://root@tcp(db)", "mysql://", "oracle://db/x", "redis://127.0.0.1:6379"} {
+	for _, in := range []string{"", "sqlite:", "sqlite://", "postgres://", "mysql://root@tcp(db)", "mysql://", "oracle://db/x", "redis://127.0.0.1:6379",
+		// Mistyped server addresses, never a stray SQLite file.
+		"postgres:/db", "root@tcp(127.0.0.1:3306)/test", "db.internal:5432", "adpulse"} {
 		if d, driver, dsn, err := ParseDSN(in); err == nil {
 			t.Errorf("ParseDSN(%q) = %q, %q, %q; want an error", in, d, driver, dsn)
 		}

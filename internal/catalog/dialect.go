@@ -195,8 +195,18 @@ func ParseDSN(s string) (d Dialect, driver, dsn string, err error) {
 	}
 	scheme, rest, hasScheme := strings.Cut(s, "://")
 	if !hasScheme || strings.ContainsAny(scheme, "/\\") {
-		// No "scheme://": a SQLite file name, "sqlite:name" or a "file:" URI.
-		if name, ok := strings.CutPrefix(s, "sqlite:"); ok {
+		// No "scheme://": "sqlite:name", a "file:" URI, or a path that is plainly a SQLite
+		// file. Anything else is refused rather than created as a stray SQLite file: a
+		// mistyped server address ("postgres:/db", a MySQL DSN without mysql://) must fail.
+		name, explicit := strings.CutPrefix(s, "sqlite:")
+		if !explicit && !strings.HasPrefix(s, "file:") && !looksLikeSQLitePath(s) {
+			hint := ""
+			if strings.Contains(s, "@tcp(") {
+				hint = " (a MySQL DSN needs mysql:// in front: mysql://user:password@tcp(host:3306)/dbname)"
+			}
+			return "", "", "", fmt.Errorf("catalog DSN %q: want postgres://user@host:5432/db, mysql://user:password@tcp(host:3306)/db, or sqlite:PATH%s", s, hint)
+		}
+		if explicit {
 			s = name
 		}
 		if s == "" {
@@ -226,4 +236,18 @@ func ParseDSN(s string) (d Dialect, driver, dsn string, err error) {
 		return DialectSQLite, "sqlite", rest, nil
 	}
 	return "", "", "", fmt.Errorf("catalog DSN: unknown scheme %q (want postgres://, mysql:// or sqlite:)", scheme)
+}
+
+// looksLikeSQLitePath reports whether s, given without a scheme, is plainly a SQLite file: an
+// absolute or relative path, a name with a SQLite extension, or :memory:.
+func looksLikeSQLitePath(s string) bool {
+	if s == ":memory:" || strings.HasPrefix(s, "/") || strings.HasPrefix(s, "./") || strings.HasPrefix(s, "../") {
+		return true
+	}
+	for _, ext := range []string{".db", ".sqlite", ".sqlite3"} {
+		if strings.HasSuffix(s, ext) && !strings.ContainsAny(s, ":@?") {
+			return true
+		}
+	}
+	return false
 }

@@ -16,6 +16,17 @@ func EnvName(flagName string) string {
 	return "ADPULSE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
+// DescribeEnv appends its environment variable to every flag's usage text, so -h lists both
+// ways to set it. Calling it twice adds nothing more.
+func DescribeEnv(fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		env := EnvName(f.Name)
+		if !strings.Contains(f.Usage, env) {
+			f.Usage += " [env " + env + "]"
+		}
+	})
+}
+
 // Parse parses args into fs, then sets every flag not given on the command line from its
 // environment variable, as lookupEnv (usually os.LookupEnv) finds it. Positional arguments
 // are an error.

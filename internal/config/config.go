@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -173,6 +174,11 @@ func (c *Config) Validate() error {
 		}
 	}
 	check(c.DataDir != "", "--data-dir must not be empty")
+	if c.PublicURL != "" {
+		u, err := url.Parse(c.PublicURL)
+		check(err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && u.RawQuery == "" && u.Fragment == "",
+			"--public-url %q must be an absolute http(s) URL with a host and no query, such as https://t.ads.example", c.PublicURL)
+	}
 	check(c.Listen != "", "--listen must not be empty")
 	check(c.ClickTTL > 0, "--click-ttl must be positive")
 	check(c.MaxLateness >= time.Minute, "--max-lateness must be at least 1m")

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"sync/atomic"
 	"time"
@@ -70,6 +71,12 @@ type App struct {
 func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.CatalogDSN != "" {
+		// Checked before anything is written: a mistyped DSN must not leave a data dir behind.
+		if _, _, _, err := catalog.ParseDSN(cfg.CatalogDSN); err != nil {
+			return nil, fmt.Errorf("--catalog-dsn: %w", err)
+		}
 	}
 	dir, err := openDataDir(cfg.DataDir)
 	if err != nil {
@@ -241,6 +248,9 @@ func (a *App) startAPI() error {
 	if publicURL == "" {
 		publicURL = "http://" + advertisedAddr(ln.Addr())
 	}
+	if localURLOnPublicListener(publicURL, ln.Addr()) {
+		a.logger.Warn("click and impression URLs point at this machine's loopback address while the API listens on every interface: browsers elsewhere cannot follow them; set --public-url", "public_url", publicURL, "listen", ln.Addr().String())
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", notFound)
 	if err := a.registerIngest(mux, publicURL); err != nil {
@@ -278,6 +288,25 @@ func (a *App) startAPI() error {
 		}
 	}()
 	return nil
+}
+
+// localURLOnPublicListener reports whether click URLs would name localhost (or another
+// loopback address) although the listener takes connections from anywhere.
+func localURLOnPublicListener(publicURL string, ln net.Addr) bool {
+	u, err := url.Parse(publicURL)
+	if err != nil {
+		return false
+	}
+	lhost, _, err := net.SplitHostPort(ln.String())
+	if err != nil {
+		return false
+	}
+	if ip := net.ParseIP(lhost); ip == nil || !ip.IsUnspecified() {
+		return false
+	}
+	h := u.Hostname()
+	ip := net.ParseIP(h)
+	return h == "localhost" || (ip != nil && ip.IsLoopback())
 }
 
 // advertisedAddr turns a listen address such as [::]:8080 into one a person can open.

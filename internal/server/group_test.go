@@ -110,3 +110,23 @@ func TestDataDirBelongsToOneProcess(t *testing.T) {
 	}
 	second.dir.close()
 }
+
+func TestLocalURLOnPublicListener(t *testing.T) {
+	all, _ := net.ResolveTCPAddr("tcp", "0.0.0.0:8080")
+	lo, _ := net.ResolveTCPAddr("tcp", "127.0.0.1:8080")
+	for _, tc := range []struct {
+		url  string
+		ln   net.Addr
+		want bool
+	}{
+		{"http://localhost:8080", all, true},
+		{"http://127.0.0.1:8080", all, true},
+		{"http://[::1]:8080", all, true},
+		{"https://t.ads.example", all, false},
+		{"http://localhost:8080", lo, false}, // only local clients can connect anyway
+	} {
+		if got := localURLOnPublicListener(tc.url, tc.ln); got != tc.want {
+			t.Errorf("%s on %v: %v, want %v", tc.url, tc.ln, got, tc.want)
+		}
+	}
+}
