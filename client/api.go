@@ -18,9 +18,9 @@ import (
 // one series per id, in that order.
 type MetricsQuery struct {
 	AdIDs, CampaignIDs, AdvertiserIDs []string
-	Start, End time.Time     // zero: the server's defaults (an hour ago, now)
-	Interval   time.Duration // whole minutes; zero means 1m
-	TZ         string        // IANA zone aligning day buckets (day intervals only)
+	Start, End                        time.Time     // zero: the server's defaults (an hour ago, now)
+	Interval                          time.Duration // whole minutes; zero means 1m
+	TZ                                string        // IANA zone aligning day buckets (day intervals only)
 }
 
 // Metrics is the answer of GET /metrics. Start and End are aligned to the interval.
