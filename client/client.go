@@ -177,7 +177,7 @@ func codeOfStatus(status int) string {
 		return CodePayloadTooLarge
 	case 429:
 		return CodeRateLimited
-	case 503:
+	case 502, 503, 504: // from a proxy in front of adpulse
 		return CodeUnavailable
 	}
 	return CodeInternal
