@@ -16,7 +16,9 @@ func fakeOptions(target string, seed uint64) Options {
 	o := DefaultOptions()
 	o.Target, o.AdminKey, o.Setup, o.Seed = target, testAdminKey, true, seed
 	o.Layout = testLayout
+	// 800 requests at 1000/s: a count, not a time, so a loaded machine sends the same run.
 	o.Rate, o.Duration, o.MaxInFlight, o.Timeout = 1000, 800*time.Millisecond, 64, 5*time.Second
+	o.Requests = 800
 	o.CatchUpTimeout = 1500 * time.Millisecond // fake counts at once; failing checks wait this long
 	o.Model.CTR, o.Model.CartRate, o.Model.DoubleClick, o.Model.RetryShare = 0.3, 0.5, 0.2, 0.05
 	o.Model.BotShare = 0.1

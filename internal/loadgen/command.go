@@ -52,7 +52,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, looku
 	fs.DurationVar(&o.Duration, "duration", o.Duration, "how long to send")
 	fs.IntVar(&o.MaxInFlight, "max-inflight", o.MaxInFlight, "most requests in flight (open model)")
 	fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "workers (closed model)")
-	fs.Int64Var(&o.Requests, "requests", o.Requests, "closed model: stop after this many requests (0: run for --duration)")
+	fs.Int64Var(&o.Requests, "requests", o.Requests, "send exactly this many requests instead of --duration's worth (0: run for --duration)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "timeout of one request")
 	m := &o.Model
 	fs.Float64Var(&m.ZipfS, "zipf-s", m.ZipfS, "Zipf exponent of ad popularity (higher: fewer, hotter ads)")

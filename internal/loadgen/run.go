@@ -41,9 +41,10 @@ type Options struct {
 	Duration    time.Duration
 	MaxInFlight int
 	Concurrency int
-	// Requests, in the closed model, ends the run after this many requests even if
-	// Duration has not passed (0: Duration alone), so a run's size does not depend on the
-	// machine's speed.
+	// Requests, when positive, is exactly how many requests the run sends, instead of
+	// Duration's worth: in the open model on the Rate schedule however late it runs, in the
+	// closed model back to back. A run's content then does not depend on the machine's speed
+	// (tests use it).
 	Requests int64
 	Timeout  time.Duration // of one request
 
@@ -322,6 +323,11 @@ func (r *runner) openLoop(ctx context.Context) {
 	start := time.Now().Add(10 * time.Millisecond)
 	end := start.Add(r.o.Duration)
 	total := int64(r.o.Duration.Seconds() * r.o.Rate)
+	if r.o.Requests > 0 {
+		// A fixed count: every request is sent on the schedule, however late a loaded
+		// machine makes it, so the run's content does not depend on the machine's speed.
+		total, end = r.o.Requests, start.Add(24*time.Hour)
+	}
 	nsPer := float64(time.Second) / r.o.Rate
 	work := make(chan job)
 	var wg sync.WaitGroup

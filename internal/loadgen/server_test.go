@@ -86,6 +86,7 @@ func TestAgainstAdpulse(t *testing.T) {
 			o.Model.ExpiredShare = 0.05
 		}
 		o.Rate, o.Duration, o.MaxInFlight = 250, 2*time.Second, 64
+		o.Requests = 500 // a count, not a time: a loaded machine sends the same run
 		o.Model.CTR, o.Model.DoubleClick, o.Model.RetryShare, o.Model.BotShare = 0.2, 0.3, 0.1, 0.1
 		o.Model.WebShare, o.Model.AppShare, o.Model.Batch = 0.4, 0.2, 25
 		o.CatchUpTimeout = 10 * time.Second
