@@ -41,10 +41,21 @@ const (
 	ReasonNone    Reason = 0
 	ReasonExpired Reason = 1 // the click token is older than the click validity window
 	ReasonBot     Reason = 2 // a known bot or crawler user agent
+	// ReasonDatacenter: the request came from a data-centre, cloud or crawler address range,
+	// or from a range that is never a person's browser (documentation, reserved).
+	ReasonDatacenter Reason = 3
+	// ReasonBadUserAgent: the user agent is missing, absurdly short, a placeholder, holds
+	// control characters or invalid UTF-8, or is longer than any browser sends.
+	ReasonBadUserAgent Reason = 4
+	// ReasonPrefetch: the browser fetched the URL speculatively (Sec-Purpose, Purpose, X-Moz
+	// or X-Purpose says prefetch, prerender or preview); nobody has clicked yet.
+	ReasonPrefetch Reason = 5
+	// ReasonPreview: a link-preview fetcher (a chat or social app unfurling a pasted link).
+	ReasonPreview Reason = 6
 )
 
 // reasonNames maps each reason to the name used in metrics and the API.
-var reasonNames = [...]string{"", "expired", "bot"}
+var reasonNames = [...]string{"", "expired", "bot", "datacenter", "bad_user_agent", "prefetch", "preview"}
 
 // Named reports whether r is one of the reasons this build knows (and has a name for).
 func (r Reason) Named() bool { return r != ReasonNone && int(r) < len(reasonNames) }

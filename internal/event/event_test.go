@@ -54,12 +54,37 @@ func TestKey(t *testing.T) {
 		{Event{Type: TypeImpression, ImpressionID: "i1"}, "i:i1"},
 		{Event{Type: TypeClick, ImpressionID: "i1", Invalid: ReasonBot}, "x22:i1"},
 		{Event{Type: TypeImpression, ImpressionID: "i1", Invalid: ReasonBot}, "x12:i1"},
+		{Event{Type: TypeClick, ImpressionID: "i1", Invalid: ReasonDatacenter}, "x23:i1"},
+		{Event{Type: TypeClick, ImpressionID: "i1", Invalid: ReasonPreview}, "x26:i1"},
 		{Event{Type: TypeClick, EventID: "e1"}, "e:e1"},
 		{Event{Type: TypeInteraction, Name: "order", ImpressionID: "i1", EventID: "e1"}, "e:e1"},
 		{Event{Type: TypeInteraction, Name: "order", ImpressionID: "i1"}, "t:order:i1"},
 	} {
 		if got := tc.e.Key(); got != tc.want {
 			t.Errorf("%+v: Key() = %q, want %q", tc.e, got, tc.want)
+		}
+	}
+}
+
+// TestReasons pins the numbers and names of the invalid-traffic reasons: the numbers are
+// stored in the event log and the names are the API's, so neither may ever change.
+func TestReasons(t *testing.T) {
+	for _, tc := range []struct {
+		r    Reason
+		n    uint8
+		name string
+	}{
+		{ReasonNone, 0, ""},
+		{ReasonExpired, 1, "expired"},
+		{ReasonBot, 2, "bot"},
+		{ReasonDatacenter, 3, "datacenter"},
+		{ReasonBadUserAgent, 4, "bad_user_agent"},
+		{ReasonPrefetch, 5, "prefetch"},
+		{ReasonPreview, 6, "preview"},
+		{Reason(7), 7, "reason_7"},
+	} {
+		if uint8(tc.r) != tc.n || tc.r.String() != tc.name {
+			t.Errorf("reason %d = %q, want %d %q", uint8(tc.r), tc.r.String(), tc.n, tc.name)
 		}
 	}
 }

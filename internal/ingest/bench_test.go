@@ -7,6 +7,8 @@ import (
 	"net/http/httptest"
 	"testing"
 	"time"
+
+	"github.com/adpulse/adpulse/internal/clicktoken"
 )
 
 func batchBody(n, seq int) []byte {
@@ -62,4 +64,35 @@ func BenchmarkEventsHandler(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkClickHandler is GET /c/{token} without the network: verify the token, the
+// invalid-traffic verdict, dedup and append to an in-memory log. "person" is a browser at
+// home (every rule tried, none applies); "datacenter" the same browser on a cloud server.
+func BenchmarkClickHandler(b *testing.B) {
+	for _, bc := range []struct{ name, peer string }{
+		{"person", "73.162.14.9:51234"},
+		{"datacenter", "3.85.12.7:40112"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			f := newFixture(b)
+			paths := make([]string, b.N)
+			for i := range paths {
+				paths[i] = "/c/" + f.token(b, clicktoken.Claims{AdID: "ad1", ImpressionID: fmt.Sprint("imp-", i)})
+			}
+			const ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				r := httptest.NewRequest("GET", paths[i], nil)
+				r.RemoteAddr = bc.peer
+				r.Header.Set("User-Agent", ua)
+				w := httptest.NewRecorder()
+				f.mux.ServeHTTP(w, r)
+				if w.Code != http.StatusFound {
+					b.Fatalf("%d %s", w.Code, w.Body)
+				}
+			}
+		})
+	}
 }

@@ -25,9 +25,16 @@ type Ads interface {
 	LookupAd(id string) (Ad, bool)
 }
 
-// Bots tells bot user agents from people.
+// Bots tells general invalid traffic (bots, crawlers, prefetches, link previews, bad user
+// agents, data-centre addresses) from people; ivt.Filter is the implementation.
 type Bots interface {
-	IsBot(userAgent string) bool
+	// Request returns why a /c, /i or /click request is invalid traffic, or
+	// event.ReasonNone.
+	Request(r *http.Request) event.Reason
+	// UserAgent returns why an event reported with this user agent is invalid traffic, or
+	// event.ReasonNone: the verdict of POST /events, where only the user agent of the
+	// original request is known.
+	UserAgent(userAgent string) event.Reason
 }
 
 // Options configures the handlers.
@@ -153,8 +160,8 @@ func (h *Handlers) recordToken(w http.ResponseWriter, r *http.Request, typ event
 	switch {
 	case typ == event.TypeClick && tok.Expired(now, h.o.ClickTTL):
 		e.Invalid = event.ReasonExpired
-	case h.o.Bots.IsBot(r.UserAgent()):
-		e.Invalid = event.ReasonBot
+	default:
+		e.Invalid = h.o.Bots.Request(r)
 	}
 	if typ == event.TypeClick {
 		e.PriceMicros = tok.PriceMicros
@@ -235,9 +242,7 @@ func (h *Handlers) appClick(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, httpapi.Errorf(httpapi.CodeNotFound, "ad_id: no such ad"))
 		return
 	}
-	if h.o.Bots.IsBot(r.UserAgent()) {
-		e.Invalid = event.ReasonBot
-	}
+	e.Invalid = h.o.Bots.Request(r)
 	now := h.o.Now()
 	fill(&e, req.AdID, ad, now)
 	if err := h.recordOne(r.Context(), &e, now); err != nil {
@@ -309,8 +314,8 @@ func (h *Handlers) events(w http.ResponseWriter, r *http.Request) {
 				pl.Err = &LineError{Line: pl.Line, Code: httpapi.CodeNotFound, Message: "ad_id: no such ad"}
 			} else {
 				e := pl.Event
-				if pl.UserAgent != "" && h.o.Bots.IsBot(pl.UserAgent) && (e.Type == event.TypeClick || e.Type == event.TypeImpression) {
-					e.Invalid = event.ReasonBot
+				if pl.UserAgent != "" && (e.Type == event.TypeClick || e.Type == event.TypeImpression) {
+					e.Invalid = h.o.Bots.UserAgent(pl.UserAgent)
 				}
 				t, recv := e.Time, e.RecvTime
 				fill(&e, e.AdID, ad, now)

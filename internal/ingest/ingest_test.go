@@ -89,6 +89,11 @@ func (f fakeAds) LookupAd(id string) (Ad, bool) { a, ok := f[id]; return a, ok }
 
 const browserUA = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"
 
+// homeAddr is the peer of test requests that do not choose one: an address of a residential
+// broadband network (Comcast). httptest's own default, 192.0.2.1, is a documentation address,
+// which the IVT rules rightly take for traffic no person sent.
+const homeAddr = "73.162.14.9:51234"
+
 type fixture struct {
 	log    *memLog
 	keys   *clicktoken.Keyring
@@ -103,7 +108,7 @@ func newFixture(t testing.TB) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bots, err := ivt.New()
+	bots, err := ivt.NewFilter(ivt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,6 +130,9 @@ func newFixture(t testing.TB) *fixture {
 	f.h.Register(mux)
 	// Tests pick their principal with a header; the real server authenticates keys.
 	f.mux = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.RemoteAddr == "192.0.2.1:1234" { // httptest.NewRequest's
+			r.RemoteAddr = homeAddr
+		}
 		p := httpapi.Principal{}
 		switch r.Header.Get("Authorization") {
 		case "Bearer admin":
@@ -215,8 +223,11 @@ func TestClickInvalidTraffic(t *testing.T) {
 		t.Fatalf("expired click: %d, want 302", w.Code)
 	}
 	fresh := f.token(t, clicktoken.Claims{AdID: "ad1", ImpressionID: "imp2"})
-	// A crawler unfurling the link first must not use up the person's click.
+	// A chat app unfurling the link first must not use up the person's click.
 	if w := f.do("GET", "/c/"+fresh, "", "User-Agent", "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"); w.Code != http.StatusFound {
+		t.Fatalf("preview click: %d", w.Code)
+	}
+	if w := f.do("GET", "/c/"+fresh, "", "User-Agent", "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"); w.Code != http.StatusFound {
 		t.Fatalf("bot click: %d", w.Code)
 	}
 	if w := f.do("GET", "/c/"+fresh, ""); w.Code != http.StatusFound {
@@ -226,7 +237,7 @@ func TestClickInvalidTraffic(t *testing.T) {
 	for _, e := range f.log.events(t) {
 		got[e.Invalid]++
 	}
-	if got[event.ReasonExpired] != 1 || got[event.ReasonBot] != 1 || got[event.ReasonNone] != 1 {
+	if got[event.ReasonExpired] != 1 || got[event.ReasonPreview] != 1 || got[event.ReasonBot] != 1 || got[event.ReasonNone] != 1 {
 		t.Fatalf("reasons %v", got)
 	}
 }

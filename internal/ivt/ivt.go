@@ -1,8 +1,18 @@
-// Package ivt detects invalid traffic (IVT) on the ingest path. Today that is known bots and
-// crawlers by user agent, from the crawler-user-agents list (github.com/monperrus/
-// crawler-user-agents, MIT, refreshed by scripts/update-crawlers.sh) embedded in the binary.
+// Package ivt detects general invalid traffic (GIVT, in the IAB/MRC sense) on the ingest path:
+// the clicks and impressions that no person made, recognised by rules that need no history.
+// Filter combines them and names the reason (an event.Reason) that the event is recorded with;
+// such events are never counted as clicks and never charged. The rules:
 //
-// The list is about 1,500 regular expressions; matching them one by one costs milliseconds per
+//   - known bots and crawlers by user agent (Detector), from the crawler-user-agents list
+//     (github.com/monperrus/crawler-user-agents, MIT, refreshed by scripts/update-crawlers.sh);
+//   - link-preview fetchers by user agent, and missing or malformed user agents (useragent.go);
+//   - speculative requests: prefetch, prerender and preview purpose headers (Prefetch);
+//   - data-centre, cloud and crawler address ranges (Ranges, refreshed by
+//     scripts/update-ip-ranges.sh).
+//
+// Every list is data embedded in the binary: nothing is fetched at run time.
+//
+// The crawler list is about 1,500 regular expressions; matching them one by one costs milliseconds per
 // request. Most are plain strings (after expanding tiny character classes such as [bB]ot), so
 // the detector splits them: literals go into an index keyed by their first three bytes and are
 // found with one map lookup per position of the user agent; the few true regular expressions
@@ -194,9 +204,7 @@ func (d *Detector) IsBot(ua string) bool {
 	if ua == "" {
 		return true
 	}
-	if len(ua) > maxUALen {
-		ua = ua[:maxUALen]
-	}
+	ua = truncateUA(ua)
 	d.mu.RLock()
 	v, ok := d.cache[ua]
 	d.mu.RUnlock()
@@ -211,6 +219,19 @@ func (d *Detector) IsBot(ua string) bool {
 	d.cache[strings.Clone(ua)] = v
 	d.mu.Unlock()
 	return v
+}
+
+// truncateUA cuts ua to maxUALen bytes.
+func truncateUA(ua string) string {
+	if len(ua) > maxUALen {
+		return ua[:maxUALen]
+	}
+	return ua
+}
+
+// matchUA is IsBot without the cache, for callers that keep their own.
+func (d *Detector) matchUA(ua string) bool {
+	return ua == "" || d.match(truncateUA(ua))
 }
 
 func (d *Detector) match(ua string) bool {

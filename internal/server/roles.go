@@ -58,7 +58,7 @@ func (a *App) registerIngest(mux *http.ServeMux, publicURL string) error {
 		}).RegisterClickURLs(mux)
 		return nil
 	}
-	bots, err := ivt.New()
+	bots, err := ivt.NewFilter(ivt.Options{TrustedProxies: a.cfg.TrustedProxies})
 	if err != nil {
 		return err
 	}
