@@ -120,9 +120,8 @@ func checkExactlyOnce(t *testing.T, l *memLog, tg Target) {
 // fakeClock is a settable clock.
 type fakeClock struct{ us atomic.Int64 }
 
-func (c *fakeClock) now() time.Time      { return time.UnixMicro(c.us.Load()) }
-func (c *fakeClock) set(t time.Time)     { c.us.Store(t.UnixMicro()) }
-func (c *fakeClock) add(d time.Duration) { c.us.Add(d.Microseconds()) }
+func (c *fakeClock) now() time.Time  { return time.UnixMicro(c.us.Load()) }
+func (c *fakeClock) set(t time.Time) { c.us.Store(t.UnixMicro()) }
 
 // runUntil runs a until cond holds (checked every few ms) or the deadline passes.
 func runUntil(t *testing.T, a *Archiver, timeout time.Duration, cond func(Stats) bool) {
