@@ -57,8 +57,10 @@ type Options struct {
 	Log eventlog.Log
 	// Target stores the files. When nil, Dest is opened with OpenTarget.
 	Target Target
-	// Dest is a local directory.
+	// Dest is a local directory or s3://bucket/prefix.
 	Dest string
+	// S3 configures an s3:// Dest.
+	S3 S3Options
 	// ArchiveInterval is the length of a file's receive-time window (default 5m). It must
 	// divide an hour.
 	ArchiveInterval time.Duration
@@ -194,7 +196,7 @@ func New(opts Options) (*Archiver, error) {
 	t := opts.Target
 	if t == nil {
 		var err error
-		if t, err = OpenTarget(opts.Dest); err != nil {
+		if t, err = OpenTarget(opts.Dest, opts.S3); err != nil {
 			return nil, err
 		}
 	}

@@ -31,8 +31,13 @@ type Target interface {
 	String() string
 }
 
-// OpenTarget opens dest, a local directory, which is created if missing.
-func OpenTarget(dest string) (Target, error) {
+// OpenTarget opens dest: "s3://bucket/prefix" (with s3's settings) or a local directory,
+// which is created if missing.
+func OpenTarget(dest string, s3 S3Options) (Target, error) {
+	if rest, ok := strings.CutPrefix(dest, "s3://"); ok {
+		bucket, prefix, _ := strings.Cut(rest, "/")
+		return NewS3Target(bucket, prefix, s3)
+	}
 	if dest == "" {
 		return nil, errors.New("archive: no destination")
 	}
