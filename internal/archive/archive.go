@@ -239,10 +239,17 @@ func (a *Archiver) Stats() Stats {
 // Run archives until ctx ends (then it returns nil) or a failure that retrying cannot
 // mend. Failed reads and writes are retried after RetryInterval, from the checkpoint.
 func (a *Archiver) Run(ctx context.Context) error {
-	var nextEnds time.Time
+	var nextEnds, nextRetention time.Time
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil
+		}
+		if a.opts.Retention > 0 && !a.opts.Now().Before(nextRetention) {
+			if err := a.applyRetention(ctx); err != nil && ctx.Err() == nil {
+				a.opts.Logger.Warn("archive: retention failed", "err", err)
+				a.noteError(err)
+			}
+			nextRetention = a.opts.Now().Add(a.opts.RetentionEvery)
 		}
 		if now := time.Now(); !now.Before(nextEnds) {
 			a.refreshEnds(ctx)
@@ -285,6 +292,33 @@ func (a *Archiver) Run(ctx context.Context) error {
 }
 
 var errFatal = errors.New("archive: fatal")
+
+// applyRetention deletes the dt= directories whose whole day ended more than Retention ago.
+func (a *Archiver) applyRetention(ctx context.Context) error {
+	keys, err := a.target.List(ctx, "")
+	if err != nil {
+		return err
+	}
+	cutoff := a.opts.Now().Add(-a.opts.Retention)
+	for _, k := range keys {
+		day, ok := strings.CutPrefix(k, "dt=")
+		if !ok || !strings.HasSuffix(day, "/") {
+			continue
+		}
+		d, err := time.Parse("2006-01-02", strings.TrimSuffix(day, "/"))
+		if err != nil || d.Add(24*time.Hour).After(cutoff) {
+			continue
+		}
+		a.opts.Logger.Info("archive: retention deletes a day", "dir", k)
+		if err := a.target.DeleteAll(ctx, k); err != nil {
+			return err
+		}
+		a.mu.Lock()
+		a.stats.DirsDeleted++
+		a.mu.Unlock()
+	}
+	return nil
+}
 
 // refreshEnds learns the log's end offsets, for the lag in Stats.
 func (a *Archiver) refreshEnds(ctx context.Context) {

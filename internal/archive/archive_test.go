@@ -422,3 +422,64 @@ func TestRowSchema(t *testing.T) {
 		t.Errorf("Row's schema:\n%s\nwritten:\n%s", r, w)
 	}
 }
+
+// retentionTest archives events of four days, then runs with Retention: the days that
+// ended more than Retention ago go, the others stay whole.
+func retentionTest(t *testing.T, tg Target) {
+	l := newMemLog(2)
+	days := []time.Time{t0.AddDate(0, 0, -10), t0.AddDate(0, 0, -3), t0.AddDate(0, 0, -1), t0}
+	for i, d := range days {
+		g := &gen{rng: rand.New(rand.NewPCG(uint64(i), 4)), recv: d.UnixMicro(), step: time.Second}
+		l.appendEvents(i%2, g.batch(200))
+	}
+	clock := &fakeClock{}
+	clock.set(t0.Add(time.Hour)) // 2025-03-14 09:50
+	a, err := New(Options{Log: l, Target: tg, PollInterval: time.Millisecond, Now: clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntil(t, a, 30*time.Second, caughtUp(l))
+	a.Close()
+	checkExactlyOnce(t, l, tg)
+
+	// Keep 48h: 2025-03-11 ended at 03-12 00:00, before 03-12 09:50: deleted. 03-13 stays.
+	b, err := New(Options{Log: l, Target: tg, Retention: 48 * time.Hour, PollInterval: time.Millisecond, Now: clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	runUntil(t, b, 30*time.Second, func(s Stats) bool { return s.DirsDeleted == 2 })
+	top, err := tg.List(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"_checkpoints/", "dt=2025-03-13/", "dt=2025-03-14/"}
+	if fmt.Sprint(top) != fmt.Sprint(want) {
+		t.Errorf("after retention: %v, want %v", top, want)
+	}
+	rows := readArchive(t, tg)
+	if len(rows) != 400 {
+		t.Errorf("%d events left, want 400", len(rows))
+	}
+	for _, r := range rows {
+		if r.RecvTime < t0.AddDate(0, 0, -1).UnixMicro() {
+			t.Fatalf("event received %v kept", time.UnixMicro(r.RecvTime).UTC())
+		}
+	}
+}
+
+func TestRetentionLocal(t *testing.T) {
+	tg, err := NewDirTarget(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	retentionTest(t, tg)
+}
+
+func TestRetentionS3(t *testing.T) {
+	tg, err := NewS3Target("archive", "raw", fakeS3(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	retentionTest(t, tg)
+}
