@@ -54,7 +54,8 @@ func TestRateLimitFairness(t *testing.T) {
 		resp, err := do(context.Background(), c, "GET", srv.base+"/c/"+token(ad), "", map[string]string{"X-Forwarded-For": source}, nil)
 		return resp, time.Since(t0), err
 	}
-	const flooder, polite = "203.0.113.66", "198.51.100.7"
+	// Residential-looking addresses: documentation ranges are flagged as non-human traffic.
+	const flooder, polite = "73.162.10.66", "98.207.33.7"
 
 	// The polite source clicks at half the limit before, during and after the flood.
 	var (
