@@ -38,7 +38,7 @@ var collectorDefs = []metricDef{
 	{"adpulse_ingest_too_slow_total", "Requests refused because their events waited longer than the hold bound before the log.", prometheus.CounterValue, nil},
 	{"adpulse_ingest_maybe_keys", "Idempotency keys of appends with an unknown outcome, held until the log is checked.", prometheus.GaugeValue, nil},
 	{"adpulse_ingest_maybe_resolved_total", "Keys with an unknown append outcome settled from the log, by what was found.", prometheus.CounterValue, []string{"outcome"}},
-	{"adpulse_dedup_keys", "Idempotency keys held by the embedded dedup store.", prometheus.GaugeValue, nil},
+	{"adpulse_dedup_keys", "Idempotency keys held: all of the window in process, or this process's reservations in flight with Redis.", prometheus.GaugeValue, nil},
 	{"adpulse_catalog_objects", "Catalog objects by kind.", prometheus.GaugeValue, []string{"kind"}},
 	{"adpulse_catalog_feed_lag_seconds", "How stale this process's catalog may be: time since the change feed last brought it up to date.", prometheus.GaugeValue, nil},
 	{"adpulse_catalog_feed_lag_changes", "Catalog changes in the database not yet applied here.", prometheus.GaugeValue, nil},

@@ -27,9 +27,10 @@
 //
 // Failure: when the brokers cannot take a record (down, not enough in-sync replicas, no
 // leader) the client retries until DeliveryTimeout and Append then fails; nothing of that call
-// is acknowledged, though some records may have been written (the contract allows it; ingest
-// then releases the idempotency keys and the retried events may be appended again, which the
-// aggregator's dedup by key absorbs). To bound Append's time the producer may abandon records
+// is acknowledged, though some records may have been written: the error is an unknown
+// outcome (not eventlog.ErrNotAppended), so ingest keeps the idempotency keys reserved until
+// it has looked for the records in the log, and the stages' duplicate filter (dedup.Window)
+// absorbs a copy that still lands twice. To bound Append's time the producer may abandon records
 // already sent (AllowIdempotentProduceCancellation): without it, an idempotent producer waits
 // indefinitely for a lost response.
 //
