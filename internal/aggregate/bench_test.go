@@ -9,6 +9,7 @@ import (
 
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
+	"github.com/adpulse/adpulse/internal/eventlog/eventlogtest"
 	"github.com/adpulse/adpulse/internal/eventlog/locallog"
 	"github.com/adpulse/adpulse/internal/metricstore"
 	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
@@ -91,7 +92,7 @@ func BenchmarkAggregate(b *testing.B) {
 			var l eventlog.Log
 			switch logKind {
 			case "memlog":
-				l = newMemLog(parts, time.Now)
+				l = eventlogtest.NewMemLog(parts, time.Now)
 			case "locallog", "locallog-nullstore":
 				ll, err := locallog.Open(locallog.Options{Dir: b.TempDir(), Partitions: parts})
 				if err != nil {

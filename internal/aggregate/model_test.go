@@ -13,6 +13,7 @@ import (
 
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
+	"github.com/adpulse/adpulse/internal/eventlog/eventlogtest"
 	"github.com/adpulse/adpulse/internal/eventlog/locallog"
 	"github.com/adpulse/adpulse/internal/metricstore"
 	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
@@ -212,7 +213,7 @@ func runModel(t *testing.T, seed uint64, logKind string, parts int, span time.Du
 	m.clock.Store(t0.UnixMicro())
 	switch logKind {
 	case "memlog":
-		m.log = newMemLog(parts, m.now)
+		m.log = eventlogtest.NewMemLog(parts, m.now)
 	case "locallog":
 		l, err := locallog.Open(locallog.Options{Dir: t.TempDir(), Partitions: parts, Now: m.now})
 		if err != nil {
