@@ -15,6 +15,9 @@
 //     only counted or ignored (below).
 //   - heads: ReplacingMergeTree(seq) ordered by consumer: each consumer's latest commit (seq,
 //     offsets after it, FinalBefore). Read with max/argMax over seq, never FINAL.
+//   - changes: the minute rows of each commit again, reduced to impressions, clicks and
+//     spend and ordered by (consumer, seq), for followers (query nodes' top-N index; see
+//     follow.go). Partitioned by the server's UTC day, kept ChangesRetention days.
 //   - intents, aborted: (consumer, seq, token) markers of commit attempts, ordered by
 //     (consumer, seq). An aborted row exists only for an attempt that failed, so queries
 //     read that table whole. Intents grow by one row per commit and are not pruned yet
@@ -277,6 +280,9 @@ func (s *Store) createTables(ctx context.Context) error {
 			return fmt.Errorf("clickhouse metric store: create tables: %w", err)
 		}
 	}
+	if err := s.createChangesTable(ctx); err != nil {
+		return fmt.Errorf("clickhouse metric store: create tables: %w", err)
+	}
 	return nil
 }
 
@@ -459,6 +465,9 @@ func (s *Store) applyOnce(ctx context.Context, c *metricstore.Commit, rows *coun
 		if err := s.insertCounts(ctx, c.Consumer, seq, token, rows); err != nil {
 			return abort(fmt.Errorf("commit %s seq %d: %d rows: %w", c.Consumer, seq, len(rows.level), err))
 		}
+		if err := s.insertChanges(ctx, c.Consumer, seq, token, rows); err != nil {
+			return abort(fmt.Errorf("commit %s seq %d: changes: %w", c.Consumer, seq, err))
+		}
 	}
 	if s.failAfter == 4 {
 		return errCrash
@@ -605,6 +614,9 @@ func (s *Store) Expire(ctx context.Context) error {
 	defer s.life.RUnlock()
 	if s.closed {
 		return metricstore.ErrClosed
+	}
+	if err := s.expireChanges(ctx); err != nil {
+		return err
 	}
 	if s.minuteRet == 0 {
 		return nil

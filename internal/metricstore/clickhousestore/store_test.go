@@ -13,6 +13,7 @@ import (
 
 	"github.com/adpulse/adpulse/internal/metricstore"
 	"github.com/adpulse/adpulse/internal/metricstore/metricstoretest"
+	"github.com/adpulse/adpulse/internal/testseed"
 )
 
 var seedFlag = flag.Uint64("seed", 0, "seed of the random tests (0: from the clock)")
@@ -320,6 +321,87 @@ func TestOpenRejectsBadDatabase(t *testing.T) {
 	for _, db := range []string{"a-b", "x;DROP", "1abc"} {
 		if _, err := Open(context.Background(), Options{Addr: "127.0.0.1:1", Database: db}); err == nil {
 			t.Errorf("database %q accepted", db)
+		}
+	}
+}
+
+// TestFollowSeesEachCommitOnce: a follower started from ScanMinutesAt and moved by Follow
+// sums to exactly what Query counts, with commits of several consumers and crashed attempts
+// (whose rows are never committed) in between.
+func TestFollowSeesEachCommitOnce(t *testing.T) {
+	seed := testseed.Seed(t)
+	rng := rand.New(rand.NewPCG(seed, 7))
+	o := testOptions(t)
+	o.Lease = 2 * time.Second
+	ctx := context.Background()
+	s := open(t, o)
+	defer s.Close()
+	m := time.Now().Unix()/60 - 30
+	ids := []string{"a", "b", "c"}
+	offsets := map[string]int64{}
+	commit := func(st *Store, consumer string) error {
+		var ds []metricstore.Delta
+		for range 1 + rng.IntN(8) {
+			ds = append(ds, metricstore.Delta{Level: metricstore.LevelAd, ID: ids[rng.IntN(len(ids))], Minute: m + rng.Int64N(30),
+				Counts: metricstore.Counts{Clicks: 1 + rng.Int64N(3), Impressions: rng.Int64N(5), SpendMicros: rng.Int64N(1000)}})
+		}
+		from := offsets[consumer]
+		err := st.Apply(ctx, &metricstore.Commit{Consumer: consumer, Ranges: []metricstore.OffsetRange{{Partition: 0, From: from, To: from + 1}}, Deltas: ds})
+		if err == nil {
+			offsets[consumer]++
+		}
+		return err
+	}
+	followed := map[string]metricstore.Counts{}
+	add := func(d *metricstore.Delta) error {
+		c := followed[d.ID]
+		c.Add(&d.Counts)
+		followed[d.ID] = c
+		return nil
+	}
+	for range 5 {
+		if err := commit(s, "aggregate/p0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur, err := s.ScanMinutesAt(ctx, m-60, m+60, add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 12 {
+		consumer := []string{"aggregate/p0", "aggregate/p1", "charge"}[rng.IntN(3)]
+		if i%4 == 3 { // a writer that dies after writing its rows, before its head
+			dying := open(t, o)
+			dying.failAfter = 4
+			if err := commit(dying, consumer); !errors.Is(err, errCrash) {
+				t.Fatalf("dying commit: %v", err)
+			}
+			dying.Close()
+		}
+		if err := commit(s, consumer); err != nil {
+			t.Fatal(err)
+		}
+		if rng.IntN(2) == 0 {
+			if cur, err = s.Follow(ctx, cur, add); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err = s.Follow(ctx, cur, add); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Query(ctx, metricstore.Query{Level: metricstore.LevelAd, IDs: ids, Start: time.Unix((m-60)*60, 0), End: time.Unix((m+60)*60, 0), Interval: 2 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, se := range res.Series {
+		var want metricstore.Counts
+		for _, p := range se.Points {
+			want.Add(&p.Counts)
+		}
+		got := followed[ids[i]]
+		if got.Clicks != want.Clicks || got.Impressions != want.Impressions || got.SpendMicros != want.SpendMicros {
+			t.Errorf("%s: followed %+v, query %+v", ids[i], got, want)
 		}
 	}
 }
