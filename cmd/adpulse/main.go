@@ -182,6 +182,12 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 		return nil
 	})
 	fs.StringVar(&c.KafkaTopic, "kafka-topic", c.KafkaTopic, "Kafka topic of the event log (created if missing)")
+	fs.StringVar(&c.KafkaGroup, "kafka-group", c.KafkaGroup, "Kafka consumer group through which process nodes share the log's partitions (with --metric-store clickhouse)")
+	fs.StringVar(&c.MetricStore, "metric-store", c.MetricStore, "metric store: pebble (in --data-dir; one process node) or clickhouse (shared by every process and query node)")
+	fs.StringVar(&c.ClickHouseAddr, "clickhouse-addr", c.ClickHouseAddr, "ClickHouse native protocol host:port (with --metric-store clickhouse)")
+	fs.StringVar(&c.ClickHouseDatabase, "clickhouse-database", c.ClickHouseDatabase, "ClickHouse database of the metric store (created if missing)")
+	fs.StringVar(&c.ClickHouseUser, "clickhouse-user", c.ClickHouseUser, "ClickHouse user (default: the server's default user)")
+	fs.StringVar(&c.ClickHousePassword, "clickhouse-password", c.ClickHousePassword, "ClickHouse password")
 	fs.IntVar(&c.KafkaReplicationFactor, "kafka-replication-factor", c.KafkaReplicationFactor, "replicas of a topic adpulse creates")
 	fs.DurationVar(&c.KafkaDeliveryTimeout, "kafka-delivery-timeout", c.KafkaDeliveryTimeout, "how long an append may wait for acks=all before it fails")
 	fs.StringVar(&c.Dedup, "dedup", c.Dedup, "idempotency keys: memory (in process, rebuilt from the log) or redis (shared by ingest processes)")

@@ -43,6 +43,16 @@ type Config struct {
 	KafkaTopic             string
 	KafkaReplicationFactor int
 	KafkaDeliveryTimeout   time.Duration
+	// KafkaGroup is the consumer group through which process nodes share the log's
+	// partitions (with --metric-store clickhouse).
+	KafkaGroup string
+	// MetricStore is "pebble" (in DataDir; one process node) or "clickhouse" (shared by every
+	// process and query node).
+	MetricStore        string
+	ClickHouseAddr     string
+	ClickHouseDatabase string
+	ClickHouseUser     string
+	ClickHousePassword string
 	// CatalogDSN selects the catalog database: "" is SQLite (catalog.db in DataDir);
 	// postgres://... and mysql://... share one catalog between processes.
 	CatalogDSN string
@@ -113,6 +123,10 @@ func (c *Config) StreamDedupSpan() time.Duration {
 	return c.StreamDedupWindow
 }
 
+// SharedProcessing reports whether process nodes share the log's partitions through the
+// Kafka consumer group (and so their outputs must be in shared stores).
+func (c *Config) SharedProcessing() bool { return c.MetricStore == "clickhouse" }
+
 // MaxHold is how long after its receive time ingest may still hand an event to the log.
 func (c *Config) MaxHold() time.Duration { return c.InFlightWait + time.Second }
 
@@ -143,6 +157,9 @@ func Default() Config {
 		MaxBatch:               100_000,
 		EventLog:               "local",
 		KafkaTopic:             "adpulse-events",
+		KafkaGroup:             "adpulse-process",
+		MetricStore:            "pebble",
+		ClickHouseDatabase:     "adpulse",
 		KafkaReplicationFactor: 3,
 		KafkaDeliveryTimeout:   10 * time.Second,
 		Dedup:                  "memory",
@@ -201,6 +218,11 @@ func (c *Config) Validate() error {
 	check(c.EventLog == "local" || c.EventLog == "kafka", "--event-log must be local or kafka")
 	check(c.EventLog != "kafka" || len(c.KafkaBrokers) > 0, "--event-log kafka needs --kafka-brokers")
 	check(c.Dedup == "memory" || c.Dedup == "redis", "--dedup must be memory or redis")
+	check(c.MetricStore == "pebble" || c.MetricStore == "clickhouse", "--metric-store must be pebble or clickhouse")
+	check(c.MetricStore != "clickhouse" || c.ClickHouseAddr != "", "--metric-store clickhouse needs --clickhouse-addr host:port (the native protocol port, 9000 by default)")
+	check(c.MetricStore != "clickhouse" || c.EventLog == "kafka", "--metric-store clickhouse is shared by process nodes that share the log: it needs --event-log kafka")
+	check(c.MetricStore != "clickhouse" || c.CatalogDSN != "", "--metric-store clickhouse needs --catalog-dsn postgres://... or mysql://...: the ledger beside the shared metric store is in the shared SQL database")
+	check(c.EventLog != "kafka" || c.KafkaGroup != "", "--kafka-group must not be empty")
 	check(c.Dedup != "redis" || c.RedisAddr != "", "--dedup redis needs --redis-addr")
 	// A reservation must outlive the append it guards, or a retry could slip in while the
 	// first attempt's records are still on their way to the brokers.
@@ -230,5 +252,5 @@ func (c *Config) checkRoles(check func(bool, string, ...any)) {
 	}
 	// Query nodes read what process nodes write. With the embedded metric store and ledger
 	// that is only the same process.
-	check(!seen[RoleQuery] || seen[RoleProcess], "--roles %s: a query node without the process role needs a shared metric store and ledger (not available yet); run query together with process", strings.Join(c.Roles, ","))
+	check(!seen[RoleQuery] || seen[RoleProcess] || c.MetricStore == "clickhouse", "--roles %s: a query node without the process role reads the shared metric store: it needs --metric-store clickhouse", strings.Join(c.Roles, ","))
 }

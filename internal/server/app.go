@@ -53,6 +53,8 @@ type App struct {
 	b       backends
 	ingest  *ingestRole  // nil unless the process runs the ingest role
 	process *processRole // nil unless the process runs the process role
+	query   *queryRole   // nil unless the process runs the query role
+	metrics *metricsSeam // the metric store of the process and query roles (nil without them)
 
 	ready  atomic.Bool
 	readyC chan struct{} // closed once the API listener serves
@@ -191,6 +193,11 @@ func (a *App) open(ctx context.Context) error {
 			return err
 		}
 	}
+	if a.cfg.Has(config.RoleQuery) {
+		if err := a.openQuery(ctx); err != nil {
+			return err
+		}
+	}
 	a.reg.MustRegister(newStatsCollector(a))
 	return nil
 }
@@ -217,7 +224,11 @@ func (a *App) readiness() error {
 		return errors.New("recovery in progress")
 	}
 	// A probe never hangs on a stalled backend: each must answer within a second.
-	return a.b.readiness(min(a.cfg.BackendTimeout, time.Second))
+	timeout := min(a.cfg.BackendTimeout, time.Second)
+	if err := a.b.readiness(timeout); err != nil {
+		return err
+	}
+	return a.roleReadiness(timeout)
 }
 
 // Ready is closed once recovery is done and the API listener serves.
@@ -329,6 +340,9 @@ func (a *App) closeAll() error {
 	var errs []error
 	if a.process != nil {
 		errs = append(errs, a.process.close()...)
+	}
+	if a.metrics != nil {
+		errs = append(errs, a.metrics.store.Close())
 	}
 	errs = append(errs, a.b.close()...)
 	if a.ops != nil {

@@ -60,6 +60,9 @@ var collectorDefs = []metricDef{
 	{"adpulse_metricstore_applies_total", "Metric store commits.", prometheus.CounterValue, nil},
 	{"adpulse_metricstore_apply_seconds_total", "Time spent in metric store commits, sync included.", prometheus.CounterValue, nil},
 	{"adpulse_metricstore_disk_bytes", "Bytes of the metric store on disk.", prometheus.GaugeValue, nil},
+	{"adpulse_metricstore_conflicts_total", "Metric store commits refused by the offset fence (another process committed the partition first).", prometheus.CounterValue, nil},
+	{"adpulse_process_partitions_owned", "Log partitions this process node owns in the process group.", prometheus.GaugeValue, nil},
+	{"adpulse_aggregate_fenced_total", "Partitions the aggregator resumed from the store after another process committed them.", prometheus.CounterValue, nil},
 
 	{"adpulse_billing_events_consumed_total", "Log messages the charger processed.", prometheus.CounterValue, nil},
 	{"adpulse_billing_clicks_charged_total", "Valid clicks that charged more than zero.", prometheus.CounterValue, nil},
@@ -140,6 +143,9 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.a.process != nil {
 		c.collectProcess(emit)
 	}
+	if c.a.query != nil {
+		c.collectQuery(emit)
+	}
 }
 
 func (c *statsCollector) collectIngest(emit func(name string, v float64, labels ...string)) {
@@ -174,10 +180,15 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 		emit("adpulse_aggregate_final_before_timestamp_seconds", float64(as.FinalBefore.Unix()))
 	}
 
-	ms := p.metrics.Stats()
+	ms := p.metrics.stats()
 	emit("adpulse_metricstore_applies_total", float64(ms.Applies))
-	emit("adpulse_metricstore_apply_seconds_total", float64(ms.ApplyNanos)/1e9)
+	emit("adpulse_metricstore_apply_seconds_total", ms.ApplyTime.Seconds())
 	emit("adpulse_metricstore_disk_bytes", float64(ms.DiskBytes))
+	emit("adpulse_metricstore_conflicts_total", float64(ms.Conflicts))
+	if p.membership != nil {
+		emit("adpulse_process_partitions_owned", float64(len(p.membership.Owned())))
+	}
+	emit("adpulse_aggregate_fenced_total", float64(as.Fenced))
 
 	bs := p.billing.Stats()
 	emit("adpulse_billing_events_consumed_total", float64(bs.EventsConsumed))
@@ -206,7 +217,10 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 		emit("adpulse_servingredis_views_pending", float64(ss.ViewsPending))
 		emit("adpulse_servingredis_resyncs_total", float64(ss.Resyncs))
 	}
-	ts := p.top.Stats()
+}
+
+func (c *statsCollector) collectQuery(emit func(name string, v float64, labels ...string)) {
+	ts := c.a.query.top.Stats()
 	emit("adpulse_topn_bytes", float64(ts.Bytes))
 	emit("adpulse_topn_queries_total", float64(ts.TAQueries), "threshold")
 	emit("adpulse_topn_queries_total", float64(ts.BruteQueries), "brute_force")

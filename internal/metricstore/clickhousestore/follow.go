@@ -225,3 +225,10 @@ func (s *Store) expireChanges(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Ping checks that the server answers, for readiness probes.
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := s.call(ctx)
+	defer cancel()
+	return s.conn.Ping(ctx)
+}
