@@ -55,6 +55,9 @@ type Options struct {
 	// Partitions are the log partitions this aggregator consumes (default: all). Process
 	// nodes that share the log run one aggregator per partition they own (see Shared).
 	Partitions []int32
+	// Epoch is this aggregator's ownership epoch of its partitions (metricstore.Commit.Epoch;
+	// 0 for a single writer).
+	Epoch uint64
 	// CommitInterval is how often counts are committed (default 200ms): data is visible in
 	// the store within about this plus a commit's latency.
 	CommitInterval time.Duration
@@ -664,6 +667,7 @@ func (r *runner) committer() {
 		deltas = j.acc.deltas(deltas[:0], &scratch)
 		err := r.opts.Store.Apply(ctx, &metricstore.Commit{
 			Consumer:    r.opts.Consumer,
+			Epoch:       r.opts.Epoch,
 			Ranges:      j.ranges,
 			Deltas:      deltas,
 			FinalBefore: j.finalBefore,

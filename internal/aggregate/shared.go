@@ -25,7 +25,8 @@ import (
 // the late commit is counted once and nothing is counted twice. The old owner's own next
 // Apply fails the same way, and it drops the partition.
 type Shared struct {
-	base Options
+	base  Options
+	claim ClaimFunc
 
 	ctx  context.Context // lives until Run returns; the aggregators run under it
 	stop context.CancelFunc
@@ -35,6 +36,7 @@ type Shared struct {
 	fatal    chan error
 	past     Stats // counters of aggregators that stopped, kept for the totals
 	restarts int64 // aggregators restarted after another node committed their partition
+	fenced   int64 // aggregators stopped because a later owner wrote their partition
 }
 
 type sharedPart struct {
@@ -42,7 +44,13 @@ type sharedPart struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	revoke bool // set by Revoke: its end is expected
+	epoch  uint64
 }
+
+// ClaimFunc claims partitions for this node and returns their new ownership epochs
+// (catalog.ClaimPartitions). Commits carry the epoch, so the store refuses a previous
+// owner's late writes and does not wait for its unfinished ones.
+type ClaimFunc func(ctx context.Context, partitions []int32) (map[int32]uint64, error)
 
 // PartitionConsumer is the consumer name of partition p's aggregator in a Shared stage.
 func PartitionConsumer(base string, p int32) string {
@@ -53,39 +61,54 @@ func PartitionConsumer(base string, p int32) string {
 }
 
 // NewShared returns a Shared stage; base configures every partition's Aggregator (its
-// Partitions and Consumer are set per partition from base.Consumer).
-func NewShared(base Options) (*Shared, error) {
+// Partitions, Consumer and Epoch are set per partition). claim may be nil (epoch 0: the
+// offset fence alone).
+func NewShared(base Options, claim ClaimFunc) (*Shared, error) {
 	if base.Log == nil || base.Store == nil {
 		return nil, errors.New("aggregate: Options.Log and Options.Store are required")
 	}
-	s := &Shared{base: base, running: make(map[int32]*sharedPart), fatal: make(chan error, 1)}
+	s := &Shared{base: base, claim: claim, running: make(map[int32]*sharedPart), fatal: make(chan error, 1)}
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	return s, nil
 }
 
 var _ eventlog.Assignee = (*Shared)(nil)
 
-// Assign starts an aggregator for each partition.
-func (s *Shared) Assign(_ context.Context, parts []int32) error {
+// Assign claims the partitions and starts an aggregator for each.
+func (s *Shared) Assign(ctx context.Context, parts []int32) error {
+	epochs := map[int32]uint64{}
+	if s.claim != nil {
+		var err error
+		if epochs, err = s.claim(ctx, parts); err != nil {
+			return fmt.Errorf("aggregate: claim partitions %v: %w", parts, err)
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ctx.Err() != nil {
 		return ErrClosed
 	}
 	for _, p := range parts {
-		if _, ok := s.running[p]; ok {
-			continue
+		if sp, ok := s.running[p]; ok {
+			// Still running from before (a revocation we were not told about): stop it
+			// before the new epoch's aggregator resumes from the store.
+			sp.revoke = true
+			sp.cancel()
+			s.mu.Unlock()
+			<-sp.done
+			s.mu.Lock()
 		}
-		if err := s.startLocked(p); err != nil {
+		if err := s.startLocked(p, epochs[p]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (s *Shared) startLocked(p int32) error {
+func (s *Shared) startLocked(p int32, epoch uint64) error {
 	o := s.base
 	o.Partitions = []int32{p}
+	o.Epoch = epoch
 	o.Consumer = PartitionConsumer(s.base.Consumer, p)
 	if o.Logger != nil {
 		o.Logger = o.Logger.With("partition", p)
@@ -95,7 +118,7 @@ func (s *Shared) startLocked(p int32) error {
 		return err
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
-	sp := &sharedPart{agg: agg, cancel: cancel, done: make(chan struct{})}
+	sp := &sharedPart{agg: agg, cancel: cancel, done: make(chan struct{}), epoch: epoch}
 	s.running[p] = sp
 	go func() {
 		defer close(sp.done)
@@ -117,6 +140,13 @@ func (s *Shared) ended(p int32, sp *sharedPart, err error) {
 	}
 	switch {
 	case sp.revoke || s.ctx.Err() != nil:
+	case errors.Is(err, metricstore.ErrFenced):
+		// A later owner has written the partition: it is not ours any more, whatever the
+		// group has told us so far. Its revocation is on its way.
+		s.fenced++
+		if s.base.Logger != nil {
+			s.base.Logger.Warn("aggregate: partition taken over by another process; stopped", "partition", p, "err", err)
+		}
 	case errors.Is(err, metricstore.ErrConflict):
 		// Another node committed this partition after we resumed it: start again from
 		// what the store holds now. If we no longer own it, Revoke is on its way, and the
@@ -126,7 +156,7 @@ func (s *Shared) ended(p int32, sp *sharedPart, err error) {
 			s.base.Logger.Warn("aggregate: partition committed elsewhere; resuming from the store", "partition", p, "err", err)
 		}
 		s.restarts++
-		if rerr := s.startLocked(p); rerr != nil {
+		if rerr := s.startLocked(p, sp.epoch); rerr != nil {
 			s.fail(fmt.Errorf("aggregate: restart partition %d: %w", p, rerr))
 		}
 	case err != nil:
@@ -219,7 +249,7 @@ func (s *Shared) Stats() Stats {
 	defer s.mu.Unlock()
 	var out Stats
 	addCounters(&out, &s.past)
-	out.Fenced = s.restarts
+	out.Fenced = s.restarts + s.fenced
 	first := true
 	for _, sp := range s.running {
 		st := sp.agg.Stats()

@@ -34,7 +34,7 @@ func TestSharedTakeoverCountsOnce(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	runErr := make(chan error, 2)
 	for i := range nodes {
-		if nodes[i], err = NewShared(base); err != nil {
+		if nodes[i], err = NewShared(base, nil); err != nil {
 			t.Fatal(err)
 		}
 		go func() { runErr <- nodes[i].Run(ctx) }()

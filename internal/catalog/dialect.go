@@ -163,6 +163,14 @@ func (d dialect) schema() []string {
 	seq BIGINT NOT NULL,
 	PRIMARY KEY (id)
 )`,
+		// Ownership epochs of log partitions per consumer group (epochs.go).
+		`CREATE TABLE IF NOT EXISTS partition_epochs (
+	group_name VARCHAR(128) NOT NULL,
+	log_partition INT NOT NULL,
+	epoch BIGINT NOT NULL,
+	claimed_at BIGINT NOT NULL,
+	PRIMARY KEY (group_name, log_partition)
+)`,
 		`CREATE TABLE IF NOT EXISTS catalog_changes (
 	seq BIGINT NOT NULL,
 	kind VARCHAR(16) NOT NULL,

@@ -4,16 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/aggregate"
 	"github.com/adpulse/adpulse/internal/billing"
-	"github.com/adpulse/adpulse/internal/ingest"
-	"github.com/adpulse/adpulse/internal/ivt"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/eventlog/kafkalog"
+	"github.com/adpulse/adpulse/internal/ingest"
+	"github.com/adpulse/adpulse/internal/ivt"
 	"github.com/adpulse/adpulse/internal/metricstore"
 	"github.com/adpulse/adpulse/internal/metricstore/clickhousestore"
 	"github.com/adpulse/adpulse/internal/query"
@@ -133,7 +133,9 @@ func (a *App) openProcess(ctx context.Context) error {
 	}
 	var assignees []eventlog.Assignee
 	if a.cfg.SharedProcessing() {
-		shared, err := aggregate.NewShared(aggOpts)
+		shared, err := aggregate.NewShared(aggOpts, func(ctx context.Context, parts []int32) (map[int32]uint64, error) {
+			return a.b.catalog.ClaimPartitions(ctx, a.cfg.KafkaGroup+"/aggregate", parts)
+		})
 		if err != nil {
 			return fmt.Errorf("start aggregator: %w", err)
 		}
