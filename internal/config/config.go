@@ -80,6 +80,9 @@ type Config struct {
 	// BackendTimeout bounds every call to the event log, the dedup store and the other
 	// backends; a request past it gets 503.
 	BackendTimeout time.Duration
+	// ReadyMaxLag: a process node answers /readyz with 503 while a partition it consumes is
+	// more than this many messages behind the log's end (0: lag never makes it unready).
+	ReadyMaxLag int64
 	// InFlightWait bounds how long a retry waits for an earlier attempt of the same event.
 	InFlightWait time.Duration
 
@@ -158,6 +161,7 @@ func Default() Config {
 		EventLog:               "local",
 		KafkaTopic:             "adpulse-events",
 		KafkaGroup:             "adpulse-process",
+		ReadyMaxLag:            1_000_000,
 		MetricStore:            "pebble",
 		ClickHouseDatabase:     "adpulse",
 		KafkaReplicationFactor: 3,
@@ -209,6 +213,7 @@ func (c *Config) Validate() error {
 	c.checkRoles(check)
 	check(c.BackendTimeout >= 10*time.Millisecond, "--backend-timeout must be at least 10ms")
 	check(c.InFlightWait >= time.Millisecond && c.InFlightWait <= time.Minute, "--in-flight-wait must be 1ms-1m")
+	check(c.ReadyMaxLag >= 0, "--ready-max-lag must not be negative (0 turns it off)")
 	check(c.ShutdownTimeout >= 0, "--shutdown-timeout must not be negative")
 	check(c.LogFormat == "text" || c.LogFormat == "json", "--log-format must be text or json")
 	check(c.RateLimitIP >= 0 && c.RateLimitKey >= 0, "--rate-limit-ip and --rate-limit-key must not be negative (0 turns a limit off)")

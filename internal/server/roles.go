@@ -10,6 +10,7 @@ import (
 
 	"github.com/adpulse/adpulse/internal/aggregate"
 	"github.com/adpulse/adpulse/internal/billing"
+	"github.com/adpulse/adpulse/internal/config"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/eventlog/kafkalog"
 	"github.com/adpulse/adpulse/internal/ingest"
@@ -353,6 +354,15 @@ func (a *App) roleReadiness(timeout time.Duration) error {
 	if a.process != nil && a.process.membership != nil {
 		if err := a.process.membership.Err(); err != nil {
 			return fmt.Errorf("process group: %w", err)
+		}
+	}
+	// Lag makes a process node unready, never one that takes clicks (a load balancer would
+	// stop sending it traffic while it catches up).
+	if a.process != nil && a.cfg.SharedProcessing() && !a.cfg.Has(config.RoleIngest) && a.cfg.ReadyMaxLag > 0 {
+		for _, ps := range a.process.aggregator.Stats().Partitions {
+			if ps.Lag > a.cfg.ReadyMaxLag {
+				return fmt.Errorf("catching up: partition %d is %d messages behind (--ready-max-lag %d)", ps.Partition, ps.Lag, a.cfg.ReadyMaxLag)
+			}
 		}
 	}
 	if a.query != nil {
