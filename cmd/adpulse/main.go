@@ -269,7 +269,10 @@ func serve(args []string, _, stderr io.Writer) error {
 	if err == nil {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
-		logger.Info("starting adpulse", "version", versionString(), "data_dir", cfg.DataDir)
+		ctx, handedOff := context.WithCancel(ctx)
+		defer handedOff()
+		go restartOnSignal(ctx, app, logger, handedOff)
+		logger.Info("starting adpulse", "version", versionString(), "data_dir", cfg.DataDir, "pid", os.Getpid())
 		err = app.Run(ctx)
 	}
 	if err != nil && cfg.LogFormat == "json" {
@@ -278,6 +281,34 @@ func serve(args []string, _, stderr io.Writer) error {
 		return errReported
 	}
 	return err
+}
+
+// restartOnSignal restarts the server in place on SIGUSR2: a new process (the executable now
+// at this path) takes the listening sockets over, and this one drains and exits 0, so an
+// upgrade refuses no connection (server.App.Handoff).
+func restartOnSignal(ctx context.Context, app *server.App, logger *slog.Logger, stop context.CancelFunc) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR2)
+	defer signal.Stop(sig)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sig:
+		}
+		select {
+		case <-app.Ready():
+		default:
+			logger.Warn("SIGUSR2 ignored: not serving yet")
+			continue
+		}
+		if _, err := app.Handoff(); err != nil {
+			logger.Error("restart in place failed; still serving", "err", err)
+			continue
+		}
+		stop()
+		return
+	}
 }
 
 func sign(args []string, stdout, stderr io.Writer) error {

@@ -80,7 +80,11 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 			return nil, fmt.Errorf("--catalog-dsn: %w", err)
 		}
 	}
-	dir, err := openDataDir(cfg.DataDir)
+	var wait time.Duration
+	if handedOver() {
+		wait = handoffLockWait // the previous process is still draining
+	}
+	dir, err := openDataDir(cfg.DataDir, wait)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +239,7 @@ func (a *App) readiness() error {
 func (a *App) Ready() <-chan struct{} { return a.readyC }
 
 func (a *App) startOps() error {
-	ln, err := net.Listen("tcp", a.cfg.OpsListen)
+	ln, err := listen("ops", a.cfg.OpsListen)
 	if err != nil {
 		return fmt.Errorf("ops listener: %w", err)
 	}
@@ -250,7 +254,7 @@ func (a *App) startOps() error {
 }
 
 func (a *App) startAPI() error {
-	ln, err := net.Listen("tcp", a.cfg.Listen)
+	ln, err := listen("api", a.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("API listener: %w", err)
 	}
