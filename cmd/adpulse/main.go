@@ -20,12 +20,12 @@ import (
 	"time"
 	_ "time/tzdata" // advertiser time zones must resolve on machines without a zoneinfo database
 
-	"github.com/adpulse/adpulse/internal/bench"
+	"github.com/adpulse/adpulse/internal/tools/bench"
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/cliflag"
 	"github.com/adpulse/adpulse/internal/config"
-	"github.com/adpulse/adpulse/internal/loadgen"
+	"github.com/adpulse/adpulse/internal/tools/loadgen"
 	"github.com/adpulse/adpulse/internal/server"
 )
 

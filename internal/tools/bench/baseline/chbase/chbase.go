@@ -34,7 +34,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/adpulse/adpulse/internal/bench/baseline"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline"
 	"github.com/adpulse/adpulse/internal/event"
 )
 

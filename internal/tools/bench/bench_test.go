@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/adpulse/adpulse/internal/bench/baseline"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/config"
 	"github.com/adpulse/adpulse/internal/server"

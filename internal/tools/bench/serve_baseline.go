@@ -16,10 +16,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/adpulse/adpulse/internal/bench/baseline"
-	"github.com/adpulse/adpulse/internal/bench/baseline/barebase"
-	"github.com/adpulse/adpulse/internal/bench/baseline/chbase"
-	"github.com/adpulse/adpulse/internal/bench/baseline/redisbase"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline/barebase"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline/chbase"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline/redisbase"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 )
 
