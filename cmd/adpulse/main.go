@@ -20,13 +20,13 @@ import (
 	"time"
 	_ "time/tzdata" // advertiser time zones must resolve on machines without a zoneinfo database
 
-	"github.com/adpulse/adpulse/internal/bench"
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/cliflag"
 	"github.com/adpulse/adpulse/internal/config"
-	"github.com/adpulse/adpulse/internal/loadgen"
 	"github.com/adpulse/adpulse/internal/server"
+	"github.com/adpulse/adpulse/internal/tools/bench"
+	"github.com/adpulse/adpulse/internal/tools/loadgen"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

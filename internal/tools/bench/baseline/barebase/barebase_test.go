@@ -3,7 +3,7 @@ package barebase
 import (
 	"testing"
 
-	"github.com/adpulse/adpulse/internal/bench/baseline/baselinetest"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline/baselinetest"
 )
 
 func TestConformance(t *testing.T) {

@@ -18,9 +18,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/adpulse/adpulse/internal/bench/baseline"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/eventlog/locallog"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline"
 	"github.com/cespare/xxhash/v2"
 )
 

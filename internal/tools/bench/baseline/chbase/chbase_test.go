@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/adpulse/adpulse/internal/bench/baseline/baselinetest"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline/baselinetest"
 )
 
 func TestStore(t *testing.T) {

@@ -34,8 +34,8 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/adpulse/adpulse/internal/bench/baseline"
 	"github.com/adpulse/adpulse/internal/event"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline"
 )
 
 // Options of a Store.

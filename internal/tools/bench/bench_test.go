@@ -14,10 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/adpulse/adpulse/internal/bench/baseline"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/config"
 	"github.com/adpulse/adpulse/internal/server"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline"
 )
 
 const testSecret = "k1:0123456789abcdef0123456789abcdef"

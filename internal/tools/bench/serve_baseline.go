@@ -16,11 +16,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/adpulse/adpulse/internal/bench/baseline"
-	"github.com/adpulse/adpulse/internal/bench/baseline/barebase"
-	"github.com/adpulse/adpulse/internal/bench/baseline/chbase"
-	"github.com/adpulse/adpulse/internal/bench/baseline/redisbase"
 	"github.com/adpulse/adpulse/internal/clicktoken"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline/barebase"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline/chbase"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline/redisbase"
 )
 
 // baselineConfig is what a baseline server needs; the bench passes it to the child process

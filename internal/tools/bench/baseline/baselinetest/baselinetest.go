@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/adpulse/adpulse/internal/bench/baseline"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline"
 )
 
 // Run checks s, which must be empty. run makes the ids of this run distinct from earlier ones.

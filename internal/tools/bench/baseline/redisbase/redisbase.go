@@ -23,7 +23,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/adpulse/adpulse/internal/bench/baseline"
+	"github.com/adpulse/adpulse/internal/tools/bench/baseline"
 	"github.com/redis/go-redis/v9"
 )
 
