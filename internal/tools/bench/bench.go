@@ -81,6 +81,10 @@ type Options struct {
 	ServeArgs   []string // extra `serve` flags
 	Target      string
 	OpsURL      string // ops listener of Target, for profiles
+	// Split also measures the split deployment (split.go) in the same run, on RedisAddr,
+	// ClickHouseAddr and SplitCatalogDSN (PostgreSQL or MySQL).
+	Split           bool
+	SplitCatalogDSN string
 	AdminKey    string
 	ClickSecret string
 	WorkDir     string // data dir and logs of the started servers; default a temp dir
@@ -312,6 +316,16 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	b.res.Targets = append(b.res.Targets, b.runTarget(ctx, ad))
 	stop()
+	if o.Split && ctx.Err() == nil {
+		t, stop, err := b.startSplit(ctx)
+		if err != nil {
+			b.logf("split: %v", err)
+			b.res.Targets = append(b.res.Targets, &TargetResult{Name: "adpulse split", Errors: []string{err.Error()}})
+		} else {
+			b.res.Targets = append(b.res.Targets, b.runTarget(ctx, t))
+			stop()
+		}
+	}
 	for _, name := range o.Baselines {
 		if ctx.Err() != nil {
 			break
@@ -503,7 +517,7 @@ func (b *runner) runTarget(ctx context.Context, t *target) *TargetResult {
 				b.logf("%s: clicks at %g/s for %v (open model, at most %d in flight)", t.name, o.ClickRate, o.ClickDuration, o.ClickConns)
 				load := loadAvg()
 				p0, c0 := b.proc(ctx, t), selfCPU()
-				rs, _ := cs.openLoop(ctx, t.addr(), 0, o.ClickRate, o.ClickDuration, o.ClickConns)
+				rs, _ := cs.openLoop(ctx, t.ingestAddrs(), 0, o.ClickRate, o.ClickDuration, o.ClickConns)
 				rs.Load1, rs.ClientCPU = load, selfCPU()-c0
 				tr.ClicksFixed = &rs
 				tr.CPUClicksFixed = cpuPerMillion(p0, b.proc(ctx, t), rs.OK)
@@ -520,7 +534,7 @@ func (b *runner) runTarget(ctx context.Context, t *target) *TargetResult {
 				stopProf := b.profile(ctx, t, "clicks", o.SatDuration)
 				load := loadAvg()
 				p0, c0 := b.proc(ctx, t), selfCPU()
-				rs, _ := cs.closedLoop(ctx, t.addr(), 0, o.SatDuration, o.SatConns)
+				rs, _ := cs.closedLoop(ctx, t.ingestAddrs(), 0, o.SatDuration, o.SatConns)
 				rs.Load1, rs.ClientCPU = load, selfCPU()-c0
 				tr.ClicksSat = &rs
 				tr.CPUClicks = cpuPerMillion(p0, b.proc(ctx, t), rs.OK)

@@ -152,11 +152,11 @@ func TestClicksAndCheck(t *testing.T) {
 			}
 			e := newExpectation("clicks", lay.prefix)
 			e.from = time.Now().Add(-time.Minute).Truncate(time.Minute)
-			rs, next := cs.openLoop(ctx, tg.addr(), 0, 2000, 100*time.Millisecond, 8)
+			rs, next := cs.openLoop(ctx, tg.ingestAddrs(), 0, 2000, 100*time.Millisecond, 8)
 			if rs.OK == 0 || rs.Requests != int64(next) {
 				t.Fatalf("open loop: %+v, stopped at %d", rs, next)
 			}
-			rs2, end := cs.closedLoop(ctx, tg.addr(), next, 5*time.Second, 4)
+			rs2, end := cs.closedLoop(ctx, tg.ingestAddrs(), next, 5*time.Second, 4)
 			if end != len(cs.order) || rs2.OK != rs2.Requests {
 				t.Fatalf("closed loop sent %d of %d: %+v", end, len(cs.order), rs2)
 			}

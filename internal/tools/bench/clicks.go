@@ -213,7 +213,7 @@ const requestTimeout = 10 * time.Second
 // send i is due at start + i/rate and its latency counts from then, so a stalled server
 // shows in the percentiles instead of slowing the load (no coordinated omission). It returns
 // the index in cs.order where it stopped.
-func (cs *clickSet) openLoop(ctx context.Context, addr string, from int, rate float64, d time.Duration, conns int) (RunStats, int) {
+func (cs *clickSet) openLoop(ctx context.Context, addrs []string, from int, rate float64, d time.Duration, conns int) (RunStats, int) {
 	type job struct {
 		i        int32
 		intended time.Time
@@ -227,7 +227,7 @@ func (cs *clickSet) openLoop(ctx context.Context, addr string, from int, rate fl
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rc := newRawConn(addr)
+			rc := newRawConn(addrs[w%len(addrs)]) // a split deployment's ingest nodes share the load
 			defer rc.close()
 			for j := range jobs {
 				status, _, err := rc.get(ctx, cs.paths[j.i], requestTimeout)
@@ -280,7 +280,7 @@ loop:
 // closedLoop runs conns workers that each send the next click as soon as the previous one was
 // answered, for d or until cs.order[from:] is used up (the figure is then over the shorter
 // time). It returns the index where it stopped.
-func (cs *clickSet) closedLoop(ctx context.Context, addr string, from int, d time.Duration, conns int) (RunStats, int) {
+func (cs *clickSet) closedLoop(ctx context.Context, addrs []string, from int, d time.Duration, conns int) (RunStats, int) {
 	var next atomic.Int64
 	next.Store(int64(from))
 	ws := make([]*workerStats, conns)
@@ -292,7 +292,7 @@ func (cs *clickSet) closedLoop(ctx context.Context, addr string, from int, d tim
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rc := newRawConn(addr)
+			rc := newRawConn(addrs[w%len(addrs)]) // a split deployment's ingest nodes share the load
 			defer rc.close()
 			for ctx.Err() == nil && time.Now().Before(end) {
 				k := next.Add(1) - 1

@@ -91,7 +91,7 @@ func runEvents(ctx context.Context, t *target, lay layout, runID string, d time.
 				bb.stamp(seq.Add(1))
 				t0 := time.Now()
 				var resp eventsResponse
-				err := t.do(ctx, http.MethodPost, "/events", "application/x-ndjson", bb.body, &resp)
+				err := t.doAt(ctx, t.ingestBase(w), http.MethodPost, "/events", "application/x-ndjson", bb.body, &resp)
 				lat := time.Since(t0)
 				mu.Lock()
 				st.Batches++
@@ -174,7 +174,7 @@ func loadHistory(ctx context.Context, t *target, lay layout, runID string, perAd
 			b = fmt.Appendf(b, `{"type":"%s","impression_id":"%s-%s-h%d-%d","ad_id":"%s","event_time":%d}`+"\n", typ, lay.prefix, runID, ad, j/2, lay.adID(ad), ts)
 		}
 		var resp eventsResponse
-		if err := t.do(ctx, http.MethodPost, "/events", "application/x-ndjson", b, &resp); err != nil {
+		if err := t.doAt(ctx, t.ingestBase(0), http.MethodPost, "/events", "application/x-ndjson", b, &resp); err != nil {
 			return err
 		}
 		if resp.Rejected > 0 && len(resp.Errors) > 0 {

@@ -39,14 +39,14 @@ func runFreshness(ctx context.Context, t *target, lay layout, cs *clickSet, bg *
 	bgDone := make(chan RunStats, 1)
 	if bg != nil && bgRate > 0 {
 		go func() {
-			rs, _ := bg.openLoop(bgCtx, t.addr(), 0, bgRate, time.Hour, bgConns)
+			rs, _ := bg.openLoop(bgCtx, t.ingestAddrs(), 0, bgRate, time.Hour, bgConns)
 			bgDone <- rs
 		}()
 		_ = sleepCtx(ctx, 500*time.Millisecond) // let the background load settle
 	} else {
 		close(bgDone)
 	}
-	rc := newRawConn(t.addr())
+	rc := newRawConn(t.ingestAddrs()[0])
 	defer rc.close()
 	var want int64
 	for i := range cs.order {

@@ -109,6 +109,7 @@ func loadAvg() float64 {
 // child is an `adpulse serve` process the bench started; it can be killed and restarted on
 // the same data dir.
 type child struct {
+	name     string // of its log files (default "adpulse")
 	bin      string
 	dataDir  string
 	logDir   string
@@ -135,7 +136,11 @@ var readyRE = regexp.MustCompile(`msg="adpulse ready" listen=(\S+) ops=(\S+)`)
 // that took from the exec.
 func (c *child) start(ctx context.Context) (time.Duration, error) {
 	c.starts++
-	logPath := filepath.Join(c.logDir, fmt.Sprintf("adpulse-%d.log", c.starts))
+	name := c.name
+	if name == "" {
+		name = "adpulse"
+	}
+	logPath := filepath.Join(c.logDir, fmt.Sprintf("%s-%d.log", name, c.starts))
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return 0, err

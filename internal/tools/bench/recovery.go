@@ -29,7 +29,7 @@ func runRecovery(ctx context.Context, t *target, cs *clickSet, rate float64, con
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	done := make(chan RunStats, 1)
 	go func() {
-		st, _ := cs.openLoop(loadCtx, t.addr(), 0, rate, time.Hour, conns)
+		st, _ := cs.openLoop(loadCtx, t.ingestAddrs(), 0, rate, time.Hour, conns)
 		done <- st
 	}()
 	t0 := time.Now()

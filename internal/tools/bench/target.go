@@ -34,9 +34,33 @@ type target struct {
 	resNote string
 
 	client *http.Client
+
+	// ingest are the ingest nodes' http://host:port of a split deployment, which take the
+	// clicks and batches (base is then its query node); empty: base takes everything.
+	ingest []string
 }
 
 func (t *target) addr() string { return strings.TrimPrefix(t.base, "http://") }
+
+// ingestAddrs are the host:port the click loops spread their connections over.
+func (t *target) ingestAddrs() []string {
+	if len(t.ingest) == 0 {
+		return []string{t.addr()}
+	}
+	out := make([]string, len(t.ingest))
+	for i, u := range t.ingest {
+		out[i] = strings.TrimPrefix(u, "http://")
+	}
+	return out
+}
+
+// ingestBase is the base URL the i-th sender of batches posts to.
+func (t *target) ingestBase(i int) string {
+	if len(t.ingest) == 0 {
+		return t.base
+	}
+	return t.ingest[i%len(t.ingest)]
+}
 
 // pidList is the processes whose RSS and CPU the resource rows report.
 func (t *target) pidList(ctx context.Context) []int {
@@ -65,11 +89,16 @@ func newAPIClient(conns int) *http.Client {
 
 // do sends an authenticated request and decodes a 2xx JSON answer into out (when not nil).
 func (t *target) do(ctx context.Context, method, path, ctype string, body []byte, out any) error {
+	return t.doAt(ctx, t.base, method, path, ctype, body, out)
+}
+
+// doAt is do against base (an ingest node of a split deployment).
+func (t *target) doAt(ctx context.Context, base, method, path, ctype string, body []byte, out any) error {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, t.base+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return err
 	}
