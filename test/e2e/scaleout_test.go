@@ -28,24 +28,8 @@ func TestSharedProcessing(t *testing.T) {
 	if redisAddr == "" || pg == "" || ch == "" {
 		t.Skip("ADPULSE_TEST_REDIS_ADDR, ADPULSE_TEST_POSTGRES_DSN and ADPULSE_TEST_CLICKHOUSE_ADDR not all set: skipping the shared-processing test")
 	}
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
 	rng := newRand(seed(t), 2)
-	run := fmt.Sprintf("s%d", time.Now().UnixNano()) // the services outlive the test
-	shared := []string{
-		"--event-log", "kafka", "--kafka-brokers", strings.Join(cluster.ListenAddrs(), ","), "--kafka-topic", "adpulse-" + run,
-		"--kafka-group", "process-" + run, "--kafka-replication-factor", "1", "--partitions", "6",
-		"--dedup", "redis", "--redis-addr", redisAddr, "--catalog-dsn", pg,
-		"--metric-store", "clickhouse", "--clickhouse-addr", ch, "--clickhouse-database", "adpulse_e2e_" + run,
-		"--admin-key", testAdminKey, "--click-secret", testClickSecret,
-	}
-	e := newEnv(t)
-	node := func(name, roles string) []string {
-		return append(append([]string{}, shared...), "--roles", roles, "--data-dir", filepath.Join(e.dir, name))
-	}
+	e, node, run := splitDeployment(t, redisAddr, pg, ch)
 	procs := []*server{e.start(node("process-1", "process")...), e.start(node("process-2", "process")...)}
 	query := e.start(node("query-1", "query")...)
 	ing := []*server{e.start(node("ingest-1", "ingest")...), e.start(node("ingest-2", "ingest")...)}
@@ -109,6 +93,29 @@ func TestSharedProcessing(t *testing.T) {
 	query.kill(t)
 	send(3, 40)
 	poll(t, "clicks on the second query node", 60*time.Second, exact(query2))
+}
+
+// splitDeployment starts Kafka (kfake, in this process) and returns the env and the flags of
+// a node of one split deployment over the services given, and the run's unique name.
+func splitDeployment(t *testing.T, redisAddr, catalogDSN, ch string) (*env, func(name, roles string) []string, string) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	run := fmt.Sprintf("s%d", time.Now().UnixNano()) // the services outlive the test
+	shared := []string{
+		"--event-log", "kafka", "--kafka-brokers", strings.Join(cluster.ListenAddrs(), ","), "--kafka-topic", "adpulse-" + run,
+		"--kafka-group", "process-" + run, "--kafka-replication-factor", "1", "--partitions", "6",
+		"--dedup", "redis", "--redis-addr", redisAddr, "--catalog-dsn", catalogDSN,
+		"--metric-store", "clickhouse", "--clickhouse-addr", ch, "--clickhouse-database", "adpulse_e2e_" + run,
+		"--admin-key", testAdminKey, "--click-secret", testClickSecret,
+	}
+	e := newEnv(t) // registered after the cluster: its cleanup kills the nodes first
+	node := func(name, roles string) []string {
+		return append(append([]string{}, shared...), "--roles", roles, "--data-dir", filepath.Join(e.dir, name))
+	}
+	return e, node, run
 }
 
 // exactClicks compares campaign clicks in /metrics and ad clicks in /metrics/top on srv with
