@@ -79,16 +79,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/billing/ledger"
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/metricstore"
-	"github.com/cockroachdb/pebble"
-	"github.com/cockroachdb/pebble/vfs"
 )
 
 // DefaultConsumer is the metric store consumer name spend is committed under.
@@ -96,7 +97,7 @@ const DefaultConsumer = "charge"
 
 // JournalPartition is the virtual partition of the billing journal in the metric store's
 // checkpoint of the charge consumer: its offset is the next journal entry to apply. It is not
-// a log partition; the charger's log offsets live in its own database.
+// a log partition; the charger's log offsets live in the ledger.
 const JournalPartition int32 = math.MaxInt32
 
 // Catalog is what billing reads from the catalog. *catalog.Catalog implements it.
@@ -113,12 +114,22 @@ type CampaignLister interface {
 	CampaignIDs() []string
 }
 
-// Options configure a Charger. Dir, Log, Catalog and Metrics are required.
+// Options configure a Charger. Log, Catalog and Metrics are required, and Ledger or Dir.
 type Options struct {
-	Dir     string // the billing database; created if missing
-	Log     eventlog.Log
-	Catalog Catalog
-	Metrics metricstore.Store
+	// Ledger is the billing storage (ledger.OpenPebble, ledger.OpenSQL); the caller closes it
+	// after the Charger. Without it, Open opens a Pebble ledger in Dir and Close closes it.
+	Ledger ledger.Store
+	Dir    string // the embedded billing database when Ledger is nil; created if missing
+	// Group: partitions are given by Assign and Revoke (a Kafka consumer group); without it
+	// Open claims every partition of the log.
+	Group bool
+	// Node names this process in the shared ledger (its traffic profile row); "" for one node.
+	Node string
+	// RoundTimeout bounds one ledger transaction: a round, a refund, a read (default 30s).
+	RoundTimeout time.Duration
+	Log          eventlog.Log
+	Catalog      Catalog
+	Metrics      metricstore.Store
 	// Consumer is the metric store consumer name (default "charge").
 	Consumer string
 	// Publisher, if set, receives the serving feed every FeedInterval (the Redis seam).
@@ -148,11 +159,8 @@ type Options struct {
 	PacingHorizon time.Duration
 	// MinPacing is the lowest pacing given to an active campaign (default 0.01).
 	MinPacing float64
-	// FS is the file system; nil means the operating system's. Crash tests use
-	// vfs.NewStrictMem, which drops whatever was not synced.
-	FS     vfs.FS
-	Now    func() time.Time // default time.Now
-	Logger *slog.Logger
+	Now       func() time.Time // default time.Now
+	Logger    *slog.Logger
 
 	hooks *testHooks // fault injection for crash tests; nil in production
 }
@@ -188,8 +196,8 @@ func (o *Options) setDefaults() {
 	if o.MinPacing <= 0 || o.MinPacing > 1 {
 		o.MinPacing = 0.01
 	}
-	if o.FS == nil {
-		o.FS = vfs.Default
+	if o.RoundTimeout <= 0 {
+		o.RoundTimeout = 30 * time.Second
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -202,7 +210,7 @@ func (o *Options) setDefaults() {
 // testHooks let crash tests fail the charger at chosen points. A non-nil error makes the
 // step fail as a crash would (Run returns it).
 type testHooks struct {
-	beforeCommit func() error // batch built, not committed
+	beforeCommit func() error // writes built inside the ledger transaction, not committed
 	afterCommit  func() error // batch committed, journal not yet published
 	beforeApply  func() error // journal entries read, Apply not called
 	afterApply   func() error // Apply returned nil, bookkeeping not done
@@ -229,8 +237,12 @@ type Stats struct {
 	ViewsCounted    int64
 	ViewDuplicates  int64 // impressions already in the log within the dedup span, not counted
 
+	Claims  int64 // partitions claimed (Assign, or Open when embedded)
+	Fenced  int64 // rounds refused because another owner claimed one of their partitions
+	Retries int64 // ledger transactions run again after a conflict (SQL deadlocks, races)
+
 	Commits            int64
-	LastCommitLatency  time.Duration // of the last Pebble commit, including the sync
+	LastCommitLatency  time.Duration // of the last ledger commit, including the sync
 	MaxCommitLatency   time.Duration
 	TotalCommitLatency time.Duration
 
@@ -238,11 +250,12 @@ type Stats struct {
 	JournalApplied    uint64 // entries below it are in the metric store
 	MetricApplies     int64
 	MetricApplyErrors int64
+	MetricConflicts   int64 // Applies refused because the entries were in already (another node)
 
 	Partitions []PartitionStats
 }
 
-// PartitionStats describe one log partition.
+// PartitionStats describe one owned log partition.
 type PartitionStats struct {
 	Partition int
 	Committed int64 // next offset to consume, as committed
@@ -252,127 +265,141 @@ type PartitionStats struct {
 
 // Charger is the charging stage. It is safe for concurrent use.
 type Charger struct {
-	opts   Options
-	db     *pebble.DB
-	cat    Catalog
-	lister CampaignLister // nil when the catalog cannot list
-	pacer  *pacer
-	w      *writer
+	opts      Options
+	store     ledger.Store
+	ownsStore bool // opened by Open from Dir: Close closes it
+	cat       Catalog
+	lister    CampaignLister // nil when the catalog cannot list
+	pacer     *pacer
+	w         *writer
 
-	// life is held shared by every use of db outside the writer and publisher, and
-	// exclusively by Close, so the database is never used after it is closed.
-	life   sync.RWMutex
-	closed bool // guarded by life
-
+	closed    atomic.Bool
 	started   atomic.Bool
 	abort     chan struct{} // closed by Close
 	done      chan struct{} // closed when Run returns
 	closeOnce sync.Once
-	refunds   chan *refundReq
 	kick      chan struct{} // wakes the publisher after a commit
 
-	journalNext atomic.Uint64 // published by the writer after each commit
+	journalNext atomic.Uint64 // the highest journal next seen (own commits, the ledger's counter)
 	pubMu       sync.Mutex    // serialises publish; guards journalLow and writes of applied
 	applied     atomic.Uint64 // journal entries below it are in the metric store
 	journalLow  uint64        // journal entries below it were deleted
 
 	mu        sync.Mutex // guards stats, committed, known
 	stats     Stats
-	committed []int64             // committed next offsets, for Stats
-	known     map[string]struct{} // campaigns seen in the log
+	committed map[int32]int64 // owned partitions' committed next offsets, for Stats
+	known     map[string]struct{}
 }
 
-// Open opens or creates the billing database in o.Dir and checks it against the log and the
-// metric store. Run starts charging.
+// Open opens the ledger (Options.Ledger, or a Pebble ledger in o.Dir) and checks it against
+// the metric store; embedded (not Group), it claims every partition of the log. Run starts
+// charging.
 func Open(ctx context.Context, o Options) (*Charger, error) {
-	if o.Dir == "" || o.Log == nil || o.Catalog == nil || o.Metrics == nil {
-		return nil, errors.New("billing: Options.Dir, Log, Catalog and Metrics are required")
+	if (o.Dir == "" && o.Ledger == nil) || o.Log == nil || o.Catalog == nil || o.Metrics == nil {
+		return nil, errors.New("billing: Options.Ledger or Dir, Log, Catalog and Metrics are required")
 	}
 	o.setDefaults()
-	if err := createDir(o.FS, o.Dir); err != nil {
-		return nil, err
-	}
-	db, err := pebble.Open(o.Dir, &pebble.Options{
-		FS:                 o.FS,
-		FormatMajorVersion: pebble.FormatNewest,
-		Logger:             slogLogger{o.Logger},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open billing database in %q: %w", o.Dir, err)
-	}
 	c := &Charger{
-		opts:    o,
-		db:      db,
-		cat:     o.Catalog,
-		abort:   make(chan struct{}),
-		done:    make(chan struct{}),
-		refunds: make(chan *refundReq),
-		kick:    make(chan struct{}, 1),
-		known:   make(map[string]struct{}),
-		stats:   Stats{ZeroCharge: make(map[string]int64)},
+		opts:  o,
+		store: o.Ledger,
+		cat:   o.Catalog,
+		abort: make(chan struct{}),
+		done:  make(chan struct{}),
+		kick:  make(chan struct{}, 1),
+		known: make(map[string]struct{}),
+		stats: Stats{ZeroCharge: make(map[string]int64)},
+	}
+	if c.store == nil {
+		st, err := ledger.OpenPebble(o.Dir, ledger.PebbleOptions{Logger: o.Logger})
+		if err != nil {
+			return nil, err
+		}
+		c.store, c.ownsStore = st, true
 	}
 	c.lister, _ = o.Catalog.(CampaignLister)
 	c.pacer = newPacer(o.PacingInterval, o.PacingHorizon, o.MinPacing)
 	if err := c.load(ctx); err != nil {
-		db.Close()
+		if c.ownsStore {
+			c.store.Close()
+		}
 		return nil, err
 	}
 	return c, nil
 }
 
-// load reads the writer's state and reconciles the journal with the metric store.
+// legacyMigrator is a ledger with spend kept under bare local dates to move (ledger.Pebble).
+type legacyMigrator interface {
+	MigrateLegacyDates(dayStart func(campaign string, date uint32) int64) (int, error)
+}
+
+// load reads the writer's state, reconciles the journal with the metric store and, embedded,
+// claims every partition.
 func (c *Charger) load(ctx context.Context) error {
+	if m, ok := c.store.(legacyMigrator); ok {
+		n, err := m.MigrateLegacyDates(c.legacyDayStart)
+		if err != nil {
+			return fmt.Errorf("billing: move legacy spend: %w", err)
+		}
+		if n > 0 {
+			c.opts.Logger.Info("billing: daily spend moved from local dates to budget days", "rows", n)
+		}
+	}
 	w, err := newWriter(ctx, c)
 	if err != nil {
 		return err
 	}
 	c.w = w
-	c.journalNext.Store(w.journalNext)
-	c.committed = append([]int64(nil), w.next...)
+	next, err := c.store.JournalNext(ctx)
+	if err != nil {
+		return fmt.Errorf("read journal seq: %w", err)
+	}
+	c.journalNext.Store(next)
 
 	cp, err := c.opts.Metrics.Checkpoint(ctx, c.opts.Consumer)
 	if err != nil {
 		return fmt.Errorf("read metric store checkpoint of %s: %w", c.opts.Consumer, err)
 	}
-	first, err := c.firstJournal()
+	first, err := c.store.FirstJournal(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("read journal: %w", err)
 	}
 	applied, ok := cp.Offsets[JournalPartition]
 	switch {
 	case !ok:
-		// The store has never seen this journal: everything still on disk goes in.
+		// The store has never seen this journal: everything still retained goes in.
 		if first > 0 {
-			c.opts.Logger.Warn("billing: the metric store has no spend from this billing database yet; applying the journal from its first retained entry",
-				"first", first, "next", w.journalNext)
+			c.opts.Logger.Warn("billing: the metric store has no spend from this billing ledger yet; applying the journal from its first retained entry",
+				"first", first, "next", next)
 		}
 		c.applied.Store(first)
-	case applied < 0 || uint64(applied) > w.journalNext:
-		return fmt.Errorf("billing: the metric store has applied journal entries up to %d but this billing database has written only %d: the billing data does not belong to this metric store", applied, w.journalNext)
+	case applied < 0 || uint64(applied) > next:
+		return fmt.Errorf("billing: the metric store has applied journal entries up to %d but this billing ledger has written only %d: the billing data does not belong to this metric store", applied, next)
 	case uint64(applied) < first:
 		return fmt.Errorf("billing: the metric store needs journal entry %d but the oldest left is %d", applied, first)
 	default:
 		c.applied.Store(uint64(applied))
 	}
 	c.journalLow = first
+	if !c.opts.Group {
+		all := make([]int32, c.opts.Log.Partitions())
+		for i := range all {
+			all[i] = int32(i)
+		}
+		if err := c.Assign(ctx, all); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-// firstJournal returns the seq of the oldest journal entry on disk, or the next seq if none.
-func (c *Charger) firstJournal() (uint64, error) {
-	it, err := c.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixJournal}, UpperBound: []byte{prefixJournal + 1}})
-	if err != nil {
-		return 0, fmt.Errorf("read journal: %w", err)
+// noteJournal records that journal entries below next exist.
+func (c *Charger) noteJournal(next uint64) {
+	for {
+		cur := c.journalNext.Load()
+		if next <= cur || c.journalNext.CompareAndSwap(cur, next) {
+			return
+		}
 	}
-	defer it.Close()
-	if !it.First() {
-		return c.w.journalNext, it.Error()
-	}
-	k := it.Key()
-	if len(k) != 9 {
-		return 0, fmt.Errorf("%w: journal key %x", errCorrupt, k)
-	}
-	return beUint64(k[1:]), nil
 }
 
 // Run charges until ctx is done, then publishes what it committed to the metric store (for
@@ -430,20 +457,17 @@ func (c *Charger) Run(ctx context.Context) error {
 }
 
 // Close stops Run abruptly (a round not yet committed is replayed at the next start) and
-// closes the database.
+// closes the ledger if Open opened it.
 func (c *Charger) Close() error {
 	c.closeOnce.Do(func() { close(c.abort) })
 	if c.started.Load() {
 		<-c.done
 	}
-	c.life.Lock()
-	defer c.life.Unlock()
-	if c.closed {
+	if !c.closed.CompareAndSwap(false, true) || !c.ownsStore {
 		return nil
 	}
-	c.closed = true
-	if err := c.db.Close(); err != nil {
-		return fmt.Errorf("close billing database: %w", err)
+	if err := c.store.Close(); err != nil {
+		return fmt.Errorf("close billing ledger: %w", err)
 	}
 	return nil
 }
@@ -457,26 +481,20 @@ func (c *Charger) aborted() bool {
 	}
 }
 
-// read runs f on a consistent snapshot of the committed state.
-func (c *Charger) read(f func(r pebble.Reader) error) error {
-	c.life.RLock()
-	defer c.life.RUnlock()
-	if c.closed {
+// readErr maps the ledger's closed error to billing's.
+func (c *Charger) readErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, ledger.ErrClosed) || c.closed.Load() {
 		return ErrClosed
 	}
-	snap := c.db.NewSnapshot()
-	defer snap.Close()
-	return f(snap)
+	return err
 }
 
-// withDB runs f with the database open.
-func (c *Charger) withDB(f func(db *pebble.DB) error) error {
-	c.life.RLock()
-	defer c.life.RUnlock()
-	if c.closed {
-		return ErrClosed
-	}
-	return f(c.db)
+// readCtx bounds a read made for a caller that gave no context.
+func (c *Charger) readCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), c.opts.RoundTimeout)
 }
 
 // Stats returns a snapshot of the counters.
@@ -491,57 +509,17 @@ func (c *Charger) Stats() Stats {
 	for k, v := range c.stats.ZeroCharge {
 		s.ZeroCharge[k] = v
 	}
-	committed := append([]int64(nil), c.committed...)
+	committed := maps.Clone(c.committed)
 	c.mu.Unlock()
 	s.JournalNext = c.journalNext.Load()
 	s.JournalApplied = c.applied.Load()
-	for p, off := range committed {
-		ps := PartitionStats{Partition: p, Committed: off}
-		if _, end, err := c.opts.Log.Offsets(context.Background(), p); err == nil {
+	for _, p := range slices.Sorted(maps.Keys(committed)) {
+		off := committed[p]
+		ps := PartitionStats{Partition: int(p), Committed: off}
+		if _, end, err := c.opts.Log.Offsets(context.Background(), int(p)); err == nil {
 			ps.End, ps.Lag = end, max(0, end-off)
 		}
 		s.Partitions = append(s.Partitions, ps)
 	}
 	return s
-}
-
-// createDir creates dir and syncs its parent, so that a crash right after the first commit
-// cannot lose the directory entry (Pebble syncs what is inside, not the parent).
-func createDir(fs vfs.FS, dir string) error {
-	if err := fs.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create billing dir: %w", err)
-	}
-	parent := fs.PathDir(dir)
-	if parent == "" {
-		parent = "."
-	}
-	d, err := fs.OpenDir(parent)
-	if err != nil {
-		return fmt.Errorf("open parent of billing dir: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync parent of billing dir: %w", err)
-	}
-	return nil
-}
-
-// slogLogger routes Pebble's log lines to slog.
-type slogLogger struct{ l *slog.Logger }
-
-func (l slogLogger) Infof(format string, args ...any) {
-	l.l.Debug(fmt.Sprintf(format, args...), "component", "billing-pebble")
-}
-
-func (l slogLogger) Fatalf(format string, args ...any) {
-	// Pebble calls Fatalf on unrecoverable corruption and expects it not to return.
-	msg := fmt.Sprintf(format, args...)
-	l.l.Error(msg, "component", "billing-pebble")
-	panic("pebble: " + msg)
-}
-
-func beUint64(b []byte) uint64 {
-	_ = b[7]
-	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
-		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
 }
