@@ -1,5 +1,5 @@
 // Package billing is the charging stage of the pipeline and what is built on it: it consumes
-// every partition of the event log, charges each valid click against its campaign's budget
+// the partitions of the event log it owns, charges each valid click against its campaign's budget
 // exactly once, keeps the ledger and per-campaign spend, feeds spend into the metric store,
 // computes serving status, budgets and pacing (the serving feed), and counts user views.
 //
@@ -24,23 +24,28 @@
 //
 // # Invariants
 //
-//   - A budget is never exceeded, not by one micro: one goroutine (the writer) does every
-//     charge and refund, reading spend that includes every earlier decision, and remaining
-//     budgets are clamped at 0 (a budget lowered below spend leaves nothing to spend).
+//   - A budget is never exceeded, not by one micro, however many nodes charge: every charge
+//     and refund is a ledger transaction that reads the spend it decides on with a lock held
+//     until commit (package ledger), and remaining budgets are clamped at 0 (a budget lowered
+//     below spend leaves nothing to spend).
 //   - Spend equals the ledger: for each campaign, the total spend and the sum of its daily
 //     spends equal the sum of ChargedMicros of its ledger entries in state charged.
-//   - Exactly once, across crashes: a round's ledger entries, spend, view counts, consumed
-//     log offsets and its journal entry are one Pebble batch committed with Sync. A crash
-//     before the commit replays the round from the log (the decisions may then differ, but
-//     none of the first attempt's survived); after it, the round is never replayed.
+//   - Exactly once, across crashes and takeovers: a round's ledger entries, spend, view
+//     counts, consumed log offsets and its journal entry are one ledger transaction (a synced
+//     Pebble batch, or one SQL transaction). A crash before the commit replays the round from
+//     the log (the decisions may then differ, but none of the first attempt's survived); after
+//     it, the round is never replayed. The offsets are fenced by the partition's epoch, so a
+//     node that lost a partition (ownership.go) cannot commit it.
 //   - /metrics spend_micros equals the sum of charges, exactly once, through the journal:
-//     every batch that changes spend also writes journal entry seq = n (the minute spend
-//     deltas at ad, campaign and advertiser level), and the publisher applies entries to the
+//     every transaction that changes spend also writes journal entry seq = n (the minute spend
+//     deltas at ad, campaign and advertiser level; seqs are taken in commit order, under a
+//     lock held until commit), and any node's publisher applies entries to the
 //     metric store in seq order as consumer "charge", with the offset range
 //     [from, to) of the virtual partition JournalPartition, so the store's fence refuses any
 //     entry twice. On start the store's checkpoint tells which entries are in; the rest are
-//     applied again. A crash between the Pebble commit and Apply therefore loses nothing (the
-//     entry is durable) and doubles nothing (the fence). Applied entries are deleted lazily.
+//     applied again. A crash between the ledger commit and Apply therefore loses nothing (the
+//     entry is durable) and doubles nothing (the fence), and neither do two nodes publishing
+//     at once. Applied entries are deleted lazily.
 //   - A refund is booked where its charge was, at the click's event-time minute (not at the
 //     refund's time), so every bucket at every interval shows the net spend of the clicks in
 //     it. A click older than the metric store's minute retention (--minute-retention) has
@@ -54,24 +59,25 @@
 //     advertiser's local midnight, or the instant a time zone change takes effect). Status,
 //     budget.day and pacing use the same budget day as charging.
 //   - User views count each valid impression with a user and catalog id once, in the same
-//     batch as the offsets it came from. An impression that reached the log twice (a retry
+//     transaction as the offsets it came from. An impression that reached the log twice (a retry
 //     whose first attempt had an unknown outcome, a dedup store that lost keys) is dropped
-//     by a per-partition dedup.Window over DedupSpan, rebuilt from the log on start, so the
-//     count does not depend on crashes or timing.
+//     by a per-partition dedup.Window over DedupSpan, rebuilt from the log when the partition
+//     is assigned, so the count does not depend on crashes, takeovers or timing.
 //
 // # Scale-out
 //
-// Charging for one campaign must happen in one place at a time. Embedded, one writer owns all
-// campaigns and processes the partitions' messages in a deterministic merged order (append
-// time, then partition, then offset). With Kafka, the log is partitioned by ad id, not
-// campaign, so charging is keyed by campaign: N chargers each own the campaigns with
-// hash(campaign id) mod N == i (each reads every partition and skips other campaigns'
-// clicks, or a repartition topic keyed by campaign id feeds them), each with its own state and
-// its own metric consumer name ("charge-i"), and an owner change is fenced by the consumer
-// group generation so that a zombie cannot commit. No distributed lock is needed.
+// Charging happens where the spend is: in the ledger (package ledger). Embedded, one Charger
+// claims every partition of the log and keeps the ledger in Pebble. With several process
+// nodes, each has a Charger on one shared SQL ledger and consumes the partitions a Kafka
+// consumer group gives it (Options.Group, Assign, Revoke: ownership.go); two nodes charging
+// one campaign are serialised by the spend rows' locks, refunds through any node lock the
+// click's entry, and every node reads statuses and clicks from the committed ledger, so all
+// answer alike. Within a node, a round processes its partitions' messages in a deterministic
+// merged order (append time, then partition, then offset); across nodes, who gets a budget's
+// last micros depends on commit order, and no budget is ever exceeded.
 //
-// Lock order: Charger.pubMu, then Charger.life, then pacer.mu or Charger.mu. The writer
-// goroutine owns its state without locks.
+// Lock order: Charger.pubMu, then writer.mu, then pacer.mu or Charger.mu. writer.mu is held
+// for a whole round, and by Assign and Revoke while they change the owned partitions.
 package billing
 
 import (
@@ -511,8 +517,8 @@ func (c *Charger) Stats() Stats {
 	}
 	committed := maps.Clone(c.committed)
 	c.mu.Unlock()
-	s.JournalNext = c.journalNext.Load()
 	s.JournalApplied = c.applied.Load()
+	s.JournalNext = max(c.journalNext.Load(), s.JournalApplied) // another node may have published past what this one saw
 	for _, p := range slices.Sorted(maps.Keys(committed)) {
 		off := committed[p]
 		ps := PartitionStats{Partition: int(p), Committed: off}

@@ -99,6 +99,7 @@ func (c *Charger) publish(ctx context.Context) error {
 		if err != nil {
 			// Another node may have applied and dropped them: the checkpoint says so.
 			if m, ok := c.storeApplied(ctx); ok && m > int64(from) {
+				c.noteJournal(uint64(m))
 				c.applied.Store(uint64(m))
 				continue
 			}

@@ -2,7 +2,7 @@ package ledger
 
 import (
 	"encoding/binary"
-		"fmt"
+	"fmt"
 	"math"
 )
 
@@ -195,4 +195,3 @@ func decodeLedger(v []byte) (Entry, error) {
 	}
 	return e, nil
 }
-

@@ -11,7 +11,7 @@ import (
 
 	"github.com/adpulse/adpulse/internal/billing/ledger"
 
-	_ "github.com/go-sql-driver/mysql"  // driver "mysql"
+	_ "github.com/go-sql-driver/mysql" // driver "mysql"
 	_ "github.com/jackc/pgx/v5/stdlib" // driver "pgx"
 )
 
