@@ -355,20 +355,22 @@ func (c *Charger) load(ctx context.Context) error {
 		return err
 	}
 	c.w = w
+	// Read in this order, because other nodes of a shared ledger may commit, publish and drop
+	// entries meanwhile: entries are dropped only once the store has them, and the store has
+	// only committed ones, so first <= applied <= next holds for these three reads.
+	first, err := c.store.FirstJournal(ctx)
+	if err != nil {
+		return fmt.Errorf("read journal: %w", err)
+	}
+	cp, err := c.opts.Metrics.Checkpoint(ctx, c.opts.Consumer)
+	if err != nil {
+		return fmt.Errorf("read metric store checkpoint of %s: %w", c.opts.Consumer, err)
+	}
 	next, err := c.store.JournalNext(ctx)
 	if err != nil {
 		return fmt.Errorf("read journal seq: %w", err)
 	}
 	c.journalNext.Store(next)
-
-	cp, err := c.opts.Metrics.Checkpoint(ctx, c.opts.Consumer)
-	if err != nil {
-		return fmt.Errorf("read metric store checkpoint of %s: %w", c.opts.Consumer, err)
-	}
-	first, err := c.store.FirstJournal(ctx)
-	if err != nil {
-		return fmt.Errorf("read journal: %w", err)
-	}
 	applied, ok := cp.Offsets[JournalPartition]
 	switch {
 	case !ok:

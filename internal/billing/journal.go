@@ -101,6 +101,9 @@ func (c *Charger) publish(ctx context.Context) error {
 			if m, ok := c.storeApplied(ctx); ok && m > int64(from) {
 				c.noteJournal(uint64(m))
 				c.applied.Store(uint64(m))
+				c.mu.Lock()
+				c.stats.MetricConflicts++
+				c.mu.Unlock()
 				continue
 			}
 			return fmt.Errorf("read journal [%d, %d): %w", from, to, c.readErr(err))

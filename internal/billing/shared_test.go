@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -27,6 +28,16 @@ import (
 // entry, spend equals the ledger, the metric store's spend equals the ledger, and the view
 // counts are exact.
 func TestSharedLedger(t *testing.T) {
+	t.Run("pebble", func(t *testing.T) {
+		// One process's chargers sharing one embedded ledger: the same protocol, without
+		// a database server.
+		st, err := ledger.OpenPebble(filepath.Join(t.TempDir(), "billing"), ledger.PebbleOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		testSharedLedger(t, func() ledger.Store { return st })
+	})
 	for _, b := range ledgertest.SQLBackends {
 		t.Run(b.Name, func(t *testing.T) {
 			db, prefix := b.OpenDB(t)
@@ -91,17 +102,20 @@ func testSharedLedger(t *testing.T, openLedger func() ledger.Store) {
 		go func() { n.done <- c.Run(rctx) }()
 		nodes[i] = n
 	}
-	for i := range nodes {
+	started := sharedNodes - 1 // the last node joins mid-run
+	for i := range started {
 		start(i)
 	}
 	defer func() {
 		for _, n := range nodes {
-			n.cancel()
-			n.c.Close()
+			if n != nil {
+				n.cancel()
+				n.c.Close()
+			}
 		}
 	}()
 	for p := range sharedPartitions {
-		owner[p] = p % sharedNodes
+		owner[p] = p % started
 		if err := nodes[owner[p]].c.Assign(ctx, []int32{int32(p)}); err != nil {
 			t.Fatal(err)
 		}
@@ -154,7 +168,7 @@ func testSharedLedger(t *testing.T, openLedger func() ledger.Store) {
 		// Refunds through random nodes, of clicks that may or may not be charged yet.
 		for range rng.IntN(4) {
 			ev := clicks[rng.IntN(len(clicks))]
-			r, err := nodes[rng.IntN(sharedNodes)].c.Refund(ctx, ev.ImpressionID)
+			r, err := nodes[rng.IntN(started)].c.Refund(ctx, ev.ImpressionID)
 			switch {
 			case errors.Is(err, ErrNotFound):
 			case err != nil:
@@ -163,9 +177,30 @@ func testSharedLedger(t *testing.T, openLedger func() ledger.Store) {
 				refunded++
 			}
 		}
+		switch phase {
+		case 2: // a node joins while the others charge and publish
+			start(started)
+			started++
+		case 5: // a node restarts: its partitions are assigned again after its Open
+			i := rng.IntN(started)
+			nodes[i].cancel()
+			if err := <-nodes[i].done; err != nil {
+				t.Fatalf("node %d: Run: %v", i, err)
+			}
+			nodes[i].c.Close()
+			start(i)
+			for p := range sharedPartitions {
+				if owner[p] == i {
+					if err := nodes[i].c.Assign(ctx, []int32{int32(p)}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			t.Logf("phase %d: node %d restarted", phase, i)
+		}
 		// A takeover: the partition moves to another node, with or without the Revoke.
 		p := rng.IntN(sharedPartitions)
-		from, to := owner[p], (owner[p]+1+rng.IntN(sharedNodes-1))%sharedNodes
+		from, to := owner[p], (owner[p]+1+rng.IntN(started-1))%started
 		zombie := rng.IntN(3) == 0
 		if !zombie {
 			nodes[from].c.Revoke([]int32{int32(p)})
@@ -312,7 +347,13 @@ func testSharedLedger(t *testing.T, openLedger func() ledger.Store) {
 			t.Errorf("nodes disagree on %s: %+v", ev.ImpressionID, answers)
 		}
 	}
-	t.Logf("%d clicks (%d keys), %d refunds, %d ledger entries", len(clicks), len(keys), refunded, len(led.entries))
+	var fenced, retries, conflicts int64
+	for _, n := range nodes {
+		s := n.c.Stats()
+		fenced, retries, conflicts = fenced+s.Fenced, retries+s.Retries, conflicts+s.MetricConflicts
+	}
+	t.Logf("%d clicks (%d keys), %d refunds, %d ledger entries; %d fenced rounds, %d retried transactions, %d journal conflicts",
+		len(clicks), len(keys), refunded, len(led.entries), fenced, retries, conflicts)
 }
 
 // waitShared waits until the owners have consumed every partition to its end and the
