@@ -131,7 +131,8 @@ type Options struct {
 	Group bool
 	// Node names this process in the shared ledger (its traffic profile row); "" for one node.
 	Node string
-	// RoundTimeout bounds one ledger transaction: a round, a refund, a read (default 30s).
+	// RoundTimeout bounds one ledger transaction (a round, a refund), a read, and one publish
+	// of the journal (default 30s).
 	RoundTimeout time.Duration
 	Log          eventlog.Log
 	Catalog      Catalog

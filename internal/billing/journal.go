@@ -73,6 +73,8 @@ func (c *Charger) runPublisher(ctx context.Context) error {
 func (c *Charger) publish(ctx context.Context) error {
 	c.pubMu.Lock()
 	defer c.pubMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, c.opts.RoundTimeout) // a stalled ledger or store is retried, not waited for
+	defer cancel()
 	next, err := c.store.JournalNext(ctx)
 	if err != nil {
 		return fmt.Errorf("read journal seq: %w", c.readErr(err))

@@ -407,3 +407,118 @@ func waitShared(t *testing.T, nodes []*sharedNode, log *eventlogtest.MemLog, met
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestAssignRevoke: a Charger in a group consumes only what it was assigned; Revoke stops it
+// at once; Assign refuses partitions the log does not have; a node that claims a partition
+// resumes from the offset the previous owner committed.
+func TestAssignRevoke(t *testing.T) {
+	ctx := context.Background()
+	clock := newClock(t0)
+	cat := newFakeCatalog()
+	cat.advertiser(t, "adv1", "UTC")
+	cat.campaign(catalog.CampaignInfo{CampaignID: "c1", AdvertiserID: "adv1", CPCBidMicros: 100_000})
+	cat.ad("a1", "c1", 0)
+	log := eventlogtest.NewMemLog(4, clock.Now)
+	metrics, err := pebblestore.Open("metrics", pebblestore.Options{FS: vfs.NewMem(), Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer metrics.Close()
+	st, err := ledger.OpenPebble(filepath.Join(t.TempDir(), "billing"), ledger.PebbleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	open := func(node string) *Charger {
+		c, err := Open(ctx, Options{Ledger: st, Group: true, Node: node, Log: log, Catalog: cat, Metrics: metrics, Now: clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	a, b := open("a"), open("b")
+	p := partitionOf("a1", 4)
+	if err := a.Assign(ctx, []int32{4}); err == nil {
+		t.Fatal("Assign of a partition the log does not have succeeded")
+	}
+	click := func(imp string) event.Event {
+		return event.Event{Type: event.TypeClick, Time: t0.UnixMicro(), RecvTime: t0.UnixMicro(), AdID: "a1", CampaignID: "c1", AdvertiserID: "adv1", ImpressionID: imp}
+	}
+	appendEvents(t, log, click("i1"))
+	if n, err := a.w.round(ctx); err != nil || n != 0 {
+		t.Fatalf("round of a node that owns nothing: %d, %v", n, err)
+	}
+	if err := a.Assign(ctx, []int32{p}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := a.w.round(ctx); err != nil || n != 1 {
+		t.Fatalf("round after Assign: %d, %v", n, err)
+	}
+	a.Revoke([]int32{p})
+	appendEvents(t, log, click("i2"))
+	if n, err := a.w.round(ctx); err != nil || n != 0 || len(a.Owned()) != 0 {
+		t.Fatalf("round after Revoke: %d, %v, owns %v", n, err, a.Owned())
+	}
+	if err := b.Assign(ctx, []int32{p}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.w.round(ctx); err != nil || n != 1 {
+		t.Fatalf("the new owner's round: %d messages (want only i2), %v", n, err)
+	}
+	for _, imp := range []string{"i1", "i2"} {
+		if c, err := b.ClickByID(imp); err != nil || c.ChargedMicros != 100_000 {
+			t.Fatalf("%s: %+v, %v", imp, c, err)
+		}
+	}
+	if s := b.Stats(); len(s.Partitions) != 1 || s.Partitions[0].Partition != int(p) || s.Partitions[0].Lag != 0 || s.Claims != 1 {
+		t.Fatalf("stats of the new owner: %+v", s)
+	}
+}
+
+// TestLedgerWaitsAreBounded: a refund waiting on a ledger row another transaction holds gives
+// up at RoundTimeout with an error, instead of hanging the request.
+func TestLedgerWaitsAreBounded(t *testing.T) {
+	for _, b := range ledgertest.SQLBackends {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			db, prefix := b.OpenDB(t)
+			st, err := ledger.OpenSQL(ctx, db, b.Dialect, ledger.SQLOptions{Prefix: prefix})
+			if err != nil {
+				t.Fatal(err)
+			}
+			metrics, err := pebblestore.Open("metrics", pebblestore.Options{FS: vfs.NewMem()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer metrics.Close()
+			cat := newFakeCatalog()
+			c, err := Open(ctx, Options{Ledger: st, Group: true, Log: eventlogtest.NewMemLog(1, nil), Catalog: cat, Metrics: metrics, RoundTimeout: 300 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := st.Update(ctx, func(context.Context, ledger.Tx) (*ledger.Writes, error) {
+				return &ledger.Writes{Entries: []ledger.Entry{{Key: "c:held", State: ledger.StateCharged, CampaignID: "c1"}}}, nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			var key string
+			q := "SELECT click_key FROM " + prefix + "ledger WHERE click_key = 'c:held' FOR UPDATE"
+			if err := tx.QueryRowContext(ctx, q).Scan(&key); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			_, err = c.Refund(ctx, "held")
+			if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
+				t.Fatalf("refund of a locked click: %v after %v", err, time.Since(start))
+			}
+			t.Logf("refund gave up after %v: %v", time.Since(start).Round(time.Millisecond), err)
+		})
+	}
+}
