@@ -522,3 +522,27 @@ func TestLedgerWaitsAreBounded(t *testing.T) {
 		})
 	}
 }
+
+// TestEmbeddedTakeoverStopsTheOldCharger: embedded, Open claims every partition, so a second
+// Charger on the same ledger fences the first, whose next round fails (Run would return it)
+// without writing anything.
+func TestEmbeddedTakeoverStopsTheOldCharger(t *testing.T) {
+	h := basicSetup(t)
+	appendEvents(t, h.log, h.click("i1", "a1", t0, 0))
+	o := h.opts
+	o.Metrics, o.Ledger = h.ms, h.ledger
+	second, err := Open(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if _, err := h.c.w.round(context.Background()); !errors.Is(err, ledger.ErrFenced) {
+		t.Fatalf("round of the superseded charger: %v", err)
+	}
+	if n, err := second.w.round(context.Background()); err != nil || n != 1 {
+		t.Fatalf("round of the new charger: %d, %v", n, err)
+	}
+	if e := h.entry("i1"); e.ChargedMicros != 500_000 {
+		t.Fatalf("i1: %+v", e)
+	}
+}
