@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -263,6 +264,44 @@ func testSharedLedger(t *testing.T, openLedger func() ledger.Store) {
 	}
 	if zs := zc.Stats(); zs.Fenced != 1 || zs.Commits != 0 || zs.ClicksCharged != 0 || len(zc.Owned()) != 0 {
 		t.Fatalf("zombie after its round: fenced %d, commits %d, charged %d, owns %v", zs.Fenced, zs.Commits, zs.ClicksCharged, zc.Owned())
+	}
+	// One click refunded through every node at once is credited once.
+	var target string
+	for _, ev := range clicks {
+		if c, err := nodes[0].c.ClickByID(ev.ImpressionID); err == nil && c.CampaignID == "open" && c.Status == "charged" && c.ChargedMicros > 0 {
+			target = ev.ImpressionID
+			break
+		}
+	}
+	if target == "" {
+		t.Fatal("no charged click of campaign open to refund")
+	}
+	var credited sync.Map
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		for j := range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := n.c.Refund(ctx, target)
+				if err != nil {
+					t.Errorf("node %d: refund %s: %v", i, target, err)
+					return
+				}
+				credited.Store(fmt.Sprint(i, "/", j), r.RefundedMicros)
+			}()
+		}
+	}
+	wg.Wait()
+	var credits int
+	credited.Range(func(_, v any) bool {
+		if v.(int64) > 0 {
+			credits++
+		}
+		return true
+	})
+	if credits != 1 {
+		t.Fatalf("click %s refunded concurrently through every node: credited %d times", target, credits)
 	}
 	waitShared(t, nodes, log, metrics)
 	for _, n := range nodes {
