@@ -19,6 +19,10 @@ import (
 //   - Revoke(ps) waits for a round in progress to end, then removes ps: nothing more is
 //     committed for them once it returns. Revoking a partition not owned does nothing.
 //
+// Assign and Revoke are meant to be called from one goroutine (a consumer group calls its
+// callbacks in order): a Revoke that overtakes the Assign of the same partition does not undo
+// it.
+//
 // A Charger that missed its Revoke (a zombie: the group moved on without it) keeps reading its
 // old partitions, but its next round including one of them is fenced: it drops them (stats
 // Fenced) and goes on with the rest. A round is all or nothing, so a fenced round commits no
