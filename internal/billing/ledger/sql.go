@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/adpulse/adpulse/internal/catalog"
 )
 
 // SQLOptions configure OpenSQL.
@@ -39,6 +41,7 @@ type SQL struct {
 	max    int
 	logger *slog.Logger
 	closed atomic.Bool
+	ownDB  bool // opened by OpenDSN: Close closes it
 }
 
 var prefixRE = regexp.MustCompile(`^[a-z0-9_]{0,32}$`)
@@ -153,10 +156,42 @@ func (s *SQL) createSchema(ctx context.Context) error {
 	return err
 }
 
-// Close marks the store closed; the caller closes the *sql.DB.
+// OpenDSN opens the database an address names, in the forms of catalog.ParseDSN
+// (postgres://..., mysql://user:pass@tcp(host:3306)/db), and uses it as the ledger; Close
+// closes it. The binary registers the drivers ("pgx", "mysql").
+func OpenDSN(ctx context.Context, dsn string, o SQLOptions) (*SQL, error) {
+	d, driver, conn, err := catalog.ParseDSN(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
+	var dl Dialect
+	switch d {
+	case catalog.DialectPostgres:
+		dl = DialectPostgres
+	case catalog.DialectMySQL:
+		dl = DialectMySQL
+	default:
+		return nil, fmt.Errorf("ledger: DSN %q: the shared ledger needs PostgreSQL or MySQL/MariaDB", dsn)
+	}
+	db, err := sql.Open(driver, conn)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: open %s: %w", dl, err)
+	}
+	s, err := OpenSQL(ctx, db, dl, o)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.ownDB = true
+	return s, nil
+}
+
+// Close marks the store closed; the caller closes the *sql.DB it gave OpenSQL.
 func (s *SQL) Close() error {
-	s.closed.Store(true)
-	return nil
+	if s.closed.Swap(true) || !s.ownDB {
+		return nil
+	}
+	return s.db.Close()
 }
 
 func (s *SQL) check() error {

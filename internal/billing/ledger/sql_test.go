@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 
@@ -49,6 +50,35 @@ func TestSQLPrefixes(t *testing.T) {
 			}
 			// Opening again on existing tables is fine (every node does it at start).
 			if _, err := ledger.OpenSQL(ctx, db, b.Dialect, ledger.SQLOptions{Prefix: prefix}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestOpenDSN: a ledger from an address, as the server's flag would give it.
+func TestOpenDSN(t *testing.T) {
+	ctx := context.Background()
+	for _, bad := range []string{"sqlite:billing.db", "postgres:/nohost", ""} {
+		if _, err := ledger.OpenDSN(ctx, bad, ledger.SQLOptions{}); err == nil {
+			t.Errorf("OpenDSN(%q) succeeded", bad)
+		}
+	}
+	for _, b := range ledgertest.SQLBackends {
+		t.Run(b.Name, func(t *testing.T) {
+			_, prefix := b.OpenDB(t) // skips without the server; drops the prefix's tables after
+			dsn := os.Getenv(b.Env)
+			if b.Dialect == ledger.DialectMySQL {
+				dsn = "mysql://" + dsn
+			}
+			s, err := ledger.OpenDSN(ctx, dsn, ledger.SQLOptions{Prefix: prefix})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n, err := s.JournalNext(ctx); err != nil || n != 0 {
+				t.Fatalf("journal next of a new ledger: %d, %v", n, err)
+			}
+			if err := s.Close(); err != nil {
 				t.Fatal(err)
 			}
 		})
