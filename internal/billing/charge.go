@@ -158,6 +158,7 @@ func (w *writer) round(ctx context.Context) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.refs = w.refs[:0]
+	defer clear(w.got) // let the messages go
 	for p, op := range w.parts {
 		msgs, err := w.o.Log.Read(ctx, int(p), op.next, w.o.ReadBytes)
 		if err != nil {
@@ -168,7 +169,6 @@ func (w *writer) round(ctx context.Context) (int, error) {
 			w.refs = append(w.refs, msgRef{p, i})
 		}
 	}
-	defer clear(w.got) // let the messages go
 	// One merged order for the owned partitions: the charge decisions (who gets a budget's
 	// last micros) then depend only on the log, not on read timing.
 	slices.SortFunc(w.refs, func(a, b msgRef) int {
