@@ -73,6 +73,10 @@ var collectorDefs = []metricDef{
 	{"adpulse_billing_commit_seconds_total", "Time spent committing the ledger.", prometheus.CounterValue, nil},
 	{"adpulse_billing_lag_messages", "Messages in the log not yet charged, per partition.", prometheus.GaugeValue, []string{"partition"}},
 	{"adpulse_billing_journal_unapplied", "Spend journal entries not yet in the metric store.", prometheus.GaugeValue, nil},
+	{"adpulse_billing_partition_claims_total", "Log partitions this node claimed in the billing ledger.", prometheus.CounterValue, nil},
+	{"adpulse_billing_fenced_rounds_total", "Billing rounds refused because another node had claimed one of their partitions.", prometheus.CounterValue, nil},
+	{"adpulse_billing_ledger_retries_total", "Billing ledger transactions run again after a deadlock or a lost race.", prometheus.CounterValue, nil},
+	{"adpulse_billing_journal_conflicts_total", "Spend journal applies the metric store refused because another node had applied them.", prometheus.CounterValue, nil},
 
 	{"adpulse_servingredis_feed_writes_total", "Serving feeds written to the ad servers' Redis (each a new version).", prometheus.CounterValue, nil},
 	{"adpulse_servingredis_feed_errors_total", "Serving feed publishes that failed.", prometheus.CounterValue, nil},
@@ -204,6 +208,10 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 		emit("adpulse_billing_lag_messages", float64(ps.Lag), strconv.Itoa(int(ps.Partition)))
 	}
 	emit("adpulse_billing_journal_unapplied", float64(bs.JournalNext-bs.JournalApplied))
+	emit("adpulse_billing_partition_claims_total", float64(bs.Claims))
+	emit("adpulse_billing_fenced_rounds_total", float64(bs.Fenced))
+	emit("adpulse_billing_ledger_retries_total", float64(bs.Retries))
+	emit("adpulse_billing_journal_conflicts_total", float64(bs.MetricConflicts))
 
 	if p.serving != nil {
 		ss := p.serving.Stats()
