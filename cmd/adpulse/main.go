@@ -183,6 +183,7 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	})
 	fs.StringVar(&c.KafkaTopic, "kafka-topic", c.KafkaTopic, "Kafka topic of the event log (created if missing)")
 	fs.Int64Var(&c.ReadyMaxLag, "ready-max-lag", c.ReadyMaxLag, "a process node without the ingest role answers /readyz with 503 while a partition it consumes is more than this many messages behind (0: off)")
+	fs.StringVar(&c.LedgerPrefix, "ledger-prefix", c.LedgerPrefix, "prefix of the shared ledger's table names in the --catalog-dsn database (with --metric-store clickhouse): one per deployment sharing a database; [a-z0-9_], at most 32 characters")
 	fs.StringVar(&c.KafkaGroup, "kafka-group", c.KafkaGroup, "Kafka consumer group through which process nodes share the log's partitions (with --metric-store clickhouse)")
 	fs.StringVar(&c.MetricStore, "metric-store", c.MetricStore, "metric store: pebble (in --data-dir; one process node) or clickhouse (shared by every process and query node)")
 	fs.StringVar(&c.ClickHouseAddr, "clickhouse-addr", c.ClickHouseAddr, "ClickHouse native protocol host:port (with --metric-store clickhouse)")

@@ -63,3 +63,7 @@ func (c *Catalog) ClaimPartitions(ctx context.Context, group string, partitions 
 	}
 	return out, nil
 }
+
+// DB returns the catalog's database and its dialect, for the other state a deployment keeps in
+// its shared SQL database (the billing ledger).
+func (c *Catalog) DB() (*sql.DB, Dialect) { return c.db, c.d.name }

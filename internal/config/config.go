@@ -46,6 +46,9 @@ type Config struct {
 	// KafkaGroup is the consumer group through which process nodes share the log's
 	// partitions (with --metric-store clickhouse).
 	KafkaGroup string
+	// LedgerPrefix starts the names of the shared ledger's tables in the --catalog-dsn
+	// database (with --metric-store clickhouse), so one database can hold several deployments.
+	LedgerPrefix string
 	// MetricStore is "pebble" (in DataDir; one process node) or "clickhouse" (shared by every
 	// process and query node).
 	MetricStore        string
@@ -161,6 +164,7 @@ func Default() Config {
 		EventLog:               "local",
 		KafkaTopic:             "adpulse-events",
 		KafkaGroup:             "adpulse-process",
+		LedgerPrefix:           "billing_",
 		ReadyMaxLag:            1_000_000,
 		MetricStore:            "pebble",
 		ClickHouseDatabase:     "adpulse",

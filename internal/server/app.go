@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -55,6 +56,7 @@ type App struct {
 	process *processRole // nil unless the process runs the process role
 	query   *queryRole   // nil unless the process runs the query role
 	metrics *metricsSeam // the metric store of the process and query roles (nil without them)
+	ledger  io.Closer    // the shared SQL ledger, when the metric store is shared
 
 	ready  atomic.Bool
 	readyC chan struct{} // closed once the API listener serves
@@ -272,7 +274,9 @@ func (a *App) startAPI() error {
 		return err
 	}
 	catOpts := catalog.HandlerOptions{Logger: a.logger.With("component", "catalog")}
-	if a.process != nil {
+	if a.query != nil {
+		catOpts.CampaignState = a.query.billing.CampaignState
+	} else if a.process != nil {
 		catOpts.CampaignState = a.process.billing.CampaignState
 	}
 	catalog.NewHandler(a.b.catalog, catOpts).Register(mux)
@@ -344,6 +348,12 @@ func (a *App) closeAll() error {
 	var errs []error
 	if a.process != nil {
 		errs = append(errs, a.process.close()...)
+	}
+	if a.query != nil && a.query.billing != nil && (a.process == nil || a.query.billing != a.process.billing) {
+		errs = append(errs, a.query.billing.Close())
+	}
+	if a.ledger != nil {
+		errs = append(errs, a.ledger.Close())
 	}
 	if a.metrics != nil {
 		errs = append(errs, a.metrics.store.Close())

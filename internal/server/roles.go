@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"net/http"
 	"sync/atomic"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/aggregate"
 	"github.com/adpulse/adpulse/internal/billing"
+	"github.com/adpulse/adpulse/internal/billing/ledger"
 	"github.com/adpulse/adpulse/internal/config"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/eventlog/kafkalog"
@@ -146,7 +148,6 @@ func (a *App) openProcess(ctx context.Context) error {
 		return fmt.Errorf("start aggregator: %w", err)
 	}
 	bo := billing.Options{
-		Dir:       a.dir.billing(),
 		Log:       a.b.log,
 		Catalog:   a.b.catalog,
 		Metrics:   store,
@@ -170,9 +171,11 @@ func (a *App) openProcess(ctx context.Context) error {
 		}
 		bo.Publisher, bo.OnViews, bo.FeedInterval = p.serving, p.serving.ViewsCommitted, servingredis.FeedInterval
 	}
-	p.billing, err = billing.Open(ctx, bo)
-	if err != nil {
-		return fmt.Errorf("open billing: %w", err)
+	if p.billing, err = a.openBilling(ctx, bo); err != nil {
+		return err
+	}
+	if a.cfg.SharedProcessing() {
+		assignees = append(assignees, p.billing)
 	}
 	g := a.components
 	if p.serving != nil {
@@ -198,6 +201,35 @@ func (a *App) openProcess(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// openBilling opens the charger: on the embedded Pebble ledger in the data dir, or, when the
+// metric store is shared, on the shared SQL ledger with its partitions given by the process
+// group (a query node's charger is given none: it serves reads and refunds).
+func (a *App) openBilling(ctx context.Context, bo billing.Options) (*billing.Charger, error) {
+	if !a.cfg.SharedProcessing() {
+		bo.Dir = a.dir.billing()
+	} else {
+		db, d := a.b.catalog.DB()
+		l, err := ledger.OpenSQL(ctx, db, ledger.Dialect(d), ledger.SQLOptions{Prefix: a.cfg.LedgerPrefix, Logger: a.logger.With("component", "ledger")})
+		if err != nil {
+			return nil, fmt.Errorf("open the ledger: %w", err)
+		}
+		a.ledger = l
+		bo.Ledger, bo.Group = l, true
+		bo.Node = nodeName(a.cfg)
+	}
+	c, err := billing.Open(ctx, bo)
+	if err != nil {
+		return nil, fmt.Errorf("open billing: %w", err)
+	}
+	return c, nil
+}
+
+// nodeName names this process in the shared ledger: host and listen address.
+func nodeName(cfg config.Config) string {
+	host, _ := os.Hostname()
+	return host + "/" + cfg.Listen
 }
 
 // metricStore opens the metric store once per process: the process and query roles of one
@@ -277,6 +309,7 @@ func (p *processRole) close() []error {
 type queryRole struct {
 	metrics *metricsSeam
 	top     *topn.Index
+	billing *billing.Charger // the process role's, or one of its own on the shared ledger
 	// followErr is the last error following the shared store (nil when it is current).
 	followErr atomic.Pointer[error]
 }
@@ -288,6 +321,9 @@ func (a *App) openQuery(ctx context.Context) error {
 	if q.metrics, err = a.metricStore(ctx); err != nil {
 		return err
 	}
+	if a.process != nil {
+		q.billing = a.process.billing
+	}
 	if a.process != nil && a.process.top != nil {
 		q.top = a.process.top
 		return nil
@@ -295,6 +331,14 @@ func (a *App) openQuery(ctx context.Context) error {
 	if q.metrics.follower == nil {
 		return errors.New("a query node without the process role needs a shared metric store (--metric-store clickhouse)")
 	}
+	// Budgets, clicks and refunds read and write the shared ledger.
+	if q.billing, err = a.openBilling(ctx, billing.Options{
+		Log: a.b.log, Catalog: a.b.catalog, Metrics: q.metrics.store,
+		Now: a.now, Logger: a.logger.With("component", "billing"),
+	}); err != nil {
+		return err
+	}
+	a.components.Go("billing", q.billing.Run)
 	var cur clickhousestore.Cursor
 	q.top, err = a.openTopN(ctx, &metricsSeam{scanner: cursorScanner{q.metrics.follower, &cur}})
 	if err != nil {
@@ -335,9 +379,7 @@ func (a *App) registerQuery(mux *http.ServeMux) error {
 		return err
 	}
 	q.Register(mux)
-	if a.process != nil {
-		billing.NewHandler(a.process.billing, billing.HandlerOptions{}).Register(mux)
-	}
+	billing.NewHandler(a.query.billing, billing.HandlerOptions{}).Register(mux)
 	return nil
 }
 

@@ -138,7 +138,7 @@ func sharedMoney(t *testing.T, redisAddr, dsn, ch string) {
 		poll(t, "spend on "+q.base+" after refunds and a pause", 90*time.Second, spendIs(ctx, c, q, want))
 	}
 	// The budget reads agree with the ledger on every node that answers them.
-	for _, srv := range []*server{queries[0], queries[1], ing[0]} {
+	for _, srv := range queries {
 		var cp struct {
 			Status string `json:"serving_status"`
 			Budget struct {

@@ -106,7 +106,7 @@ func splitDeployment(t *testing.T, redisAddr, catalogDSN, ch string) (*env, func
 	run := fmt.Sprintf("s%d", time.Now().UnixNano()) // the services outlive the test
 	shared := []string{
 		"--event-log", "kafka", "--kafka-brokers", strings.Join(cluster.ListenAddrs(), ","), "--kafka-topic", "adpulse-" + run,
-		"--kafka-group", "process-" + run, "--kafka-replication-factor", "1", "--partitions", "6",
+		"--kafka-group", "process-" + run, "--ledger-prefix", "l" + run + "_", "--kafka-replication-factor", "1", "--partitions", "6",
 		"--dedup", "redis", "--redis-addr", redisAddr, "--catalog-dsn", catalogDSN,
 		"--metric-store", "clickhouse", "--clickhouse-addr", ch, "--clickhouse-database", "adpulse_e2e_" + run,
 		"--admin-key", testAdminKey, "--click-secret", testClickSecret,

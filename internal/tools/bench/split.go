@@ -44,7 +44,7 @@ func (b *runner) startSplit(ctx context.Context) (*target, func(), error) {
 	adminKey := "adp_admin_bench_" + randomHex(16)
 	shared := []string{
 		"--event-log", "kafka", "--kafka-brokers", strings.Join(cluster.ListenAddrs(), ","),
-		"--kafka-topic", "bench-" + b.runID, "--kafka-group", "bench-process-" + b.runID,
+		"--kafka-topic", "bench-" + b.runID, "--kafka-group", "bench-process-" + b.runID, "--ledger-prefix", "bench_" + b.runID + "_",
 		"--kafka-replication-factor", "1", "--partitions", fmt.Sprint(splitPartitions),
 		"--dedup", "redis", "--redis-addr", o.RedisAddr, "--catalog-dsn", o.SplitCatalogDSN,
 		"--metric-store", "clickhouse", "--clickhouse-addr", o.ClickHouseAddr, "--clickhouse-database", "adpulse_bench_" + b.runID,
