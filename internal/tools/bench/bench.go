@@ -77,18 +77,18 @@ const (
 type Options struct {
 	// The adpulse under test: started from Binary (default: this executable) unless Target
 	// is set, in which case AdminKey and ClickSecret must be too.
-	Binary      string
-	ServeArgs   []string // extra `serve` flags
-	Target      string
-	OpsURL      string // ops listener of Target, for profiles
+	Binary    string
+	ServeArgs []string // extra `serve` flags
+	Target    string
+	OpsURL    string // ops listener of Target, for profiles
 	// Split also measures the split deployment (split.go) in the same run, on RedisAddr,
 	// ClickHouseAddr and SplitCatalogDSN (PostgreSQL or MySQL).
 	Split           bool
 	SplitCatalogDSN string
-	AdminKey    string
-	ClickSecret string
-	WorkDir     string // data dir and logs of the started servers; default a temp dir
-	Keep        bool   // keep WorkDir
+	AdminKey        string
+	ClickSecret     string
+	WorkDir         string // data dir and logs of the started servers; default a temp dir
+	Keep            bool   // keep WorkDir
 
 	// BaselineInProcess serves the baselines' HTTP handler in this process instead of a child
 	// `adpulse bench --serve-baseline` (for tests, whose binary is not adpulse). Their RSS
