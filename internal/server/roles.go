@@ -8,6 +8,7 @@ import (
 
 	"github.com/adpulse/adpulse/internal/aggregate"
 	"github.com/adpulse/adpulse/internal/billing"
+	"github.com/adpulse/adpulse/internal/dashboard"
 	"github.com/adpulse/adpulse/internal/ingest"
 	"github.com/adpulse/adpulse/internal/ivt"
 	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
@@ -195,5 +196,6 @@ func (a *App) registerQuery(mux *http.ServeMux) error {
 	}
 	q.Register(mux)
 	billing.NewHandler(p.billing, billing.HandlerOptions{}).Register(mux)
+	dashboard.New(dashboard.Options{Catalog: a.b.catalog, Health: a.ingestHealth, Now: a.now}).Register(mux)
 	return nil
 }
