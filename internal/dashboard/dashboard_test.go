@@ -13,7 +13,9 @@ import (
 )
 
 // memCatalog is the in-memory index the handler reads, with many campaigns per advertiser.
-type memCatalog struct{ campaigns map[string]catalog.CampaignInfo }
+type memCatalog struct {
+	campaigns map[string]catalog.CampaignInfo
+}
 
 func (m memCatalog) CampaignIDs() []string {
 	ids := make([]string, 0, len(m.campaigns))
