@@ -392,7 +392,10 @@ func TestDashboardInBrowser(t *testing.T) {
 			chromedp.Poll[chromedp.Void](`document.querySelector('#live-hour').textContent === "14"`, chromedp.WithPollingTimeout(10*time.Second)))
 		screenshot(t, ctx, dir, "overview-before")
 		sendEvents(admin, "a3", "acme-2", 20, 20, 0)
-		// acme-spring now has 29 clicks and leads the ranking; the live counters follow.
+		// acme-spring now has 29 clicks and leads the ranking; the live counters follow, and
+		// the clicks per second over the last seconds are above zero.
+		run(t, ctx, "live rate",
+			chromedp.Poll[chromedp.Void](`parseFloat(document.querySelector('#live-rate').textContent) > 0`, chromedp.WithPollingTimeout(10*time.Second)))
 		run(t, ctx, "live after",
 			chromedp.WaitVisible(chromedp.CSS(`#top-table tbody tr:first-child[data-id="acme-spring"][data-value="29"]`)),
 			chromedp.Poll[chromedp.Void](`document.querySelector('#live-hour').textContent === "34"`, chromedp.WithPollingTimeout(15*time.Second)))
@@ -405,6 +408,10 @@ func TestDashboardInBrowser(t *testing.T) {
 		stored := get(t, ctx, "storage", chromedp.Evaluate[string](`sessionStorage.getItem("adpulse.key") || ""`))
 		if stored != "" {
 			t.Errorf("key still in sessionStorage after sign out")
+		}
+		// Nothing read with the admin key stays on the page for the next person.
+		if left := get(t, ctx, "page after sign out", chromedp.Evaluate[string](`document.querySelector("#page").innerText + document.querySelector("#who").innerText`)); left != "" {
+			t.Errorf("after sign out the page still shows %q", left)
 		}
 		signIn(t, ctx, base, acmeKey)
 		navigate(t, ctx, base, "#/campaigns")
