@@ -310,7 +310,7 @@ func signIn(t *testing.T, ctx context.Context, base, key string) {
 
 // chartData is what the campaign page's volume chart draws, read from its uPlot instance.
 type chartData struct {
-	Start, End, Interval string
+	Start, End, Interval, TZ string
 	Xs                   []float64
 	Imps, Clicks         []float64
 }
@@ -353,18 +353,24 @@ func TestDashboardInBrowser(t *testing.T) {
 		}
 	})
 
-	t.Run("chart numbers equal /metrics", func(t *testing.T) {
-		navigate(t, ctx, base, "#/campaign/acme-spring")
+	// checkChart compares the campaign page's volume chart with /metrics asked for the same
+	// window, interval and time zone, and returns the clicks it draws.
+	checkChart := func(t *testing.T) float64 {
+		t.Helper()
 		got := get(t, ctx, "read chart", chromedp.Evaluate[chartData](`(() => {
 			const box = document.querySelector('#chart-volume');
 			const tbl = document.querySelector('#perf-table');
 			const d = box.uplot.data;
-			return {Start: tbl.dataset.start, End: tbl.dataset.end, Interval: tbl.dataset.interval, Xs: d[0], Imps: d[1], Clicks: d[2]};
+			return {Start: tbl.dataset.start, End: tbl.dataset.end, Interval: tbl.dataset.interval, TZ: tbl.dataset.tz, Xs: d[0], Imps: d[1], Clicks: d[2]};
 		})()`))
+		q := url.Values{"campaign_ids": {"acme-spring"}, "start_time": {got.Start}, "end_time": {got.End}, "interval": {got.Interval}}
+		if got.TZ != "" {
+			q.Set("tz", got.TZ)
+		}
 		var m metricsAnswer
-		admin.do("GET", "/metrics?"+url.Values{"campaign_ids": {"acme-spring"}, "start_time": {got.Start}, "end_time": {got.End}, "interval": {got.Interval}}.Encode(), "", &m)
+		admin.do("GET", "/metrics?"+q.Encode(), "", &m)
 		pts := m.Series[0].Points
-		if len(pts) != len(got.Xs) {
+		if len(pts) != len(got.Xs) || len(pts) == 0 {
 			t.Fatalf("chart has %d points, /metrics %d", len(got.Xs), len(pts))
 		}
 		var clicks float64
@@ -375,7 +381,12 @@ func TestDashboardInBrowser(t *testing.T) {
 			}
 			clicks += got.Clicks[i]
 		}
-		if clicks != 9 {
+		return clicks
+	}
+
+	t.Run("chart numbers equal /metrics", func(t *testing.T) {
+		navigate(t, ctx, base, "#/campaign/acme-spring")
+		if clicks := checkChart(t); clicks != 9 {
 			t.Errorf("chart shows %v clicks, want 9", clicks)
 		}
 		totals := get(t, ctx, "totals", chromedp.Evaluate[string](`document.querySelector("#total-clicks").textContent`))
@@ -383,6 +394,28 @@ func TestDashboardInBrowser(t *testing.T) {
 			t.Errorf("total clicks card %q, want 9", totals)
 		}
 		screenshot(t, ctx, dir, "campaign-desktop")
+
+		// Days in New York over the last week: the buckets start at New York's midnight.
+		run(t, ctx, "daily in New York",
+			chromedp.SetValue(chromedp.CSS("#range"), "604800"),
+			chromedp.SetValue(chromedp.CSS("#interval"), "1d"),
+			chromedp.SetValue(chromedp.CSS("#tz"), "America/New_York"),
+			chromedp.Click(chromedp.CSS(`form.controls button[type="submit"]`)),
+			chromedp.WaitReady(chromedp.CSS(`#perf-table[data-interval="1d"][data-tz="America/New_York"]`)))
+		if clicks := checkChart(t); clicks != 9 {
+			t.Errorf("daily chart shows %v clicks, want 9", clicks)
+		}
+		noConsoleErrors(t, watch, "campaign, daily in New York")
+
+		// A zone that does not exist is refused on the page, naming the field.
+		run(t, ctx, "bad zone",
+			chromedp.SetValue(chromedp.CSS("#tz"), "Mars/Olympus"),
+			chromedp.Click(chromedp.CSS(`form.controls button[type="submit"]`)),
+			chromedp.WaitVisible(chromedp.CSS("#error")))
+		if msg := get(t, ctx, "error text", chromedp.Evaluate[string](`document.querySelector("#error").textContent`)); !strings.Contains(msg, "Time zone") {
+			t.Errorf("bad zone: error %q", msg)
+		}
+		noConsoleErrors(t, watch, "campaign, bad zone")
 	})
 
 	t.Run("live view changes after clicks", func(t *testing.T) {

@@ -327,6 +327,13 @@ async function campaignPage(root, id) {
     showError(null);
     const end = Math.ceil(Date.now() / 1000);
     const zone = tzInput.value.trim() || "UTC";
+    try {
+      new Intl.DateTimeFormat("en-US", { timeZone: zone });
+    } catch {
+      showError(new Error(`Time zone: "${zone}" is not an IANA time zone name such as Europe/Berlin`));
+      tzInput.focus();
+      return;
+    }
     const interval = intervalSel.value;
     const params = { campaign_ids: id, interval, start_time: end - Number(rangeSel.value), end_time: end };
     if (interval === "1d") params.tz = zone;
@@ -352,7 +359,7 @@ async function campaignPage(root, id) {
       c1, c2,
       dataTable("perf-table", `Per ${m.interval} from ${m.start_time} to ${m.end_time}`, ["time (UTC)", "impressions", "clicks", "CTR", "spend"],
         pts.map((p) => [p.time, fmtInt(p.impressions), fmtInt(p.clicks), fmtPct(ctr(p.clicks, p.impressions)), fmtMoney(p.spend_micros)]),
-        { "data-start": m.start_time, "data-end": m.end_time, "data-interval": m.interval }));
+        { "data-start": m.start_time, "data-end": m.end_time, "data-interval": m.interval, "data-tz": params.tz || "" }));
     chart(c1, "Impressions and clicks", xs, [
       { label: "impressions", values: pts.map((p) => p.impressions), color: "#5b6770" },
       { label: "clicks", values: pts.map((p) => p.clicks), color: "#0b57d0" }], zone);
