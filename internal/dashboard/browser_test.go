@@ -311,8 +311,8 @@ func signIn(t *testing.T, ctx context.Context, base, key string) {
 // chartData is what the campaign page's volume chart draws, read from its uPlot instance.
 type chartData struct {
 	Start, End, Interval, TZ string
-	Xs                   []float64
-	Imps, Clicks         []float64
+	Xs                       []float64
+	Imps, Clicks             []float64
 }
 
 func TestDashboardInBrowser(t *testing.T) {
