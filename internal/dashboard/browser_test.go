@@ -353,6 +353,20 @@ func TestDashboardInBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("invalid traffic and ingest health equal the API", func(t *testing.T) {
+		navigate(t, ctx, base, "#/invalid")
+		bots := get(t, ctx, "bot row", chromedp.Evaluate[string](`(document.querySelector('#invalid-table tr[data-reason="bot"]') || {dataset: {}}).dataset.value || ""`))
+		if bots != "3" {
+			t.Errorf("invalid clicks by bots %q, want 3 (2 of acme, 1 of rival)", bots)
+		}
+		navigate(t, ctx, base, "#/health")
+		// 112 events were accepted: 40+6+2, 25+3 and 30+5+1.
+		run(t, ctx, "accepted events",
+			chromedp.Poll[chromedp.Void](`document.querySelector('#h-accepted').textContent === "112"`, chromedp.WithPollingTimeout(10*time.Second)))
+		screenshot(t, ctx, dir, "ingest-health")
+		noConsoleErrors(t, watch, "invalid and health")
+	})
+
 	// checkChart compares the campaign page's volume chart with /metrics asked for the same
 	// window, interval and time zone, and returns the clicks it draws.
 	checkChart := func(t *testing.T) float64 {
@@ -407,6 +421,20 @@ func TestDashboardInBrowser(t *testing.T) {
 		}
 		noConsoleErrors(t, watch, "campaign, daily in New York")
 
+		// A range given by its ends, in UTC, per 15 minutes.
+		now := time.Now().UTC()
+		run(t, ctx, "custom range",
+			chromedp.SetValue(chromedp.CSS("#range"), "custom"),
+			chromedp.SetValue(chromedp.CSS("#from"), now.Add(-2*time.Hour).Format("2006-01-02T15:04")),
+			chromedp.SetValue(chromedp.CSS("#to"), now.Add(time.Hour).Format("2006-01-02T15:04")),
+			chromedp.SetValue(chromedp.CSS("#interval"), "15m"),
+			chromedp.Click(chromedp.CSS(`form.controls button[type="submit"]`)),
+			chromedp.WaitReady(chromedp.CSS(`#perf-table[data-interval="15m"]`)))
+		if clicks := checkChart(t); clicks != 9 {
+			t.Errorf("custom-range chart shows %v clicks, want 9", clicks)
+		}
+		noConsoleErrors(t, watch, "campaign, custom range")
+
 		// A zone that does not exist is refused on the page, naming the field.
 		run(t, ctx, "bad zone",
 			chromedp.SetValue(chromedp.CSS("#tz"), "Mars/Olympus"),
@@ -460,6 +488,10 @@ func TestDashboardInBrowser(t *testing.T) {
 				t.Errorf("%s shows another advertiser's objects to acme's key:\n%s", route, body)
 			}
 			noConsoleErrors(t, watch, "advertiser "+route)
+		}
+		navigate(t, ctx, base, "#/invalid")
+		if bots := get(t, ctx, "acme's bot row", chromedp.Evaluate[string](`(document.querySelector('#invalid-table tr[data-reason="bot"]') || {dataset: {}}).dataset.value || ""`)); bots != "2" {
+			t.Errorf("acme's invalid clicks by bots %q, want 2", bots)
 		}
 		navigate(t, ctx, base, "#/campaign/rival-secret")
 		msg := get(t, ctx, "forbidden campaign", chromedp.Evaluate[string](`(document.querySelector("#not-found") || {}).textContent || ""`))

@@ -312,12 +312,18 @@ async function campaignPage(root, id) {
   if (c.total_budget_micros) root.append(el("label", { for: "meter-total", text: "Total budget used" }), el("meter", { id: "meter-total", min: 0, max: c.total_budget_micros, value: b.spent_total_micros || 0 }));
 
   // Performance over a chosen range, interval and time zone.
-  const rangeSel = el("select", { id: "range" }, RANGES.map(([l, s]) => el("option", { value: s, text: "last " + l, selected: l === "24h" })));
+  const rangeSel = el("select", { id: "range", onchange: () => { custom.hidden = rangeSel.value !== "custom"; } },
+    RANGES.map(([l, s]) => el("option", { value: s, text: "last " + l, selected: l === "24h" })),
+    el("option", { value: "custom", text: "from … to …" }));
+  const fromInput = el("input", { id: "from", type: "datetime-local" });
+  const toInput = el("input", { id: "to", type: "datetime-local" });
+  const custom = el("div", { class: "controls-custom", hidden: true },
+    el("label", { for: "from", text: "From (UTC)" }), fromInput, el("label", { for: "to", text: "To (UTC)" }), toInput);
   const intervalSel = el("select", { id: "interval" }, INTERVALS.map((i) => el("option", { value: i, text: i, selected: i === "1h" })));
   const tzInput = el("input", { id: "tz", value: tz, spellcheck: "false", autocomplete: "off", "aria-describedby": "tz-help" });
   const perf = el("div", { id: "perf" });
   const form = el("form", { class: "controls", onsubmit: (e) => { e.preventDefault(); loadPerf(); } },
-    el("div", {}, el("label", { for: "range", text: "Range" }), rangeSel),
+    el("div", {}, el("label", { for: "range", text: "Range" }), rangeSel, custom),
     el("div", {}, el("label", { for: "interval", text: "Interval" }), intervalSel),
     el("div", {}, el("label", { for: "tz", text: "Time zone" }), tzInput, el("div", { id: "tz-help", class: "muted", text: "IANA name; days (1d) start at its midnight" })),
     el("div", {}, el("button", { type: "submit", text: "Show" })));
@@ -336,6 +342,17 @@ async function campaignPage(root, id) {
     }
     const interval = intervalSel.value;
     const params = { campaign_ids: id, interval, start_time: end - Number(rangeSel.value), end_time: end };
+    if (rangeSel.value === "custom") {
+      const from = Date.parse(fromInput.value + ":00Z");
+      const to = Date.parse(toInput.value + ":00Z");
+      if (!Number.isFinite(from) || !Number.isFinite(to) || from >= to) {
+        showError(new Error("Range: give a From time before the To time (UTC)"));
+        fromInput.focus();
+        return;
+      }
+      params.start_time = from / 1000;
+      params.end_time = to / 1000;
+    }
     if (interval === "1d") params.tz = zone;
     let m;
     try {
