@@ -107,7 +107,7 @@ function releasePage() {
 
 // chart draws a uPlot line chart of xs (Unix seconds) and series [{label, values, color}],
 // with the time axis shown in tz (an IANA name) when given.
-function chart(container, title, xs, series, tz) {
+function chart(container, title, xs, series, tz, xSpan) {
   if (!window.uPlot) return null;
   const width = Math.max(280, container.clientWidth || 600);
   const opts = {
@@ -119,6 +119,9 @@ function chart(container, title, xs, series, tz) {
     legend: { live: false },
   };
   if (tz) opts.tzDate = (ts) => window.uPlot.tzDate(new Date(ts * 1e3), tz);
+  // A live chart shows a fixed window ending at its newest sample, so its axis keeps a
+  // readable scale from the first second.
+  if (xSpan) opts.scales = { x: { time: true, range: (u, min, max) => [max - xSpan, max] } };
   const u = new window.uPlot(opts, [xs, ...series.map((s) => s.values)], container);
   container.uplot = u; // for the browser tests, which compare what is drawn with the API
   page.charts.push(u);
@@ -241,7 +244,7 @@ async function overviewPage(root) {
     const data = [samples.map((s) => s[0]), samples.map((s) => s[1])];
     const box = document.getElementById("live-chart");
     if (!box) return;
-    if (!liveChart) liveChart = chart(box, "Clicks per second", data[0], [{ label: "clicks/s", values: data[1], color: "#0b57d0" }]);
+    if (!liveChart) liveChart = chart(box, "Clicks per second, last minute", data[0], [{ label: "clicks/s", values: data[1], color: "#0b57d0" }], null, 60);
     else liveChart.setData(data);
   });
   every(LIVE_MS, async () => {
