@@ -80,6 +80,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return 0
 			case errors.Is(err, flag.ErrHelp):
 				return 0
+			case errors.Is(err, errReportedUsage):
+				return 2 // already logged, in the log's format
 			case errors.Is(err, errReported):
 				return 1 // already logged, in the log's format
 			case errors.As(err, &ue):
@@ -155,6 +157,19 @@ func (e usageError) Unwrap() error { return e.err }
 
 // errReported marks an error already written to the log.
 var errReported = errors.New("reported")
+
+// errReportedUsage is a usage error already logged, in the log's format: exit 2.
+var errReportedUsage = errors.New("reported usage error")
+
+// jsonUsageError returns err as a usage error; with JSON logs it logs it as one JSON line
+// first, so a log collector sees why the process would not start.
+func jsonUsageError(logger *slog.Logger, format string, err error) error {
+	if format != "json" {
+		return usageError{err}
+	}
+	logger.Error("invalid configuration; adpulse serve -h lists the flags", "err", err.Error())
+	return errReportedUsage
+}
 
 func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.Func("roles", "comma-separated roles of this process: ingest, process, query (default all three)", func(v string) error {
@@ -259,11 +274,11 @@ func serve(args []string, _, stderr io.Writer) error {
 	cfg.Version = version
 	if err := cfg.Validate(); err != nil {
 		// Nothing has been written to the data dir yet.
-		return usageError{err}
+		return jsonUsageError(logger, cfg.LogFormat, err)
 	}
 	if cfg.CatalogDSN != "" {
 		if _, _, _, err := catalog.ParseDSN(cfg.CatalogDSN); err != nil {
-			return usageError{fmt.Errorf("--catalog-dsn: %w", err)}
+			return jsonUsageError(logger, cfg.LogFormat, fmt.Errorf("--catalog-dsn: %w", err))
 		}
 	}
 	app, err := server.New(cfg, logger)

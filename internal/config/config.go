@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"net/url"
 	"strings"
@@ -205,6 +206,11 @@ func (c *Config) Validate() error {
 			"--public-url %q must be an absolute http(s) URL with a host and no query, such as https://t.ads.example", c.PublicURL)
 	}
 	check(c.Listen != "", "--listen must not be empty")
+	for _, l := range [...]struct{ flag, addr string }{{"--listen", c.Listen}, {"--ops-listen", c.OpsListen}} {
+		if _, port, err := net.SplitHostPort(l.addr); l.addr != "" && (err != nil || port == "") {
+			check(false, "%s %q must be host:port or :port, such as :8080 or 127.0.0.1:9464", l.flag, l.addr)
+		}
+	}
 	check(c.ClickTTL > 0, "--click-ttl must be positive")
 	check(c.MaxLateness >= time.Minute, "--max-lateness must be at least 1m")
 	check(c.MaxClockSkew >= 0, "--max-clock-skew must not be negative")

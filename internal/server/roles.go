@@ -15,6 +15,7 @@ import (
 	"github.com/adpulse/adpulse/internal/config"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/eventlog/kafkalog"
+	"github.com/adpulse/adpulse/internal/dashboard"
 	"github.com/adpulse/adpulse/internal/ingest"
 	"github.com/adpulse/adpulse/internal/ivt"
 	"github.com/adpulse/adpulse/internal/metricstore"
@@ -380,6 +381,7 @@ func (a *App) registerQuery(mux *http.ServeMux) error {
 	}
 	q.Register(mux)
 	billing.NewHandler(a.query.billing, billing.HandlerOptions{}).Register(mux)
+	dashboard.New(dashboard.Options{Catalog: a.b.catalog, Health: a.ingestHealth, Now: a.now}).Register(mux)
 	return nil
 }
 

@@ -11,8 +11,10 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/adpulse/adpulse/client"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"golang.org/x/sync/errgroup"
 )
@@ -38,6 +40,24 @@ type target struct {
 	// ingest are the ingest nodes' http://host:port of a split deployment, which take the
 	// clicks and batches (base is then its query node); empty: base takes everything.
 	ingest []string
+	apiMu  sync.Mutex
+	api    *client.Client // the public client over client, for setup and reads; see apiClient
+}
+
+// apiClient is the public Go client for the target's catalog and query calls. One attempt
+// per call: a bench must see failures, not retry them away.
+func (t *target) apiClient() (*client.Client, error) {
+	t.apiMu.Lock()
+	defer t.apiMu.Unlock()
+	if t.api != nil {
+		return t.api, nil
+	}
+	c, err := client.New(client.Config{BaseURL: t.base, Key: t.adminKey, HTTPClient: t.client, MaxAttempts: 1, AttemptTimeout: 5 * time.Minute})
+	if err != nil {
+		return nil, err
+	}
+	t.api = c
+	return c, nil
 }
 
 func (t *target) addr() string { return strings.TrimPrefix(t.base, "http://") }
@@ -164,34 +184,42 @@ func (t *target) setupAds(ctx context.Context, l layout) error {
 	if !t.catalog {
 		return nil
 	}
-	err := parallel(ctx, l.advertisers, 4, func(ctx context.Context, k int) error {
-		return t.do(ctx, http.MethodPut, "/api/v1/advertisers/"+l.prefix+"-adv-"+strconv.Itoa(k), "application/json",
-			[]byte(`{"name":"bench","timezone":"UTC"}`), nil)
+	api, err := t.apiClient()
+	if err != nil {
+		return err
+	}
+	err = parallel(ctx, l.advertisers, 4, func(ctx context.Context, k int) error {
+		_, err := api.PutAdvertiser(ctx, l.prefix+"-adv-"+strconv.Itoa(k), client.AdvertiserInput{Name: "bench", Timezone: "UTC"})
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("create advertisers: %w", err)
 	}
 	err = parallel(ctx, l.campaigns, 8, func(ctx context.Context, j int) error {
-		body := fmt.Sprintf(`{"advertiser_id":"%s-adv-%d","name":"bench","status":"active","cpc_bid_micros":100000,"daily_budget_micros":0,"total_budget_micros":0}`, l.prefix, j%l.advertisers)
-		return t.do(ctx, http.MethodPut, "/api/v1/campaigns/"+l.prefix+"-cmp-"+strconv.Itoa(j), "application/json", []byte(body), nil)
+		_, err := api.PutCampaign(ctx, l.prefix+"-cmp-"+strconv.Itoa(j), client.CampaignInput{
+			AdvertiserID: l.prefix + "-adv-" + strconv.Itoa(j%l.advertisers), Name: "bench", Status: client.StatusActive, CPCBidMicros: 100_000,
+		})
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("create campaigns: %w", err)
 	}
-	const chunk = 100_000
+	const chunk = client.MaxBulkAds
 	chunks := (l.ads + chunk - 1) / chunk
 	err = parallel(ctx, chunks, 2, func(ctx context.Context, c int) error {
-		var b bytes.Buffer
 		from, to := c*chunk, min((c+1)*chunk, l.ads)
+		ads := make([]client.BulkAd, 0, to-from)
 		for i := from; i < to; i++ {
-			fmt.Fprintf(&b, `{"id":"%s-ad-%d","campaign_id":"%s-cmp-%d","landing_url":"https://shop.example/p/%d"}`+"\n", l.prefix, i, l.prefix, i%l.campaigns, i)
+			ads = append(ads, client.BulkAd{ID: l.adID(i), AdInput: client.AdInput{
+				CampaignID: l.prefix + "-cmp-" + strconv.Itoa(i%l.campaigns), LandingURL: "https://shop.example/p/" + strconv.Itoa(i),
+			}})
 		}
-		var resp eventsResponse
-		if err := t.do(ctx, http.MethodPost, "/api/v1/bulk/ads", "application/x-ndjson", b.Bytes(), &resp); err != nil {
+		res, err := api.BulkAds(ctx, ads)
+		if err != nil {
 			return err
 		}
-		if resp.Accepted != to-from {
-			return fmt.Errorf("bulk ads %d-%d: %d of %d accepted (%v)", from, to-1, resp.Accepted, to-from, resp.Errors)
+		if res.Accepted != to-from {
+			return fmt.Errorf("bulk ads %d-%d: %d of %d accepted (%v)", from, to-1, res.Accepted, to-from, res.Errors)
 		}
 		return nil
 	})
@@ -214,46 +242,34 @@ func parallel(ctx context.Context, n, workers int, fn func(ctx context.Context, 
 
 func fmtTime(t time.Time) string { return url.QueryEscape(t.UTC().Format(time.RFC3339)) }
 
-// metricsPoint and friends decode /metrics and /metrics/top answers.
-type metricsResponse struct {
-	Series []struct {
-		AdID   string `json:"ad_id"`
-		Points []struct {
-			Time        string `json:"time"`
-			Impressions int64  `json:"impressions"`
-			Clicks      int64  `json:"clicks"`
-		} `json:"points"`
-	} `json:"series"`
-}
-
 // totals reads the totals of metric ("clicks" or "impressions") per ad over [from, to) from
 // /metrics, 1000 ads per request.
 func (t *target) totals(ctx context.Context, ads []string, metric string, from, to time.Time) (map[string]int64, error) {
+	api, err := t.apiClient()
+	if err != nil {
+		return nil, err
+	}
 	out := make(map[string]int64, len(ads))
-	step := "1m"
+	step := time.Minute
 	if to.Sub(from) > 6*time.Hour {
-		step = "1h"
+		step = time.Hour
 	}
 	for i := 0; i < len(ads); i += 1000 {
 		part := ads[i:min(i+1000, len(ads))]
-		var resp metricsResponse
-		path := "/metrics?ad_ids=" + strings.Join(part, ",") + "&start_time=" + fmtTime(from) + "&end_time=" + fmtTime(to) + "&interval=" + step
-		if err := t.do(ctx, http.MethodGet, path, "", nil, &resp); err != nil {
+		resp, err := api.Metrics(ctx, client.MetricsQuery{AdIDs: part, Start: from, End: to, Interval: step})
+		if err != nil {
 			return nil, err
 		}
 		if len(resp.Series) != len(part) {
 			return nil, fmt.Errorf("/metrics for %d ads answered %d series", len(part), len(resp.Series))
 		}
 		for j, s := range resp.Series {
-			var n int64
-			for _, p := range s.Points {
-				if metric == "impressions" {
-					n += p.Impressions
-				} else {
-					n += p.Clicks
-				}
+			tot := s.Totals()
+			if metric == "impressions" {
+				out[part[j]] = tot.Impressions
+			} else {
+				out[part[j]] = tot.Clicks
 			}
-			out[part[j]] = n
 		}
 	}
 	return out, nil
@@ -266,21 +282,17 @@ type topItem struct {
 
 // top reads /metrics/top by ad.
 func (t *target) top(ctx context.Context, metric string, n int, from, to time.Time) ([]topItem, error) {
-	var resp struct {
-		Items []map[string]json.RawMessage `json:"items"`
+	api, err := t.apiClient()
+	if err != nil {
+		return nil, err
 	}
-	path := "/metrics/top?n=" + strconv.Itoa(n) + "&metric=" + metric + "&by=ad&start_time=" + fmtTime(from) + "&end_time=" + fmtTime(to)
-	if err := t.do(ctx, http.MethodGet, path, "", nil, &resp); err != nil {
+	resp, err := api.Top(ctx, client.TopQuery{N: n, Metric: metric, By: client.ByAd, Start: from, End: to})
+	if err != nil {
 		return nil, err
 	}
 	items := make([]topItem, len(resp.Items))
 	for i, it := range resp.Items {
-		if err := json.Unmarshal(it["ad_id"], &items[i].id); err != nil {
-			return nil, fmt.Errorf("/metrics/top item %d: no ad_id", i)
-		}
-		if err := json.Unmarshal(it[metric], &items[i].value); err != nil {
-			return nil, fmt.Errorf("/metrics/top item %d: no %s", i, metric)
-		}
+		items[i] = topItem{id: it.ID, value: it.Value}
 	}
 	return items, nil
 }

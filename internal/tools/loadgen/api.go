@@ -1,84 +1,43 @@
 package loadgen
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
+	"github.com/adpulse/adpulse/client"
 	"golang.org/x/sync/errgroup"
 )
 
-// api calls the authenticated endpoints: catalog setup, /metrics and /metrics/top.
+// api calls the authenticated endpoints through the public client package: catalog setup
+// at the target, /metrics and /metrics/top at the metrics URL.
 type api struct {
-	base    string // API base URL, without a trailing slash
-	metrics string // base URL of /metrics and /metrics/top
-	key     string
-	c       *http.Client
+	admin   *client.Client
+	metrics *client.Client
+}
+
+func newAPI(target, metricsURL, key string, hc *http.Client) (*api, error) {
+	admin, err := client.New(client.Config{BaseURL: target, Key: key, HTTPClient: hc})
+	if err != nil {
+		return nil, err
+	}
+	metrics, err := client.New(client.Config{BaseURL: metricsURL, Key: key, HTTPClient: hc})
+	if err != nil {
+		return nil, err
+	}
+	return &api{admin: admin, metrics: metrics}, nil
 }
 
 // errNoMetrics: the server does not serve the metrics endpoints (yet).
 var errNoMetrics = errors.New("the server answers 404 for the metrics endpoints")
 
-// statusError is a non-2xx answer.
-type statusError struct {
-	method, url string
-	status      int
-	body        string
-}
-
-func (e *statusError) Error() string {
-	return fmt.Sprintf("%s %s: %d %s", e.method, e.url, e.status, e.body)
-}
-
-func snippet(b []byte) string {
-	s := strings.TrimSpace(string(b))
-	if len(s) > 300 {
-		s = s[:300] + "..."
-	}
-	return s
-}
-
-// do sends a request and decodes a 2xx JSON answer into out (when not nil).
-func (a *api) do(ctx context.Context, method, rawURL, ctype string, body []byte, out any) error {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, rawURL, rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+a.key)
-	req.Header.Set("User-Agent", toolUA)
-	if ctype != "" {
-		req.Header.Set("Content-Type", ctype)
-	}
-	resp, err := a.c.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w", method, rawURL, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		return &statusError{method: method, url: rawURL, status: resp.StatusCode, body: snippet(b)}
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s %s: decode %q: %w", method, rawURL, snippet(b), err)
-		}
-	}
-	return nil
+// notFound reports whether err is the server's 404.
+func notFound(err error) bool {
+	var ae *client.APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusNotFound
 }
 
 // parallel runs fn(0..n-1) on up to workers goroutines and returns the first error; after
@@ -105,33 +64,29 @@ const bulkChunk = 10_000
 func (a *api) setup(ctx context.Context, lay Layout, dailyBudget int64) error {
 	const workers = 8
 	err := parallel(ctx, lay.Advertisers, workers, func(ctx context.Context, k int) error {
-		body, _ := json.Marshal(map[string]string{"name": "loadgen advertiser " + strconv.Itoa(k), "timezone": timezones[k%len(timezones)]})
-		return a.do(ctx, http.MethodPut, a.base+"/api/v1/advertisers/"+lay.AdvertiserID(k), "application/json", body, nil)
+		_, err := a.admin.PutAdvertiser(ctx, lay.AdvertiserID(k), client.AdvertiserInput{Name: "loadgen advertiser " + strconv.Itoa(k), Timezone: timezones[k%len(timezones)]})
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("create advertisers: %w", err)
 	}
 	err = parallel(ctx, lay.Campaigns, workers, func(ctx context.Context, j int) error {
-		body, _ := json.Marshal(map[string]any{
-			"advertiser_id": lay.AdvertiserID(lay.AdvertiserOf(j)), "name": "loadgen campaign " + strconv.Itoa(j),
-			"status": "active", "cpc_bid_micros": campaignBid(j), "daily_budget_micros": dailyBudget, "total_budget_micros": 0,
+		_, err := a.admin.PutCampaign(ctx, lay.CampaignID(j), client.CampaignInput{
+			AdvertiserID: lay.AdvertiserID(lay.AdvertiserOf(j)), Name: "loadgen campaign " + strconv.Itoa(j),
+			Status: client.StatusActive, CPCBidMicros: campaignBid(j), DailyBudgetMicros: dailyBudget,
 		})
-		return a.do(ctx, http.MethodPut, a.base+"/api/v1/campaigns/"+lay.CampaignID(j), "application/json", body, nil)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("create campaigns: %w", err)
 	}
-	adJSON := func(i int, withID bool) []byte {
-		m := map[string]string{"campaign_id": lay.CampaignID(lay.CampaignOf(i)), "landing_url": "https://shop.example/p/" + strconv.Itoa(i), "catalog_id": "cat" + strconv.Itoa(i%500)}
-		if withID {
-			m["id"] = lay.AdID(i)
-		}
-		b, _ := json.Marshal(m)
-		return b
+	adOf := func(i int) client.AdInput {
+		return client.AdInput{CampaignID: lay.CampaignID(lay.CampaignOf(i)), LandingURL: "https://shop.example/p/" + strconv.Itoa(i), CatalogID: "cat" + strconv.Itoa(i%500)}
 	}
 	if lay.Ads <= 10 {
 		err = parallel(ctx, lay.Ads, workers, func(ctx context.Context, i int) error {
-			return a.do(ctx, http.MethodPut, a.base+"/api/v1/ads/"+lay.AdID(i), "application/json", adJSON(i, false), nil)
+			_, err := a.admin.PutAd(ctx, lay.AdID(i), adOf(i))
+			return err
 		})
 		if err != nil {
 			return fmt.Errorf("create ads: %w", err)
@@ -140,29 +95,21 @@ func (a *api) setup(ctx context.Context, lay Layout, dailyBudget int64) error {
 	}
 	chunks := (lay.Ads + bulkChunk - 1) / bulkChunk
 	err = parallel(ctx, chunks, 2, func(ctx context.Context, c int) error {
-		var body bytes.Buffer
 		from, to := c*bulkChunk, min((c+1)*bulkChunk, lay.Ads)
+		ads := make([]client.BulkAd, 0, to-from)
 		for i := from; i < to; i++ {
-			body.Write(adJSON(i, true))
-			body.WriteByte('\n')
+			ads = append(ads, client.BulkAd{ID: lay.AdID(i), AdInput: adOf(i)})
 		}
-		var resp struct {
-			Accepted int `json:"accepted"`
-			Rejected int `json:"rejected"`
-			Errors   []struct {
-				Line    int    `json:"line"`
-				Message string `json:"message"`
-			} `json:"errors"`
-		}
-		if err := a.do(ctx, http.MethodPost, a.base+"/api/v1/bulk/ads", "application/x-ndjson", body.Bytes(), &resp); err != nil {
+		res, err := a.admin.BulkAds(ctx, ads)
+		if err != nil {
 			return err
 		}
-		if resp.Accepted != to-from {
+		if res.Accepted != to-from {
 			first := ""
-			if len(resp.Errors) > 0 {
-				first = fmt.Sprintf(" (line %d: %s)", resp.Errors[0].Line, resp.Errors[0].Message)
+			if len(res.Errors) > 0 {
+				first = fmt.Sprintf(" (ad %s: %s)", ads[res.Errors[0].Index].ID, res.Errors[0].Message)
 			}
-			return fmt.Errorf("bulk ads %d-%d: %d of %d accepted%s", from, to-1, resp.Accepted, to-from, first)
+			return fmt.Errorf("bulk ads %d-%d: %d of %d accepted%s", from, to-1, res.Accepted, to-from, first)
 		}
 		return nil
 	})
@@ -176,12 +123,9 @@ func (a *api) setup(ctx context.Context, lay Layout, dailyBudget int64) error {
 // campaigns the layout puts them in.
 func (a *api) preflight(ctx context.Context, lay Layout) error {
 	for _, i := range []int{0, lay.Ads - 1} {
-		var ad struct {
-			CampaignID string `json:"campaign_id"`
-		}
-		if err := a.do(ctx, http.MethodGet, a.base+"/api/v1/ads/"+lay.AdID(i), "", nil, &ad); err != nil {
-			var se *statusError
-			if errors.As(err, &se) && se.status == http.StatusNotFound {
+		ad, err := a.admin.GetAd(ctx, lay.AdID(i))
+		if err != nil {
+			if notFound(err) {
 				return fmt.Errorf("ad %s does not exist: run with --setup, or give the --ads/--campaigns/--advertisers/--id-prefix of the run that created the ads", lay.AdID(i))
 			}
 			return fmt.Errorf("check ads: %w", err)
@@ -193,12 +137,10 @@ func (a *api) preflight(ctx context.Context, lay Layout) error {
 	return nil
 }
 
-var levelParams = [numLevels]string{"ad_ids", "campaign_ids", "advertiser_ids"}
-
 // maxPointsPerRequest bounds one /metrics answer (ids x points).
 const maxPointsPerRequest = 200_000
 
-func fmtMinute(m int64) string { return time.Unix(m*60, 0).UTC().Format(time.RFC3339) }
+func minuteStart(m int64) time.Time { return time.Unix(m*60, 0).UTC() }
 
 // fetchMetrics reads the 1m series of ids at lv over [start, end) (Unix minutes).
 func (a *api) fetchMetrics(ctx context.Context, lv Level, ids []string, start, end int64) (observed, error) {
@@ -207,17 +149,19 @@ func (a *api) fetchMetrics(ctx context.Context, lv Level, ids []string, start, e
 	chunk := max(1, min(500, maxPointsPerRequest/points))
 	for from := 0; from < len(ids); from += chunk {
 		part := ids[from:min(from+chunk, len(ids))]
-		esc := make([]string, len(part))
-		for i, id := range part {
-			esc[i] = url.QueryEscape(id)
+		q := client.MetricsQuery{Start: minuteStart(start), End: minuteStart(end), Interval: time.Minute}
+		switch lv {
+		case LevelCampaign:
+			q.CampaignIDs = part
+		case LevelAdvertiser:
+			q.AdvertiserIDs = part
+		default:
+			q.AdIDs = part
 		}
-		u := a.metrics + "/metrics?" + levelParams[lv] + "=" + strings.Join(esc, ",") +
-			"&start_time=" + url.QueryEscape(fmtMinute(start)) + "&end_time=" + url.QueryEscape(fmtMinute(end)) + "&interval=1m"
-		var resp metricsResponse
-		if err := a.do(ctx, http.MethodGet, u, "", nil, &resp); err != nil {
-			var se *statusError
-			if errors.As(err, &se) && se.status == http.StatusNotFound {
-				return nil, fmt.Errorf("%w: %s", errNoMetrics, se.body)
+		resp, err := a.metrics.Metrics(ctx, q)
+		if err != nil {
+			if notFound(err) {
+				return nil, fmt.Errorf("%w: %v", errNoMetrics, err)
 			}
 			return nil, err
 		}
@@ -225,16 +169,12 @@ func (a *api) fetchMetrics(ctx context.Context, lv Level, ids []string, start, e
 			return nil, fmt.Errorf("GET /metrics for %d %s ids answered %d series", len(part), lv, len(resp.Series))
 		}
 		for i, s := range resp.Series {
-			if got := s.id(lv); got != "" && got != part[i] {
+			if got := s.ID(); got != "" && got != part[i] {
 				return nil, fmt.Errorf("GET /metrics: series %d is %q, requested %q (series must come in request order)", i, got, part[i])
 			}
 			mins := make(map[int64]*counts, len(s.Points))
 			for _, p := range s.Points {
-				t, err := time.Parse(time.RFC3339, p.Time)
-				if err != nil {
-					return nil, fmt.Errorf("GET /metrics: series %s: point time %q: %w", part[i], p.Time, err)
-				}
-				m := floorDiv(t.Unix(), 60)
+				m := floorDiv(p.Time.Unix(), 60)
 				c := mins[m]
 				if c == nil {
 					c = new(counts)
@@ -252,50 +192,15 @@ func (a *api) fetchMetrics(ctx context.Context, lv Level, ids []string, start, e
 	return obs, nil
 }
 
-type metricsResponse struct {
-	Series []metricsSeries `json:"series"`
-}
-
-type metricsSeries struct {
-	AdID         string         `json:"ad_id"`
-	CampaignID   string         `json:"campaign_id"`
-	AdvertiserID string         `json:"advertiser_id"`
-	Points       []metricsPoint `json:"points"`
-}
-
-func (s *metricsSeries) id(lv Level) string {
-	switch lv {
-	case LevelCampaign:
-		return s.CampaignID
-	case LevelAdvertiser:
-		return s.AdvertiserID
-	}
-	return s.AdID
-}
-
-type metricsPoint struct {
-	Time          string           `json:"time"`
-	Impressions   int64            `json:"impressions"`
-	Clicks        int64            `json:"clicks"`
-	InvalidClicks int64            `json:"invalid_clicks"`
-	SpendMicros   int64            `json:"spend_micros"`
-	Interactions  map[string]int64 `json:"interactions"`
-}
-
 // maxTopN is the largest n of GET /metrics/top.
 const maxTopN = 1000
 
 // fetchTop reads the top list of metric m by lv over [start, end).
 func (a *api) fetchTop(ctx context.Context, lv Level, m Metric, n int, start, end int64) ([]topItem, error) {
-	u := a.metrics + "/metrics/top?n=" + strconv.Itoa(n) + "&metric=" + m.String() + "&by=" + lv.String() +
-		"&start_time=" + url.QueryEscape(fmtMinute(start)) + "&end_time=" + url.QueryEscape(fmtMinute(end))
-	var resp struct {
-		Items []map[string]json.RawMessage `json:"items"`
-	}
-	if err := a.do(ctx, http.MethodGet, u, "", nil, &resp); err != nil {
-		var se *statusError
-		if errors.As(err, &se) && se.status == http.StatusNotFound {
-			return nil, fmt.Errorf("%w: %s", errNoMetrics, se.body)
+	resp, err := a.metrics.Top(ctx, client.TopQuery{N: n, Metric: m.String(), By: lv.String(), Start: minuteStart(start), End: minuteStart(end)})
+	if err != nil {
+		if notFound(err) {
+			return nil, fmt.Errorf("%w: %v", errNoMetrics, err)
 		}
 		return nil, err
 	}
@@ -304,13 +209,7 @@ func (a *api) fetchTop(ctx context.Context, lv Level, m Metric, n int, start, en
 	}
 	items := make([]topItem, len(resp.Items))
 	for i, it := range resp.Items {
-		idField := lv.String() + "_id"
-		if err := json.Unmarshal(it[idField], &items[i].id); err != nil || items[i].id == "" {
-			return nil, fmt.Errorf("GET /metrics/top: item %d has no %s", i, idField)
-		}
-		if err := json.Unmarshal(it[m.String()], &items[i].value); err != nil {
-			return nil, fmt.Errorf("GET /metrics/top: item %d (%s) has no integer %s", i, items[i].id, m)
-		}
+		items[i] = topItem{id: it.ID, value: it.Value}
 	}
 	return items, nil
 }

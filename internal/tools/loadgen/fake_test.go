@@ -376,7 +376,7 @@ func (f *fakeServer) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	}
 	var lv Level
 	var ids []string
-	for l, p := range levelParams {
+	for l, p := range [numLevels]string{"ad_ids", "campaign_ids", "advertiser_ids"} {
 		if v := q.Get(p); v != "" {
 			lv, ids = Level(l), strings.Split(v, ",")
 		}
@@ -394,7 +394,7 @@ func (f *fakeServer) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	for _, id := range ids {
 		var pts []point
 		for m := start; m < end; m++ {
-			p := point{Time: fmtMinute(m)}
+			p := point{Time: minuteStart(m).Format(time.RFC3339)}
 			if c := f.counts[lv][id][m]; c != nil {
 				p.Impressions, p.Clicks, p.InvalidClicks = c[MetricImpressions], c[MetricClicks], c[MetricInvalidClicks]
 				if c[MetricAddToCart]+c[MetricOrder] > 0 {
@@ -406,7 +406,7 @@ func (f *fakeServer) serveMetrics(w http.ResponseWriter, r *http.Request) {
 		series = append(series, map[string]any{lv.String() + "_id": id, "points": pts})
 	}
 	f.mu.Unlock()
-	json.NewEncoder(w).Encode(map[string]any{"start_time": fmtMinute(start), "end_time": fmtMinute(end), "interval": "1m", "series": series})
+	json.NewEncoder(w).Encode(map[string]any{"start_time": minuteStart(start), "end_time": minuteStart(end), "interval": "1m", "series": series})
 }
 
 func (f *fakeServer) serveTop(w http.ResponseWriter, r *http.Request) {

@@ -222,7 +222,11 @@ func newRunner(o Options) (*runner, error) {
 		}
 		r.client = newHTTPClient(conns + 16)
 	}
-	r.api = &api{base: o.Target, metrics: o.MetricsURL, key: o.AdminKey, c: r.client}
+	a, err := newAPI(o.Target, o.MetricsURL, o.AdminKey, r.client)
+	if err != nil {
+		return nil, err
+	}
+	r.api = a
 	return r, nil
 }
 
