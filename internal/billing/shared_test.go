@@ -90,11 +90,22 @@ func testSharedLedger(t *testing.T, openLedger func() ledger.Store) {
 	}
 	defer metrics.Close()
 
+	// The OnViews seam: the highest committed total each key was reported with, by any node.
+	var viewsMu sync.Mutex
+	reported := map[string]int64{}
+	onViews := func(vs []ViewCount) {
+		viewsMu.Lock()
+		defer viewsMu.Unlock()
+		for _, v := range vs {
+			k := v.UserID + "/" + v.CatalogID
+			reported[k] = max(reported[k], v.Count)
+		}
+	}
 	nodes := make([]*sharedNode, sharedNodes)
 	owner := make([]int, sharedPartitions) // who the group thinks owns each partition
 	start := func(i int) {
 		c, err := Open(ctx, Options{Ledger: openLedger(), Group: true, Node: fmt.Sprintf("n%d", i), Log: log, Catalog: cat,
-			Metrics: metrics, Now: clock.Now, PollInterval: time.Millisecond, FeedInterval: time.Hour})
+			Metrics: metrics, Now: clock.Now, PollInterval: time.Millisecond, FeedInterval: time.Hour, OnViews: onViews})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -372,6 +383,11 @@ func testSharedLedger(t *testing.T, openLedger func() ledger.Store) {
 	if fmt.Sprint(got) != fmt.Sprint(views) {
 		t.Errorf("views %v, want %v", got, views)
 	}
+	viewsMu.Lock()
+	if fmt.Sprint(reported) != fmt.Sprint(views) {
+		t.Errorf("views reported through OnViews %v, want %v", reported, views)
+	}
+	viewsMu.Unlock()
 	// Every node answers the same.
 	for _, ev := range clicks[:20] {
 		var answers []Click

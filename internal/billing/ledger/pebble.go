@@ -461,8 +461,13 @@ func (s *Pebble) JournalNext(ctx context.Context) (uint64, error) {
 // FirstJournal returns the oldest retained entry's seq, or JournalNext.
 func (s *Pebble) FirstJournal(ctx context.Context) (uint64, error) {
 	var first uint64
-	found := false
 	err := s.read(func(r pebble.Reader) error {
+		// The counter from the same snapshot as the (empty) journal: see SQL.FirstJournal.
+		next, _, err := getUvarint(r, keyJournalNext)
+		if err != nil {
+			return err
+		}
+		first = uint64(next)
 		it, err := r.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixJournal}, UpperBound: []byte{prefixJournal + 1}})
 		if err != nil {
 			return err
@@ -473,14 +478,11 @@ func (s *Pebble) FirstJournal(ctx context.Context) (uint64, error) {
 			if len(k) != 9 {
 				return fmt.Errorf("%w: journal key %x", ErrCorrupt, k)
 			}
-			first, found = binary.BigEndian.Uint64(k[1:]), true
+			first = binary.BigEndian.Uint64(k[1:])
 		}
 		return it.Error()
 	})
-	if err != nil || found {
-		return first, err
-	}
-	return s.JournalNext(ctx)
+	return first, err
 }
 
 // Journal reads the entries of [from, to).

@@ -73,14 +73,12 @@ func (s *SQL) FirstJournal(ctx context.Context) (uint64, error) {
 	if err := s.check(); err != nil {
 		return 0, err
 	}
-	var first sql.NullInt64
-	if err := s.db.QueryRowContext(ctx, `SELECT MIN(seq) FROM `+s.t("journal")).Scan(&first); err != nil {
-		return 0, err
-	}
-	if first.Valid {
-		return uint64(first.Int64), nil
-	}
-	return s.JournalNext(ctx)
+	// One statement, so one snapshot: read apart, an entry committed and the counter bumped
+	// between an empty journal and the counter would give a first entry past what the metric
+	// store may still need.
+	var first uint64
+	err := s.db.QueryRowContext(ctx, s.d.q(`SELECT COALESCE((SELECT MIN(seq) FROM `+s.t("journal")+`), (SELECT value FROM `+s.t("counters")+` WHERE name = ?))`), "journal").Scan(&first)
+	return first, err
 }
 
 // Journal reads the entries of [from, to) in seq order.
