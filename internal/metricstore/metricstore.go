@@ -17,6 +17,9 @@
 //     aligned range present (zeros included), oldest first.
 //   - A point is Final only if its end is at or before the FinalBefore of every consumer that
 //     declared one; FinalBefore never moves backwards.
+//   - A point is Reconciled only if every UTC hour it overlaps was marked by a commit's
+//     ReconciledHours and no later commit changed a counter other than spend in that hour
+//     (reconciled.go).
 package metricstore
 
 import (
@@ -213,6 +216,10 @@ type Commit struct {
 	// FinalBefore, if not zero, declares that no later commit of this consumer will touch a
 	// bucket that ends at or before it. A value below the stored one is ignored.
 	FinalBefore time.Time
+	// ReconciledHours, if any, are UTC hours (since the Unix epoch) whose stored counts,
+	// after this commit, were checked against an independent source (the raw archive):
+	// their points read Reconciled until a later commit changes them (reconciled.go).
+	ReconciledHours []int64
 }
 
 // Checkpoint is what a consumer has committed.
@@ -253,6 +260,9 @@ type Series struct {
 type Point struct {
 	Time  time.Time // bucket start, UTC
 	Final bool      // no more events can change it
+	// Reconciled: the counts other than spend were confirmed by a reconciliation and
+	// nothing changed them since.
+	Reconciled bool
 	Counts
 }
 
