@@ -112,7 +112,7 @@ type Store struct {
 	life        sync.RWMutex // held shared by queries, exclusively by Close: db stays open under it
 	mu          sync.Mutex   // serialises Apply; guards checkpoints, expiredPart, closed
 	checkpoints map[string]*checkpoint
-	reconciled  map[int64]bool // UTC hours marked by a reconciliation (metricstore/reconciled.go)
+	reconciled  map[int64]bool          // UTC hours marked by a reconciliation (metricstore/reconciled.go)
 	expiredPart [len(resolutions)]int64 // partitions below this were dropped by this process
 	closed      bool
 
