@@ -54,6 +54,9 @@ const DefaultConsumer = "reconcile"
 type Options struct {
 	Archive archive.Target
 	Store   metricstore.Store
+	// Scanner, if set, lists the store's stored minutes (see MinuteScanner); by default Store
+	// is used if it is one.
+	Scanner MinuteScanner
 	// Consumer names the repairs' offsets in the store (default "reconcile").
 	Consumer string
 	// CountedBy is the consumer whose offsets say what the store has counted (default
@@ -447,7 +450,11 @@ func readStore(ctx context.Context, o *Options, from, to time.Time, want map[Key
 		}
 		out[k] = &c
 	}
-	if sc, ok := o.Store.(MinuteScanner); ok {
+	sc := o.Scanner
+	if sc == nil {
+		sc, _ = o.Store.(MinuteScanner)
+	}
+	if sc != nil {
 		err := sc.ScanMinutes(ctx, from.Unix()/60, to.Unix()/60, func(d *metricstore.Delta) error {
 			put(Key{d.Level, d.ID, d.Minute}, d.Counts)
 			return nil

@@ -216,6 +216,9 @@ func (a *App) readiness() error {
 		}
 		return errors.New("recovery in progress")
 	}
+	if err := a.archiveReadiness(); err != nil {
+		return err
+	}
 	// A probe never hangs on a stalled backend: each must answer within a second.
 	return a.b.readiness(min(a.cfg.BackendTimeout, time.Second))
 }

@@ -7,12 +7,14 @@ import (
 	"time"
 
 	"github.com/adpulse/adpulse/internal/aggregate"
+	"github.com/adpulse/adpulse/internal/archive"
 	"github.com/adpulse/adpulse/internal/billing"
 	"github.com/adpulse/adpulse/internal/ingest"
 	"github.com/adpulse/adpulse/internal/ivt"
 	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
 	"github.com/adpulse/adpulse/internal/query"
 	"github.com/adpulse/adpulse/internal/query/topn"
+	"github.com/adpulse/adpulse/internal/reconcile"
 	"github.com/adpulse/adpulse/internal/servingredis"
 )
 
@@ -85,6 +87,8 @@ type processRole struct {
 	aggregator *aggregate.Aggregator
 	billing    *billing.Charger
 	serving    *servingredis.Publisher // nil unless --serving-redis-addr
+	archiver   *archive.Archiver       // nil with --archive-url off
+	reconcile  *reconcile.Hourly       // nil with --reconcile off
 }
 
 func (a *App) openProcess(ctx context.Context) error {
@@ -158,6 +162,9 @@ func (a *App) openProcess(ctx context.Context) error {
 	g.Go("top-N maintenance", p.top.Run)
 	g.Go("aggregator", p.aggregator.Run)
 	g.Go("billing", p.billing.Run)
+	if err := a.openArchive(p, observed); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -171,6 +178,9 @@ func (p *processRole) close() []error {
 	}
 	if p.aggregator != nil {
 		errs = append(errs, p.aggregator.Close())
+	}
+	if p.archiver != nil {
+		errs = append(errs, p.archiver.Close())
 	}
 	if p.top != nil {
 		errs = append(errs, p.top.Close())
