@@ -654,6 +654,7 @@ func TestCrashRecovery(t *testing.T) {
 	if archived != total {
 		t.Errorf("the archive holds %d events, the log %d", archived, total)
 	}
+	t.Logf("archive after %d kills: %d events, the log's exactly", kills, archived)
 
 	t.Logf("crash test: %d kills; %d requests (%d failed at a kill and were retried, %d answered 503); "+
 		"ok by endpoint: %s %d, %s %d, %s %d, %s %d; %d events acknowledged (%d distinct keys), %d duplicates dropped "+
