@@ -285,11 +285,14 @@ func (s *Store) Apply(ctx context.Context, c *metricstore.Commit) error {
 	if err := batch.Set(checkpointKey(c.Consumer), appendCheckpoint(nil, next.offsets, next.finalBefore), nil); err != nil {
 		return fmt.Errorf("batch set checkpoint: %w", err)
 	}
-	unmark := metricstore.UnmarkedHours(c)
-	for _, h := range unmark {
-		if s.reconciled[h] {
-			if err := batch.Delete(reconciledKey(h), nil); err != nil {
-				return fmt.Errorf("batch delete reconciled mark: %w", err)
+	var unmark []int64
+	if len(s.reconciled) > 0 { // most stores, most of the time: nothing to look up per delta
+		for _, h := range metricstore.UnmarkedHours(c) {
+			if s.reconciled[h] {
+				unmark = append(unmark, h)
+				if err := batch.Delete(reconciledKey(h), nil); err != nil {
+					return fmt.Errorf("batch delete reconciled mark: %w", err)
+				}
 			}
 		}
 	}
