@@ -295,7 +295,9 @@ func (a *Archiver) Run(ctx context.Context) error {
 				}
 				a.opts.Logger.Warn("archive: partition failed; resuming from its checkpoint", "partition", st.p, "err", err)
 				a.noteError(err)
+				st.run.Lock() // Assign and Revoke reset it too
 				st.reset()
+				st.run.Unlock()
 				failed = true
 				continue
 			}
@@ -353,10 +355,13 @@ func (a *Archiver) refreshEnds(ctx context.Context) {
 		if !st.owned.Load() {
 			continue
 		}
-		if _, end, err := a.opts.Log.Offsets(ctx, st.p); err == nil && end > st.lastEndSeen {
+		_, end, err := a.opts.Log.Offsets(ctx, st.p)
+		st.run.Lock() // Assign and Revoke change the state under it
+		if err == nil && st.owned.Load() && end > st.lastEndSeen {
 			st.lastEndSeen = end
 			a.publish(st)
 		}
+		st.run.Unlock()
 	}
 }
 
