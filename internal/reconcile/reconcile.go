@@ -130,6 +130,10 @@ var (
 	ErrGaps = errors.New("reconcile: the archive has gaps")
 )
 
+// MaxRange bounds the hours one Run checks: their buckets, from the archive and the store,
+// are held in memory (about 150 bytes each at each level).
+const MaxRange = 7 * 24 * time.Hour
+
 // Hours returns [from, to) widened to whole UTC hours.
 func Hours(from, to time.Time) (time.Time, time.Time) {
 	f := from.UTC().Truncate(time.Hour)
@@ -149,6 +153,9 @@ func Run(ctx context.Context, o Options, from, to time.Time, repair bool) (*Repo
 	from, to = Hours(from, to)
 	if !from.Before(to) {
 		return nil, fmt.Errorf("reconcile: empty range [%v, %v)", from, to)
+	}
+	if to.Sub(from) > MaxRange {
+		return nil, fmt.Errorf("reconcile: range of %v, at most %v at once (the buckets of the range are held in memory)", to.Sub(from), MaxRange)
 	}
 	if err := Ready(ctx, o, from, to); err != nil {
 		return nil, err

@@ -324,3 +324,11 @@ func TestNotReady(t *testing.T) {
 		t.Errorf("reconciling against an empty archive: %v", err)
 	}
 }
+
+// TestRangeBounded: a range longer than MaxRange is refused before anything is read.
+func TestRangeBounded(t *testing.T) {
+	_, err := Run(context.Background(), Options{}, time.Unix(0, 0), time.Unix(0, 0).Add(MaxRange+time.Hour), false)
+	if err == nil || !strings.Contains(err.Error(), "at most") {
+		t.Fatalf("an 8-day range: %v", err)
+	}
+}
