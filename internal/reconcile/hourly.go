@@ -97,6 +97,8 @@ func (h *Hourly) one(ctx context.Context, hour time.Time) error {
 	defer h.mu.Unlock()
 	h.stats.LastSeconds = time.Since(t0).Seconds()
 	switch {
+	case err != nil && ctx.Err() != nil:
+		return err // stopping: not a failure
 	case errors.Is(err, ErrNotReady):
 		h.opts.Logger.Debug("reconcile: hour not ready", "hour", hour, "why", err)
 		return err
