@@ -68,14 +68,28 @@ func ReadFile(ctx context.Context, t Target, key string, fn func(*Row) error) er
 	if len(b) > MaxReadFileBytes {
 		return fmt.Errorf("archive: %s is %d bytes, more than %d", key, len(b), MaxReadFileBytes)
 	}
-	r := parquet.NewGenericReader[Row](bytes.NewReader(b))
+	var r *parquet.GenericReader[Row]
+	if err := parquetSafe(key, func() error {
+		f, err := parquet.OpenFile(bytes.NewReader(b), int64(len(b)))
+		if err != nil {
+			return err
+		}
+		r = parquet.NewGenericReader[Row](f)
+		return nil
+	}); err != nil {
+		return err
+	}
 	defer r.Close()
 	buf := make([]Row, 1024)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n, err := r.Read(buf)
+		var n int
+		err := parquetSafe(key, func() (err error) {
+			n, err = r.Read(buf)
+			return err
+		})
 		for i := range buf[:n] {
 			if ferr := fn(&buf[i]); ferr != nil {
 				return ferr
@@ -85,9 +99,26 @@ func ReadFile(ctx context.Context, t Target, key string, fn func(*Row) error) er
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("archive: read %s: %w", key, err)
+			return err
 		}
 	}
+}
+
+// parquetSafe runs f, a call into parquet-go on bytes from the target, turning a panic
+// into an error: a damaged or foreign object in the archive (FuzzReadFile found inputs
+// that make parquet-go index out of range) must fail that read, not the process. Only
+// parquet-go's calls run under it, never the caller's callback.
+func parquetSafe(key string, f func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("archive: %s is not a readable Parquet file: %v", key, p)
+		}
+	}()
+	err = f()
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = fmt.Errorf("archive: read %s: %w", key, err)
+	}
+	return err
 }
 
 // Committed returns, per partition, the offset below which every event is archived (the
