@@ -197,7 +197,10 @@ func Open(ctx context.Context, o Options) (*Stage, error) {
 		return nil, errors.New("attribution: Dir, Log and Metrics are required")
 	}
 	o.setDefaults()
-	db, err := pebble.Open(o.Dir, &pebble.Options{FS: o.FS, Logger: quietLogger{}})
+	if err := createDir(o.FS, o.Dir); err != nil {
+		return nil, err
+	}
+	db, err := pebble.Open(o.Dir, &pebble.Options{FS: o.FS, FormatMajorVersion: pebble.FormatNewest, Logger: slogLogger{o.Logger}})
 	if err != nil {
 		return nil, fmt.Errorf("attribution: open %s: %w", o.Dir, err)
 	}
@@ -209,11 +212,39 @@ func Open(ctx context.Context, o Options) (*Stage, error) {
 	return s, nil
 }
 
-type quietLogger struct{}
+// createDir creates dir and syncs its parent, so that a crash cannot lose the directory
+// (and with it every commit synced into it).
+func createDir(fs vfs.FS, dir string) error {
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("attribution: create dir: %w", err)
+	}
+	parent := fs.PathDir(dir)
+	if parent == "" {
+		parent = "."
+	}
+	d, err := fs.OpenDir(parent)
+	if err != nil {
+		return fmt.Errorf("attribution: open parent dir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("attribution: sync parent dir: %w", err)
+	}
+	return nil
+}
 
-func (quietLogger) Infof(string, ...any)  {}
-func (quietLogger) Errorf(string, ...any) {}
-func (quietLogger) Fatalf(format string, args ...any) {
+// slogLogger routes Pebble's log lines to slog.
+type slogLogger struct{ l *slog.Logger }
+
+func (l slogLogger) Infof(format string, args ...any) {
+	l.l.Debug(fmt.Sprintf(format, args...), "component", "attribution-pebble")
+}
+
+func (l slogLogger) Errorf(format string, args ...any) {
+	l.l.Error(fmt.Sprintf(format, args...), "component", "attribution-pebble")
+}
+
+func (l slogLogger) Fatalf(format string, args ...any) {
 	panic(fmt.Sprintf(format, args...))
 }
 
