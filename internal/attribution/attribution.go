@@ -140,26 +140,26 @@ var (
 
 // Stats are the stage's counters since Open, for Prometheus.
 type Stats struct {
-	EventsConsumed        int64
-	Corrupt               int64
-	Touches               int64 // touches remembered
-	DuplicateTouches      int64 // a touch key the user's catalog already held
-	TouchesEvicted        int64 // dropped for MaxTouches
-	TouchesExpired        int64 // forgotten past the horizon
-	Conversions           int64 // distinct conversions decided
-	DuplicateConversions  int64
-	CreditedClick         int64
-	CreditedView          int64
-	Uncredited            int64
-	Reattributed          int64 // credits moved by a late touch
-	ConversionsExpired    int64
-	Commits               int64
-	JournalNext           uint64
-	JournalApplied        uint64
-	MetricApplyErrors     int64
-	LastRoundMicros       int64 // processing time of the last round, commit included
-	DiskBytes             uint64
-	Partitions            []PartitionStats
+	EventsConsumed       int64
+	Corrupt              int64
+	Touches              int64 // touches remembered
+	DuplicateTouches     int64 // a touch key the user's catalog already held
+	TouchesEvicted       int64 // dropped for MaxTouches
+	TouchesExpired       int64 // forgotten past the horizon
+	Conversions          int64 // distinct conversions decided
+	DuplicateConversions int64
+	CreditedClick        int64
+	CreditedView         int64
+	Uncredited           int64
+	Reattributed         int64 // credits moved by a late touch
+	ConversionsExpired   int64
+	Commits              int64
+	JournalNext          uint64
+	JournalApplied       uint64
+	MetricApplyErrors    int64
+	LastRoundMicros      int64 // processing time of the last round, commit included
+	DiskBytes            uint64
+	Partitions           []PartitionStats
 }
 
 // PartitionStats describe one log partition.

@@ -26,7 +26,7 @@ const (
 	flagReasons
 	flagInteractions
 	flagConversions // conversions, their value, view conversions, their value: four varints
-	flagAll = 1<<iota - 1
+	flagAll         = 1<<iota - 1
 )
 
 var errCorruptValue = errors.New("pebblestore: corrupt value")
