@@ -59,6 +59,8 @@ type Policy interface {
 	// Horizon is the longest time after a touch that any conversion may be credited to it:
 	// touches older than that (plus the lateness the pipeline accepts) are forgotten.
 	Horizon() time.Duration
+	// Name names the model in explanations ("last_touch").
+	Name() string
 }
 
 // LastTouch is last-touch attribution: a conversion is credited to the latest touch within
@@ -75,6 +77,9 @@ type LastTouch struct {
 }
 
 var _ Policy = LastTouch{}
+
+// Name implements Policy.
+func (LastTouch) Name() string { return "last_touch" }
 
 // Horizon implements Policy.
 func (p LastTouch) Horizon() time.Duration {

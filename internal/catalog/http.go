@@ -25,6 +25,9 @@ type HandlerOptions struct {
 	// billing package owns both). When nil, the serving status comes from status and schedule
 	// alone and the budget shows zero spend.
 	CampaignState func(ctx context.Context, c Campaign) (servingStatus string, budget any)
+	// CampaignPerformance, when set, gives campaign reads their "performance" (conversions,
+	// their value, spend and ROAS; the attribution package owns it).
+	CampaignPerformance func(ctx context.Context, c Campaign) any
 	MaxBodyBytes  int64 // single-object bodies; default 64 KiB
 	MaxBulkBytes  int64 // POST /api/v1/bulk/ads; default 32 MiB
 	MaxBulkLines  int   // default 100,000
@@ -104,6 +107,7 @@ type campaignJSON struct {
 	UpdatedAt         string  `json:"updated_at"`
 	ServingStatus     string  `json:"serving_status"`
 	Budget            any     `json:"budget"`
+	Performance       any     `json:"performance,omitempty"`
 }
 
 type adJSON struct {
@@ -173,6 +177,9 @@ func (h *Handler) campaignOut(ctx context.Context, cp Campaign) campaignJSON {
 		CPCBidMicros: cp.CPCBidMicros, DailyBudgetMicros: cp.DailyBudgetMicros, TotalBudgetMicros: cp.TotalBudgetMicros,
 		StartTime: formatOptTime(cp.StartTime), EndTime: formatOptTime(cp.EndTime),
 		CreatedAt: httpapi.FormatTime(cp.CreatedAt), UpdatedAt: httpapi.FormatTime(cp.UpdatedAt),
+	}
+	if h.o.CampaignPerformance != nil {
+		out.Performance = h.o.CampaignPerformance(ctx, cp)
 	}
 	if h.o.CampaignState != nil {
 		out.ServingStatus, out.Budget = h.o.CampaignState(ctx, cp)

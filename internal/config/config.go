@@ -83,7 +83,22 @@ type Config struct {
 	// TrustedProxies are the peers whose X-Forwarded-For names a request's source; from
 	// anyone else the TCP peer is the source.
 	TrustedProxies []netip.Prefix
+
+	// ConversionTypes are the event types that POST /events takes as conversions when they
+	// come without an ad_id (user_id, catalog_id, event_id and value_micros instead).
+	ConversionTypes []string
+	// AttributionClickWindow and AttributionViewWindow are how long after a click or a view
+	// a conversion is credited to it, unless AttributionWindows names the advertiser
+	// ("adv1=14d/1d,adv2=30d/0": per advertiser, click window / view window).
+	AttributionClickWindow time.Duration
+	AttributionViewWindow  time.Duration
+	AttributionWindows     string
+	// AttributionMaxTouches bounds the touches remembered per user and catalog.
+	AttributionMaxTouches int
 }
+
+// MaxAttributionWindow bounds every attribution window (a touch is remembered that long).
+const MaxAttributionWindow = 90 * 24 * time.Hour
 
 // Roles of a process.
 const (
@@ -151,6 +166,10 @@ func Default() Config {
 		SegmentBytes:           128 << 20,
 		LogRetention:           7 * 24 * time.Hour,
 		MinuteRetention:        14 * 24 * time.Hour,
+		ConversionTypes:        []string{"order"},
+		AttributionClickWindow: 7 * 24 * time.Hour,
+		AttributionViewWindow:  24 * time.Hour,
+		AttributionMaxTouches:  64,
 		LogLevel:               "info",
 		LogFormat:              "text",
 		ShutdownTimeout:        30 * time.Second,
@@ -182,6 +201,9 @@ func (c *Config) Validate() error {
 	check(c.Listen != "", "--listen must not be empty")
 	check(c.ClickTTL > 0, "--click-ttl must be positive")
 	check(c.MaxLateness >= time.Minute, "--max-lateness must be at least 1m")
+	check(c.AttributionClickWindow >= 0 && c.AttributionClickWindow <= MaxAttributionWindow && c.AttributionViewWindow >= 0 && c.AttributionViewWindow <= MaxAttributionWindow,
+		"--attribution-click-window and --attribution-view-window must be from 0 to %v", MaxAttributionWindow)
+	check(c.AttributionMaxTouches >= 1 && c.AttributionMaxTouches <= 10_000, "--attribution-max-touches must be from 1 to 10000")
 	check(c.MaxClockSkew >= 0, "--max-clock-skew must not be negative")
 	check(c.DedupWindow >= c.MaxLateness, "--dedup-window (%v) must cover --max-lateness (%v): a retry of a late event must still be recognised", c.DedupWindow, c.MaxLateness)
 	check(c.MaxBody >= 1<<10, "--max-body must be at least 1KiB")

@@ -259,6 +259,7 @@ func (a *App) startAPI() error {
 	catOpts := catalog.HandlerOptions{Logger: a.logger.With("component", "catalog")}
 	if a.process != nil {
 		catOpts.CampaignState = a.process.billing.CampaignState
+		catOpts.CampaignPerformance = a.campaignPerformance
 	}
 	catalog.NewHandler(a.b.catalog, catOpts).Register(mux)
 	if a.cfg.Has(config.RoleQuery) {

@@ -7,9 +7,13 @@ import (
 	"time"
 
 	"github.com/adpulse/adpulse/internal/aggregate"
+	"github.com/adpulse/adpulse/internal/attribution"
 	"github.com/adpulse/adpulse/internal/billing"
+	"github.com/adpulse/adpulse/internal/catalog"
+	"github.com/adpulse/adpulse/internal/config"
 	"github.com/adpulse/adpulse/internal/ingest"
 	"github.com/adpulse/adpulse/internal/ivt"
+	"github.com/adpulse/adpulse/internal/metricstore"
 	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
 	"github.com/adpulse/adpulse/internal/query"
 	"github.com/adpulse/adpulse/internal/query/topn"
@@ -69,7 +73,7 @@ func (a *App) registerIngest(mux *http.ServeMux, publicURL string) error {
 		Bots:      bots,
 		PublicURL: publicURL,
 		ClickTTL:  a.cfg.ClickTTL,
-		Limits:    ingest.BatchLimits{MaxEvents: a.cfg.MaxBatch, MaxLateness: a.cfg.MaxLateness, MaxClockSkew: a.cfg.MaxClockSkew},
+		Limits:    ingest.BatchLimits{MaxEvents: a.cfg.MaxBatch, MaxLateness: a.cfg.MaxLateness, MaxClockSkew: a.cfg.MaxClockSkew, ConversionTypes: a.cfg.ConversionTypes},
 		MaxBody:   a.cfg.MaxBody,
 		Now:       a.now,
 		Logger:    a.logger.With("component", "ingest"),
@@ -85,6 +89,8 @@ type processRole struct {
 	aggregator *aggregate.Aggregator
 	billing    *billing.Charger
 	serving    *servingredis.Publisher // nil unless --serving-redis-addr
+	// attribution credits conversions to touches (see openAttribution).
+	attribution *attribution.Stage
 }
 
 func (a *App) openProcess(ctx context.Context) error {
@@ -158,7 +164,45 @@ func (a *App) openProcess(ctx context.Context) error {
 	g.Go("top-N maintenance", p.top.Run)
 	g.Go("aggregator", p.aggregator.Run)
 	g.Go("billing", p.billing.Run)
+	return a.openAttribution(ctx, observed)
+}
+
+// openAttribution starts the attribution stage: one stage reading every partition, with its
+// touch store in the data dir, committing conversions to the metric store through the same
+// observed store as the other stages (so the top-N index ranks by them too).
+func (a *App) openAttribution(ctx context.Context, store metricstore.Store) error {
+	perAdv, err := attribution.ParseWindows(a.cfg.AttributionWindows, config.MaxAttributionWindow)
+	if err != nil {
+		return fmt.Errorf("--attribution-windows: %w", err)
+	}
+	p := a.process
+	p.attribution, err = attribution.Open(ctx, attribution.Options{
+		Dir:         a.dir.attribution(),
+		Log:         a.b.log,
+		Metrics:     store,
+		Policy:      attribution.NewLastTouch(attribution.Windows{Click: a.cfg.AttributionClickWindow, View: a.cfg.AttributionViewWindow}, perAdv),
+		MaxLateness: a.cfg.MaxLateness,
+		Slack:       a.cfg.StreamSlack(),
+		MaxTouches:  a.cfg.AttributionMaxTouches,
+		Logger:      a.logger.With("component", "attribution"),
+	})
+	if err != nil {
+		return fmt.Errorf("open attribution: %w", err)
+	}
+	a.components.Go("attribution", p.attribution.Run)
 	return nil
+}
+
+// campaignPerformance is catalog.HandlerOptions.CampaignPerformance: conversions, value,
+// spend and ROAS of a campaign's lifetime, from the metric store (nil when it cannot be read,
+// so a campaign read never fails for it).
+func (a *App) campaignPerformance(ctx context.Context, cp catalog.Campaign) any {
+	perf, err := attribution.CampaignPerformance(ctx, a.process.metrics, cp.ID, cp.CreatedAt, a.now())
+	if err != nil {
+		a.logger.Warn("campaign performance", "campaign_id", cp.ID, "err", err)
+		return nil
+	}
+	return perf
 }
 
 // close closes the process role's engines. Billing pushes its pending spend into the metric
@@ -168,6 +212,9 @@ func (p *processRole) close() []error {
 	var errs []error
 	if p.billing != nil {
 		errs = append(errs, p.billing.Close())
+	}
+	if p.attribution != nil {
+		errs = append(errs, p.attribution.Close())
 	}
 	if p.aggregator != nil {
 		errs = append(errs, p.aggregator.Close())
@@ -195,5 +242,6 @@ func (a *App) registerQuery(mux *http.ServeMux) error {
 	}
 	q.Register(mux)
 	billing.NewHandler(p.billing, billing.HandlerOptions{}).Register(mux)
+	attribution.NewHandler(p.attribution, a.logger.With("component", "attribution")).Register(mux)
 	return nil
 }
