@@ -25,14 +25,15 @@ type HandlerOptions struct {
 	// billing package owns both). When nil, the serving status comes from status and schedule
 	// alone and the budget shows zero spend.
 	CampaignState func(ctx context.Context, c Campaign) (servingStatus string, budget any)
-	// CampaignPerformance, when set, gives campaign reads their "performance" (conversions,
-	// their value, spend and ROAS; the attribution package owns it).
-	CampaignPerformance func(ctx context.Context, c Campaign) any
 	MaxBodyBytes  int64 // single-object bodies; default 64 KiB
 	MaxBulkBytes  int64 // POST /api/v1/bulk/ads; default 32 MiB
 	MaxBulkLines  int   // default 100,000
 	BulkBatchSize int   // ads per transaction; default 1,000
 	Logger        *slog.Logger
+
+	// CampaignPerformance, when set, gives campaign reads their "performance" (conversions,
+	// their value, spend and ROAS; the attribution package owns it).
+	CampaignPerformance func(ctx context.Context, c Campaign) any
 }
 
 // Handler serves the catalog endpoints of the API. It expects the principal in the request
