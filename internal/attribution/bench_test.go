@@ -128,7 +128,7 @@ func BenchmarkAttribution(b *testing.B) {
 	b.StopTimer()
 	// On a shared machine wall time says more about the neighbours than about the code: the
 	// process's CPU time (Pebble's compactions included) is reported too.
-	b.ReportMetric(float64((cpuTime() - cpu0).Nanoseconds())/float64(b.N), "cpu-ns/event")
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/event")
 }
 
 // cpuTime is the CPU time (user and system) of the process so far.

@@ -9,8 +9,12 @@ func TestLastTouchChoose(t *testing.T) {
 	h := time.Hour.Microseconds()
 	d := 24 * h
 	conv := 100 * d
-	click := func(key string, age int64) Touch { return Touch{Kind: KindClick, Key: key, Time: conv - age, AdvertiserID: "a"} }
-	view := func(key string, age int64) Touch { return Touch{Kind: KindView, Key: key, Time: conv - age, AdvertiserID: "a"} }
+	click := func(key string, age int64) Touch {
+		return Touch{Kind: KindClick, Key: key, Time: conv - age, AdvertiserID: "a"}
+	}
+	view := func(key string, age int64) Touch {
+		return Touch{Kind: KindView, Key: key, Time: conv - age, AdvertiserID: "a"}
+	}
 	for _, tc := range []struct {
 		name    string
 		touches []Touch
@@ -20,8 +24,8 @@ func TestLastTouchChoose(t *testing.T) {
 		{"latest click", []Touch{click("c1", 3*d), click("c2", 2*d), click("c3", 5*d)}, "c2"},
 		{"a click beats a later view", []Touch{click("c1", 6*d), view("v1", h)}, "c1"},
 		{"a view when no click is in its window", []Touch{click("c1", 8*d), view("v1", 2*h)}, "v1"},
-		{"click window end is exclusive", []Touch{click("c1", 7 * d)}, ReasonOutsideWindow},
-		{"click just inside", []Touch{click("c1", 7*d - 1)}, "c1"},
+		{"click window end is exclusive", []Touch{click("c1", 7*d)}, ReasonOutsideWindow},
+		{"click just inside", []Touch{click("c1", 7*d-1)}, "c1"},
 		{"view window end is exclusive", []Touch{view("v1", d)}, ReasonOutsideWindow},
 		{"touch at the conversion's microsecond counts", []Touch{view("v1", 0)}, "v1"},
 		{"touch after the conversion does not", []Touch{click("c1", -1)}, ReasonOutsideWindow},
