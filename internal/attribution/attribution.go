@@ -179,7 +179,8 @@ type Stage struct {
 	next        []int64
 	journalNext uint64
 	applied     uint64
-	clock       int64 // the latest append time seen, Unix microseconds
+	clock       int64     // the latest append time seen, Unix microseconds
+	lagAt       time.Time // when lag was last read (at most once a second: Kafka asks the brokers)
 	refs        []msgRef
 	got         [][]eventlog.Message
 	ev          event.Event
@@ -359,23 +360,21 @@ func (s *Stage) Close() error {
 // Stats returns a snapshot of the counters.
 func (s *Stage) Stats() Stats {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	st := s.stats
-	closed := s.closed
 	st.Partitions = slices.Clone(s.stats.Partitions)
-	s.mu.Unlock()
-	if !closed {
-		m := s.db.Metrics()
-		st.DiskBytes = m.DiskSpaceUsage()
+	if !s.closed {
+		st.DiskBytes = s.db.Metrics().DiskSpaceUsage()
 	}
 	return st
 }
 
 // Conversion returns the committed decision of the conversion with this event_id.
 func (s *Stage) Conversion(eventID string) (Conversion, error) {
+	// Held across the read so that Close cannot close the database under it.
 	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
+	defer s.mu.Unlock()
+	if s.closed {
 		return Conversion{}, ErrClosed
 	}
 	key := (&event.Event{Type: event.TypeConversion, EventID: eventID}).Key()

@@ -420,6 +420,10 @@ func (s *Stage) addStats(d *Stats) {
 
 // lag records each partition's committed offset and end.
 func (s *Stage) lag(ctx context.Context) error {
+	if time.Since(s.lagAt) < time.Second {
+		return nil
+	}
+	s.lagAt = time.Now()
 	ps := make([]PartitionStats, len(s.next))
 	for p := range s.next {
 		_, end, err := s.o.Log.Offsets(ctx, p)
