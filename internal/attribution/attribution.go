@@ -82,8 +82,11 @@ type Options struct {
 	// ConversionRetention is how long decisions are kept for GET /api/v1/conversions
 	// (default 30 days, never less than what late touches need).
 	ConversionRetention time.Duration
-	ReadBytes           int           // one read of one partition (default 1 MiB)
-	PollInterval        time.Duration // pause when caught up (default 20ms)
+	ReadBytes           int // one read of one partition (default 1 MiB)
+	// CacheBytes is Pebble's block cache (default 64 MiB): every event seeks the user's
+	// touches, and a cache smaller than the hot users' blocks decompresses one per seek.
+	CacheBytes   int64
+	PollInterval time.Duration // pause when caught up (default 20ms)
 	// FS is the file system; nil means the operating system's.
 	FS     vfs.FS
 	Logger *slog.Logger
@@ -116,6 +119,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = 20 * time.Millisecond
+	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = 64 << 20
 	}
 	if o.FS == nil {
 		o.FS = vfs.Default
@@ -201,7 +207,9 @@ func Open(ctx context.Context, o Options) (*Stage, error) {
 	if err := createDir(o.FS, o.Dir); err != nil {
 		return nil, err
 	}
-	db, err := pebble.Open(o.Dir, &pebble.Options{FS: o.FS, FormatMajorVersion: pebble.FormatNewest, Logger: slogLogger{o.Logger}})
+	cache := pebble.NewCache(o.CacheBytes)
+	defer cache.Unref()
+	db, err := pebble.Open(o.Dir, &pebble.Options{FS: o.FS, FormatMajorVersion: pebble.FormatNewest, Cache: cache, Logger: slogLogger{o.Logger}})
 	if err != nil {
 		return nil, fmt.Errorf("attribution: open %s: %w", o.Dir, err)
 	}

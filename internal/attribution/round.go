@@ -23,6 +23,7 @@ const maxExpirePerRound = 10_000
 // of the round see the earlier ones.
 type round struct {
 	b      *pebble.Batch
+	it     *pebble.Iterator // reused for every scan of the round (creating one costs more than the scan)
 	ranges map[int]int64
 	deltas []metricstore.Delta
 	st     Stats // this round's counts, added to the stage's after the commit
@@ -52,7 +53,7 @@ func (s *Stage) round(ctx context.Context) (int, error) {
 		return cmp.Compare(ma.Offset, mb.Offset)
 	})
 	r := &round{b: s.db.NewIndexedBatch(), ranges: make(map[int]int64)}
-	defer r.b.Close()
+	defer r.close()
 	clock := s.clock
 	for _, ref := range s.refs {
 		m := &s.got[ref.part][ref.i]
@@ -82,6 +83,29 @@ func (s *Stage) round(ctx context.Context) (int, error) {
 	return n, s.lag(ctx)
 }
 
+// scan positions the round's iterator on [lo, hi), seeing every write of the round so far
+// (SetOptions refreshes an indexed batch's view). lo and hi must not change afterwards.
+func (r *round) scan(lo, hi []byte) (*pebble.Iterator, error) {
+	o := &pebble.IterOptions{LowerBound: lo, UpperBound: hi}
+	if r.it == nil {
+		it, err := r.b.NewIter(o)
+		if err != nil {
+			return nil, err
+		}
+		r.it = it
+		return it, nil
+	}
+	r.it.SetOptions(o)
+	return r.it, nil
+}
+
+func (r *round) close() {
+	if r.it != nil {
+		r.it.Close()
+	}
+	r.b.Close()
+}
+
 func (s *Stage) process(r *round, part int, m *eventlog.Message) error {
 	r.st.EventsConsumed++
 	ev := &s.ev
@@ -109,11 +133,10 @@ func (s *Stage) process(r *round, part int, m *eventlog.Message) error {
 // touches reads a user's remembered touches on a catalog, oldest first, with their keys.
 func (s *Stage) touches(r *round, user, catalog string) ([]Touch, [][]byte, error) {
 	prefix := userCatalog(prefixTouch, user, catalog)
-	it, err := r.b.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	it, err := r.scan(prefix, prefixEnd(prefix))
 	if err != nil {
 		return nil, nil, fmt.Errorf("attribution: iterate touches: %w", err)
 	}
-	defer it.Close()
 	var ts []Touch
 	var keys [][]byte
 	for it.First(); it.Valid(); it.Next() {
@@ -173,7 +196,7 @@ func (s *Stage) reconsider(r *round, user, catalog string, t int64, ts []Touch) 
 	prefix := userCatalog(prefixUserConv, user, catalog)
 	lo := binaryTime(prefix, t)
 	hi := binaryTime(prefix, t+s.o.Policy.Horizon().Microseconds())
-	it, err := r.b.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	it, err := r.scan(lo, hi)
 	if err != nil {
 		return fmt.Errorf("attribution: iterate conversions: %w", err)
 	}
@@ -181,7 +204,7 @@ func (s *Stage) reconsider(r *round, user, catalog string, t int64, ts []Touch) 
 	for it.First(); it.Valid(); it.Next() {
 		convKeys = append(convKeys, string(it.Key()[len(prefix)+8:]))
 	}
-	if err := errors.Join(it.Error(), it.Close()); err != nil {
+	if err := it.Error(); err != nil {
 		return fmt.Errorf("attribution: iterate conversions: %w", err)
 	}
 	for _, ck := range convKeys {
