@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -96,6 +97,9 @@ type Config struct {
 	// AttributionMaxTouches bounds the touches remembered per user and catalog.
 	AttributionMaxTouches int
 }
+
+// conversionTypeRE is what an interaction (and so a conversion type) may be called.
+var conversionTypeRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
 
 // MaxAttributionWindow bounds every attribution window (a touch is remembered that long).
 const MaxAttributionWindow = 90 * 24 * time.Hour
@@ -204,6 +208,9 @@ func (c *Config) Validate() error {
 	check(c.AttributionClickWindow >= 0 && c.AttributionClickWindow <= MaxAttributionWindow && c.AttributionViewWindow >= 0 && c.AttributionViewWindow <= MaxAttributionWindow,
 		"--attribution-click-window and --attribution-view-window must be from 0 to %v", MaxAttributionWindow)
 	check(c.AttributionMaxTouches >= 1 && c.AttributionMaxTouches <= 10_000, "--attribution-max-touches must be from 1 to 10000")
+	for _, t := range c.ConversionTypes {
+		check(conversionTypeRE.MatchString(t) && t != "impression" && t != "click", "--conversion-types: %q is not an event type name ([a-z][a-z0-9_]{0,31}, not impression or click)", t)
+	}
 	check(c.MaxClockSkew >= 0, "--max-clock-skew must not be negative")
 	check(c.DedupWindow >= c.MaxLateness, "--dedup-window (%v) must cover --max-lateness (%v): a retry of a late event must still be recognised", c.DedupWindow, c.MaxLateness)
 	check(c.MaxBody >= 1<<10, "--max-body must be at least 1KiB")
