@@ -142,6 +142,10 @@ type testHooks struct {
 var (
 	ErrNotFound = errors.New("attribution: not found")
 	ErrClosed   = errors.New("attribution: closed")
+	// ErrJournalGap: the metric store's checkpoint of the consumer points at journal entries
+	// the database no longer has (the two were restored from different moments). Applying
+	// anything would count conversions twice or never, so Run stops.
+	ErrJournalGap = errors.New("attribution: the metric store and the attribution database are from different moments")
 )
 
 // Stats are the stage's counters since Open, for Prometheus.
@@ -327,7 +331,7 @@ func (s *Stage) Run(ctx context.Context) error {
 		}
 		if err := s.publish(ctx); err != nil {
 			var he hookError
-			if errors.As(err, &he) {
+			if errors.As(err, &he) || errors.Is(err, ErrJournalGap) {
 				return err
 			}
 			if ctx.Err() != nil {
@@ -424,7 +428,7 @@ func (s *Stage) publish(ctx context.Context) error {
 				return err
 			}
 			if !ok {
-				return fmt.Errorf("attribution: journal entry %d is missing", seq)
+				return fmt.Errorf("%w: journal entry %d is missing (the store wants entries from %d, the database writes %d next)", ErrJournalGap, seq, from, s.journalNext)
 			}
 			ds, err := decodeDeltas(v)
 			if err != nil {

@@ -1,7 +1,9 @@
 package attribution
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +13,7 @@ import (
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/httpapi"
 	"github.com/adpulse/adpulse/internal/metricstore"
+	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
 )
 
 var t0 = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
@@ -162,5 +165,30 @@ func TestHTTPExplainsAttribution(t *testing.T) {
 	}
 	if code, _ := get("/api/v1/conversions/nope", admin); code != 404 {
 		t.Fatalf("unknown: %d", code)
+	}
+}
+
+// TestJournalGapStops: a metric store from an earlier moment than the database (restored
+// apart) wants journal entries the database already dropped; the stage stops rather than
+// skip them.
+func TestJournalGapStops(t *testing.T) {
+	h := newHarness(t, 2, t0.Add(time.Hour), Options{})
+	h.append(click("imp-1", "ad1", "u1", t0), order("o1", "u1", 5, t0.Add(time.Second)))
+	h.sync()
+	store, err := pebblestore.Open("metrics-restored", pebblestore.Options{FS: h.fs, MinuteRetention: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	h.s.Close()
+	o := h.opts
+	o.Metrics = store
+	s, err := Open(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Run(context.Background()); !errors.Is(err, ErrJournalGap) {
+		t.Fatalf("Run = %v, want ErrJournalGap", err)
 	}
 }
