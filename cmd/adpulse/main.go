@@ -218,6 +218,14 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.Int64Var(&c.SegmentBytes, "segment-bytes", c.SegmentBytes, "event log segment size")
 	fs.DurationVar(&c.LogRetention, "log-retention", c.LogRetention, "how long raw events stay in the event log")
 	fs.DurationVar(&c.MinuteRetention, "minute-retention", c.MinuteRetention, "how long one-minute metric buckets are kept")
+	fs.Func("conversion-types", "comma-separated event types that POST /events takes as conversions to attribute when sent without an ad_id (default order)", func(v string) error {
+		c.ConversionTypes = strings.Split(v, ",")
+		return nil
+	})
+	fs.DurationVar(&c.AttributionClickWindow, "attribution-click-window", c.AttributionClickWindow, "how long after a click a conversion is credited to it")
+	fs.DurationVar(&c.AttributionViewWindow, "attribution-view-window", c.AttributionViewWindow, "how long after a view a conversion is credited to it")
+	fs.StringVar(&c.AttributionWindows, "attribution-windows", c.AttributionWindows, "per-advertiser attribution windows, click/view: 'adv1=14d/1d,adv2=720h/0'")
+	fs.IntVar(&c.AttributionMaxTouches, "attribution-max-touches", c.AttributionMaxTouches, "touches remembered per user and catalog (the oldest goes first)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long in-flight requests may take on shutdown before their connections are cut")

@@ -78,7 +78,8 @@ func (a *accumulator) grow(n int) {
 // an event it does not count: an invalid impression or interaction (there is no counter for
 // those).
 func (a *accumulator) add(e *event.Event, minute int64) bool {
-	if e.Type != event.TypeClick && e.Invalid != event.ReasonNone {
+	// A conversion has no ad of its own: the attribution stage counts it on the ad it credits.
+	if e.Type == event.TypeConversion || (e.Type != event.TypeClick && e.Invalid != event.ReasonNone) {
 		return false
 	}
 	// Campaign and advertiser follow from the ad almost always, so they are compared but not

@@ -139,7 +139,7 @@ func (r *Row) Event() (event.Event, error) {
 }
 
 func parseType(s string) (event.Type, bool) {
-	for t := event.TypeImpression; t <= event.TypeInteraction; t++ {
+	for t := event.TypeImpression; t <= event.TypeConversion; t++ {
 		if t.String() == s {
 			return t, true
 		}

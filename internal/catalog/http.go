@@ -30,6 +30,10 @@ type HandlerOptions struct {
 	MaxBulkLines  int   // default 100,000
 	BulkBatchSize int   // ads per transaction; default 1,000
 	Logger        *slog.Logger
+
+	// CampaignPerformance, when set, gives campaign reads their "performance" (conversions,
+	// their value, spend and ROAS; the attribution package owns it).
+	CampaignPerformance func(ctx context.Context, c Campaign) any
 }
 
 // Handler serves the catalog endpoints of the API. It expects the principal in the request
@@ -104,6 +108,7 @@ type campaignJSON struct {
 	UpdatedAt         string  `json:"updated_at"`
 	ServingStatus     string  `json:"serving_status"`
 	Budget            any     `json:"budget"`
+	Performance       any     `json:"performance,omitempty"`
 }
 
 type adJSON struct {
@@ -173,6 +178,9 @@ func (h *Handler) campaignOut(ctx context.Context, cp Campaign) campaignJSON {
 		CPCBidMicros: cp.CPCBidMicros, DailyBudgetMicros: cp.DailyBudgetMicros, TotalBudgetMicros: cp.TotalBudgetMicros,
 		StartTime: formatOptTime(cp.StartTime), EndTime: formatOptTime(cp.EndTime),
 		CreatedAt: httpapi.FormatTime(cp.CreatedAt), UpdatedAt: httpapi.FormatTime(cp.UpdatedAt),
+	}
+	if h.o.CampaignPerformance != nil {
+		out.Performance = h.o.CampaignPerformance(ctx, cp)
 	}
 	if h.o.CampaignState != nil {
 		out.ServingStatus, out.Budget = h.o.CampaignState(ctx, cp)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -116,7 +117,24 @@ type Config struct {
 	// Reconcile is what the process role does for each closed hour once archived:
 	// "repair" (compare and correct), "check" (compare and report) or "off".
 	Reconcile string
+	// ConversionTypes are the event types that POST /events takes as conversions when they
+	// come without an ad_id (user_id, catalog_id, event_id and value_micros instead).
+	ConversionTypes []string
+	// AttributionClickWindow and AttributionViewWindow are how long after a click or a view
+	// a conversion is credited to it, unless AttributionWindows names the advertiser
+	// ("adv1=14d/1d,adv2=30d/0": per advertiser, click window / view window).
+	AttributionClickWindow time.Duration
+	AttributionViewWindow  time.Duration
+	AttributionWindows     string
+	// AttributionMaxTouches bounds the touches remembered per user and catalog.
+	AttributionMaxTouches int
 }
+
+// conversionTypeRE is what an interaction (and so a conversion type) may be called.
+var conversionTypeRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
+
+// MaxAttributionWindow bounds every attribution window (a touch is remembered that long).
+const MaxAttributionWindow = 90 * 24 * time.Hour
 
 // Roles of a process.
 const (
@@ -193,6 +211,10 @@ func Default() Config {
 		SegmentBytes:           128 << 20,
 		LogRetention:           7 * 24 * time.Hour,
 		MinuteRetention:        14 * 24 * time.Hour,
+		ConversionTypes:        []string{"order"},
+		AttributionClickWindow: 7 * 24 * time.Hour,
+		AttributionViewWindow:  24 * time.Hour,
+		AttributionMaxTouches:  64,
 		LogLevel:               "info",
 		LogFormat:              "text",
 		ShutdownTimeout:        30 * time.Second,
@@ -231,6 +253,12 @@ func (c *Config) Validate() error {
 	}
 	check(c.ClickTTL > 0, "--click-ttl must be positive")
 	check(c.MaxLateness >= time.Minute, "--max-lateness must be at least 1m")
+	check(c.AttributionClickWindow >= 0 && c.AttributionClickWindow <= MaxAttributionWindow && c.AttributionViewWindow >= 0 && c.AttributionViewWindow <= MaxAttributionWindow,
+		"--attribution-click-window and --attribution-view-window must be from 0 to %v", MaxAttributionWindow)
+	check(c.AttributionMaxTouches >= 1 && c.AttributionMaxTouches <= 10_000, "--attribution-max-touches must be from 1 to 10000")
+	for _, t := range c.ConversionTypes {
+		check(conversionTypeRE.MatchString(t) && t != "impression" && t != "click", "--conversion-types: %q is not an event type name ([a-z][a-z0-9_]{0,31}, not impression or click)", t)
+	}
 	check(c.MaxClockSkew >= 0, "--max-clock-skew must not be negative")
 	check(c.DedupWindow >= c.MaxLateness, "--dedup-window (%v) must cover --max-lateness (%v): a retry of a late event must still be recognised", c.DedupWindow, c.MaxLateness)
 	check(c.MaxBody >= 1<<10, "--max-body must be at least 1KiB")

@@ -26,6 +26,11 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{func(c *Config) { c.RateLimitIP = -1 }, "--rate-limit-ip"},
 		{func(c *Config) { c.RateLimitKeyBurst = 0 }, "--rate-limit-key-burst"},
 		{func(c *Config) { c.RateLimitEntries = 0 }, "--rate-limit-entries"},
+		{func(c *Config) { c.ConversionTypes = []string{"order", "Order"} }, "--conversion-types"},
+		{func(c *Config) { c.ConversionTypes = []string{"click"} }, "--conversion-types"},
+		{func(c *Config) { c.AttributionClickWindow = 91 * 24 * time.Hour }, "--attribution-click-window"},
+		{func(c *Config) { c.AttributionViewWindow = -time.Hour }, "--attribution-view-window"},
+		{func(c *Config) { c.AttributionMaxTouches = 0 }, "--attribution-max-touches"},
 	} {
 		c := Default()
 		tc.mut(&c)

@@ -8,6 +8,10 @@ import (
 // codecVersion is the first byte of every encoded event, so the format can evolve.
 const codecVersion = 1
 
+// codecVersionValue is version 1 followed by one more varint, the value: only conversions
+// use it, so every other event keeps its version 1 bytes (and readers built before it).
+const codecVersionValue = 2
+
 // ErrCorrupt is returned by Decode for bytes that are not an encoded event.
 var ErrCorrupt = errors.New("event: corrupt record")
 
@@ -15,15 +19,23 @@ var ErrCorrupt = errors.New("event: corrupt record")
 //
 // Layout: version, type, invalid reason, then varints time, recv time, price, then the
 // strings name, ad, campaign, advertiser, impression, event, user, catalog, each as a uvarint
-// length and its bytes. It allocates nothing when b has room.
+// length and its bytes; a conversion (version 2) ends with a varint value. It allocates
+// nothing when b has room.
 func (e *Event) AppendBinary(b []byte) []byte {
-	b = append(b, codecVersion, byte(e.Type), byte(e.Invalid))
+	version := byte(codecVersion)
+	if e.Type == TypeConversion {
+		version = codecVersionValue
+	}
+	b = append(b, version, byte(e.Type), byte(e.Invalid))
 	b = binary.AppendVarint(b, e.Time)
 	b = binary.AppendVarint(b, e.RecvTime)
 	b = binary.AppendVarint(b, e.PriceMicros)
 	for _, s := range [...]string{e.Name, e.AdID, e.CampaignID, e.AdvertiserID, e.ImpressionID, e.EventID, e.UserID, e.CatalogID} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
+	}
+	if version == codecVersionValue {
+		b = binary.AppendVarint(b, e.ValueMicros)
 	}
 	return b
 }
@@ -33,11 +45,12 @@ const EncodedSizeHint = 160
 
 // Decode parses an encoded event into e. Strings are copied out of b, so b may be reused.
 func (e *Event) Decode(b []byte) error {
-	if len(b) < 3 || b[0] != codecVersion {
+	if len(b) < 3 || (b[0] != codecVersion && b[0] != codecVersionValue) {
 		return ErrCorrupt
 	}
+	version := b[0]
 	e.Type, e.Invalid = Type(b[1]), Reason(b[2])
-	if e.Type < TypeImpression || e.Type > TypeInteraction {
+	if e.Type < TypeImpression || e.Type > TypeConversion || (e.Type == TypeConversion) != (version == codecVersionValue) {
 		return ErrCorrupt
 	}
 	b = b[3:]
@@ -55,6 +68,14 @@ func (e *Event) Decode(b []byte) error {
 		}
 		*p = string(b[n : n+int(l)])
 		b = b[n+int(l):]
+	}
+	e.ValueMicros = 0
+	if version == codecVersionValue {
+		v, n := binary.Varint(b)
+		if n <= 0 {
+			return ErrCorrupt
+		}
+		e.ValueMicros, b = v, b[n:]
 	}
 	if len(b) != 0 {
 		return ErrCorrupt

@@ -19,6 +19,10 @@ const (
 	TypeImpression  Type = 1
 	TypeClick       Type = 2
 	TypeInteraction Type = 3
+	// TypeConversion is a conversion reported without an ad (an order from a shop's
+	// checkout): Name is its type ("order", "add_to_cart"), UserID, CatalogID and EventID are
+	// required, AdID is empty. The attribution stage decides which ad earned it.
+	TypeConversion Type = 4
 )
 
 func (t Type) String() string {
@@ -29,6 +33,8 @@ func (t Type) String() string {
 		return "click"
 	case TypeInteraction:
 		return "interaction"
+	case TypeConversion:
+		return "conversion"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -77,6 +83,7 @@ type Event struct {
 	Time         int64 // event time
 	RecvTime     int64 // when adpulse received it
 	PriceMicros  int64 // the auction price a click token carried; 0 means the ad's bid
+	ValueMicros  int64 // a conversion's value (an order's total); 0 for other events
 	AdID         string
 	CampaignID   string
 	AdvertiserID string
@@ -170,8 +177,13 @@ func (e *Event) Validate() error {
 		if !ValidInteractionName(e.Name) || e.Name == "impression" || e.Name == "click" {
 			return &FieldError{"type", "must be impression, click or match [a-z][a-z0-9_]{0,31}"}
 		}
+	case TypeConversion:
+		return e.validateConversion()
 	default:
 		return &FieldError{"type", "unknown event type"}
+	}
+	if e.ValueMicros != 0 {
+		return &FieldError{"value_micros", "only conversions sent without an ad_id carry a value"}
 	}
 	ids := [...]struct {
 		name, v  string
@@ -217,4 +229,33 @@ func ParseTypeName(s string) (Type, string, bool) {
 		return TypeInteraction, s, true
 	}
 	return 0, "", false
+}
+
+// MaxValueMicros bounds a conversion's value: a billion units of any currency.
+const MaxValueMicros = 1_000_000_000_000_000
+
+// validateConversion checks a TypeConversion: a named type, the user, catalog and event ids
+// (the order id, its idempotency key), no ad or impression, and a value in range.
+func (e *Event) validateConversion() error {
+	if !ValidInteractionName(e.Name) || e.Name == "impression" || e.Name == "click" {
+		return &FieldError{"type", "must match [a-z][a-z0-9_]{0,31}"}
+	}
+	if e.AdID != "" || e.ImpressionID != "" {
+		return &FieldError{"ad_id", "a conversion is sent without ad_id and impression_id; attribution finds the ad"}
+	}
+	for _, id := range [...]struct{ name, v string }{{"user_id", e.UserID}, {"catalog_id", e.CatalogID}, {"event_id", e.EventID}} {
+		if id.v == "" {
+			return &FieldError{id.name, "is required for a conversion"}
+		}
+		if !ValidID(id.v) {
+			return &FieldError{id.name, "must be 1-64 characters of [A-Za-z0-9._:-]"}
+		}
+	}
+	if e.ValueMicros < 0 || e.ValueMicros > MaxValueMicros {
+		return &FieldError{"value_micros", "must be an integer from 0 to 1e15"}
+	}
+	if e.PriceMicros != 0 {
+		return &FieldError{"cpc_micros", "only clicks carry a price"}
+	}
+	return nil
 }

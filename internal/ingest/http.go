@@ -308,6 +308,10 @@ func (h *Handlers) events(w http.ResponseWriter, r *http.Request) {
 	evs := sc.events[:0]
 	for i := range lines {
 		pl := &lines[i]
+		if pl.Err == nil && pl.Event.Type == event.TypeConversion {
+			evs = append(evs, pl.Event) // no ad: the attribution stage finds the one it credits
+			continue
+		}
 		if pl.Err == nil {
 			ad, ok := h.o.Ads.LookupAd(pl.Event.AdID)
 			if !ok {

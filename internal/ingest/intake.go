@@ -145,6 +145,15 @@ type keyOrder struct {
 	i    int
 }
 
+// partitionKey is what an event's partition is the hash of: its ad id, or for a conversion
+// (which has no ad) its user id, so a user's conversions stay in order in one partition.
+func partitionKey(e *event.Event) string {
+	if e.Type == event.TypeConversion {
+		return e.UserID
+	}
+	return e.AdID
+}
+
 // Partition is the log partition of an ad's events: a hash of the ad id, so one ad's events
 // stay in order in one partition.
 func Partition(adID string, partitions int) int32 {
@@ -200,7 +209,7 @@ func (in *Intake) Record(ctx context.Context, evs []event.Event, now time.Time, 
 		start := len(b.values)
 		b.values = evs[i].AppendBinary(b.values)
 		b.msgs = append(b.msgs, eventlog.Message{
-			Partition: Partition(evs[i].AdID, partitions),
+			Partition: Partition(partitionKey(&evs[i]), partitions),
 			Value:     b.values[start:len(b.values):len(b.values)],
 		})
 		b.reserved = append(b.reserved, b.keys[i])

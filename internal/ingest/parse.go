@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"bytes"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +24,9 @@ type BatchLimits struct {
 	MaxEvents    int           // lines per batch
 	MaxLateness  time.Duration // oldest event_time accepted, before now
 	MaxClockSkew time.Duration // newest event_time accepted, after now
+	// ConversionTypes are the event types that, sent without an ad_id, are conversions to
+	// attribute (event.TypeConversion), such as "order"; nil means none.
+	ConversionTypes []string
 }
 
 // batchParser parses POST /events bodies. It is not safe for concurrent use; handlers take
@@ -221,6 +225,14 @@ func parseObject(v *fastjson.Value, line int, now time.Time, lim BatchLimits, pl
 		}
 		e.PriceMicros = n
 	}
+	if fv := obj.Get("value_micros"); fv != nil && fv.Type() != fastjson.TypeNull {
+		n, err := fv.Int64()
+		if err != nil || n < 0 || n > event.MaxValueMicros {
+			reject(pl, line, "value_micros", "must be an integer from 0 to 1e15")
+			return
+		}
+		e.ValueMicros = n
+	}
 	timeVal := obj.Get("event_time")
 	if typ == "" {
 		reject(pl, line, "type", "is required")
@@ -230,6 +242,9 @@ func parseObject(v *fastjson.Value, line int, now time.Time, lim BatchLimits, pl
 	if e.Type, e.Name, ok = event.ParseTypeName(typ); !ok {
 		reject(pl, line, "type", "must be impression, click or match [a-z][a-z0-9_]{0,31}")
 		return
+	}
+	if e.Type == event.TypeInteraction && e.AdID == "" && slices.Contains(lim.ConversionTypes, e.Name) {
+		e.Type = event.TypeConversion
 	}
 	if e.PriceMicros != 0 && e.Type != event.TypeClick {
 		reject(pl, line, "cpc_micros", "only clicks carry a price")

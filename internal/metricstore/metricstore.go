@@ -116,6 +116,13 @@ type Counts struct {
 	SpendMicros     int64
 	InvalidByReason map[event.Reason]int64 // nil when there are none
 	Interactions    map[string]int64       // interaction name -> count; nil when none
+	// Conversions credited to the bucket's ads by attribution, counted at the conversion's
+	// time, and their value. ViewConversions and ViewConversionValueMicros are the part
+	// credited to a view (the rest was credited to a click).
+	Conversions               int64
+	ConversionValueMicros     int64
+	ViewConversions           int64
+	ViewConversionValueMicros int64
 }
 
 // Add adds d to c.
@@ -124,6 +131,7 @@ func (c *Counts) Add(d *Counts) {
 	c.Clicks += d.Clicks
 	c.InvalidClicks += d.InvalidClicks
 	c.SpendMicros += d.SpendMicros
+	c.addConversions(d)
 	for r, n := range d.InvalidByReason {
 		if c.InvalidByReason == nil {
 			c.InvalidByReason = make(map[event.Reason]int64, len(d.InvalidByReason))
@@ -154,7 +162,7 @@ func (c *Counts) AddInteraction(name string, n int64) {
 
 // IsZero reports whether every counter is zero (maps may hold zero entries).
 func (c *Counts) IsZero() bool {
-	if c.Impressions != 0 || c.Clicks != 0 || c.InvalidClicks != 0 || c.SpendMicros != 0 {
+	if c.Impressions != 0 || c.Clicks != 0 || c.InvalidClicks != 0 || c.SpendMicros != 0 || c.hasConversions() {
 		return false
 	}
 	for _, n := range c.InvalidByReason {
@@ -175,7 +183,22 @@ func (c *Counts) Equal(d *Counts) bool {
 	if c.Impressions != d.Impressions || c.Clicks != d.Clicks || c.InvalidClicks != d.InvalidClicks || c.SpendMicros != d.SpendMicros {
 		return false
 	}
+	if c.Conversions != d.Conversions || c.ConversionValueMicros != d.ConversionValueMicros ||
+		c.ViewConversions != d.ViewConversions || c.ViewConversionValueMicros != d.ViewConversionValueMicros {
+		return false
+	}
 	return eqMap(c.InvalidByReason, d.InvalidByReason) && eqMap(c.Interactions, d.Interactions)
+}
+
+func (c *Counts) addConversions(d *Counts) {
+	c.Conversions += d.Conversions
+	c.ConversionValueMicros += d.ConversionValueMicros
+	c.ViewConversions += d.ViewConversions
+	c.ViewConversionValueMicros += d.ViewConversionValueMicros
+}
+
+func (c *Counts) hasConversions() bool {
+	return c.Conversions != 0 || c.ConversionValueMicros != 0 || c.ViewConversions != 0 || c.ViewConversionValueMicros != 0
 }
 
 func eqMap[K comparable](a, b map[K]int64) bool {
@@ -193,6 +216,10 @@ func eqMap[K comparable](a, b map[K]int64) bool {
 }
 
 func (c Counts) String() string {
+	if c.hasConversions() {
+		return fmt.Sprintf("{imp:%d clk:%d inv:%d %v spend:%d int:%v conv:%d/%d view:%d/%d}", c.Impressions, c.Clicks, c.InvalidClicks, c.InvalidByReason, c.SpendMicros, c.Interactions,
+			c.Conversions, c.ConversionValueMicros, c.ViewConversions, c.ViewConversionValueMicros)
+	}
 	return fmt.Sprintf("{imp:%d clk:%d inv:%d %v spend:%d int:%v}", c.Impressions, c.Clicks, c.InvalidClicks, c.InvalidByReason, c.SpendMicros, c.Interactions)
 }
 

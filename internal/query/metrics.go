@@ -154,6 +154,14 @@ func appendPoint(b []byte, pt *metricstore.Point) []byte {
 	b = strconv.AppendInt(b, pt.InvalidClicks, 10)
 	b = append(b, `,"spend_micros":`...)
 	b = strconv.AppendInt(b, pt.SpendMicros, 10)
+	b = append(b, `,"conversions":`...)
+	b = strconv.AppendInt(b, pt.Conversions, 10)
+	b = append(b, `,"conversion_value_micros":`...)
+	b = strconv.AppendInt(b, pt.ConversionValueMicros, 10)
+	b = append(b, `,"view_conversions":`...)
+	b = strconv.AppendInt(b, pt.ViewConversions, 10)
+	b = append(b, `,"view_conversion_value_micros":`...)
+	b = strconv.AppendInt(b, pt.ViewConversionValueMicros, 10)
 	if len(pt.Interactions) > 0 {
 		b = appendCounts(b, `,"interactions":`, pt.Interactions, func(s string) string { return s })
 	}

@@ -320,7 +320,7 @@ func parseTopParams(v url.Values, now time.Time) (*topParams, error) {
 	} else if ok {
 		m, ok := topn.ParseMetric(s)
 		if !ok {
-			return nil, httpapi.BadField("metric", "must be clicks, impressions or spend_micros")
+			return nil, httpapi.BadField("metric", "must be clicks, impressions, spend_micros, conversions or conversion_value_micros")
 		}
 		p.metric = m
 	}

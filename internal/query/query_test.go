@@ -126,9 +126,9 @@ func TestMetricsExample(t *testing.T) {
 	code, body := e.get("/metrics?ad_ids=1&start_time=2026-11-21T10:00:00Z&end_time=2026-11-21T10:03:00Z&interval=1m", admin)
 	want := `{"start_time":"2026-11-21T10:00:00Z","end_time":"2026-11-21T10:03:00Z","interval":"1m",` +
 		`"series":[{"ad_id":"1","points":[` +
-		`{"time":"2026-11-21T10:00:00Z","impressions":40,"clicks":3,"invalid_clicks":0,"spend_micros":1500000,"interactions":{"add_to_cart":1},"final":true},` +
-		`{"time":"2026-11-21T10:01:00Z","impressions":0,"clicks":0,"invalid_clicks":0,"spend_micros":0,"final":false},` +
-		`{"time":"2026-11-21T10:02:00Z","impressions":7,"clicks":1,"invalid_clicks":1,"spend_micros":500000,"final":false,"invalid_by_reason":{"bot":1}}]}]}` + "\n"
+		`{"time":"2026-11-21T10:00:00Z","impressions":40,"clicks":3,"invalid_clicks":0,"spend_micros":1500000,"conversions":0,"conversion_value_micros":0,"view_conversions":0,"view_conversion_value_micros":0,"interactions":{"add_to_cart":1},"final":true},` +
+		`{"time":"2026-11-21T10:01:00Z","impressions":0,"clicks":0,"invalid_clicks":0,"spend_micros":0,"conversions":0,"conversion_value_micros":0,"view_conversions":0,"view_conversion_value_micros":0,"final":false},` +
+		`{"time":"2026-11-21T10:02:00Z","impressions":7,"clicks":1,"invalid_clicks":1,"spend_micros":500000,"conversions":0,"conversion_value_micros":0,"view_conversions":0,"view_conversion_value_micros":0,"final":false,"invalid_by_reason":{"bot":1}}]}]}` + "\n"
 	if code != 200 || body != want {
 		t.Fatalf("got %d\n%s\nwant\n%s", code, body, want)
 	}
@@ -490,7 +490,7 @@ func TestTopErrors(t *testing.T) {
 		{"n=ten", admin, bad, "invalid_argument", "n"},
 		{"n=5&n=6", admin, bad, "invalid_argument", "n"},
 		{"n=99999999999999999999", admin, bad, "invalid_argument", "n"},
-		{"metric=conversions", admin, bad, "invalid_argument", "metric"},
+		{"metric=orders", admin, bad, "invalid_argument", "metric"},
 		{"metric=", admin, bad, "invalid_argument", "metric"},
 		{"metric=Clicks", admin, bad, "invalid_argument", "metric"},
 		{"by=ads", admin, bad, "invalid_argument", "by"},

@@ -282,6 +282,9 @@ func (a *App) startAPI() error {
 	} else if a.process != nil {
 		catOpts.CampaignState = a.process.billing.CampaignState
 	}
+	if a.metrics != nil {
+		catOpts.CampaignPerformance = a.campaignPerformance
+	}
 	catalog.NewHandler(a.b.catalog, catOpts).Register(mux)
 	if a.cfg.Has(config.RoleQuery) {
 		if err := a.registerQuery(mux); err != nil {

@@ -29,13 +29,14 @@ type dataDir struct {
 	lock *os.File
 }
 
-func (d dataDir) secrets() string   { return filepath.Join(d.root, "secrets") }
-func (d dataDir) log() string       { return filepath.Join(d.root, "log") }
-func (d dataDir) catalogDB() string { return filepath.Join(d.root, "catalog.db") }
-func (d dataDir) metrics() string   { return filepath.Join(d.root, "metrics") }
-func (d dataDir) billing() string   { return filepath.Join(d.root, "billing") }
-func (d dataDir) archive() string   { return filepath.Join(d.root, "archive") }
-func (d dataDir) reconcile() string { return filepath.Join(d.root, "reconcile") }
+func (d dataDir) secrets() string     { return filepath.Join(d.root, "secrets") }
+func (d dataDir) log() string         { return filepath.Join(d.root, "log") }
+func (d dataDir) catalogDB() string   { return filepath.Join(d.root, "catalog.db") }
+func (d dataDir) metrics() string     { return filepath.Join(d.root, "metrics") }
+func (d dataDir) billing() string     { return filepath.Join(d.root, "billing") }
+func (d dataDir) archive() string     { return filepath.Join(d.root, "archive") }
+func (d dataDir) reconcile() string   { return filepath.Join(d.root, "reconcile") }
+func (d dataDir) attribution() string { return filepath.Join(d.root, "attribution") }
 
 // openDataDir creates the dir if needed and takes its lock, so a second process on the same
 // embedded state fails at once with a clear error instead of corrupting it or failing deep

@@ -78,6 +78,16 @@ var collectorDefs = []metricDef{
 	{"adpulse_billing_ledger_retries_total", "Billing ledger transactions run again after a deadlock or a lost race.", prometheus.CounterValue, nil},
 	{"adpulse_billing_journal_conflicts_total", "Spend journal applies the metric store refused because another node had applied them.", prometheus.CounterValue, nil},
 
+	{"adpulse_attribution_events_consumed_total", "Log messages the attribution stage processed.", prometheus.CounterValue, nil},
+	{"adpulse_attribution_touches_total", "Valid clicks and views remembered as touches, by what became of them: stored, duplicate, evicted (per-user cap), expired.", prometheus.CounterValue, []string{"outcome"}},
+	{"adpulse_attribution_conversions_total", "Conversions decided, by outcome: click, view (the kind of touch credited), uncredited, duplicate.", prometheus.CounterValue, []string{"outcome"}},
+	{"adpulse_attribution_reattributed_total", "Credits moved by a late touch.", prometheus.CounterValue, nil},
+	{"adpulse_attribution_last_round_seconds", "Processing time of the last round, commit included.", prometheus.GaugeValue, nil},
+	{"adpulse_attribution_lag_messages", "Messages in the log not yet attributed, per partition.", prometheus.GaugeValue, []string{"partition"}},
+	{"adpulse_attribution_journal_unapplied", "Conversion journal entries not yet in the metric store.", prometheus.GaugeValue, nil},
+	{"adpulse_attribution_apply_errors_total", "Failed applies of the conversion journal to the metric store (retried).", prometheus.CounterValue, nil},
+	{"adpulse_attribution_disk_bytes", "Bytes of the touch store on disk.", prometheus.GaugeValue, nil},
+
 	{"adpulse_servingredis_feed_writes_total", "Serving feeds written to the ad servers' Redis (each a new version).", prometheus.CounterValue, nil},
 	{"adpulse_servingredis_feed_errors_total", "Serving feed publishes that failed.", prometheus.CounterValue, nil},
 	{"adpulse_servingredis_feed_age_seconds", "Time since the serving feed was last published.", prometheus.GaugeValue, nil},
@@ -263,6 +273,24 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 		emit("adpulse_reconcile_repaired_total", float64(rs.Repaired))
 		emit("adpulse_reconcile_failures_total", float64(rs.Failures))
 		emit("adpulse_reconcile_next_hour_timestamp_seconds", float64(rs.Next.Unix()))
+	}
+	if p.attribution != nil {
+		at := p.attribution.Stats()
+		emit("adpulse_attribution_events_consumed_total", float64(at.EventsConsumed))
+		for outcome, n := range map[string]int64{"stored": at.Touches, "duplicate": at.DuplicateTouches, "evicted": at.TouchesEvicted, "expired": at.TouchesExpired} {
+			emit("adpulse_attribution_touches_total", float64(n), outcome)
+		}
+		for outcome, n := range map[string]int64{"click": at.CreditedClick, "view": at.CreditedView, "uncredited": at.Uncredited, "duplicate": at.DuplicateConversions} {
+			emit("adpulse_attribution_conversions_total", float64(n), outcome)
+		}
+		emit("adpulse_attribution_reattributed_total", float64(at.Reattributed))
+		emit("adpulse_attribution_last_round_seconds", float64(at.LastRoundMicros)/1e6)
+		for _, ps := range at.Partitions {
+			emit("adpulse_attribution_lag_messages", float64(ps.Lag), strconv.Itoa(ps.Partition))
+		}
+		emit("adpulse_attribution_journal_unapplied", float64(at.JournalNext-at.JournalApplied))
+		emit("adpulse_attribution_apply_errors_total", float64(at.MetricApplyErrors))
+		emit("adpulse_attribution_disk_bytes", float64(at.DiskBytes))
 	}
 }
 

@@ -437,6 +437,36 @@ func TestOpenAPIContract(t *testing.T) {
 		sc.do(c)
 	}
 
+	// Conversions: an order from a checkout, attributed to the view of imp-3 (u1, cat7).
+	for _, c := range []specCall{
+		{method: "POST", path: "/events", key: ingestKey, ctype: "application/x-ndjson", want: 200, body: evs(
+			`{"type":"order","event_id":"o-1","user_id":"u1","catalog_id":"cat7","value_micros":25000000}`,
+			`{"type":"order","event_id":"o-2","user_id":"u9","catalog_id":"cat7","value_micros":1}`,
+		)},
+		{method: "POST", path: "/events", key: admin, ctype: "application/x-ndjson", want: 200, breaksSpec: true, body: evs(
+			`{"type":"order","event_id":"o-3","catalog_id":"cat7"}`,
+			`{"type":"order","event_id":"o-4","user_id":"u1","catalog_id":"cat7","value_micros":-1}`,
+		)},
+	} {
+		sc.do(c)
+	}
+	sc.eventually(specCall{method: "GET", path: "/api/v1/conversions/o-1", key: admin, want: 200},
+		func(b []byte) bool { return strings.Contains(string(b), `"credited":true`) })
+	sc.eventually(specCall{method: "GET", path: "/api/v1/conversions/o-2", key: admin, want: 200},
+		func(b []byte) bool { return strings.Contains(string(b), `"reason":"no_touch"`) })
+	for _, c := range []specCall{
+		{method: "GET", path: "/api/v1/conversions/o-1", key: advKey, want: 200},
+		{method: "GET", path: "/api/v1/conversions/o-2", key: advKey, want: 404},
+		{method: "GET", path: "/api/v1/conversions/o-unknown", key: admin, want: 404},
+		{method: "GET", path: "/api/v1/conversions/bad*id", key: admin, want: 400, breaksSpec: true},
+		{method: "GET", path: "/api/v1/conversions/o-1", key: ingestKey, want: 403},
+		{method: "GET", path: "/api/v1/conversions/o-1", want: 401, breaksSpec: true},
+	} {
+		sc.do(c)
+	}
+	sc.eventually(specCall{method: "GET", path: "/metrics/top?n=10&minutes=5&metric=conversion_value_micros&by=campaign", key: admin, want: 200},
+		func(b []byte) bool { return strings.Contains(string(b), `"conversion_value_micros":25000000`) })
+
 	// Analytics, once the events above are counted.
 	sc.eventually(specCall{method: "GET", path: "/metrics?ad_ids=ad1,ad2&interval=1m", key: admin, want: 200},
 		func(b []byte) bool {

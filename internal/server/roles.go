@@ -11,8 +11,10 @@ import (
 
 	"github.com/adpulse/adpulse/internal/aggregate"
 	"github.com/adpulse/adpulse/internal/archive"
+	"github.com/adpulse/adpulse/internal/attribution"
 	"github.com/adpulse/adpulse/internal/billing"
 	"github.com/adpulse/adpulse/internal/billing/ledger"
+	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/config"
 	"github.com/adpulse/adpulse/internal/dashboard"
 	"github.com/adpulse/adpulse/internal/eventlog"
@@ -80,7 +82,7 @@ func (a *App) registerIngest(mux *http.ServeMux, publicURL string) error {
 		Bots:      bots,
 		PublicURL: publicURL,
 		ClickTTL:  a.cfg.ClickTTL,
-		Limits:    ingest.BatchLimits{MaxEvents: a.cfg.MaxBatch, MaxLateness: a.cfg.MaxLateness, MaxClockSkew: a.cfg.MaxClockSkew},
+		Limits:    ingest.BatchLimits{MaxEvents: a.cfg.MaxBatch, MaxLateness: a.cfg.MaxLateness, MaxClockSkew: a.cfg.MaxClockSkew, ConversionTypes: a.cfg.ConversionTypes},
 		MaxBody:   a.cfg.MaxBody,
 		Now:       a.now,
 		Logger:    a.logger.With("component", "ingest"),
@@ -102,6 +104,8 @@ type processRole struct {
 	membership *kafkalog.Membership    // nil unless shared
 	archiver   *archive.Archiver       // nil with --archive-url off
 	reconcile  *reconcile.Hourly       // nil with --reconcile off
+	// attribution credits conversions to touches (see openAttribution); embedded only.
+	attribution *attribution.Stage
 }
 
 // aggregatorStage is the aggregation stage: one Aggregator over every partition, or a Shared
@@ -197,6 +201,13 @@ func (a *App) openProcess(ctx context.Context) error {
 	if p.archiver != nil && a.cfg.SharedProcessing() {
 		assignees = append(assignees, p.archiver)
 	}
+	if !a.cfg.SharedProcessing() {
+		// One stage over every partition: a user's touches are spread over all of them.
+		// Shared processing would need touches re-keyed by user first (docs/design.md).
+		if err := a.openAttribution(ctx, store); err != nil {
+			return err
+		}
+	}
 	if len(assignees) > 0 {
 		kl, ok := a.b.log.(*kafkalog.Log)
 		if !ok {
@@ -291,6 +302,44 @@ func (l assigneeList) Revoke(parts []int32) {
 	}
 }
 
+// openAttribution starts the attribution stage: one stage reading every partition, with its
+// touch store in the data dir, committing conversions to the metric store through the same
+// observed store as the other stages (so the top-N index ranks by them too).
+func (a *App) openAttribution(ctx context.Context, store metricstore.Store) error {
+	perAdv, err := attribution.ParseWindows(a.cfg.AttributionWindows, config.MaxAttributionWindow)
+	if err != nil {
+		return fmt.Errorf("--attribution-windows: %w", err)
+	}
+	p := a.process
+	p.attribution, err = attribution.Open(ctx, attribution.Options{
+		Dir:         a.dir.attribution(),
+		Log:         a.b.log,
+		Metrics:     store,
+		Policy:      attribution.NewLastTouch(attribution.Windows{Click: a.cfg.AttributionClickWindow, View: a.cfg.AttributionViewWindow}, perAdv),
+		MaxLateness: a.cfg.MaxLateness,
+		Slack:       a.cfg.StreamSlack(),
+		MaxTouches:  a.cfg.AttributionMaxTouches,
+		Logger:      a.logger.With("component", "attribution"),
+	})
+	if err != nil {
+		return fmt.Errorf("open attribution: %w", err)
+	}
+	a.components.Go("attribution", p.attribution.Run)
+	return nil
+}
+
+// campaignPerformance is catalog.HandlerOptions.CampaignPerformance: conversions, value,
+// spend and ROAS of a campaign's lifetime, from the metric store (nil when it cannot be read,
+// so a campaign read never fails for it).
+func (a *App) campaignPerformance(ctx context.Context, cp catalog.Campaign) any {
+	perf, err := attribution.CampaignPerformance(ctx, a.metrics.store, cp.ID, cp.CreatedAt, a.now())
+	if err != nil {
+		a.logger.Warn("campaign performance", "campaign_id", cp.ID, "err", err)
+		return nil
+	}
+	return perf
+}
+
 // close closes the process role's engines. Billing pushes its pending spend into the metric
 // store as it closes, so it goes first; the aggregator's uncommitted counts are simply
 // replayed from the log next start.
@@ -301,6 +350,9 @@ func (p *processRole) close() []error {
 	}
 	if p.billing != nil {
 		errs = append(errs, p.billing.Close())
+	}
+	if p.attribution != nil {
+		errs = append(errs, p.attribution.Close())
 	}
 	if p.aggregator != nil {
 		errs = append(errs, p.aggregator.Close())
@@ -395,6 +447,9 @@ func (a *App) registerQuery(mux *http.ServeMux) error {
 	q.Register(mux)
 	billing.NewHandler(a.query.billing, billing.HandlerOptions{}).Register(mux)
 	dashboard.New(dashboard.Options{Catalog: a.b.catalog, Health: a.ingestHealth, Now: a.now}).Register(mux)
+	if a.process != nil && a.process.attribution != nil {
+		attribution.NewHandler(a.process.attribution, a.logger.With("component", "attribution")).Register(mux)
+	}
 	return nil
 }
 

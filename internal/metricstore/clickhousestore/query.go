@@ -237,7 +237,8 @@ func (s *Store) readHeads(ctx context.Context) (map[string]uint64, time.Time, er
 func (s *Store) readCounts(ctx context.Context, level metricstore.Level, ids []string, segs *[len(resolutions)][]segment, heads map[string]uint64, pts [][]metricstore.Point) error {
 	var sb strings.Builder
 	sb.WriteString("SELECT id, res, bucket, sum(impressions), sum(clicks), sum(invalid_clicks), sum(spend_micros), ")
-	sb.WriteString("groupArrayArray(reasons), groupArrayArray(reason_counts), groupArrayArray(interactions), groupArrayArray(interaction_counts) FROM ")
+	sb.WriteString("groupArrayArray(reasons), groupArrayArray(reason_counts), groupArrayArray(interactions), groupArrayArray(interaction_counts), ")
+	sb.WriteString("sum(conversions), sum(conversion_value_micros), sum(view_conversions), sum(view_conversion_value_micros) FROM ")
 	sb.WriteString(s.db + ".counts WHERE level = " + strconv.Itoa(int(level)) + " AND id IN (")
 	for i, id := range ids {
 		if i > 0 {
@@ -278,7 +279,8 @@ func (s *Store) readCounts(ctx context.Context, level metricstore.Level, ids []s
 		read            int64
 	)
 	for rows.Next() {
-		if err := rows.Scan(&id, &res, &bucket, &c.Impressions, &c.Clicks, &c.InvalidClicks, &c.SpendMicros, &reasons, &reasonN, &interNames, &interN); err != nil {
+		if err := rows.Scan(&id, &res, &bucket, &c.Impressions, &c.Clicks, &c.InvalidClicks, &c.SpendMicros, &reasons, &reasonN, &interNames, &interN,
+			&c.Conversions, &c.ConversionValueMicros, &c.ViewConversions, &c.ViewConversionValueMicros); err != nil {
 			return fmt.Errorf("query %s counts: %w", level, err)
 		}
 		read++
@@ -308,6 +310,10 @@ func (s *Store) readCounts(ctx context.Context, level metricstore.Level, ids []s
 		p.Clicks += c.Clicks
 		p.InvalidClicks += c.InvalidClicks
 		p.SpendMicros += c.SpendMicros
+		p.Conversions += c.Conversions
+		p.ConversionValueMicros += c.ConversionValueMicros
+		p.ViewConversions += c.ViewConversions
+		p.ViewConversionValueMicros += c.ViewConversionValueMicros
 		for i, r := range reasons {
 			if p.InvalidByReason == nil {
 				p.InvalidByReason = make(map[event.Reason]int64, 2)

@@ -44,6 +44,7 @@ type countRows struct {
 	clicks            []int64
 	invalid           []int64
 	spend             []int64
+	conversions       [4][]int64 // conversions, value, view conversions, view value
 	reasons           [][]uint8
 	reasonCounts      [][]int64
 	interactions      [][]string
@@ -95,10 +96,14 @@ func (s *Store) buildRows(deltas []metricstore.Delta) (*countRows, error) {
 		impressions: make([]int64, n), clicks: make([]int64, n), invalid: make([]int64, n), spend: make([]int64, n),
 		reasons: make([][]uint8, n), reasonCounts: make([][]int64, n), interactions: make([][]string, n), interactionCounts: make([][]int64, n),
 	}
+	for j := range rows.conversions {
+		rows.conversions[j] = make([]int64, n)
+	}
 	for i, k := range order {
 		c := sums[k]
 		rows.level[i], rows.id[i], rows.res[i], rows.bucket[i] = uint8(k.level), k.id, k.res, uint32(k.bucket)
 		rows.impressions[i], rows.clicks[i], rows.invalid[i], rows.spend[i] = c.Impressions, c.Clicks, c.InvalidClicks, c.SpendMicros
+		rows.conversions[0][i], rows.conversions[1][i], rows.conversions[2][i], rows.conversions[3][i] = c.Conversions, c.ConversionValueMicros, c.ViewConversions, c.ViewConversionValueMicros
 		rows.reasons[i], rows.reasonCounts[i] = []uint8{}, []int64{}
 		for _, r := range sortedKeys(c.InvalidByReason) {
 			if v := c.InvalidByReason[r]; v != 0 {
@@ -140,12 +145,13 @@ func (s *Store) insertCounts(ctx context.Context, consumer string, seq, token ui
 	}
 	ctx, cancel := s.call(ctx)
 	defer cancel()
-	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".counts (level, id, res, bucket, consumer, seq, token, impressions, clicks, invalid_clicks, spend_micros, reasons, reason_counts, interactions, interaction_counts)")
+	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".counts (level, id, res, bucket, consumer, seq, token, impressions, clicks, invalid_clicks, spend_micros, reasons, reason_counts, interactions, interaction_counts, conversions, conversion_value_micros, view_conversions, view_conversion_value_micros)")
 	if err != nil {
 		return err
 	}
 	cols := []any{rows.level, rows.id, rows.res, rows.bucket, consumers, seqs, tokens, rows.impressions, rows.clicks, rows.invalid, rows.spend,
-		rows.reasons, rows.reasonCounts, rows.interactions, rows.interactionCounts}
+		rows.reasons, rows.reasonCounts, rows.interactions, rows.interactionCounts,
+		rows.conversions[0], rows.conversions[1], rows.conversions[2], rows.conversions[3]}
 	for i, col := range cols {
 		if err := b.Column(i).Append(col); err != nil {
 			_ = b.Abort()

@@ -259,7 +259,8 @@ func (s *Store) createTables(ctx context.Context) error {
 			consumer String, seq UInt64, token UInt64,
 			impressions Int64, clicks Int64, invalid_clicks Int64, spend_micros Int64,
 			reasons Array(UInt8), reason_counts Array(Int64),
-			interactions Array(String), interaction_counts Array(Int64)
+			interactions Array(String), interaction_counts Array(Int64),
+			conversions Int64, conversion_value_micros Int64, view_conversions Int64, view_conversion_value_micros Int64
 		) ENGINE = MergeTree()
 		PARTITION BY if(res = 0, intDiv(bucket, 1440), ` + strconv.Itoa(rollupPartitions) + ` + intDiv(bucket, 525600))
 		ORDER BY (level, id, res, bucket, consumer, seq, token)`,
@@ -286,6 +287,37 @@ func (s *Store) createTables(ctx context.Context) error {
 	}
 	if err := s.createChangesTable(ctx); err != nil {
 		return fmt.Errorf("clickhouse metric store: create tables: %w", err)
+	}
+	return s.addConversionColumns(ctx)
+}
+
+// conversionColumns came after the first counts tables; older tables get them (as 0).
+var conversionColumns = []string{"conversions", "conversion_value_micros", "view_conversions", "view_conversion_value_micros"}
+
+// addConversionColumns adds the conversion columns a counts table made before them lacks.
+// ClickHouse 18 has no ADD COLUMN IF NOT EXISTS, so it asks system.columns first; a process
+// that loses a race to add one finds it there on the second look.
+func (s *Store) addConversionColumns(ctx context.Context) error {
+	for _, col := range conversionColumns {
+		for attempt := 0; ; attempt++ {
+			var n uint64
+			qctx, cancel := s.call(ctx)
+			err := s.conn.QueryRow(qctx, "SELECT count() FROM system.columns WHERE database = "+quote(s.db)+" AND table = 'counts' AND name = "+quote(col)).Scan(&n)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("clickhouse metric store: look for column %s: %w", col, err)
+			}
+			if n > 0 {
+				break
+			}
+			err = s.exec(ctx, "ALTER TABLE "+s.db+".counts ADD COLUMN "+col+" Int64 DEFAULT 0")
+			if err == nil {
+				break
+			}
+			if attempt > 0 {
+				return fmt.Errorf("clickhouse metric store: add column %s: %w", col, err)
+			}
+		}
 	}
 	return nil
 }

@@ -136,6 +136,7 @@ func testApplyAndRead(t *testing.T, open Opener, _ uint64) {
 	c.AddInvalid(event.ReasonBot, 1)
 	c.AddInteraction("add_to_cart", 1)
 	c.AddInteraction("purchase", 5)
+	c.Conversions, c.ConversionValueMicros, c.ViewConversions, c.ViewConversionValueMicros = 3, 120_000_000, 1, 20_000_000
 	apply(t, s, &metricstore.Commit{Deltas: []metricstore.Delta{
 		{Level: metricstore.LevelAd, ID: "1", Minute: m, Counts: c},
 		{Level: metricstore.LevelAd, ID: "1", Minute: m + 2, Counts: metricstore.Counts{Impressions: 7, Clicks: 1}},
@@ -159,8 +160,12 @@ func testAdditive(t *testing.T, open Opener, _ uint64) {
 	apply(t, s, &metricstore.Commit{Deltas: d(metricstore.Counts{Clicks: 2, SpendMicros: 1000, Interactions: map[string]int64{"x": 1}})})
 	apply(t, s, &metricstore.Commit{Deltas: d(metricstore.Counts{Clicks: 1, SpendMicros: -300, Interactions: map[string]int64{"x": 2, "y": 1}})})
 	apply(t, s, &metricstore.Commit{Deltas: d(metricstore.Counts{Clicks: -1, InvalidClicks: 1, InvalidByReason: map[event.Reason]int64{event.ReasonBot: 1}})})
+	// A conversion credited, then moved elsewhere by a late touch (negative), then another.
+	apply(t, s, &metricstore.Commit{Deltas: d(metricstore.Counts{Conversions: 2, ConversionValueMicros: 9_000_000, ViewConversions: 1, ViewConversionValueMicros: 4_000_000})})
+	apply(t, s, &metricstore.Commit{Deltas: d(metricstore.Counts{Conversions: -1, ConversionValueMicros: -4_000_000, ViewConversions: -1, ViewConversionValueMicros: -4_000_000})})
 	want := metricstore.Counts{Clicks: 2, SpendMicros: 700, InvalidClicks: 1,
-		InvalidByReason: map[event.Reason]int64{event.ReasonBot: 1}, Interactions: map[string]int64{"x": 3, "y": 1}}
+		InvalidByReason: map[event.Reason]int64{event.ReasonBot: 1}, Interactions: map[string]int64{"x": 3, "y": 1},
+		Conversions: 1, ConversionValueMicros: 5_000_000}
 	for _, iv := range []time.Duration{time.Minute, time.Hour, 24 * time.Hour} {
 		r := query(t, s, metricstore.Query{Level: metricstore.LevelCampaign, IDs: []string{"c"}, Start: mt(m), End: mt(m + 1), Interval: iv})
 		if got := r.Series[0].Points[0].Counts; !got.Equal(&want) {

@@ -25,7 +25,8 @@ const (
 	flagSpend
 	flagReasons
 	flagInteractions
-	flagAll = 1<<iota - 1
+	flagConversions // conversions, their value, view conversions, their value: four varints
+	flagAll         = 1<<iota - 1
 )
 
 var errCorruptValue = errors.New("pebblestore: corrupt value")
@@ -55,6 +56,9 @@ func appendCounts(b []byte, c *metricstore.Counts) []byte {
 	if len(c.Interactions) != 0 {
 		flags |= flagInteractions
 	}
+	if c.Conversions != 0 || c.ConversionValueMicros != 0 || c.ViewConversions != 0 || c.ViewConversionValueMicros != 0 {
+		flags |= flagConversions
+	}
 	b = append(b, flags)
 	if flags&flagImpressions != 0 {
 		b = binary.AppendVarint(b, c.Impressions)
@@ -80,6 +84,11 @@ func appendCounts(b []byte, c *metricstore.Counts) []byte {
 		for name, n := range c.Interactions {
 			b = binary.AppendUvarint(b, uint64(len(name)))
 			b = append(b, name...)
+			b = binary.AppendVarint(b, n)
+		}
+	}
+	if flags&flagConversions != 0 {
+		for _, n := range [...]int64{c.Conversions, c.ConversionValueMicros, c.ViewConversions, c.ViewConversionValueMicros} {
 			b = binary.AppendVarint(b, n)
 		}
 	}
@@ -173,6 +182,15 @@ func addCounts(c *metricstore.Counts, v []byte) (int, error) {
 			} else {
 				c.Interactions[string(name)] = x
 			}
+		}
+	}
+	if flags&flagConversions != 0 {
+		for _, p := range [...]*int64{&c.Conversions, &c.ConversionValueMicros, &c.ViewConversions, &c.ViewConversionValueMicros} {
+			x, ok := next()
+			if !ok {
+				return 0, errCorruptValue
+			}
+			*p += x
 		}
 	}
 	return all - len(v), nil

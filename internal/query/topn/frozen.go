@@ -6,18 +6,18 @@ import "encoding/binary"
 type vals [numMetrics]int64
 
 func (v *vals) add(d *vals) {
-	v[0] += d[0]
-	v[1] += d[1]
-	v[2] += d[2]
+	for m := range v {
+		v[m] += d[m]
+	}
 }
 
-func (v *vals) isZero() bool { return v[0] == 0 && v[1] == 0 && v[2] == 0 }
+func (v *vals) isZero() bool { return *v == vals{} }
 
 // frozen is an immutable block of (id number, vals) entries sorted by number, compressed so
 // that a minute of ten million Zipf-distributed ads costs about three bytes per entry:
 //
 //	chunk  := entry{chunkLen}        (the last chunk may be shorter)
-//	entry  := uvarint(gap<<3 | mask) then zigzag varint of each metric whose mask bit is set
+//	entry  := uvarint(gap<<numMetrics | mask) then zigzag varint of each metric whose mask bit is set
 //
 // gap is the number minus the previous entry's number (0 for a chunk's first entry, whose
 // number is in first). Only non-zero counters are written, and all-zero entries not at all.
@@ -74,7 +74,7 @@ func (f *frozen) get(id uint32) (vals, bool) {
 	for p < end {
 		h, k := binary.Uvarint(f.data[p:])
 		p += k
-		cur += uint32(h >> 3)
+		cur += uint32(h >> numMetrics)
 		if cur > id {
 			return vals{}, false
 		}
@@ -117,7 +117,7 @@ func (it *frozenIter) next() bool {
 	}
 	h, k := binary.Uvarint(f.data[it.p:])
 	it.p += k
-	it.cur += uint32(h >> 3)
+	it.cur += uint32(h >> numMetrics)
 	it.id = it.cur
 	for m := 0; m < numMetrics; m++ {
 		it.v[m] = 0
@@ -168,7 +168,7 @@ func (b *frozenBuilder) add(id uint32, v *vals) {
 			b.f.neg[m] = -v[m]
 		}
 	}
-	b.f.data = binary.AppendUvarint(b.f.data, uint64(gap)<<3|mask)
+	b.f.data = binary.AppendUvarint(b.f.data, uint64(gap)<<numMetrics|mask)
 	for m := 0; m < numMetrics; m++ {
 		if v[m] != 0 {
 			b.f.data = binary.AppendVarint(b.f.data, v[m])

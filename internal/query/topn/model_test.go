@@ -394,7 +394,7 @@ func TestTopErrors(t *testing.T) {
 	now := ix.nowMinute()
 	bad := []Query{
 		{Level: 0, N: 1, From: now, To: now + 1},
-		{Level: 1, Metric: 3, N: 1, From: now, To: now + 1},
+		{Level: 1, Metric: numMetrics, N: 1, From: now, To: now + 1},
 		{Level: 1, N: 0, From: now, To: now + 1},
 		{Level: 1, N: MaxN + 1, From: now, To: now + 1},
 		{Level: 1, N: 1, From: now, To: now},

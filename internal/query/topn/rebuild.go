@@ -39,7 +39,7 @@ func (ix *Index) Rebuild(ctx context.Context, src MinuteScanner) error {
 	var lastID string
 	var lastNum uint32
 	err := src.ScanMinutes(ctx, from, now+futureMinutes, func(d *metricstore.Delta) error {
-		v := vals{Clicks: d.Clicks, Impressions: d.Impressions, SpendMicros: d.SpendMicros}
+		v := valsOf(d)
 		if v.isZero() || !d.Level.Valid() || d.ID == "" || len(d.ID) > 255 || d.Minute < from || d.Minute >= now+futureMinutes {
 			return nil
 		}

@@ -76,10 +76,13 @@ const (
 	Clicks Metric = iota
 	Impressions
 	SpendMicros
-	numMetrics = 3
+	Conversions           // credited by attribution
+	ConversionValueMicros // their value
+	numMetrics            = 5
 )
 
-// ParseMetric maps the API names "clicks", "impressions" and "spend_micros" to a Metric.
+// ParseMetric maps the API names "clicks", "impressions", "spend_micros", "conversions" and
+// "conversion_value_micros" to a Metric.
 func ParseMetric(s string) (Metric, bool) {
 	switch s {
 	case "clicks":
@@ -88,6 +91,10 @@ func ParseMetric(s string) (Metric, bool) {
 		return Impressions, true
 	case "spend_micros":
 		return SpendMicros, true
+	case "conversions":
+		return Conversions, true
+	case "conversion_value_micros":
+		return ConversionValueMicros, true
 	}
 	return 0, false
 }
@@ -100,8 +107,18 @@ func (m Metric) String() string {
 		return "impressions"
 	case SpendMicros:
 		return "spend_micros"
+	case Conversions:
+		return "conversions"
+	case ConversionValueMicros:
+		return "conversion_value_micros"
 	}
 	return fmt.Sprintf("metric(%d)", uint8(m))
+}
+
+// valsOf picks what the index ranks by out of a delta.
+func valsOf(d *metricstore.Delta) vals {
+	return vals{Clicks: d.Clicks, Impressions: d.Impressions, SpendMicros: d.SpendMicros,
+		Conversions: d.Conversions, ConversionValueMicros: d.ConversionValueMicros}
 }
 
 // Owners tells who owns what, for filters. Advertiser ownership must never change (the catalog
@@ -276,7 +293,7 @@ func (ix *Index) Add(deltas []metricstore.Delta) {
 	ix.pendMu.Lock()
 	for i := range deltas {
 		d := &deltas[i]
-		v := vals{Clicks: d.Clicks, Impressions: d.Impressions, SpendMicros: d.SpendMicros}
+		v := valsOf(d)
 		if v.isZero() {
 			continue
 		}

@@ -69,6 +69,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, looku
 	fs.Float64Var(&m.ExpiredShare, "expired-share", m.ExpiredShare, "share of web clicks on expired tokens (with --click-secret only)")
 	fs.IntVar(&m.Batch, "batch", m.Batch, "lines per POST /events")
 	fs.IntVar(&m.Users, "users", m.Users, "distinct users")
+	fs.BoolVar(&m.CheckoutOrders, "checkout-orders", false, "send orders as a shop's checkout does (user, catalog, value; no ad) for adpulse to attribute; set --order-rate for their rate")
 	fs.StringVar(&check, "check", o.Check.String(), "compare /metrics with the acknowledgements: auto (skip if /metrics is 404), on, off")
 	fs.DurationVar(&o.CatchUpTimeout, "catch-up-timeout", o.CatchUpTimeout, "how long to wait for /metrics to count everything acknowledged")
 	fs.StringVar(&jsonPath, "json", "", "also write the report as JSON to this file")

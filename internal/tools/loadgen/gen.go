@@ -380,6 +380,9 @@ func (g *generator) addLine(v *viewInfo, k uint8, line []byte) []byte {
 }
 
 func (g *generator) makeLine(v *viewInfo, k uint8) []byte {
+	if k == keyOrder && g.m.CheckoutOrders {
+		return g.checkoutLine(v)
+	}
 	b := make([]byte, 0, 256)
 	b = append(b, `{"type":"`...)
 	b = append(b, keyTypes[k]...)
@@ -421,6 +424,18 @@ func (g *generator) makeLine(v *viewInfo, k uint8) []byte {
 		b = append(b, '"')
 	}
 	g.ledger.setEventTime(v.n, k, sec)
+	return append(b, '}')
+}
+
+// checkoutLine is an order as a shop's checkout sends it (Model.CheckoutOrders): the user,
+// the catalog of the ad that was clicked and the order's value, no ad. Its event time is the
+// receive time, so it always comes after the click it follows.
+func (g *generator) checkoutLine(v *viewInfo) []byte {
+	b := make([]byte, 0, 160)
+	b = append(b, `{"type":"order","event_id":"`+v.imp+`-order","user_id":"`+g.userID(v.user)+`","catalog_id":"cat`...)
+	b = strconv.AppendInt(b, int64(v.ad%500), 10)
+	b = append(b, `","value_micros":`...)
+	b = strconv.AppendInt(b, 1_000_000*(1+g.rng.Int64N(200)), 10)
 	return append(b, '}')
 }
 

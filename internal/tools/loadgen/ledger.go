@@ -49,6 +49,9 @@ type ledger struct {
 	base   int64 // Unix minute of offset 0
 	chunks [][]viewRec
 	n      int64
+	// checkout: orders are checkout conversions (Model.CheckoutOrders), counted in no
+	// metric of the check.
+	checkout bool
 }
 
 func newLedger(base int64) *ledger { return &ledger{base: base} }
@@ -232,6 +235,9 @@ func (l *ledger) each(fn func(keyWindow)) (botImpressions int64) {
 				continue
 			}
 			m := metricOf(rec.flags, uint8(k))
+			if uint8(k) == keyOrder && l.checkout {
+				continue
+			}
 			if m < 0 {
 				if ks.flags&ksAcked != 0 {
 					botImpressions++

@@ -67,6 +67,11 @@ type Model struct {
 	ExpiredShare float64       // share of web clicks on an expired token (only when signing locally)
 	Batch        int           // lines per POST /events
 	Users        int           // distinct user ids
+	// CheckoutOrders sends each order as a shop's checkout does: no ad or impression, only the
+	// user, the ad's catalog (cat<ad % 500>, as --setup creates them) and a value, for
+	// adpulse to attribute to the click before it. The check then expects no "order"
+	// interactions; the orders show as conversions.
+	CheckoutOrders bool
 }
 
 // DefaultModel is a plausible mix: mostly web, a CTR of 5%, 3% bots, and a few percent of

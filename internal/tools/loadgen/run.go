@@ -298,6 +298,7 @@ func (r *runner) traffic(ctx context.Context) {
 	r.started = time.Now()
 	base := floorDiv(r.started.Unix(), 60) - int64(r.o.Model.Lateness/time.Minute) - 5
 	r.ledger = newLedger(base)
+	r.ledger.checkout = r.o.Model.CheckoutOrders
 	r.gen = newGenerator(r.o.Seed, r.o.Model, r.o.Layout, r.keys, r.ledger, r.o.RunID, time.Now)
 	mode := fmt.Sprintf("open model, %g requests/s, at most %d in flight", r.o.Rate, r.o.MaxInFlight)
 	if r.o.Rate == 0 {
