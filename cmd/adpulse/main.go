@@ -21,6 +21,7 @@ import (
 	_ "time/tzdata" // advertiser time zones must resolve on machines without a zoneinfo database
 
 	"github.com/adpulse/adpulse/internal/bench"
+	"github.com/adpulse/adpulse/internal/bulkimport"
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/cliflag"
@@ -50,6 +51,11 @@ func commands() []command {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return bench.Command(ctx, args, stdout, stderr, os.LookupEnv)
+		}},
+		{"import", "send rows of files (NDJSON, CSV, Parquet; local or S3) or a SQL query to POST /events, resumable", func(args []string, stdout, stderr io.Writer) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return bulkimport.Command(ctx, args, stdout, stderr, os.LookupEnv)
 		}},
 		{"version", "print the version", func(_ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, versionString())
