@@ -193,6 +193,7 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	}
 	start := time.Now()
 	sum := Summary{Resumed: cp.RowsDone}
+	skip := cp.RowsDone // the committer moves cp.RowsDone while the reader runs
 	g, gctx := errgroup.WithContext(ctx)
 	toSend := make(chan *batch, o.Parallel)
 	sent := make(chan *batch, o.Parallel)
@@ -217,7 +218,7 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 			return nil
 		}
 		err := o.Source.Rows(gctx, func(num int64, rec Record, bad *RowError) error {
-			if num <= cp.RowsDone {
+			if num <= skip {
 				return nil
 			}
 			cur.lastRow = num
