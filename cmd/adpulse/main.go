@@ -26,6 +26,7 @@ import (
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/cliflag"
 	"github.com/adpulse/adpulse/internal/config"
+	"github.com/adpulse/adpulse/internal/export"
 	"github.com/adpulse/adpulse/internal/loadgen"
 	"github.com/adpulse/adpulse/internal/server"
 )
@@ -56,6 +57,11 @@ func commands() []command {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return bulkimport.Command(ctx, args, stdout, stderr, os.LookupEnv)
+		}},
+		{"export", "write the aggregates of ads, campaigns or advertisers as CSV, NDJSON or Parquet", func(args []string, stdout, stderr io.Writer) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return export.Command(ctx, args, stdout, stderr, os.LookupEnv)
 		}},
 		{"version", "print the version", func(_ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, versionString())
