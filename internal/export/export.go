@@ -49,6 +49,9 @@ type Options struct {
 	// Zeros keeps buckets whose counters are all zero (left out by default).
 	Zeros    bool
 	Progress *progress.Reporter // optional; counts series
+
+	// seriesPoints overrides maxPointsPerSeries in tests, to cut small ranges into windows.
+	seriesPoints int
 }
 
 // Row is one bucket of one id: what every format holds.
@@ -148,7 +151,11 @@ func Run(ctx context.Context, o Options, w io.Writer) (Stats, error) {
 		loc, _ = time.LoadLocation(o.TZ)
 	}
 	buckets := int(o.To.Sub(o.From)/o.Interval) + 2
-	perSeries := min(buckets, maxPointsPerSeries)
+	limit := maxPointsPerSeries
+	if o.seriesPoints > 0 {
+		limit = o.seriesPoints
+	}
+	perSeries := min(buckets, limit)
 	group := max(1, min(maxIDsPerRequest, maxPointsPerRequest/perSeries))
 	wins := windows(o.From, o.To, o.Interval, loc, perSeries-1)
 	if o.Progress != nil {
