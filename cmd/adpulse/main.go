@@ -169,10 +169,11 @@ func (e usageError) Unwrap() error { return e.err }
 var errReported = errors.New("reported")
 
 func serveFlags(fs *flag.FlagSet, c *config.Config) {
-	fs.Func("roles", "comma-separated roles of this process: ingest, process, query (default all three)", func(v string) error {
+	fs.Func("roles", "comma-separated roles of this process: ingest, process, query (default all three), and cron (scheduled jobs; never by default)", func(v string) error {
 		c.Roles = strings.Split(v, ",")
 		return nil
 	})
+	fs.StringVar(&c.CronConfig, "cron-config", c.CronConfig, "jobs file of the cron role (--roles ...,cron): scheduled imports, exports and reconciles")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory holding all embedded state")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "API listen address")
 	fs.StringVar(&c.OpsListen, "ops-listen", c.OpsListen, "ops listen address (Prometheus /metrics, /healthz, /readyz, pprof)")
