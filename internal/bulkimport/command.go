@@ -113,6 +113,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, looku
 		return err
 	}
 	defer src.Close()
+	o.Source = src
 	if _, isSQL := src.(*sqlSource); isSQL && o.Checkpoint != "" && !strings.Contains(strings.ToLower(query), "order by") {
 		fmt.Fprintln(stderr, "import: warning: --query has no ORDER BY; resuming from the checkpoint needs the rows in the same order every time")
 	}

@@ -23,7 +23,8 @@ func TestCronRole(t *testing.T) {
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "kafka") {
 		t.Fatalf("a split ingest node still needs the shared backends: %v", err)
 	}
-	if c.Has(RoleCron) == false || Default().Has(RoleCron) {
+	def := Default()
+	if !c.Has(RoleCron) || def.Has(RoleCron) {
 		t.Fatal("cron must be asked for by name")
 	}
 }

@@ -189,6 +189,11 @@ func (s *Scheduler) runOnce(ctx context.Context, job *Job, at time.Time) {
 		err = fmt.Errorf("stopped: %w", context.Cause(rctx))
 	}
 	took := s.o.Now().Sub(start)
+	if ctx.Err() != nil {
+		// The process is shutting down: the run was stopped, not failed.
+		log.Warn("cron job stopped by shutdown", "took", took.Round(time.Millisecond), "err", err)
+		return
+	}
 	s.lastDuration.WithLabelValues(job.Name).Set(took.Seconds())
 	s.mu.Lock()
 	st := s.stats[job.Name]
