@@ -108,5 +108,5 @@ func renderValue(v parquet.Value, c column) (string, error) {
 		}
 		return strconv.FormatInt(v.Int64(), 10), nil
 	}
-	return "", fmt.Errorf("Parquet type %s is not a string, an integer or a timestamp", v.Kind())
+	return "", fmt.Errorf("the Parquet type %s is not a string, an integer or a timestamp", v.Kind())
 }
