@@ -194,6 +194,10 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	start := time.Now()
 	sum := Summary{Resumed: cp.RowsDone}
 	skip := cp.RowsDone // the committer moves cp.RowsDone while the reader runs
+	// stop ends the reader and the senders when the committer fails (a checkpoint that
+	// cannot be written must not let the import run on unrecorded).
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	g, gctx := errgroup.WithContext(ctx)
 	toSend := make(chan *batch, o.Parallel)
 	sent := make(chan *batch, o.Parallel)
@@ -217,9 +221,9 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 			cur = &batch{}
 			return nil
 		}
-		err := o.Source.Rows(gctx, func(num int64, rec Record, bad *RowError) error {
+		err := o.Source.Rows(gctx, skip, func(num int64, rec Record, bad *RowError) error {
 			if num <= skip {
-				return nil
+				return nil // a source that does not skip by itself
 			}
 			cur.lastRow = num
 			if bad == nil {
@@ -334,6 +338,7 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 				cp.UpdatedAt = time.Now().UTC()
 				if err := cp.save(cpPath); err != nil {
 					commitErr = fmt.Errorf("write checkpoint: %w", err)
+					stop()
 					break
 				}
 				if o.afterCheckpoint != nil {

@@ -44,7 +44,7 @@ type column struct {
 	unit time.Duration // > 0: an INT64 timestamp in this unit
 }
 
-func (s *parquetSource) Rows(ctx context.Context, fn func(int64, Record, *RowError) error) error {
+func (s *parquetSource) Rows(ctx context.Context, skip int64, fn func(int64, Record, *RowError) error) error {
 	fields := s.file.Schema().Fields()
 	cols := make([]column, len(fields))
 	for i, fld := range fields {
@@ -59,6 +59,16 @@ func (s *parquetSource) Rows(ctx context.Context, fn func(int64, Record, *RowErr
 	defer r.Close()
 	buf := make([]parquet.Row, 512)
 	var num int64
+	if skip > 0 {
+		if skip >= s.file.NumRows() {
+			s.read.Store(s.file.NumRows())
+			return nil
+		}
+		if err := r.SeekToRow(skip); err != nil {
+			return fmt.Errorf("seek to Parquet row %d: %w", skip+1, err)
+		}
+		num = skip
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err

@@ -139,7 +139,7 @@ func openSQL(ctx context.Context, u *url.URL, raw, query string) (Source, error)
 func (s *sqlSource) Progress() (int64, int64) { return s.read.Load(), 0 }
 func (s *sqlSource) Close() error             { return s.db.Close() }
 
-func (s *sqlSource) Rows(ctx context.Context, fn func(int64, Record, *RowError) error) error {
+func (s *sqlSource) Rows(ctx context.Context, skip int64, fn func(int64, Record, *RowError) error) error {
 	rows, err := s.db.QueryContext(ctx, s.query)
 	if err != nil {
 		return fmt.Errorf("query: %w", err)
@@ -160,6 +160,9 @@ func (s *sqlSource) Rows(ctx context.Context, fn func(int64, Record, *RowError) 
 	var num int64
 	for rows.Next() {
 		num++
+		if num <= skip {
+			continue
+		}
 		if err := rows.Scan(ptrs...); err != nil {
 			return fmt.Errorf("row %d: %w", num, err)
 		}

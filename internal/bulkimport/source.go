@@ -18,10 +18,11 @@ import (
 // Source yields the rows of one import, always in the same order, so that a checkpoint (the
 // number of rows done) means the same rows when the import is run again.
 type Source interface {
-	// Rows calls fn for every row in order, numbered from 1. A row that cannot be read
-	// (malformed JSON, a CSV line with the wrong number of fields) comes with a RowError
-	// instead of a record; an error from fn stops Rows and is returned.
-	Rows(ctx context.Context, fn func(num int64, rec Record, bad *RowError) error) error
+	// Rows calls fn for every row after the first skip in order, numbered from 1 (skipped
+	// rows are counted, not decoded: a resumed import gets past them fast). A row that
+	// cannot be read (malformed JSON, a CSV line with the wrong number of fields) comes with
+	// a RowError instead of a record; an error from fn stops Rows and is returned.
+	Rows(ctx context.Context, skip int64, fn func(num int64, rec Record, bad *RowError) error) error
 	// Progress is how far Rows has read: units done and the total (bytes of a file, rows of
 	// a Parquet file; total <= 0 when unknown).
 	Progress() (done, total int64)
@@ -77,15 +78,15 @@ type streamSource struct {
 func (s *streamSource) Progress() (int64, int64) { return s.in.n.Load(), s.size }
 func (s *streamSource) Close() error             { return s.close() }
 
-func (s *streamSource) Rows(ctx context.Context, fn func(int64, Record, *RowError) error) error {
+func (s *streamSource) Rows(ctx context.Context, skip int64, fn func(int64, Record, *RowError) error) error {
 	if s.format == FormatCSV {
-		return csvRows(ctx, s.in, fn)
+		return csvRows(ctx, s.in, skip, fn)
 	}
-	return ndjsonRows(ctx, s.in, fn)
+	return ndjsonRows(ctx, s.in, skip, fn)
 }
 
 // ndjsonRows reads one JSON object per line; blank lines are not rows.
-func ndjsonRows(ctx context.Context, r io.Reader, fn func(int64, Record, *RowError) error) error {
+func ndjsonRows(ctx context.Context, r io.Reader, skip int64, fn func(int64, Record, *RowError) error) error {
 	br := bufio.NewReaderSize(r, 256<<10)
 	var num int64
 	for {
@@ -102,6 +103,9 @@ func ndjsonRows(ctx context.Context, r io.Reader, fn func(int64, Record, *RowErr
 		num++
 		if num%4096 == 0 && ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if num <= skip {
+			continue
 		}
 		if tooLong {
 			if err := fn(num, nil, &RowError{Row: num, Message: fmt.Sprintf("line longer than %d bytes", MaxRowBytes)}); err != nil {
@@ -181,7 +185,7 @@ func isColumn(k string) bool {
 }
 
 // csvRows reads a CSV file whose first line names the columns.
-func csvRows(ctx context.Context, r io.Reader, fn func(int64, Record, *RowError) error) error {
+func csvRows(ctx context.Context, r io.Reader, skip int64, fn func(int64, Record, *RowError) error) error {
 	cr := csv.NewReader(r)
 	cr.FieldsPerRecord = -1
 	cr.ReuseRecord = true
@@ -212,6 +216,9 @@ func csvRows(ctx context.Context, r io.Reader, fn func(int64, Record, *RowError)
 		var pe *csv.ParseError
 		if err != nil && !errors.As(err, &pe) {
 			return err
+		}
+		if num <= skip {
+			continue
 		}
 		var bad *RowError
 		var rec Record
