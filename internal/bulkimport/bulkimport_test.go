@@ -373,3 +373,18 @@ func TestHugeLine(t *testing.T) {
 		t.Fatalf("sum %+v err %v errors %q", sum, err, errs.String())
 	}
 }
+
+// A CSV line far over the bound stops the import with a clear error instead of filling memory.
+func TestHugeCSVLine(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "e.csv")
+	if err := os.WriteFile(path, []byte("type,ad_id,impression_id\nimpression,ad-1,"+strings.Repeat("x", 1<<20)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src, _ := Open(context.Background(), path, "", "", S3Options{})
+	defer src.Close()
+	_, err := Run(context.Background(), Options{Source: src, DryRun: true})
+	if err == nil || !strings.Contains(err.Error(), "CSV line longer") {
+		t.Fatalf("err %v", err)
+	}
+}

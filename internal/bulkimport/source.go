@@ -186,7 +186,8 @@ func isColumn(k string) bool {
 
 // csvRows reads a CSV file whose first line names the columns.
 func csvRows(ctx context.Context, r io.Reader, skip int64, fn func(int64, Record, *RowError) error) error {
-	cr := csv.NewReader(r)
+	// encoding/csv holds a whole line in memory: bound it (a row is at most MaxRowBytes).
+	cr := csv.NewReader(&lineLimitReader{r: r, max: 4 * MaxRowBytes})
 	cr.FieldsPerRecord = -1
 	cr.ReuseRecord = true
 	header, err := cr.Read()
@@ -281,4 +282,27 @@ func openFile(name string, format Format) (Source, error) {
 		return s, nil
 	}
 	return &streamSource{format: format, in: &countingReader{r: f}, size: st.Size(), close: f.Close}, nil
+}
+
+// errLineTooLong stops a CSV import: encoding/csv cannot skip past a line, so a line this
+// long is a broken file, not a bad row.
+var errLineTooLong = fmt.Errorf("a CSV line longer than %d bytes: not a file of events", 4*MaxRowBytes)
+
+// lineLimitReader fails when more than max bytes pass without a newline.
+type lineLimitReader struct {
+	r   io.Reader
+	max int
+	cur int
+}
+
+func (l *lineLimitReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	for _, c := range p[:n] {
+		if c == '\n' {
+			l.cur = 0
+		} else if l.cur++; l.cur > l.max {
+			return 0, errLineTooLong
+		}
+	}
+	return n, err
 }
