@@ -85,5 +85,5 @@ cat <<EOF
 Baselines ready. Run the bench with both:
   adpulse bench --baseline clickhouse,redis --clickhouse-addr 127.0.0.1:$CH_TCP_PORT --redis-addr 127.0.0.1:$REDIS_PORT
 Integration tests:
-  ADPULSE_TEST_CLICKHOUSE_ADDR=127.0.0.1:$CH_TCP_PORT ADPULSE_TEST_REDIS_ADDR=127.0.0.1:$REDIS_PORT go test -race ./internal/bench/...
+  ADPULSE_TEST_CLICKHOUSE_ADDR=127.0.0.1:$CH_TCP_PORT ADPULSE_TEST_REDIS_ADDR=127.0.0.1:$REDIS_PORT go test -race ./internal/tools/bench/...
 EOF

@@ -20,15 +20,15 @@ import (
 	"time"
 	_ "time/tzdata" // advertiser time zones must resolve on machines without a zoneinfo database
 
-	"github.com/adpulse/adpulse/internal/bench"
 	"github.com/adpulse/adpulse/internal/bulkimport"
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/cliflag"
 	"github.com/adpulse/adpulse/internal/config"
 	"github.com/adpulse/adpulse/internal/export"
-	"github.com/adpulse/adpulse/internal/loadgen"
 	"github.com/adpulse/adpulse/internal/server"
+	"github.com/adpulse/adpulse/internal/tools/bench"
+	"github.com/adpulse/adpulse/internal/tools/loadgen"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -92,6 +92,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return 0
 			case errors.Is(err, flag.ErrHelp):
 				return 0
+			case errors.Is(err, errReportedUsage):
+				return 2 // already logged, in the log's format
 			case errors.Is(err, errReported):
 				return 1 // already logged, in the log's format
 			case errors.As(err, &ue):
@@ -168,6 +170,19 @@ func (e usageError) Unwrap() error { return e.err }
 // errReported marks an error already written to the log.
 var errReported = errors.New("reported")
 
+// errReportedUsage is a usage error already logged, in the log's format: exit 2.
+var errReportedUsage = errors.New("reported usage error")
+
+// jsonUsageError returns err as a usage error; with JSON logs it logs it as one JSON line
+// first, so a log collector sees why the process would not start.
+func jsonUsageError(logger *slog.Logger, format string, err error) error {
+	if format != "json" {
+		return usageError{err}
+	}
+	logger.Error("invalid configuration; adpulse serve -h lists the flags", "err", err.Error())
+	return errReportedUsage
+}
+
 func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.Func("roles", "comma-separated roles of this process: ingest, process, query (default all three), and cron (scheduled jobs; never by default)", func(v string) error {
 		c.Roles = strings.Split(v, ",")
@@ -195,6 +210,14 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 		return nil
 	})
 	fs.StringVar(&c.KafkaTopic, "kafka-topic", c.KafkaTopic, "Kafka topic of the event log (created if missing)")
+	fs.Int64Var(&c.ReadyMaxLag, "ready-max-lag", c.ReadyMaxLag, "a process node without the ingest role answers /readyz with 503 while a partition it consumes is more than this many messages behind (0: off)")
+	fs.StringVar(&c.LedgerPrefix, "ledger-prefix", c.LedgerPrefix, "prefix of the shared ledger's table names in the --catalog-dsn database (with --metric-store clickhouse): one per deployment sharing a database; [a-z0-9_], at most 32 characters")
+	fs.StringVar(&c.KafkaGroup, "kafka-group", c.KafkaGroup, "Kafka consumer group through which process nodes share the log's partitions (with --metric-store clickhouse)")
+	fs.StringVar(&c.MetricStore, "metric-store", c.MetricStore, "metric store: pebble (in --data-dir; one process node) or clickhouse (shared by every process and query node)")
+	fs.StringVar(&c.ClickHouseAddr, "clickhouse-addr", c.ClickHouseAddr, "ClickHouse native protocol host:port (with --metric-store clickhouse)")
+	fs.StringVar(&c.ClickHouseDatabase, "clickhouse-database", c.ClickHouseDatabase, "ClickHouse database of the metric store (created if missing)")
+	fs.StringVar(&c.ClickHouseUser, "clickhouse-user", c.ClickHouseUser, "ClickHouse user (default: the server's default user)")
+	fs.StringVar(&c.ClickHousePassword, "clickhouse-password", c.ClickHousePassword, "ClickHouse password")
 	fs.IntVar(&c.KafkaReplicationFactor, "kafka-replication-factor", c.KafkaReplicationFactor, "replicas of a topic adpulse creates")
 	fs.DurationVar(&c.KafkaDeliveryTimeout, "kafka-delivery-timeout", c.KafkaDeliveryTimeout, "how long an append may wait for acks=all before it fails")
 	fs.StringVar(&c.Dedup, "dedup", c.Dedup, "idempotency keys: memory (in process, rebuilt from the log) or redis (shared by ingest processes)")
@@ -264,18 +287,21 @@ func serve(args []string, _, stderr io.Writer) error {
 	cfg.Version = version
 	if err := cfg.Validate(); err != nil {
 		// Nothing has been written to the data dir yet.
-		return usageError{err}
+		return jsonUsageError(logger, cfg.LogFormat, err)
 	}
 	if cfg.CatalogDSN != "" {
 		if _, _, _, err := catalog.ParseDSN(cfg.CatalogDSN); err != nil {
-			return usageError{fmt.Errorf("--catalog-dsn: %w", err)}
+			return jsonUsageError(logger, cfg.LogFormat, fmt.Errorf("--catalog-dsn: %w", err))
 		}
 	}
 	app, err := server.New(cfg, logger)
 	if err == nil {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
-		logger.Info("starting adpulse", "version", versionString(), "data_dir", cfg.DataDir)
+		ctx, handedOff := context.WithCancel(ctx)
+		defer handedOff()
+		go restartOnSignal(ctx, app, logger, handedOff)
+		logger.Info("starting adpulse", "version", versionString(), "data_dir", cfg.DataDir, "pid", os.Getpid())
 		err = app.Run(ctx)
 	}
 	if err != nil && cfg.LogFormat == "json" {
@@ -284,6 +310,34 @@ func serve(args []string, _, stderr io.Writer) error {
 		return errReported
 	}
 	return err
+}
+
+// restartOnSignal restarts the server in place on SIGUSR2: a new process (the executable now
+// at this path) takes the listening sockets over, and this one drains and exits 0, so an
+// upgrade refuses no connection (server.App.Handoff).
+func restartOnSignal(ctx context.Context, app *server.App, logger *slog.Logger, stop context.CancelFunc) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR2)
+	defer signal.Stop(sig)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sig:
+		}
+		select {
+		case <-app.Ready():
+		default:
+			logger.Warn("SIGUSR2 ignored: not serving yet")
+			continue
+		}
+		if _, err := app.Handoff(); err != nil {
+			logger.Error("restart in place failed; still serving", "err", err)
+			continue
+		}
+		stop()
+		return
+	}
 }
 
 func sign(args []string, stdout, stderr io.Writer) error {

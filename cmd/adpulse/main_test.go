@@ -41,8 +41,12 @@ func TestBadEnvironmentValue(t *testing.T) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	serveFlags(fs, &cfg)
-	if err := parseFlags(fs, nil); err == nil || !strings.Contains(err.Error(), "ADPULSE_CLICK_TTL") {
+	err := parseFlags(fs, nil)
+	if err == nil || !strings.Contains(err.Error(), "ADPULSE_CLICK_TTL") {
 		t.Fatalf("want an error naming ADPULSE_CLICK_TTL, got %v", err)
+	}
+	if !strings.Contains(err.Error(), `"soon"`) || !strings.Contains(err.Error(), "want a duration") {
+		t.Errorf("want the value and the expected form in %q", err)
 	}
 }
 
@@ -123,6 +127,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"serve", "--data-dir", dir, "--catalog-dsn", "postgres:/db"}, "want postgres://"},
 		{[]string{"serve", "--data-dir", dir, "--public-url", "ftp://t.example"}, "--public-url \"ftp://t.example\" must be an absolute http(s) URL"},
 		{[]string{"serve", "--data-dir", dir, "--roles", "ingest"}, "needs --event-log kafka"},
+		{[]string{"serve", "--data-dir", dir, "--catalog-dsn", "mysql://root@127.0.0.1/x"}, "must look like mysql://user:password@tcp(host:3306)/dbname"},
+		{[]string{"serve", "--data-dir", dir, "--listen", "bogus"}, `--listen "bogus" must be host:port or :port`},
+		{[]string{"serve", "--data-dir", dir, "--ops-listen", "127.0.0.1"}, `--ops-listen "127.0.0.1" must be host:port`},
+		{[]string{"serve", "--data-dir", dir, "--log-format", "json", "--listen", "bogus"}, `{"time":`},
 	} {
 		var out, errOut bytes.Buffer
 		if code := run(tc.args, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), tc.want) {

@@ -52,6 +52,12 @@ type Options struct {
 	Store metricstore.Store
 	// Consumer names this stage's offsets in the store (default "aggregate").
 	Consumer string
+	// Partitions are the log partitions this aggregator consumes (default: all). Process
+	// nodes that share the log run one aggregator per partition they own (see Shared).
+	Partitions []int32
+	// Epoch is this aggregator's ownership epoch of its partitions (metricstore.Commit.Epoch;
+	// 0 for a single writer).
+	Epoch uint64
 	// CommitInterval is how often counts are committed (default 200ms): data is visible in
 	// the store within about this plus a commit's latency.
 	CommitInterval time.Duration
@@ -122,6 +128,7 @@ type Stats struct {
 	OutOfRange     int64 // event time before 1970 or absurdly far ahead, skipped
 	LateAfterFinal int64 // counted in a bucket already declared final
 	Replayed       int64 // messages read on start to rebuild the duplicate filter
+	Fenced         int64 // partitions resumed from the store after another process committed them (Shared)
 
 	Commits            int64
 	LastCommitLatency  time.Duration // of the last Apply, including deltas and sync
@@ -257,6 +264,7 @@ const maxEventMicros = 16725225600 * 1e6
 
 // partState is one partition's reading state, owned by the runner.
 type partState struct {
+	id        int   // the log partition
 	next      int64 // next offset to read
 	handed    int64 // offsets below it are in a commit handed to the committer
 	committed int64 // offsets below it are in the store
@@ -284,7 +292,8 @@ type jobResult struct {
 type runner struct {
 	a     *Aggregator
 	opts  *Options
-	parts []partState
+	parts []partState   // the partitions consumed, in Options.Partitions order
+	index map[int32]int // partition -> index in parts
 
 	ev       event.Event
 	keyBuf   []byte
@@ -313,7 +322,7 @@ func (a *Aggregator) newRunner(ctx context.Context) (*runner, error) {
 	}
 	r := &runner{
 		a: a, opts: o,
-		parts:       make([]partState, o.Log.Partitions()),
+		index:       make(map[int32]int),
 		acc:         newAccumulator(),
 		spare:       newAccumulator(),
 		jobs:        make(chan job),
@@ -325,8 +334,26 @@ func (a *Aggregator) newRunner(ctx context.Context) (*runner, error) {
 		r.finalBefore = cp.FinalBefore.UnixMicro()
 		r.watermark = r.finalBefore + o.MaxLateness.Microseconds()
 	}
-	for p := range r.parts {
-		ps := &r.parts[p]
+	n := o.Log.Partitions()
+	ids := o.Partitions
+	if ids == nil {
+		for p := range n {
+			ids = append(ids, int32(p))
+		}
+	}
+	for _, id := range ids {
+		if id < 0 || int(id) >= n {
+			return nil, fmt.Errorf("partition %d: %w", id, eventlog.ErrBadPartition)
+		}
+		if _, dup := r.index[id]; dup {
+			return nil, fmt.Errorf("aggregate: partition %d listed twice", id)
+		}
+		r.index[id] = len(r.parts)
+		r.parts = append(r.parts, partState{id: int(id)})
+	}
+	for i := range r.parts {
+		ps := &r.parts[i]
+		p := ps.id
 		start, end, err := o.Log.Offsets(ctx, p)
 		if err != nil {
 			return nil, fmt.Errorf("offsets of partition %d: %w", p, err)
@@ -381,7 +408,7 @@ func (r *runner) replayStart(ctx context.Context, p int, start, next int64) (int
 // replay feeds offsets [from, to) of partition p to its duplicate filter without counting,
 // so the filter is in the state an uninterrupted run would have at to.
 func (r *runner) replay(ctx context.Context, p int, from, to int64) error {
-	ps := &r.parts[p]
+	ps := &r.parts[r.index[int32(p)]]
 	for from < to {
 		msgs, err := r.opts.Log.Read(ctx, p, from, r.opts.ReadBytes)
 		if err != nil {
@@ -428,8 +455,8 @@ func (r *runner) run(rctx context.Context) error {
 	defer poll.Stop()
 	for rctx.Err() == nil {
 		progressed := false
-		for p := range r.parts {
-			n, err := r.readPartition(rctx, p)
+		for i := range r.parts {
+			n, err := r.readPartition(rctx, &r.parts[i])
 			if err != nil {
 				if rctx.Err() != nil {
 					break
@@ -478,8 +505,8 @@ func (r *runner) run(rctx context.Context) error {
 }
 
 // readPartition reads one batch of partition p and counts it.
-func (r *runner) readPartition(ctx context.Context, p int) (int, error) {
-	ps := &r.parts[p]
+func (r *runner) readPartition(ctx context.Context, ps *partState) (int, error) {
+	p := ps.id
 	msgs, err := r.opts.Log.Read(ctx, p, ps.next, r.opts.ReadBytes)
 	if err != nil {
 		return 0, fmt.Errorf("read partition %d at %d: %w", p, ps.next, err)
@@ -554,10 +581,10 @@ func (r *runner) maybeCommit(force bool) error {
 	}
 	r.advanceWatermark()
 	var ranges []metricstore.OffsetRange
-	for p := range r.parts {
-		ps := &r.parts[p]
+	for i := range r.parts {
+		ps := &r.parts[i]
 		if ps.next != ps.handed {
-			ranges = append(ranges, metricstore.OffsetRange{Partition: int32(p), From: ps.handed, To: ps.next})
+			ranges = append(ranges, metricstore.OffsetRange{Partition: int32(ps.id), From: ps.handed, To: ps.next})
 		}
 	}
 	fb := time.UnixMicro(r.finalBefore).UTC()
@@ -565,9 +592,9 @@ func (r *runner) maybeCommit(force bool) error {
 		r.lastHandoff = time.Now()
 		return nil // nothing new to say
 	}
-	for p := range r.parts {
-		ps := &r.parts[p]
-		if _, end, err := r.opts.Log.Offsets(context.Background(), p); err == nil {
+	for i := range r.parts {
+		ps := &r.parts[i]
+		if _, end, err := r.opts.Log.Offsets(context.Background(), ps.id); err == nil {
 			ps.end = end
 		}
 		ps.handed = ps.next
@@ -588,8 +615,8 @@ func (r *runner) maybeCommit(force bool) error {
 // was found idle.
 func (r *runner) advanceWatermark() {
 	wm := int64(1<<63 - 1)
-	for p := range r.parts {
-		ps := &r.parts[p]
+	for i := range r.parts {
+		ps := &r.parts[i]
 		v := ps.lastRecv
 		if ps.caughtUp {
 			v = max(v, ps.idleSince)
@@ -616,7 +643,7 @@ func (r *runner) finish(res jobResult) error {
 		return fmt.Errorf("commit offsets %v: %w", res.job.ranges, res.err)
 	}
 	for _, rg := range res.job.ranges {
-		r.parts[rg.Partition].committed = rg.To
+		r.parts[r.index[rg.Partition]].committed = rg.To
 	}
 	if !res.job.finalBefore.IsZero() {
 		r.committedFB = res.job.finalBefore
@@ -640,6 +667,7 @@ func (r *runner) committer() {
 		deltas = j.acc.deltas(deltas[:0], &scratch)
 		err := r.opts.Store.Apply(ctx, &metricstore.Commit{
 			Consumer:    r.opts.Consumer,
+			Epoch:       r.opts.Epoch,
 			Ranges:      j.ranges,
 			Deltas:      deltas,
 			FinalBefore: j.finalBefore,
@@ -668,16 +696,16 @@ func (r *runner) publish() {
 	if len(s.Partitions) != len(r.parts) {
 		s.Partitions = make([]PartitionStats, len(r.parts))
 	}
-	for p := range r.parts {
-		ps := &r.parts[p]
+	for i := range r.parts {
+		ps := &r.parts[i]
 		if ps.dedup != nil {
 			s.DedupKeys += ps.dedup.Len()
 		}
-		st := PartitionStats{Partition: p, Committed: ps.committed, Consumed: ps.next, End: max(ps.end, ps.next), CaughtUp: ps.caughtUp}
+		st := PartitionStats{Partition: ps.id, Committed: ps.committed, Consumed: ps.next, End: max(ps.end, ps.next), CaughtUp: ps.caughtUp}
 		st.Lag = st.End - st.Consumed
 		if ps.lastRecv > 0 {
 			st.LastRecv = time.UnixMicro(ps.lastRecv).UTC()
 		}
-		s.Partitions[p] = st
+		s.Partitions[i] = st
 	}
 }

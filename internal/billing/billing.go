@@ -1,5 +1,5 @@
 // Package billing is the charging stage of the pipeline and what is built on it: it consumes
-// every partition of the event log, charges each valid click against its campaign's budget
+// the partitions of the event log it owns, charges each valid click against its campaign's budget
 // exactly once, keeps the ledger and per-campaign spend, feeds spend into the metric store,
 // computes serving status, budgets and pacing (the serving feed), and counts user views.
 //
@@ -24,23 +24,28 @@
 //
 // # Invariants
 //
-//   - A budget is never exceeded, not by one micro: one goroutine (the writer) does every
-//     charge and refund, reading spend that includes every earlier decision, and remaining
-//     budgets are clamped at 0 (a budget lowered below spend leaves nothing to spend).
+//   - A budget is never exceeded, not by one micro, however many nodes charge: every charge
+//     and refund is a ledger transaction that reads the spend it decides on with a lock held
+//     until commit (package ledger), and remaining budgets are clamped at 0 (a budget lowered
+//     below spend leaves nothing to spend).
 //   - Spend equals the ledger: for each campaign, the total spend and the sum of its daily
 //     spends equal the sum of ChargedMicros of its ledger entries in state charged.
-//   - Exactly once, across crashes: a round's ledger entries, spend, view counts, consumed
-//     log offsets and its journal entry are one Pebble batch committed with Sync. A crash
-//     before the commit replays the round from the log (the decisions may then differ, but
-//     none of the first attempt's survived); after it, the round is never replayed.
+//   - Exactly once, across crashes and takeovers: a round's ledger entries, spend, view
+//     counts, consumed log offsets and its journal entry are one ledger transaction (a synced
+//     Pebble batch, or one SQL transaction). A crash before the commit replays the round from
+//     the log (the decisions may then differ, but none of the first attempt's survived); after
+//     it, the round is never replayed. The offsets are fenced by the partition's epoch, so a
+//     node that lost a partition (ownership.go) cannot commit it.
 //   - /metrics spend_micros equals the sum of charges, exactly once, through the journal:
-//     every batch that changes spend also writes journal entry seq = n (the minute spend
-//     deltas at ad, campaign and advertiser level), and the publisher applies entries to the
+//     every transaction that changes spend also writes journal entry seq = n (the minute spend
+//     deltas at ad, campaign and advertiser level; seqs are taken in commit order, under a
+//     lock held until commit), and any node's publisher applies entries to the
 //     metric store in seq order as consumer "charge", with the offset range
 //     [from, to) of the virtual partition JournalPartition, so the store's fence refuses any
 //     entry twice. On start the store's checkpoint tells which entries are in; the rest are
-//     applied again. A crash between the Pebble commit and Apply therefore loses nothing (the
-//     entry is durable) and doubles nothing (the fence). Applied entries are deleted lazily.
+//     applied again. A crash between the ledger commit and Apply therefore loses nothing (the
+//     entry is durable) and doubles nothing (the fence), and neither do two nodes publishing
+//     at once. Applied entries are deleted lazily.
 //   - A refund is booked where its charge was, at the click's event-time minute (not at the
 //     refund's time), so every bucket at every interval shows the net spend of the clicks in
 //     it. A click older than the metric store's minute retention (--minute-retention) has
@@ -54,24 +59,25 @@
 //     advertiser's local midnight, or the instant a time zone change takes effect). Status,
 //     budget.day and pacing use the same budget day as charging.
 //   - User views count each valid impression with a user and catalog id once, in the same
-//     batch as the offsets it came from. An impression that reached the log twice (a retry
+//     transaction as the offsets it came from. An impression that reached the log twice (a retry
 //     whose first attempt had an unknown outcome, a dedup store that lost keys) is dropped
-//     by a per-partition dedup.Window over DedupSpan, rebuilt from the log on start, so the
-//     count does not depend on crashes or timing.
+//     by a per-partition dedup.Window over DedupSpan, rebuilt from the log when the partition
+//     is assigned, so the count does not depend on crashes, takeovers or timing.
 //
 // # Scale-out
 //
-// Charging for one campaign must happen in one place at a time. Embedded, one writer owns all
-// campaigns and processes the partitions' messages in a deterministic merged order (append
-// time, then partition, then offset). With Kafka, the log is partitioned by ad id, not
-// campaign, so charging is keyed by campaign: N chargers each own the campaigns with
-// hash(campaign id) mod N == i (each reads every partition and skips other campaigns'
-// clicks, or a repartition topic keyed by campaign id feeds them), each with its own state and
-// its own metric consumer name ("charge-i"), and an owner change is fenced by the consumer
-// group generation so that a zombie cannot commit. No distributed lock is needed.
+// Charging happens where the spend is: in the ledger (package ledger). Embedded, one Charger
+// claims every partition of the log and keeps the ledger in Pebble. With several process
+// nodes, each has a Charger on one shared SQL ledger and consumes the partitions a Kafka
+// consumer group gives it (Options.Group, Assign, Revoke: ownership.go); two nodes charging
+// one campaign are serialised by the spend rows' locks, refunds through any node lock the
+// click's entry, and every node reads statuses and clicks from the committed ledger, so all
+// answer alike. Within a node, a round processes its partitions' messages in a deterministic
+// merged order (append time, then partition, then offset); across nodes, who gets a budget's
+// last micros depends on commit order, and no budget is ever exceeded.
 //
-// Lock order: Charger.pubMu, then Charger.life, then pacer.mu or Charger.mu. The writer
-// goroutine owns its state without locks.
+// Lock order: Charger.pubMu, then writer.mu, then pacer.mu or Charger.mu. writer.mu is held
+// for a whole round, and by Assign and Revoke while they change the owned partitions.
 package billing
 
 import (
@@ -79,16 +85,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/billing/ledger"
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/metricstore"
-	"github.com/cockroachdb/pebble"
-	"github.com/cockroachdb/pebble/vfs"
 )
 
 // DefaultConsumer is the metric store consumer name spend is committed under.
@@ -96,7 +103,7 @@ const DefaultConsumer = "charge"
 
 // JournalPartition is the virtual partition of the billing journal in the metric store's
 // checkpoint of the charge consumer: its offset is the next journal entry to apply. It is not
-// a log partition; the charger's log offsets live in its own database.
+// a log partition; the charger's log offsets live in the ledger.
 const JournalPartition int32 = math.MaxInt32
 
 // Catalog is what billing reads from the catalog. *catalog.Catalog implements it.
@@ -113,12 +120,23 @@ type CampaignLister interface {
 	CampaignIDs() []string
 }
 
-// Options configure a Charger. Dir, Log, Catalog and Metrics are required.
+// Options configure a Charger. Log, Catalog and Metrics are required, and Ledger or Dir.
 type Options struct {
-	Dir     string // the billing database; created if missing
-	Log     eventlog.Log
-	Catalog Catalog
-	Metrics metricstore.Store
+	// Ledger is the billing storage (ledger.OpenPebble, ledger.OpenSQL); the caller closes it
+	// after the Charger. Without it, Open opens a Pebble ledger in Dir and Close closes it.
+	Ledger ledger.Store
+	Dir    string // the embedded billing database when Ledger is nil; created if missing
+	// Group: partitions are given by Assign and Revoke (a Kafka consumer group); without it
+	// Open claims every partition of the log.
+	Group bool
+	// Node names this process in the shared ledger (its traffic profile row); "" for one node.
+	Node string
+	// RoundTimeout bounds one ledger transaction (a round, a refund), a read, and one publish
+	// of the journal (default 30s).
+	RoundTimeout time.Duration
+	Log          eventlog.Log
+	Catalog      Catalog
+	Metrics      metricstore.Store
 	// Consumer is the metric store consumer name (default "charge").
 	Consumer string
 	// Publisher, if set, receives the serving feed every FeedInterval (the Redis seam).
@@ -148,11 +166,8 @@ type Options struct {
 	PacingHorizon time.Duration
 	// MinPacing is the lowest pacing given to an active campaign (default 0.01).
 	MinPacing float64
-	// FS is the file system; nil means the operating system's. Crash tests use
-	// vfs.NewStrictMem, which drops whatever was not synced.
-	FS     vfs.FS
-	Now    func() time.Time // default time.Now
-	Logger *slog.Logger
+	Now       func() time.Time // default time.Now
+	Logger    *slog.Logger
 
 	hooks *testHooks // fault injection for crash tests; nil in production
 }
@@ -188,8 +203,8 @@ func (o *Options) setDefaults() {
 	if o.MinPacing <= 0 || o.MinPacing > 1 {
 		o.MinPacing = 0.01
 	}
-	if o.FS == nil {
-		o.FS = vfs.Default
+	if o.RoundTimeout <= 0 {
+		o.RoundTimeout = 30 * time.Second
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -202,7 +217,7 @@ func (o *Options) setDefaults() {
 // testHooks let crash tests fail the charger at chosen points. A non-nil error makes the
 // step fail as a crash would (Run returns it).
 type testHooks struct {
-	beforeCommit func() error // batch built, not committed
+	beforeCommit func() error // writes built inside the ledger transaction, not committed
 	afterCommit  func() error // batch committed, journal not yet published
 	beforeApply  func() error // journal entries read, Apply not called
 	afterApply   func() error // Apply returned nil, bookkeeping not done
@@ -229,8 +244,12 @@ type Stats struct {
 	ViewsCounted    int64
 	ViewDuplicates  int64 // impressions already in the log within the dedup span, not counted
 
+	Claims  int64 // partitions claimed (Assign, or Open when embedded)
+	Fenced  int64 // rounds refused because another owner claimed one of their partitions
+	Retries int64 // ledger transactions run again after a conflict (SQL deadlocks, races)
+
 	Commits            int64
-	LastCommitLatency  time.Duration // of the last Pebble commit, including the sync
+	LastCommitLatency  time.Duration // of the last ledger commit, including the sync
 	MaxCommitLatency   time.Duration
 	TotalCommitLatency time.Duration
 
@@ -238,11 +257,12 @@ type Stats struct {
 	JournalApplied    uint64 // entries below it are in the metric store
 	MetricApplies     int64
 	MetricApplyErrors int64
+	MetricConflicts   int64 // Applies refused because the entries were in already (another node)
 
 	Partitions []PartitionStats
 }
 
-// PartitionStats describe one log partition.
+// PartitionStats describe one owned log partition.
 type PartitionStats struct {
 	Partition int
 	Committed int64 // next offset to consume, as committed
@@ -252,127 +272,143 @@ type PartitionStats struct {
 
 // Charger is the charging stage. It is safe for concurrent use.
 type Charger struct {
-	opts   Options
-	db     *pebble.DB
-	cat    Catalog
-	lister CampaignLister // nil when the catalog cannot list
-	pacer  *pacer
-	w      *writer
+	opts      Options
+	store     ledger.Store
+	ownsStore bool // opened by Open from Dir: Close closes it
+	cat       Catalog
+	lister    CampaignLister // nil when the catalog cannot list
+	pacer     *pacer
+	w         *writer
 
-	// life is held shared by every use of db outside the writer and publisher, and
-	// exclusively by Close, so the database is never used after it is closed.
-	life   sync.RWMutex
-	closed bool // guarded by life
-
+	closed    atomic.Bool
 	started   atomic.Bool
 	abort     chan struct{} // closed by Close
 	done      chan struct{} // closed when Run returns
 	closeOnce sync.Once
-	refunds   chan *refundReq
 	kick      chan struct{} // wakes the publisher after a commit
 
-	journalNext atomic.Uint64 // published by the writer after each commit
+	journalNext atomic.Uint64 // the highest journal next seen (own commits, the ledger's counter)
 	pubMu       sync.Mutex    // serialises publish; guards journalLow and writes of applied
 	applied     atomic.Uint64 // journal entries below it are in the metric store
 	journalLow  uint64        // journal entries below it were deleted
 
 	mu        sync.Mutex // guards stats, committed, known
 	stats     Stats
-	committed []int64             // committed next offsets, for Stats
-	known     map[string]struct{} // campaigns seen in the log
+	committed map[int32]int64 // owned partitions' committed next offsets, for Stats
+	known     map[string]struct{}
 }
 
-// Open opens or creates the billing database in o.Dir and checks it against the log and the
-// metric store. Run starts charging.
+// Open opens the ledger (Options.Ledger, or a Pebble ledger in o.Dir) and checks it against
+// the metric store; embedded (not Group), it claims every partition of the log. Run starts
+// charging.
 func Open(ctx context.Context, o Options) (*Charger, error) {
-	if o.Dir == "" || o.Log == nil || o.Catalog == nil || o.Metrics == nil {
-		return nil, errors.New("billing: Options.Dir, Log, Catalog and Metrics are required")
+	if (o.Dir == "" && o.Ledger == nil) || o.Log == nil || o.Catalog == nil || o.Metrics == nil {
+		return nil, errors.New("billing: Options.Ledger or Dir, Log, Catalog and Metrics are required")
 	}
 	o.setDefaults()
-	if err := createDir(o.FS, o.Dir); err != nil {
-		return nil, err
-	}
-	db, err := pebble.Open(o.Dir, &pebble.Options{
-		FS:                 o.FS,
-		FormatMajorVersion: pebble.FormatNewest,
-		Logger:             slogLogger{o.Logger},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open billing database in %q: %w", o.Dir, err)
-	}
 	c := &Charger{
-		opts:    o,
-		db:      db,
-		cat:     o.Catalog,
-		abort:   make(chan struct{}),
-		done:    make(chan struct{}),
-		refunds: make(chan *refundReq),
-		kick:    make(chan struct{}, 1),
-		known:   make(map[string]struct{}),
-		stats:   Stats{ZeroCharge: make(map[string]int64)},
+		opts:  o,
+		store: o.Ledger,
+		cat:   o.Catalog,
+		abort: make(chan struct{}),
+		done:  make(chan struct{}),
+		kick:  make(chan struct{}, 1),
+		known: make(map[string]struct{}),
+		stats: Stats{ZeroCharge: make(map[string]int64)},
+	}
+	if c.store == nil {
+		st, err := ledger.OpenPebble(o.Dir, ledger.PebbleOptions{Logger: o.Logger})
+		if err != nil {
+			return nil, err
+		}
+		c.store, c.ownsStore = st, true
 	}
 	c.lister, _ = o.Catalog.(CampaignLister)
 	c.pacer = newPacer(o.PacingInterval, o.PacingHorizon, o.MinPacing)
 	if err := c.load(ctx); err != nil {
-		db.Close()
+		if c.ownsStore {
+			c.store.Close()
+		}
 		return nil, err
 	}
 	return c, nil
 }
 
-// load reads the writer's state and reconciles the journal with the metric store.
+// legacyMigrator is a ledger with spend kept under bare local dates to move (ledger.Pebble).
+type legacyMigrator interface {
+	MigrateLegacyDates(dayStart func(campaign string, date uint32) int64) (int, error)
+}
+
+// load reads the writer's state, reconciles the journal with the metric store and, embedded,
+// claims every partition.
 func (c *Charger) load(ctx context.Context) error {
+	if m, ok := c.store.(legacyMigrator); ok {
+		n, err := m.MigrateLegacyDates(c.legacyDayStart)
+		if err != nil {
+			return fmt.Errorf("billing: move legacy spend: %w", err)
+		}
+		if n > 0 {
+			c.opts.Logger.Info("billing: daily spend moved from local dates to budget days", "rows", n)
+		}
+	}
 	w, err := newWriter(ctx, c)
 	if err != nil {
 		return err
 	}
 	c.w = w
-	c.journalNext.Store(w.journalNext)
-	c.committed = append([]int64(nil), w.next...)
-
+	// Read in this order, because other nodes of a shared ledger may commit, publish and drop
+	// entries meanwhile: entries are dropped only once the store has them, and the store has
+	// only committed ones, so first <= applied <= next holds for these three reads.
+	first, err := c.store.FirstJournal(ctx)
+	if err != nil {
+		return fmt.Errorf("read journal: %w", err)
+	}
 	cp, err := c.opts.Metrics.Checkpoint(ctx, c.opts.Consumer)
 	if err != nil {
 		return fmt.Errorf("read metric store checkpoint of %s: %w", c.opts.Consumer, err)
 	}
-	first, err := c.firstJournal()
+	next, err := c.store.JournalNext(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("read journal seq: %w", err)
 	}
+	c.journalNext.Store(next)
 	applied, ok := cp.Offsets[JournalPartition]
 	switch {
 	case !ok:
-		// The store has never seen this journal: everything still on disk goes in.
+		// The store has never seen this journal: everything still retained goes in.
 		if first > 0 {
-			c.opts.Logger.Warn("billing: the metric store has no spend from this billing database yet; applying the journal from its first retained entry",
-				"first", first, "next", w.journalNext)
+			c.opts.Logger.Warn("billing: the metric store has no spend from this billing ledger yet; applying the journal from its first retained entry",
+				"first", first, "next", next)
 		}
 		c.applied.Store(first)
-	case applied < 0 || uint64(applied) > w.journalNext:
-		return fmt.Errorf("billing: the metric store has applied journal entries up to %d but this billing database has written only %d: the billing data does not belong to this metric store", applied, w.journalNext)
+	case applied < 0 || uint64(applied) > next:
+		return fmt.Errorf("billing: the metric store has applied journal entries up to %d but this billing ledger has written only %d: the billing data does not belong to this metric store", applied, next)
 	case uint64(applied) < first:
 		return fmt.Errorf("billing: the metric store needs journal entry %d but the oldest left is %d", applied, first)
 	default:
 		c.applied.Store(uint64(applied))
 	}
 	c.journalLow = first
+	if !c.opts.Group {
+		all := make([]int32, c.opts.Log.Partitions())
+		for i := range all {
+			all[i] = int32(i)
+		}
+		if err := c.Assign(ctx, all); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-// firstJournal returns the seq of the oldest journal entry on disk, or the next seq if none.
-func (c *Charger) firstJournal() (uint64, error) {
-	it, err := c.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixJournal}, UpperBound: []byte{prefixJournal + 1}})
-	if err != nil {
-		return 0, fmt.Errorf("read journal: %w", err)
+// noteJournal records that journal entries below next exist.
+func (c *Charger) noteJournal(next uint64) {
+	for {
+		cur := c.journalNext.Load()
+		if next <= cur || c.journalNext.CompareAndSwap(cur, next) {
+			return
+		}
 	}
-	defer it.Close()
-	if !it.First() {
-		return c.w.journalNext, it.Error()
-	}
-	k := it.Key()
-	if len(k) != 9 {
-		return 0, fmt.Errorf("%w: journal key %x", errCorrupt, k)
-	}
-	return beUint64(k[1:]), nil
 }
 
 // Run charges until ctx is done, then publishes what it committed to the metric store (for
@@ -430,20 +466,17 @@ func (c *Charger) Run(ctx context.Context) error {
 }
 
 // Close stops Run abruptly (a round not yet committed is replayed at the next start) and
-// closes the database.
+// closes the ledger if Open opened it.
 func (c *Charger) Close() error {
 	c.closeOnce.Do(func() { close(c.abort) })
 	if c.started.Load() {
 		<-c.done
 	}
-	c.life.Lock()
-	defer c.life.Unlock()
-	if c.closed {
+	if !c.closed.CompareAndSwap(false, true) || !c.ownsStore {
 		return nil
 	}
-	c.closed = true
-	if err := c.db.Close(); err != nil {
-		return fmt.Errorf("close billing database: %w", err)
+	if err := c.store.Close(); err != nil {
+		return fmt.Errorf("close billing ledger: %w", err)
 	}
 	return nil
 }
@@ -457,26 +490,20 @@ func (c *Charger) aborted() bool {
 	}
 }
 
-// read runs f on a consistent snapshot of the committed state.
-func (c *Charger) read(f func(r pebble.Reader) error) error {
-	c.life.RLock()
-	defer c.life.RUnlock()
-	if c.closed {
+// readErr maps the ledger's closed error to billing's.
+func (c *Charger) readErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, ledger.ErrClosed) || c.closed.Load() {
 		return ErrClosed
 	}
-	snap := c.db.NewSnapshot()
-	defer snap.Close()
-	return f(snap)
+	return err
 }
 
-// withDB runs f with the database open.
-func (c *Charger) withDB(f func(db *pebble.DB) error) error {
-	c.life.RLock()
-	defer c.life.RUnlock()
-	if c.closed {
-		return ErrClosed
-	}
-	return f(c.db)
+// readCtx bounds a read made for a caller that gave no context.
+func (c *Charger) readCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), c.opts.RoundTimeout)
 }
 
 // Stats returns a snapshot of the counters.
@@ -491,57 +518,17 @@ func (c *Charger) Stats() Stats {
 	for k, v := range c.stats.ZeroCharge {
 		s.ZeroCharge[k] = v
 	}
-	committed := append([]int64(nil), c.committed...)
+	committed := maps.Clone(c.committed)
 	c.mu.Unlock()
-	s.JournalNext = c.journalNext.Load()
 	s.JournalApplied = c.applied.Load()
-	for p, off := range committed {
-		ps := PartitionStats{Partition: p, Committed: off}
-		if _, end, err := c.opts.Log.Offsets(context.Background(), p); err == nil {
+	s.JournalNext = max(c.journalNext.Load(), s.JournalApplied) // another node may have published past what this one saw
+	for _, p := range slices.Sorted(maps.Keys(committed)) {
+		off := committed[p]
+		ps := PartitionStats{Partition: int(p), Committed: off}
+		if _, end, err := c.opts.Log.Offsets(context.Background(), int(p)); err == nil {
 			ps.End, ps.Lag = end, max(0, end-off)
 		}
 		s.Partitions = append(s.Partitions, ps)
 	}
 	return s
-}
-
-// createDir creates dir and syncs its parent, so that a crash right after the first commit
-// cannot lose the directory entry (Pebble syncs what is inside, not the parent).
-func createDir(fs vfs.FS, dir string) error {
-	if err := fs.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create billing dir: %w", err)
-	}
-	parent := fs.PathDir(dir)
-	if parent == "" {
-		parent = "."
-	}
-	d, err := fs.OpenDir(parent)
-	if err != nil {
-		return fmt.Errorf("open parent of billing dir: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync parent of billing dir: %w", err)
-	}
-	return nil
-}
-
-// slogLogger routes Pebble's log lines to slog.
-type slogLogger struct{ l *slog.Logger }
-
-func (l slogLogger) Infof(format string, args ...any) {
-	l.l.Debug(fmt.Sprintf(format, args...), "component", "billing-pebble")
-}
-
-func (l slogLogger) Fatalf(format string, args ...any) {
-	// Pebble calls Fatalf on unrecoverable corruption and expects it not to return.
-	msg := fmt.Sprintf(format, args...)
-	l.l.Error(msg, "component", "billing-pebble")
-	panic("pebble: " + msg)
-}
-
-func beUint64(b []byte) uint64 {
-	_ = b[7]
-	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
-		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
 }

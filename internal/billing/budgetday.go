@@ -1,12 +1,9 @@
 package billing
 
 import (
-	"encoding/binary"
-	"fmt"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/catalog"
-	"github.com/cockroachdb/pebble"
 )
 
 // Budget days.
@@ -143,55 +140,4 @@ func (c *Charger) legacyDayStart(campaignID string, date uint32) int64 {
 	}
 	y, m, d := time.Unix(int64(date)*86400, 0).UTC().Date()
 	return startOfDay(time.Date(y, m, d, 12, 0, 0, 0, loc), loc).Unix()
-}
-
-// migrateDates moves spend kept under bare local dates to the budget days that start at
-// those dates' local midnights, in one synced batch, so that an upgraded database keeps the
-// day in progress spent.
-func (w *writer) migrateDates() error {
-	it, err := w.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixDate}, UpperBound: []byte{prefixDate + 1}})
-	if err != nil {
-		return fmt.Errorf("read legacy spend: %w", err)
-	}
-	defer it.Close()
-	b := w.db.NewBatch()
-	defer b.Close()
-	moved := make(map[string]int64)
-	n := 0
-	for ok := it.First(); ok; ok = it.Next() {
-		k := it.Key()
-		if len(k) < 2 || len(k) != 2+int(k[1])+4 {
-			return fmt.Errorf("%w: legacy spend key %x", errCorrupt, k)
-		}
-		v, err := decodeInt(it.Value())
-		if err != nil {
-			return err
-		}
-		campaign := string(k[2 : 2+int(k[1])])
-		moved[string(dayKey(campaign, w.c.legacyDayStart(campaign, binary.BigEndian.Uint32(k[len(k)-4:]))))] += v
-		if err := b.Delete(k, nil); err != nil {
-			return fmt.Errorf("batch delete legacy spend: %w", err)
-		}
-		n++
-	}
-	if err := it.Error(); err != nil {
-		return fmt.Errorf("read legacy spend: %w", err)
-	}
-	if n == 0 {
-		return nil
-	}
-	for k, v := range moved {
-		cur, err := getInt(w.db, []byte(k))
-		if err != nil {
-			return fmt.Errorf("read spend: %w", err)
-		}
-		if err := b.Set([]byte(k), appendInt(nil, cur+v), nil); err != nil {
-			return fmt.Errorf("batch set spend: %w", err)
-		}
-	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("commit moved spend: %w", err)
-	}
-	w.o.Logger.Info("billing: daily spend moved from local dates to budget days", "rows", n)
-	return nil
 }

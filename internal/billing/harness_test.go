@@ -10,12 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/billing/ledger"
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/metricstore"
 	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
-	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/vfs"
 )
 
@@ -252,23 +252,25 @@ func (f *faultyStore) Apply(ctx context.Context, c *metricstore.Commit) error {
 // harness is a charger with its metric store on a strict in-memory file system, so that a
 // crash (dropping everything not synced) can be simulated.
 type harness struct {
-	t     testing.TB
-	fs    *vfs.MemFS
-	log   eventlog.Log
-	cat   *fakeCatalog
-	clock *fakeClock
-	store *pebblestore.Store
-	ms    *faultyStore
-	c     *Charger
-	opts  Options // template for Open
+	t      testing.TB
+	fs     *vfs.MemFS
+	log    eventlog.Log
+	cat    *fakeCatalog
+	clock  *fakeClock
+	store  *pebblestore.Store
+	ledger *ledger.Pebble
+	ms     *faultyStore
+	c      *Charger
+	opts   Options // template for Open
 }
 
 func newHarness(t testing.TB, log eventlog.Log, cat *fakeCatalog, clock *fakeClock) *harness {
 	h := &harness{t: t, fs: vfs.NewStrictMem(), log: log, cat: cat, clock: clock, ms: &faultyStore{}}
-	h.opts = Options{Dir: "billing", Log: log, Catalog: cat, FS: h.fs, Now: clock.Now, PollInterval: time.Millisecond}
+	h.opts = Options{Log: log, Catalog: cat, Now: clock.Now, PollInterval: time.Millisecond}
 	h.open()
 	t.Cleanup(func() {
 		h.c.Close()
+		h.ledger.Close()
 		h.store.Close()
 	})
 	return h
@@ -282,8 +284,13 @@ func (h *harness) open() {
 		h.t.Fatalf("open metric store: %v", err)
 	}
 	h.ms.Store = h.store
+	h.ledger, err = ledger.OpenPebble("billing", ledger.PebbleOptions{FS: h.fs})
+	if err != nil {
+		h.t.Fatalf("open billing ledger: %v", err)
+	}
 	o := h.opts
 	o.Metrics = h.ms
+	o.Ledger = h.ledger
 	h.c, err = Open(context.Background(), o)
 	if err != nil {
 		h.t.Fatalf("open billing: %v", err)
@@ -295,6 +302,7 @@ func (h *harness) crash() {
 	h.t.Helper()
 	h.fs.SetIgnoreSyncs(true)
 	h.c.Close()
+	h.ledger.Close()
 	h.store.Close()
 	h.fs.ResetToSyncedState()
 	h.fs.SetIgnoreSyncs(false)
@@ -305,6 +313,9 @@ func (h *harness) crash() {
 func (h *harness) restart() {
 	h.t.Helper()
 	if err := h.c.Close(); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.ledger.Close(); err != nil {
 		h.t.Fatal(err)
 	}
 	if err := h.store.Close(); err != nil {
@@ -331,11 +342,10 @@ func (h *harness) sync() {
 	}
 }
 
-// refund refunds the click named id (its impression id or event_id) through the writer,
-// without Run.
+// refund refunds the click named id (its impression id or event_id), without Run.
 func (h *harness) refund(id string) (Refund, error) {
-	r, err, fatal := h.c.w.refund(id)
-	if fatal {
+	r, err := h.c.refund(context.Background(), id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		h.t.Fatalf("refund: %v", err)
 	}
 	return r, err
@@ -372,32 +382,27 @@ type ledgerSums struct {
 	entries map[string]ledgerEntry
 }
 
-func (h *harness) ledger() ledgerSums {
+func (h *harness) ledgerSums() ledgerSums {
 	h.t.Helper()
-	s := ledgerSums{total: map[string]int64{}, days: map[spendKey]int64{}, entries: map[string]ledgerEntry{}}
-	err := h.c.read(func(r pebble.Reader) error {
-		it, err := r.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixLedger}, UpperBound: []byte{prefixLedger + 1}})
-		if err != nil {
-			return err
-		}
-		defer it.Close()
-		for ok := it.First(); ok; ok = it.Next() {
-			e, err := decodeLedger(it.Value())
-			if err != nil {
-				return err
-			}
-			s.entries[string(it.Key()[1:])] = e
-			if e.State == stateCharged {
-				s.total[e.CampaignID] += e.ChargedMicros
-				s.days[spendKey{e.CampaignID, e.DayStart}] += e.ChargedMicros
-			}
-		}
-		return it.Error()
-	})
+	s, err := sumLedger(h.c.store)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	return s
+}
+
+// sumLedger totals a ledger's entries.
+func sumLedger(st ledger.Store) (ledgerSums, error) {
+	s := ledgerSums{total: map[string]int64{}, days: map[spendKey]int64{}, entries: map[string]ledgerEntry{}}
+	err := st.ScanLedger(context.Background(), func(e ledger.Entry) error {
+		s.entries[e.Key] = e
+		if e.State == stateCharged {
+			s.total[e.CampaignID] += e.ChargedMicros
+			s.days[spendKey{Campaign: e.CampaignID, DayStart: e.DayStart}] += e.ChargedMicros
+		}
+		return nil
+	})
+	return s, err
 }
 
 // metricSpend sums spend_micros of ids at level over every day the tests use.
@@ -423,7 +428,7 @@ func (h *harness) metricSpend(level metricstore.Level, ids ...string) map[string
 // and the metric store's spend at every level agree exactly, and no budget is exceeded.
 func (h *harness) checkMoney() ledgerSums {
 	h.t.Helper()
-	led := h.ledger()
+	led := h.ledgerSums()
 	byAd, byAdv := map[string]int64{}, map[string]int64{}
 	var camps, ads, advs []string
 	seen := map[string]bool{}
@@ -442,52 +447,7 @@ func (h *harness) checkMoney() ledgerSums {
 			}
 		}
 	}
-	err := h.c.read(func(r pebble.Reader) error {
-		for _, id := range camps {
-			total, err := getInt(r, totalKey(id))
-			if err != nil {
-				return err
-			}
-			if total != led.total[id] {
-				h.t.Errorf("campaign %s: stored total spend %d, ledger sum %d", id, total, led.total[id])
-			}
-			if info, ok := h.cat.Campaign(id); ok && info.TotalBudgetMicros > 0 && total > info.TotalBudgetMicros {
-				h.t.Errorf("campaign %s: total spend %d exceeds total budget %d", id, total, info.TotalBudgetMicros)
-			}
-		}
-		it, err := r.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixDay}, UpperBound: []byte{prefixDay + 1}})
-		if err != nil {
-			return err
-		}
-		defer it.Close()
-		stored := map[spendKey]bool{}
-		for ok := it.First(); ok; ok = it.Next() {
-			id, day, ok := parseDayKey(it.Key())
-			if !ok {
-				h.t.Fatalf("bad spend key %x", it.Key())
-			}
-			v, err := decodeInt(it.Value())
-			if err != nil {
-				return err
-			}
-			stored[spendKey{id, day}] = true
-			if v != led.days[spendKey{id, day}] {
-				h.t.Errorf("campaign %s day from %s: stored spend %d, ledger sum %d", id, dayStartString(day), v, led.days[spendKey{id, day}])
-			}
-			if info, ok := h.cat.Campaign(id); ok && info.DailyBudgetMicros > 0 && v > info.DailyBudgetMicros {
-				h.t.Errorf("campaign %s day from %s: spend %d exceeds daily budget %d", id, dayStartString(day), v, info.DailyBudgetMicros)
-			}
-		}
-		for k, v := range led.days {
-			if v != 0 && !stored[k] {
-				h.t.Errorf("campaign %s day from %s: ledger sum %d but no stored day spend", k.campaign, dayStartString(k.day), v)
-			}
-		}
-		return it.Error()
-	})
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	checkStoredSpend(h.t, h.c.store, h.cat, led)
 	if len(camps) == 0 {
 		return led
 	}
@@ -504,4 +464,44 @@ func (h *harness) checkMoney() ledgerSums {
 		}
 	}
 	return led
+}
+
+// checkStoredSpend checks that a ledger's stored spend (per day and total) equals the sums of
+// its charged entries and exceeds no budget.
+func checkStoredSpend(t testing.TB, st ledger.Store, cat Catalog, led ledgerSums) {
+	t.Helper()
+	stored := map[spendKey]bool{}
+	totals := map[string]bool{}
+	err := st.ScanSpend(context.Background(), func(k spendKey, v int64) error {
+		stored[k] = true
+		if v != led.days[k] {
+			t.Errorf("campaign %s day from %s: stored spend %d, ledger sum %d", k.Campaign, dayStartString(k.DayStart), v, led.days[k])
+		}
+		if info, ok := cat.Campaign(k.Campaign); ok && info.DailyBudgetMicros > 0 && v > info.DailyBudgetMicros {
+			t.Errorf("campaign %s day from %s: spend %d exceeds daily budget %d", k.Campaign, dayStartString(k.DayStart), v, info.DailyBudgetMicros)
+		}
+		return nil
+	}, func(id string, total int64) error {
+		totals[id] = true
+		if total != led.total[id] {
+			t.Errorf("campaign %s: stored total spend %d, ledger sum %d", id, total, led.total[id])
+		}
+		if info, ok := cat.Campaign(id); ok && info.TotalBudgetMicros > 0 && total > info.TotalBudgetMicros {
+			t.Errorf("campaign %s: total spend %d exceeds total budget %d", id, total, info.TotalBudgetMicros)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range led.days {
+		if v != 0 && !stored[k] {
+			t.Errorf("campaign %s day from %s: ledger sum %d but no stored day spend", k.Campaign, dayStartString(k.DayStart), v)
+		}
+	}
+	for id, v := range led.total {
+		if v != 0 && !totals[id] {
+			t.Errorf("campaign %s: ledger sum %d but no stored total", id, v)
+		}
+	}
 }

@@ -298,6 +298,7 @@ func TestCampaignStateHook(t *testing.T) {
 	}
 	h := newHarness(t, newMemLog(2, clock.Now), newFakeCatalog(), clock)
 	h.c.Close()
+	h.ledger.Close()
 	h.store.Close()
 	h.opts.Catalog = cat
 	h.open()

@@ -9,12 +9,11 @@ import (
 	"time"
 
 	"github.com/adpulse/adpulse/internal/metricstore"
-	"github.com/cockroachdb/pebble"
 )
 
 // The journal is the outbox between the billing database and the metric store (see the
 // package comment for the protocol). Entries [applied, journalNext) are durable in the
-// billing database and not yet in the store; the publisher applies them in order, many per
+// ledger and not yet in the store; the publisher applies them in order, many per
 // Apply, fenced by the store on the JournalPartition offset.
 
 // maxApplyEntries bounds the journal entries merged into one Apply.
@@ -68,43 +67,48 @@ func (c *Charger) runPublisher(ctx context.Context) error {
 	}
 }
 
-// publish applies every journal entry written so far to the metric store.
+// publish applies every journal entry committed so far to the metric store. Several nodes of
+// a shared ledger may publish at once: the store's fence takes each entry once, and a node
+// that loses the race adopts the store's checkpoint instead of retrying its range.
 func (c *Charger) publish(ctx context.Context) error {
 	c.pubMu.Lock()
 	defer c.pubMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, c.opts.RoundTimeout) // a stalled ledger or store is retried, not waited for
+	defer cancel()
+	next, err := c.store.JournalNext(ctx)
+	if err != nil {
+		return fmt.Errorf("read journal seq: %w", c.readErr(err))
+	}
+	c.noteJournal(next)
 	for {
-		from, next := c.applied.Load(), c.journalNext.Load()
+		from := c.applied.Load()
 		if from >= next {
-			return c.dropApplied(from)
+			return c.dropApplied(ctx, from)
 		}
 		to := min(next, from+maxApplyEntries)
 		sums := make(map[deltaKey]int64)
-		err := c.read(func(r pebble.Reader) error {
-			it, err := r.NewIter(&pebble.IterOptions{LowerBound: journalKey(from), UpperBound: journalKey(to)})
-			if err != nil {
-				return err
+		want := from
+		err := c.store.Journal(ctx, from, to, func(seq uint64, v []byte) error {
+			if seq != want {
+				return fmt.Errorf("%w: journal entry %d missing (found %d)", errCorrupt, want, seq)
 			}
-			defer it.Close()
-			want := from
-			for ok := it.First(); ok; ok = it.Next() {
-				if seq := beUint64(it.Key()[1:]); seq != want {
-					return fmt.Errorf("%w: journal entry %d missing (found %d)", errCorrupt, want, seq)
-				}
-				if err := decodeJournal(it.Value(), sums); err != nil {
-					return err
-				}
-				want++
-			}
-			if err := it.Error(); err != nil {
-				return err
-			}
-			if want != to {
-				return fmt.Errorf("%w: journal entries %d..%d missing", errCorrupt, want, to)
-			}
-			return nil
+			want++
+			return decodeJournal(v, sums)
 		})
+		if err == nil && want != to {
+			err = fmt.Errorf("%w: journal entries %d..%d missing", errCorrupt, want, to)
+		}
 		if err != nil {
-			return fmt.Errorf("read journal [%d, %d): %w", from, to, err)
+			// Another node may have applied and dropped them: the checkpoint says so.
+			if m, ok := c.storeApplied(ctx); ok && m > int64(from) {
+				c.noteJournal(uint64(m))
+				c.applied.Store(uint64(m))
+				c.mu.Lock()
+				c.stats.MetricConflicts++
+				c.mu.Unlock()
+				continue
+			}
+			return fmt.Errorf("read journal [%d, %d): %w", from, to, c.readErr(err))
 		}
 		commit := &metricstore.Commit{
 			Consumer: c.opts.Consumer,
@@ -126,18 +130,25 @@ func (c *Charger) publish(ctx context.Context) error {
 		}
 		err = c.opts.Metrics.Apply(ctx, commit)
 		if errors.Is(err, metricstore.ErrConflict) {
-			// An earlier Apply went in though we did not hear so (a timeout, a crash): the
-			// store's checkpoint says how far.
+			// An earlier Apply went in though we did not hear so (a timeout, a crash), or
+			// another node published these entries: the store's checkpoint says how far.
 			cp, cerr := c.opts.Metrics.Checkpoint(ctx, c.opts.Consumer)
 			if cerr != nil {
 				return fmt.Errorf("apply journal [%d, %d): %w; reading the checkpoint: %w", from, to, err, cerr)
 			}
 			m, ok := cp.Offsets[JournalPartition]
-			if !ok || m <= int64(from) || m > int64(next) {
+			if !ok || m <= int64(from) {
 				return fmt.Errorf("apply journal [%d, %d): the store's journal offset is %d (present %v): %w", from, to, m, ok, err)
 			}
-			c.opts.Logger.Info("billing: journal entries were already in the metric store", "from", from, "to", m)
+			if m > int64(next) { // other nodes committed and published more meanwhile
+				c.noteJournal(uint64(m))
+				next = uint64(m)
+			}
+			c.opts.Logger.Debug("billing: journal entries were already in the metric store", "from", from, "to", m)
 			to = uint64(m)
+			c.mu.Lock()
+			c.stats.MetricConflicts++
+			c.mu.Unlock()
 		} else if err != nil {
 			return fmt.Errorf("apply journal [%d, %d): %w", from, to, err)
 		} else if h := c.opts.hooks; h != nil && h.afterApply != nil {
@@ -149,24 +160,30 @@ func (c *Charger) publish(ctx context.Context) error {
 		c.mu.Lock()
 		c.stats.MetricApplies++
 		c.mu.Unlock()
-		if err := c.dropApplied(to); err != nil {
+		if err := c.dropApplied(ctx, to); err != nil {
 			return err
 		}
 	}
 }
 
-// dropApplied deletes the journal entries below to, which are in the metric store. The delete
-// is not synced: if a crash loses it, the checkpoint still says they are in, and they are
-// dropped again. Called with pubMu held.
-func (c *Charger) dropApplied(to uint64) error {
+// storeApplied reads the metric store's journal offset.
+func (c *Charger) storeApplied(ctx context.Context) (int64, bool) {
+	cp, err := c.opts.Metrics.Checkpoint(ctx, c.opts.Consumer)
+	if err != nil {
+		return 0, false
+	}
+	m, ok := cp.Offsets[JournalPartition]
+	return m, ok
+}
+
+// dropApplied deletes the journal entries below to, which are in the metric store. Called
+// with pubMu held.
+func (c *Charger) dropApplied(ctx context.Context, to uint64) error {
 	if c.journalLow >= to {
 		return nil
 	}
-	err := c.withDB(func(db *pebble.DB) error {
-		return db.DeleteRange(journalKey(c.journalLow), journalKey(to), pebble.NoSync)
-	})
-	if err != nil {
-		return fmt.Errorf("drop applied journal entries: %w", err)
+	if err := c.store.DropJournal(ctx, to); err != nil {
+		return fmt.Errorf("drop applied journal entries: %w", c.readErr(err))
 	}
 	c.journalLow = to
 	return nil

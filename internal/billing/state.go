@@ -3,30 +3,19 @@ package billing
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math"
 	"slices"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/billing/ledger"
+
 	"github.com/adpulse/adpulse/internal/catalog"
-	"github.com/cockroachdb/pebble"
 )
 
 // CampaignStatus is a campaign's serving status and budget as of now.
 type CampaignStatus struct {
 	ServingStatus string // catalog.ServingActive, ServingPaused, ...
 	Budget        catalog.Budget
-}
-
-// spend reads a campaign's committed spend on day and in total.
-func spend(r pebble.Reader, campaign string, day budgetDay) (today, total int64, err error) {
-	if today, err = getInt(r, dayKey(campaign, day.Start.Unix())); err != nil {
-		return 0, 0, err
-	}
-	if total, err = getInt(r, totalKey(campaign)); err != nil {
-		return 0, 0, err
-	}
-	return today, total, nil
 }
 
 // servingStatus is the rule of API.md: paused, ended and not_started come from the campaign
@@ -42,16 +31,13 @@ func servingStatus(cp catalog.Campaign, now time.Time, today, total int64) strin
 	return catalog.ServingActive
 }
 
-// status computes cp's status as of now, on day, the budget day that contains now.
-func (c *Charger) status(r pebble.Reader, cp catalog.Campaign, day budgetDay, now time.Time) (CampaignStatus, error) {
-	today, total, err := spend(r, cp.ID, day)
-	if err != nil {
-		return CampaignStatus{}, err
-	}
+// status computes cp's status as of now, on day, the budget day that contains now, from its
+// committed spend.
+func status(cp catalog.Campaign, day budgetDay, now time.Time, today, total int64) CampaignStatus {
 	return CampaignStatus{
 		ServingStatus: servingStatus(cp, now, today, total),
 		Budget:        newBudget(cp, day, now, today, total),
-	}, nil
+	}
 }
 
 // newBudget is catalog.NewBudget with the budget day's label, which after a time zone change
@@ -67,13 +53,17 @@ func newBudget(cp catalog.Campaign, day budgetDay, now time.Time, today, total i
 func (c *Charger) Status(cp catalog.Campaign) (CampaignStatus, error) {
 	now := c.opts.Now()
 	day := c.budgetDayOf(cp.AdvertiserID, now)
-	var st CampaignStatus
-	err := c.read(func(r pebble.Reader) error {
-		var err error
-		st, err = c.status(r, cp, day, now)
-		return err
-	})
-	return st, err
+	if c.closed.Load() {
+		return CampaignStatus{}, ErrClosed
+	}
+	ctx, cancel := c.readCtx()
+	defer cancel()
+	k := spendKey{Campaign: cp.ID, DayStart: day.Start.Unix()}
+	days, totals, err := c.store.Spend(ctx, []spendKey{k})
+	if err != nil {
+		return CampaignStatus{}, c.readErr(err)
+	}
+	return status(cp, day, now, days[k], totals[cp.ID]), nil
 }
 
 // CampaignState is catalog.HandlerOptions.CampaignState: the "serving_status" and "budget" of
@@ -138,43 +128,49 @@ func (c *Charger) campaignIDs() []string {
 // Feed computes the serving feed as of now: the campaigns whose serving status is active, by
 // id, each with its pacing (stepping the pacing controller when a step is due).
 func (c *Charger) Feed(ctx context.Context) (*Feed, error) {
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
 	now := c.opts.Now()
 	ids := c.campaignIDs()
 	feed := &Feed{Campaigns: []FeedCampaign{}}
-	err := c.read(func(r pebble.Reader) error {
-		for i, id := range ids {
-			if i%1024 == 0 {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-			}
-			info, ok := c.cat.Campaign(id)
-			if !ok {
-				continue
-			}
-			cp := campaignOf(info)
-			day := c.budgetDayOf(cp.AdvertiserID, now)
-			st, err := c.status(r, cp, day, now)
-			if err != nil {
-				return err
-			}
-			if st.ServingStatus != catalog.ServingActive {
-				continue
-			}
-			var budget int64 // what may be spent today: the daily budget, less if the total runs out first
-			if cp.DailyBudgetMicros > 0 {
-				budget = cp.DailyBudgetMicros
-				if cp.TotalBudgetMicros > 0 && st.Budget.RemainingTodayMicros != nil {
-					budget = min(budget, st.Budget.SpentTodayMicros+*st.Budget.RemainingTodayMicros)
-				}
-			}
-			p := c.pacer.pacing(id, now, day, budget, st.Budget.SpentTodayMicros)
-			feed.Campaigns = append(feed.Campaigns, FeedCampaign{CampaignID: id, CPCBidMicros: cp.CPCBidMicros, Pacing: roundPacing(p, c.opts.MinPacing)})
+	type item struct {
+		cp  catalog.Campaign
+		day budgetDay
+	}
+	items := make([]item, 0, len(ids))
+	keys := make([]spendKey, 0, len(ids))
+	for _, id := range ids {
+		info, ok := c.cat.Campaign(id)
+		if !ok {
+			continue
 		}
-		return nil
-	})
+		cp := campaignOf(info)
+		day := c.budgetDayOf(cp.AdvertiserID, now)
+		items = append(items, item{cp, day})
+		keys = append(keys, spendKey{Campaign: id, DayStart: day.Start.Unix()})
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.opts.RoundTimeout)
+	defer cancel()
+	days, totals, err := c.store.Spend(ctx, keys)
 	if err != nil {
-		return nil, err
+		return nil, c.readErr(err)
+	}
+	for i, it := range items {
+		cp, day := it.cp, it.day
+		st := status(cp, day, now, days[keys[i]], totals[cp.ID])
+		if st.ServingStatus != catalog.ServingActive {
+			continue
+		}
+		var budget int64 // what may be spent today: the daily budget, less if the total runs out first
+		if cp.DailyBudgetMicros > 0 {
+			budget = cp.DailyBudgetMicros
+			if cp.TotalBudgetMicros > 0 && st.Budget.RemainingTodayMicros != nil {
+				budget = min(budget, st.Budget.SpentTodayMicros+*st.Budget.RemainingTodayMicros)
+			}
+		}
+		p := c.pacer.pacing(cp.ID, now, day, budget, st.Budget.SpentTodayMicros)
+		feed.Campaigns = append(feed.Campaigns, FeedCampaign{CampaignID: cp.ID, CPCBidMicros: cp.CPCBidMicros, Pacing: roundPacing(p, c.opts.MinPacing)})
 	}
 	return feed, nil
 }
@@ -219,30 +215,14 @@ func (c *Charger) runFeed(ctx context.Context) error {
 // UserViews returns how many valid impressions of each catalog id userID had on the UTC date
 // of day. Days past the retention are gone (and return nothing).
 func (c *Charger) UserViews(ctx context.Context, userID string, day time.Time) (map[string]int64, error) {
-	d := dayOf(day, time.UTC)
-	prefix := viewsPrefix(d, userID)
-	upper := append(append([]byte(nil), prefix...), 0xff) // catalog ids are [A-Za-z0-9._:-]: below 0xff
-	out := make(map[string]int64)
-	err := c.read(func(r pebble.Reader) error {
-		it, err := r.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: upper})
-		if err != nil {
-			return err
-		}
-		defer it.Close()
-		for ok := it.First(); ok; ok = it.Next() {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			n, err := decodeInt(it.Value())
-			if err != nil {
-				return err
-			}
-			out[string(it.Key()[len(prefix):])] = n
-		}
-		return it.Error()
-	})
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.opts.RoundTimeout)
+	defer cancel()
+	out, err := c.store.Views(ctx, dayOf(day, time.UTC), userID)
 	if err != nil {
-		return nil, err
+		return nil, c.readErr(err)
 	}
 	return out, nil
 }
@@ -267,29 +247,11 @@ type ViewCount struct {
 // commit and its publication): the snapshot holds every commit whose OnViews call came before
 // the scan started.
 func (c *Charger) ScanViews(ctx context.Context, day time.Time, fn func(ViewCount) error) error {
-	d := dayOf(day, time.UTC)
-	return c.read(func(r pebble.Reader) error {
-		it, err := r.NewIter(&pebble.IterOptions{LowerBound: viewsDayBound(d), UpperBound: viewsDayBound(d + 1)})
-		if err != nil {
-			return err
-		}
-		defer it.Close()
-		for ok := it.First(); ok; ok = it.Next() {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			_, user, cat, ok := parseViewsKey(it.Key())
-			if !ok {
-				return fmt.Errorf("%w: views key %x", errCorrupt, it.Key())
-			}
-			n, err := decodeInt(it.Value())
-			if err != nil {
-				return err
-			}
-			if err := fn(ViewCount{Day: dayTime(d), UserID: user, CatalogID: cat, Count: n}); err != nil {
-				return err
-			}
-		}
-		return it.Error()
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	err := c.store.ScanViews(ctx, dayOf(day, time.UTC), func(v ledger.ViewCount) error {
+		return fn(ViewCount{Day: dayTime(v.Day), UserID: v.UserID, CatalogID: v.CatalogID, Count: v.Count})
 	})
+	return c.readErr(err)
 }

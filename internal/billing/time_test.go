@@ -158,8 +158,8 @@ func TestSchedule(t *testing.T) {
 		charged int64
 		reason  zeroReason
 	}{"early": {0, reasonNotStarted}, "first": {600_000, reasonNone}, "last": {600_000, reasonNone}, "late": {0, reasonEnded}} {
-		if e := h.entry(imp); e.ChargedMicros != want.charged || e.Reason != want.reason {
-			t.Errorf("%s: %d (%s), want %d (%s)", imp, e.ChargedMicros, e.Reason, want.charged, want.reason)
+		if e := h.entry(imp); e.ChargedMicros != want.charged || zeroReason(e.Reason) != want.reason {
+			t.Errorf("%s: %d (%s), want %d (%s)", imp, e.ChargedMicros, zeroReason(e.Reason), want.charged, want.reason)
 		}
 	}
 	h.expectStatus(utc("2026-11-21T11:59:59Z"), catalog.ServingNotStarted, "2026-11-21", 1_200_000)

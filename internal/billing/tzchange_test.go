@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"encoding/binary"
 	"errors"
 	"testing"
 	"time"
@@ -60,8 +61,8 @@ func TestZoneChangeKeepsDayInProgress(t *testing.T) {
 	h.expectCharge("c2", 400_000, "2026-11-22")
 	h.expectCharge("c3", 0, "2026-11-22")
 	h.expectCharge("d1", 600_000, "2026-11-23")
-	if e := h.entry("b3"); e.Reason != reasonDailyBudget {
-		t.Errorf("b3: reason %s", e.Reason)
+	if e := h.entry("b3"); zeroReason(e.Reason) != reasonDailyBudget {
+		t.Errorf("b3: reason %s", zeroReason(e.Reason))
 	}
 	h.expectStatus(utc("2026-11-21T12:00:00Z"), catalog.ServingBudgetExhausted, "2026-11-21", 1_000_000)
 	if feedHas(t, h, "c") {
@@ -155,26 +156,39 @@ func TestZoneSpans(t *testing.T) {
 // keeps the day's spend after the upgrade, and its version 1 ledger entries refund into it.
 func TestLegacyDateSpend(t *testing.T) {
 	h := basicSetup(t)
-	e := ledgerEntry{State: stateCharged, ChargedMicros: 700_000, PriceMicros: 700_000, Time: t0.UnixMicro(), Day: dayOf(t0, time.UTC),
-		CampaignID: "c1", AdID: "a1", AdvertiserID: "adv1"}
-	v1 := encodeLedger(nil, &e)
-	v1 = v1[:len(v1)-1] // DayStart 0: one varint byte
-	v1[0] = ledgerVersion1
-	legacy := append(append([]byte{prefixDate, 2}, "c1"...), 0, 0, 0, 0)
-	d := e.Day
-	legacy[len(legacy)-4], legacy[len(legacy)-3], legacy[len(legacy)-2], legacy[len(legacy)-1] = byte(d>>24), byte(d>>16), byte(d>>8), byte(d)
-	err := h.c.withDB(func(db *pebble.DB) error {
-		b := db.NewBatch()
-		defer b.Close()
-		_ = b.Set(ledgerKey("c:old"), v1, nil)
-		_ = b.Set(legacy, appendInt(nil, 700_000), nil)
-		_ = b.Set(totalKey("c1"), appendInt(nil, 700_000), nil)
-		return b.Commit(pebble.Sync)
-	})
+	// The records as the old layout had them, written into the closed database.
+	day := dayOf(t0, time.UTC)
+	v1 := []byte{1, stateCharged, 0}
+	for _, n := range []int64{700_000, 700_000, t0.UnixMicro()} {
+		v1 = binary.AppendVarint(v1, n)
+	}
+	v1 = binary.AppendUvarint(v1, uint64(day))
+	for _, n := range []int64{0, 0, 0} { // refunded at, partition, offset
+		v1 = binary.AppendVarint(v1, n)
+	}
+	for _, id := range []string{"c1", "a1", "adv1"} {
+		v1 = append(binary.AppendUvarint(v1, uint64(len(id))), id...)
+	}
+	legacy := binary.BigEndian.AppendUint32(append([]byte{'d', 2}, "c1"...), day)
+	h.c.Close()
+	h.ledger.Close()
+	db, err := pebble.Open("billing", &pebble.Options{FS: h.fs, FormatMajorVersion: pebble.FormatNewest})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.restart()
+	b := db.NewBatch()
+	_ = b.Set([]byte("lc:old"), v1, nil)
+	_ = b.Set(legacy, binary.AppendVarint(nil, 700_000), nil)
+	_ = b.Set([]byte("t\x02c1"), binary.AppendVarint(nil, 700_000), nil)
+	if err := b.Commit(pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h.store.Close()
+	h.open()
 	if s := h.status("c1"); s.Budget.SpentTodayMicros != 700_000 {
 		t.Fatalf("spend today after the upgrade: %d, want 700000", s.Budget.SpentTodayMicros)
 	}

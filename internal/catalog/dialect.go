@@ -8,6 +8,7 @@ import (
 
 	// The embedded default: a pure-Go SQLite registered as driver "sqlite". The MySQL and
 	// PostgreSQL drivers are registered by the binary (internal/server), not by this package.
+	"github.com/go-sql-driver/mysql"
 	_ "modernc.org/sqlite"
 )
 
@@ -163,6 +164,14 @@ func (d dialect) schema() []string {
 	seq BIGINT NOT NULL,
 	PRIMARY KEY (id)
 )`,
+		// Ownership epochs of log partitions per consumer group (epochs.go).
+		`CREATE TABLE IF NOT EXISTS partition_epochs (
+	group_name VARCHAR(128) NOT NULL,
+	log_partition INT NOT NULL,
+	epoch BIGINT NOT NULL,
+	claimed_at BIGINT NOT NULL,
+	PRIMARY KEY (group_name, log_partition)
+)`,
 		`CREATE TABLE IF NOT EXISTS catalog_changes (
 	seq BIGINT NOT NULL,
 	kind VARCHAR(16) NOT NULL,
@@ -225,6 +234,9 @@ func ParseDSN(s string) (d Dialect, driver, dsn string, err error) {
 		// has the "/" before the database name.
 		if !strings.Contains(rest, "/") {
 			return "", "", "", errors.New("MySQL catalog DSN must look like mysql://user:password@tcp(host:3306)/dbname")
+		}
+		if _, err := mysql.ParseDSN(rest); err != nil {
+			return "", "", "", fmt.Errorf("MySQL catalog DSN: %v; it must look like mysql://user:password@tcp(host:3306)/dbname", err)
 		}
 		return DialectMySQL, "mysql", rest, nil
 	case "file":

@@ -44,9 +44,27 @@ func Parse(fs *flag.FlagSet, args []string, lookupEnv func(string) (string, bool
 		env := EnvName(f.Name)
 		if v, ok := lookupEnv(env); ok && !set[f.Name] && err == nil {
 			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s: %w", env, e)
+				err = fmt.Errorf("%s=%q: %w%s", env, v, e, expectedForm(f))
 			}
 		}
 	})
 	return err
+}
+
+// expectedForm names what a flag's value must look like, for error messages: the type that
+// flag.PrintDefaults shows (" (want a duration such as 30s)").
+func expectedForm(f *flag.Flag) string {
+	switch typ, _ := flag.UnquoteUsage(f); typ {
+	case "duration":
+		return " (want a duration such as 500ms, 30s or 5m)"
+	case "int", "uint":
+		return " (want a whole number)"
+	case "float":
+		return " (want a number)"
+	case "":
+		if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+			return " (want true or false)"
+		}
+	}
+	return ""
 }

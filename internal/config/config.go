@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"net/url"
 	"strings"
@@ -43,6 +44,19 @@ type Config struct {
 	KafkaTopic             string
 	KafkaReplicationFactor int
 	KafkaDeliveryTimeout   time.Duration
+	// KafkaGroup is the consumer group through which process nodes share the log's
+	// partitions (with --metric-store clickhouse).
+	KafkaGroup string
+	// LedgerPrefix starts the names of the shared ledger's tables in the --catalog-dsn
+	// database (with --metric-store clickhouse), so one database can hold several deployments.
+	LedgerPrefix string
+	// MetricStore is "pebble" (in DataDir; one process node) or "clickhouse" (shared by every
+	// process and query node).
+	MetricStore        string
+	ClickHouseAddr     string
+	ClickHouseDatabase string
+	ClickHouseUser     string
+	ClickHousePassword string
 	// CatalogDSN selects the catalog database: "" is SQLite (catalog.db in DataDir);
 	// postgres://... and mysql://... share one catalog between processes.
 	CatalogDSN string
@@ -70,6 +84,9 @@ type Config struct {
 	// BackendTimeout bounds every call to the event log, the dedup store and the other
 	// backends; a request past it gets 503.
 	BackendTimeout time.Duration
+	// ReadyMaxLag: a process node answers /readyz with 503 while a partition it consumes is
+	// more than this many messages behind the log's end (0: lag never makes it unready).
+	ReadyMaxLag int64
 	// InFlightWait bounds how long a retry waits for an earlier attempt of the same event.
 	InFlightWait time.Duration
 
@@ -118,6 +135,10 @@ func (c *Config) StreamDedupSpan() time.Duration {
 	return c.StreamDedupWindow
 }
 
+// SharedProcessing reports whether process nodes share the log's partitions through the
+// Kafka consumer group (and so their outputs must be in shared stores).
+func (c *Config) SharedProcessing() bool { return c.MetricStore == "clickhouse" }
+
 // MaxHold is how long after its receive time ingest may still hand an event to the log.
 func (c *Config) MaxHold() time.Duration { return c.InFlightWait + time.Second }
 
@@ -148,6 +169,11 @@ func Default() Config {
 		MaxBatch:               100_000,
 		EventLog:               "local",
 		KafkaTopic:             "adpulse-events",
+		KafkaGroup:             "adpulse-process",
+		LedgerPrefix:           "billing_",
+		ReadyMaxLag:            1_000_000,
+		MetricStore:            "pebble",
+		ClickHouseDatabase:     "adpulse",
 		KafkaReplicationFactor: 3,
 		KafkaDeliveryTimeout:   10 * time.Second,
 		Dedup:                  "memory",
@@ -185,6 +211,11 @@ func (c *Config) Validate() error {
 			"--public-url %q must be an absolute http(s) URL with a host and no query, such as https://t.ads.example", c.PublicURL)
 	}
 	check(c.Listen != "", "--listen must not be empty")
+	for _, l := range [...]struct{ flag, addr string }{{"--listen", c.Listen}, {"--ops-listen", c.OpsListen}} {
+		if _, port, err := net.SplitHostPort(l.addr); l.addr != "" && (err != nil || port == "") {
+			check(false, "%s %q must be host:port or :port, such as :8080 or 127.0.0.1:9464", l.flag, l.addr)
+		}
+	}
 	check(c.ClickTTL > 0, "--click-ttl must be positive")
 	check(c.MaxLateness >= time.Minute, "--max-lateness must be at least 1m")
 	check(c.MaxClockSkew >= 0, "--max-clock-skew must not be negative")
@@ -197,6 +228,7 @@ func (c *Config) Validate() error {
 	c.checkRoles(check)
 	check(c.BackendTimeout >= 10*time.Millisecond, "--backend-timeout must be at least 10ms")
 	check(c.InFlightWait >= time.Millisecond && c.InFlightWait <= time.Minute, "--in-flight-wait must be 1ms-1m")
+	check(c.ReadyMaxLag >= 0, "--ready-max-lag must not be negative (0 turns it off)")
 	check(c.ShutdownTimeout >= 0, "--shutdown-timeout must not be negative")
 	check(c.LogFormat == "text" || c.LogFormat == "json", "--log-format must be text or json")
 	check(c.RateLimitIP >= 0 && c.RateLimitKey >= 0, "--rate-limit-ip and --rate-limit-key must not be negative (0 turns a limit off)")
@@ -206,6 +238,11 @@ func (c *Config) Validate() error {
 	check(c.EventLog == "local" || c.EventLog == "kafka", "--event-log must be local or kafka")
 	check(c.EventLog != "kafka" || len(c.KafkaBrokers) > 0, "--event-log kafka needs --kafka-brokers")
 	check(c.Dedup == "memory" || c.Dedup == "redis", "--dedup must be memory or redis")
+	check(c.MetricStore == "pebble" || c.MetricStore == "clickhouse", "--metric-store must be pebble or clickhouse")
+	check(c.MetricStore != "clickhouse" || c.ClickHouseAddr != "", "--metric-store clickhouse needs --clickhouse-addr host:port (the native protocol port, 9000 by default)")
+	check(c.MetricStore != "clickhouse" || c.EventLog == "kafka", "--metric-store clickhouse is shared by process nodes that share the log: it needs --event-log kafka")
+	check(c.MetricStore != "clickhouse" || c.CatalogDSN != "", "--metric-store clickhouse needs --catalog-dsn postgres://... or mysql://...: the ledger beside the shared metric store is in the shared SQL database")
+	check(c.EventLog != "kafka" || c.KafkaGroup != "", "--kafka-group must not be empty")
 	check(c.Dedup != "redis" || c.RedisAddr != "", "--dedup redis needs --redis-addr")
 	// A reservation must outlive the append it guards, or a retry could slip in while the
 	// first attempt's records are still on their way to the brokers.
@@ -244,5 +281,5 @@ func (c *Config) checkRoles(check func(bool, string, ...any)) {
 	}
 	// Query nodes read what process nodes write. With the embedded metric store and ledger
 	// that is only the same process.
-	check(!seen[RoleQuery] || seen[RoleProcess], "--roles %s: a query node without the process role needs a shared metric store and ledger (not available yet); run query together with process", strings.Join(c.Roles, ","))
+	check(!seen[RoleQuery] || seen[RoleProcess] || c.MetricStore == "clickhouse", "--roles %s: a query node without the process role reads the shared metric store: it needs --metric-store clickhouse", strings.Join(c.Roles, ","))
 }

@@ -54,6 +54,7 @@ func TestRolesNeedSharedBackends(t *testing.T) {
 		{[]string{"ingest"}, true, ""},
 		{[]string{"process", "query"}, true, ""},
 		{[]string{"query"}, true, "query node without the process role"},
+		{[]string{"query"}, true, "--metric-store clickhouse"},
 		{[]string{"ingest", "bogus"}, true, `unknown role "bogus"`},
 		{[]string{"ingest", "ingest"}, true, "given twice"},
 		{[]string{}, false, "at least one"},
@@ -77,5 +78,43 @@ func TestRolesNeedSharedBackends(t *testing.T) {
 	c.Dedup = "memory"
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--dedup redis") {
 		t.Errorf("ingest-only with in-process dedup: %v", err)
+	}
+}
+
+func TestMetricStoreFlags(t *testing.T) {
+	base := func() Config {
+		c := Default()
+		c.EventLog, c.KafkaBrokers = "kafka", []string{"k:9092"}
+		c.Dedup, c.RedisAddr, c.DedupReserveTTL = "redis", "r:6379", time.Minute
+		c.CatalogDSN = "postgres://db/adpulse"
+		c.MetricStore, c.ClickHouseAddr = "clickhouse", "ch:9000"
+		return c
+	}
+	for _, tc := range []struct {
+		change func(c *Config)
+		want   string // "" for valid
+	}{
+		{func(c *Config) {}, ""},
+		{func(c *Config) { c.Roles = []string{"query"} }, ""},
+		{func(c *Config) { c.Roles = []string{"process"} }, ""},
+		{func(c *Config) { c.MetricStore = "druid" }, "--metric-store must be pebble or clickhouse"},
+		{func(c *Config) { c.ClickHouseAddr = "" }, "--clickhouse-addr"},
+		{func(c *Config) { c.EventLog, c.KafkaBrokers = "local", nil }, "--metric-store clickhouse is shared"},
+		{func(c *Config) { c.CatalogDSN = "" }, "needs --catalog-dsn"},
+		{func(c *Config) { c.KafkaGroup = "" }, "--kafka-group"},
+		{func(c *Config) { c.ReadyMaxLag = -1 }, "--ready-max-lag"},
+	} {
+		c := base()
+		tc.change(&c)
+		err := c.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%+v: %v", c.Roles, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("got %v, want an error saying %q", err, tc.want)
+		}
+		if err == nil && !c.SharedProcessing() {
+			t.Errorf("a valid ClickHouse configuration must share processing")
+		}
 	}
 }

@@ -67,3 +67,15 @@ func NotAppended(err error) error {
 	}
 	return fmt.Errorf("%w: %w", ErrNotAppended, err)
 }
+
+// An Assignee processes a share of the log's partitions that can change while it runs: the
+// stages of a process node, when process nodes share the log (kafkalog.Membership). A
+// partition is revoked before it is assigned again, and calls are not concurrent.
+type Assignee interface {
+	// Assign starts processing partitions from what the shared stores say was committed for
+	// them, fencing whoever processed them before.
+	Assign(ctx context.Context, partitions []int32) error
+	// Revoke stops processing partitions. It returns once nothing more will be written for
+	// them by this process.
+	Revoke(partitions []int32)
+}

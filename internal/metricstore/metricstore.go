@@ -49,7 +49,10 @@ type Store interface {
 
 // Sentinel errors.
 var (
-	ErrConflict     = errors.New("metricstore: commit does not continue the stored offsets")
+	ErrConflict = errors.New("metricstore: commit does not continue the stored offsets")
+	// ErrFenced (which is also an ErrConflict): a writer of a later Commit.Epoch has
+	// written the consumer, so this writer has lost it for good.
+	ErrFenced       = fmt.Errorf("%w: a writer of a later epoch owns the consumer", ErrConflict)
 	ErrClosed       = errors.New("metricstore: closed")
 	ErrInvalidQuery = errors.New("metricstore: invalid query")
 	ErrInvalidDelta = errors.New("metricstore: invalid delta")
@@ -213,6 +216,13 @@ type Commit struct {
 	// FinalBefore, if not zero, declares that no later commit of this consumer will touch a
 	// bucket that ends at or before it. A value below the stored one is ignored.
 	FinalBefore time.Time
+	// Epoch is the writer's ownership epoch of the consumer, when writers of one consumer
+	// take turns (process nodes sharing the log claim a partition's epoch in the shared
+	// SQL database before they write it). A store that keeps epochs refuses a commit whose
+	// epoch is below one already written for the consumer (ErrConflict), and treats an
+	// unfinished attempt of a lower epoch as dead at once, so a takeover never waits for a
+	// crashed writer's lease. 0 for a single writer.
+	Epoch uint64
 }
 
 // Checkpoint is what a consumer has committed.

@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -53,6 +54,9 @@ type App struct {
 	b       backends
 	ingest  *ingestRole  // nil unless the process runs the ingest role
 	process *processRole // nil unless the process runs the process role
+	query   *queryRole   // nil unless the process runs the query role
+	metrics *metricsSeam // the metric store of the process and query roles (nil without them)
+	ledger  io.Closer    // the shared SQL ledger, when the metric store is shared
 
 	ready  atomic.Bool
 	readyC chan struct{} // closed once the API listener serves
@@ -78,7 +82,11 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 			return nil, fmt.Errorf("--catalog-dsn: %w", err)
 		}
 	}
-	dir, err := openDataDir(cfg.DataDir)
+	var wait time.Duration
+	if handedOver() {
+		wait = handoffLockWait // the previous process is still draining
+	}
+	dir, err := openDataDir(cfg.DataDir, wait)
 	if err != nil {
 		return nil, err
 	}
@@ -191,6 +199,11 @@ func (a *App) open(ctx context.Context) error {
 			return err
 		}
 	}
+	if a.cfg.Has(config.RoleQuery) {
+		if err := a.openQuery(ctx); err != nil {
+			return err
+		}
+	}
 	if a.cfg.Has(config.RoleCron) {
 		if err := a.openCron(); err != nil {
 			return err
@@ -222,14 +235,18 @@ func (a *App) readiness() error {
 		return errors.New("recovery in progress")
 	}
 	// A probe never hangs on a stalled backend: each must answer within a second.
-	return a.b.readiness(min(a.cfg.BackendTimeout, time.Second))
+	timeout := min(a.cfg.BackendTimeout, time.Second)
+	if err := a.b.readiness(timeout); err != nil {
+		return err
+	}
+	return a.roleReadiness(timeout)
 }
 
 // Ready is closed once recovery is done and the API listener serves.
 func (a *App) Ready() <-chan struct{} { return a.readyC }
 
 func (a *App) startOps() error {
-	ln, err := net.Listen("tcp", a.cfg.OpsListen)
+	ln, err := listen("ops", a.cfg.OpsListen)
 	if err != nil {
 		return fmt.Errorf("ops listener: %w", err)
 	}
@@ -244,7 +261,7 @@ func (a *App) startOps() error {
 }
 
 func (a *App) startAPI() error {
-	ln, err := net.Listen("tcp", a.cfg.Listen)
+	ln, err := listen("api", a.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("API listener: %w", err)
 	}
@@ -262,7 +279,9 @@ func (a *App) startAPI() error {
 		return err
 	}
 	catOpts := catalog.HandlerOptions{Logger: a.logger.With("component", "catalog")}
-	if a.process != nil {
+	if a.query != nil {
+		catOpts.CampaignState = a.query.billing.CampaignState
+	} else if a.process != nil {
 		catOpts.CampaignState = a.process.billing.CampaignState
 	}
 	catalog.NewHandler(a.b.catalog, catOpts).Register(mux)
@@ -334,6 +353,15 @@ func (a *App) closeAll() error {
 	var errs []error
 	if a.process != nil {
 		errs = append(errs, a.process.close()...)
+	}
+	if a.query != nil && a.query.billing != nil && (a.process == nil || a.query.billing != a.process.billing) {
+		errs = append(errs, a.query.billing.Close())
+	}
+	if a.ledger != nil {
+		errs = append(errs, a.ledger.Close())
+	}
+	if a.metrics != nil {
+		errs = append(errs, a.metrics.store.Close())
 	}
 	errs = append(errs, a.b.close()...)
 	if a.ops != nil {

@@ -7,13 +7,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
+	"time"
 )
 
 // dataDir owns the layout of --data-dir: every path of embedded state is named here, and
 // nothing else in the process builds one.
 //
 //	LOCK        held (flock) while a process uses the dir: embedded state belongs to one process
+//	PID         the process id of the holder, for operators (kill -USR2 to restart in place)
 //	secrets/    generated admin key and click secret, 0600
 //	log/        the local event log (--event-log local)
 //	catalog.db  the SQLite catalog (no --catalog-dsn)
@@ -33,7 +36,10 @@ func (d dataDir) billing() string   { return filepath.Join(d.root, "billing") }
 // openDataDir creates the dir if needed and takes its lock, so a second process on the same
 // embedded state fails at once with a clear error instead of corrupting it or failing deep
 // inside an engine.
-func openDataDir(root string) (*dataDir, error) {
+//
+// wait > 0 waits that long for the lock: a process started by Handoff takes over the dir as
+// soon as its predecessor releases it.
+func openDataDir(root string, wait time.Duration) (*dataDir, error) {
 	if err := os.MkdirAll(root, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
@@ -41,12 +47,25 @@ func openDataDir(root string) (*dataDir, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data dir lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	deadline := time.Now().Add(wait)
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil || !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("data dir %s is in use by another adpulse process: embedded state (event log, dedup keys, metric store, ledger) belongs to one process; give each process its own --data-dir, and share work through the scale-out backends", root)
 		}
 		return nil, fmt.Errorf("data dir lock: %w", err)
+	}
+	pid := []byte(strconv.Itoa(os.Getpid()) + "\n")
+	if err := os.WriteFile(filepath.Join(root, "PID"), pid, 0o644); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("data dir: write PID: %w", err)
 	}
 	return &dataDir{root: root, lock: f}, nil
 }

@@ -60,6 +60,9 @@ var collectorDefs = []metricDef{
 	{"adpulse_metricstore_applies_total", "Metric store commits.", prometheus.CounterValue, nil},
 	{"adpulse_metricstore_apply_seconds_total", "Time spent in metric store commits, sync included.", prometheus.CounterValue, nil},
 	{"adpulse_metricstore_disk_bytes", "Bytes of the metric store on disk.", prometheus.GaugeValue, nil},
+	{"adpulse_metricstore_conflicts_total", "Metric store commits refused by the offset fence (another process committed the partition first).", prometheus.CounterValue, nil},
+	{"adpulse_process_partitions_owned", "Log partitions this process node owns in the process group.", prometheus.GaugeValue, nil},
+	{"adpulse_aggregate_fenced_total", "Partitions the aggregator resumed from the store after another process committed them.", prometheus.CounterValue, nil},
 
 	{"adpulse_billing_events_consumed_total", "Log messages the charger processed.", prometheus.CounterValue, nil},
 	{"adpulse_billing_clicks_charged_total", "Valid clicks that charged more than zero.", prometheus.CounterValue, nil},
@@ -70,6 +73,10 @@ var collectorDefs = []metricDef{
 	{"adpulse_billing_commit_seconds_total", "Time spent committing the ledger.", prometheus.CounterValue, nil},
 	{"adpulse_billing_lag_messages", "Messages in the log not yet charged, per partition.", prometheus.GaugeValue, []string{"partition"}},
 	{"adpulse_billing_journal_unapplied", "Spend journal entries not yet in the metric store.", prometheus.GaugeValue, nil},
+	{"adpulse_billing_partition_claims_total", "Log partitions this node claimed in the billing ledger.", prometheus.CounterValue, nil},
+	{"adpulse_billing_fenced_rounds_total", "Billing rounds refused because another node had claimed one of their partitions.", prometheus.CounterValue, nil},
+	{"adpulse_billing_ledger_retries_total", "Billing ledger transactions run again after a deadlock or a lost race.", prometheus.CounterValue, nil},
+	{"adpulse_billing_journal_conflicts_total", "Spend journal applies the metric store refused because another node had applied them.", prometheus.CounterValue, nil},
 
 	{"adpulse_servingredis_feed_writes_total", "Serving feeds written to the ad servers' Redis (each a new version).", prometheus.CounterValue, nil},
 	{"adpulse_servingredis_feed_errors_total", "Serving feed publishes that failed.", prometheus.CounterValue, nil},
@@ -140,6 +147,9 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.a.process != nil {
 		c.collectProcess(emit)
 	}
+	if c.a.query != nil {
+		c.collectQuery(emit)
+	}
 }
 
 func (c *statsCollector) collectIngest(emit func(name string, v float64, labels ...string)) {
@@ -174,10 +184,15 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 		emit("adpulse_aggregate_final_before_timestamp_seconds", float64(as.FinalBefore.Unix()))
 	}
 
-	ms := p.metrics.Stats()
+	ms := p.metrics.stats()
 	emit("adpulse_metricstore_applies_total", float64(ms.Applies))
-	emit("adpulse_metricstore_apply_seconds_total", float64(ms.ApplyNanos)/1e9)
+	emit("adpulse_metricstore_apply_seconds_total", ms.ApplyTime.Seconds())
 	emit("adpulse_metricstore_disk_bytes", float64(ms.DiskBytes))
+	emit("adpulse_metricstore_conflicts_total", float64(ms.Conflicts))
+	if p.membership != nil {
+		emit("adpulse_process_partitions_owned", float64(len(p.membership.Owned())))
+	}
+	emit("adpulse_aggregate_fenced_total", float64(as.Fenced))
 
 	bs := p.billing.Stats()
 	emit("adpulse_billing_events_consumed_total", float64(bs.EventsConsumed))
@@ -193,6 +208,10 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 		emit("adpulse_billing_lag_messages", float64(ps.Lag), strconv.Itoa(int(ps.Partition)))
 	}
 	emit("adpulse_billing_journal_unapplied", float64(bs.JournalNext-bs.JournalApplied))
+	emit("adpulse_billing_partition_claims_total", float64(bs.Claims))
+	emit("adpulse_billing_fenced_rounds_total", float64(bs.Fenced))
+	emit("adpulse_billing_ledger_retries_total", float64(bs.Retries))
+	emit("adpulse_billing_journal_conflicts_total", float64(bs.MetricConflicts))
 
 	if p.serving != nil {
 		ss := p.serving.Stats()
@@ -206,7 +225,10 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 		emit("adpulse_servingredis_views_pending", float64(ss.ViewsPending))
 		emit("adpulse_servingredis_resyncs_total", float64(ss.Resyncs))
 	}
-	ts := p.top.Stats()
+}
+
+func (c *statsCollector) collectQuery(emit func(name string, v float64, labels ...string)) {
+	ts := c.a.query.top.Stats()
 	emit("adpulse_topn_bytes", float64(ts.Bytes))
 	emit("adpulse_topn_queries_total", float64(ts.TAQueries), "threshold")
 	emit("adpulse_topn_queries_total", float64(ts.BruteQueries), "brute_force")

@@ -484,6 +484,18 @@ func TestOpenAPIContract(t *testing.T) {
 	sc.eventually(specCall{method: "GET", path: "/api/v1/clicks/imp-4", key: admin, want: 200}, nil)
 	for _, c := range []specCall{
 		{method: "GET", path: "/api/v1/serving/campaigns", key: admin, want: 200},
+		{method: "GET", path: "/api/v1/campaigns", key: admin, want: 200},
+		{method: "GET", path: "/api/v1/campaigns?advertiser_id=adv2", key: admin, want: 200},
+		{method: "GET", path: "/api/v1/campaigns", key: advKey, want: 200},
+		{method: "GET", path: "/api/v1/campaigns?advertiser_id=adv2", key: advKey, want: 404},
+		{method: "GET", path: "/api/v1/campaigns?advertiser_id=bad*id", key: admin, want: 400, breaksSpec: true},
+		{method: "GET", path: "/api/v1/campaigns?colour=red", key: admin, want: 400},
+		{method: "GET", path: "/api/v1/campaigns", key: ingestKey, want: 403},
+		{method: "GET", path: "/api/v1/campaigns", want: 401, breaksSpec: true},
+		{method: "GET", path: "/api/v1/health/ingest", key: admin, want: 200},
+		{method: "GET", path: "/api/v1/health/ingest?verbose=1", key: admin, want: 400},
+		{method: "GET", path: "/api/v1/health/ingest", key: advKey, want: 403},
+		{method: "GET", path: "/api/v1/health/ingest", want: 401, breaksSpec: true},
 		{method: "GET", path: "/api/v1/serving/campaigns", key: advKey, want: 403},
 		{method: "GET", path: "/api/v1/serving/campaigns", want: 401, breaksSpec: true},
 		{method: "GET", path: "/api/v1/users/u1/views?date=" + now.UTC().Format(time.DateOnly), key: admin, want: 200},

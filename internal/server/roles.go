@@ -2,15 +2,24 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/aggregate"
 	"github.com/adpulse/adpulse/internal/billing"
+	"github.com/adpulse/adpulse/internal/billing/ledger"
+	"github.com/adpulse/adpulse/internal/config"
+	"github.com/adpulse/adpulse/internal/dashboard"
+	"github.com/adpulse/adpulse/internal/eventlog"
+	"github.com/adpulse/adpulse/internal/eventlog/kafkalog"
 	"github.com/adpulse/adpulse/internal/ingest"
 	"github.com/adpulse/adpulse/internal/ivt"
-	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
+	"github.com/adpulse/adpulse/internal/metricstore"
+	"github.com/adpulse/adpulse/internal/metricstore/clickhousestore"
 	"github.com/adpulse/adpulse/internal/query"
 	"github.com/adpulse/adpulse/internal/query/topn"
 	"github.com/adpulse/adpulse/internal/servingredis"
@@ -78,54 +87,71 @@ func (a *App) registerIngest(mux *http.ServeMux, publicURL string) error {
 }
 
 // processRole turns the log into counts and money: the aggregator into the metric store, the
-// charger into the ledger, and the top-N index fed by every commit.
+// charger into the ledger. Embedded (--metric-store pebble) one process does all of it, and
+// its top-N index is fed by every commit as it is applied; with a shared metric store, process
+// nodes share the log's partitions through the Kafka consumer group (membership), and query
+// nodes follow the store's commits into their own index.
 type processRole struct {
-	metrics    *pebblestore.Store
-	top        *topn.Index
-	aggregator *aggregate.Aggregator
+	metrics    *metricsSeam
+	top        *topn.Index // embedded only: the index the query role serves
+	aggregator aggregatorStage
 	billing    *billing.Charger
 	serving    *servingredis.Publisher // nil unless --serving-redis-addr
+	membership *kafkalog.Membership    // nil unless shared
+}
+
+// aggregatorStage is the aggregation stage: one Aggregator over every partition, or a Shared
+// one per partition this node owns.
+type aggregatorStage interface {
+	Run(ctx context.Context) error
+	Stats() aggregate.Stats
+	Close() error
 }
 
 func (a *App) openProcess(ctx context.Context) error {
 	p := &processRole{}
 	a.process = p
 	var err error
-	p.metrics, err = pebblestore.Open(a.dir.metrics(), pebblestore.Options{
-		MinuteRetention: a.cfg.MinuteRetention,
-		Now:             a.now,
-		Logger:          a.logger.With("component", "metricstore"),
-	})
-	if err != nil {
-		return fmt.Errorf("open metric store: %w", err)
+	if p.metrics, err = a.metricStore(ctx); err != nil {
+		return err
 	}
-	p.top = topn.New(topn.Options{Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "topn")})
-	t0 := time.Now()
-	if err := p.top.Rebuild(ctx, p.metrics); err != nil {
-		return fmt.Errorf("rebuild top-N index: %w", err)
+	store := p.metrics.store
+	if !a.cfg.SharedProcessing() {
+		p.top, err = a.openTopN(ctx, p.metrics)
+		if err != nil {
+			return err
+		}
+		// Every stage that writes the metric store goes through observed, so the top-N index
+		// sees exactly the committed deltas, once each, in commit order.
+		store = &observedStore{Store: p.metrics.store, onApply: p.top.Add}
 	}
-	a.logger.Info("top-N index rebuilt from the metric store", "took", time.Since(t0).Round(time.Millisecond))
-	// Every stage that writes the metric store goes through observed, so the top-N index sees
-	// exactly the committed deltas, once each, in commit order.
-	observed := &observedStore{Store: p.metrics, onApply: p.top.Add}
 	slack := a.cfg.StreamSlack()
-	p.aggregator, err = aggregate.New(aggregate.Options{
+	aggOpts := aggregate.Options{
 		Log:         a.b.log,
-		Store:       observed,
+		Store:       store,
 		MaxLateness: a.cfg.MaxLateness,
 		DedupSpan:   a.cfg.StreamDedupSpan(),
 		Slack:       slack,
 		Now:         a.now,
 		Logger:      a.logger.With("component", "aggregate"),
-	})
-	if err != nil {
+	}
+	var assignees []eventlog.Assignee
+	if a.cfg.SharedProcessing() {
+		shared, err := aggregate.NewShared(aggOpts, func(ctx context.Context, parts []int32) (map[int32]uint64, error) {
+			return a.b.catalog.ClaimPartitions(ctx, a.cfg.KafkaGroup+"/aggregate", parts)
+		})
+		if err != nil {
+			return fmt.Errorf("start aggregator: %w", err)
+		}
+		p.aggregator = shared
+		assignees = append(assignees, shared)
+	} else if p.aggregator, err = aggregate.New(aggOpts); err != nil {
 		return fmt.Errorf("start aggregator: %w", err)
 	}
 	bo := billing.Options{
-		Dir:       a.dir.billing(),
 		Log:       a.b.log,
 		Catalog:   a.b.catalog,
-		Metrics:   observed,
+		Metrics:   store,
 		DedupSpan: a.cfg.StreamDedupSpan(),
 		Slack:     slack,
 		Now:       a.now,
@@ -146,19 +172,113 @@ func (a *App) openProcess(ctx context.Context) error {
 		}
 		bo.Publisher, bo.OnViews, bo.FeedInterval = p.serving, p.serving.ViewsCommitted, servingredis.FeedInterval
 	}
-	p.billing, err = billing.Open(ctx, bo)
-	if err != nil {
-		return fmt.Errorf("open billing: %w", err)
+	if p.billing, err = a.openBilling(ctx, bo); err != nil {
+		return err
+	}
+	if a.cfg.SharedProcessing() {
+		assignees = append(assignees, p.billing)
 	}
 	g := a.components
 	if p.serving != nil {
 		g.Go("serving Redis views", func(ctx context.Context) error { return p.serving.RunViews(ctx, p.billing) })
 	}
-	g.Go("metric store retention", p.metrics.Run)
-	g.Go("top-N maintenance", p.top.Run)
+	if p.top != nil {
+		g.Go("top-N maintenance", p.top.Run)
+	}
 	g.Go("aggregator", p.aggregator.Run)
 	g.Go("billing", p.billing.Run)
+	if len(assignees) > 0 {
+		kl, ok := a.b.log.(*kafkalog.Log)
+		if !ok {
+			return errors.New("shared processing needs the Kafka event log")
+		}
+		p.membership, err = kl.Join(ctx, kafkalog.GroupOptions{
+			Group:    a.cfg.KafkaGroup,
+			Assignee: assigneeList(assignees),
+			Logger:   a.logger.With("component", "membership"),
+		})
+		if err != nil {
+			return fmt.Errorf("join the process group: %w", err)
+		}
+	}
 	return nil
+}
+
+// openBilling opens the charger: on the embedded Pebble ledger in the data dir, or, when the
+// metric store is shared, on the shared SQL ledger with its partitions given by the process
+// group (a query node's charger is given none: it serves reads and refunds).
+func (a *App) openBilling(ctx context.Context, bo billing.Options) (*billing.Charger, error) {
+	if !a.cfg.SharedProcessing() {
+		bo.Dir = a.dir.billing()
+	} else {
+		db, d := a.b.catalog.DB()
+		l, err := ledger.OpenSQL(ctx, db, ledger.Dialect(d), ledger.SQLOptions{Prefix: a.cfg.LedgerPrefix, Logger: a.logger.With("component", "ledger")})
+		if err != nil {
+			return nil, fmt.Errorf("open the ledger: %w", err)
+		}
+		a.ledger = l
+		bo.Ledger, bo.Group = l, true
+		bo.Node = nodeName(a.cfg)
+	}
+	c, err := billing.Open(ctx, bo)
+	if err != nil {
+		return nil, fmt.Errorf("open billing: %w", err)
+	}
+	return c, nil
+}
+
+// nodeName names this process in the shared ledger: host and listen address.
+func nodeName(cfg config.Config) string {
+	host, _ := os.Hostname()
+	return host + "/" + cfg.Listen
+}
+
+// metricStore opens the metric store once per process: the process and query roles of one
+// process share it.
+func (a *App) metricStore(ctx context.Context) (*metricsSeam, error) {
+	if a.metrics != nil {
+		return a.metrics, nil
+	}
+	m, err := a.openMetricStore(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a.metrics = m
+	a.components.Go("metric store retention", m.run)
+	return m, nil
+}
+
+// openTopN builds a top-N index from the store's minutes.
+func (a *App) openTopN(ctx context.Context, m *metricsSeam) (*topn.Index, error) {
+	top := topn.New(topn.Options{Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "topn")})
+	t0 := time.Now()
+	if err := top.Rebuild(ctx, m.scanner); err != nil {
+		return nil, fmt.Errorf("rebuild top-N index: %w", err)
+	}
+	a.logger.Info("top-N index rebuilt from the metric store", "took", time.Since(t0).Round(time.Millisecond))
+	return top, nil
+}
+
+// assigneeList hands partition changes to every stage in order (and revocations in reverse,
+// so a stage is never left consuming a partition whose later stages stopped).
+type assigneeList []eventlog.Assignee
+
+func (l assigneeList) Assign(ctx context.Context, parts []int32) error {
+	for i, s := range l {
+		if err := s.Assign(ctx, parts); err != nil {
+			for _, done := range l[:i] {
+				done.Revoke(parts)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func (l assigneeList) Revoke(parts []int32) {
+	for i := len(l) - 1; i >= 0; i-- {
+		l[i].Revoke(parts)
+	}
 }
 
 // close closes the process role's engines. Billing pushes its pending spend into the metric
@@ -166,6 +286,9 @@ func (a *App) openProcess(ctx context.Context) error {
 // replayed from the log next start.
 func (p *processRole) close() []error {
 	var errs []error
+	if p.membership != nil {
+		errs = append(errs, p.membership.Close())
+	}
 	if p.billing != nil {
 		errs = append(errs, p.billing.Close())
 	}
@@ -175,25 +298,121 @@ func (p *processRole) close() []error {
 	if p.top != nil {
 		errs = append(errs, p.top.Close())
 	}
-	if p.metrics != nil {
-		errs = append(errs, p.metrics.Close())
-	}
 	if p.serving != nil {
 		errs = append(errs, p.serving.Close())
 	}
 	return errs
 }
 
-// registerQuery serves the reads of what the process role computes: /metrics, /metrics/top,
-// the serving feed, user views, clicks and refunds. Config validation keeps query together
-// with process until the metric store and ledger are shared.
+// queryRole answers the reads of what process nodes compute: /metrics from the metric store,
+// /metrics/top from a top-N index (the process role's, embedded; with a shared store, its own,
+// rebuilt from the store and then fed by following the store's commits).
+type queryRole struct {
+	metrics *metricsSeam
+	top     *topn.Index
+	billing *billing.Charger // the process role's, or one of its own on the shared ledger
+	// followErr is the last error following the shared store (nil when it is current).
+	followErr atomic.Pointer[error]
+}
+
+func (a *App) openQuery(ctx context.Context) error {
+	q := &queryRole{}
+	a.query = q
+	var err error
+	if q.metrics, err = a.metricStore(ctx); err != nil {
+		return err
+	}
+	if a.process != nil {
+		q.billing = a.process.billing
+	}
+	if a.process != nil && a.process.top != nil {
+		q.top = a.process.top
+		return nil
+	}
+	if q.metrics.follower == nil {
+		return errors.New("a query node without the process role needs a shared metric store (--metric-store clickhouse)")
+	}
+	// Budgets, clicks and refunds read and write the shared ledger.
+	if q.billing, err = a.openBilling(ctx, billing.Options{
+		Log: a.b.log, Catalog: a.b.catalog, Metrics: q.metrics.store,
+		Now: a.now, Logger: a.logger.With("component", "billing"),
+	}); err != nil {
+		return err
+	}
+	a.components.Go("billing", q.billing.Run)
+	var cur clickhousestore.Cursor
+	q.top, err = a.openTopN(ctx, &metricsSeam{scanner: cursorScanner{q.metrics.follower, &cur}})
+	if err != nil {
+		return err
+	}
+	a.components.Go("top-N maintenance", q.top.Run)
+	a.components.Go("top-N follower", func(ctx context.Context) error {
+		return followCommits(ctx, q.metrics.follower, cur, q.top, func(err error) {
+			if err != nil {
+				a.logger.Warn("following the metric store's commits failed; /metrics/top lags", "err", err)
+				q.followErr.Store(&err)
+			} else {
+				q.followErr.Store(nil)
+			}
+		})
+	})
+	return nil
+}
+
+// cursorScanner rebuilds from a snapshot of the shared store and keeps its cursor, so the
+// follower continues exactly where the rebuild's snapshot ends.
+type cursorScanner struct {
+	s   *clickhousestore.Store
+	cur *clickhousestore.Cursor
+}
+
+func (c cursorScanner) ScanMinutes(ctx context.Context, from, to int64, fn func(d *metricstore.Delta) error) error {
+	cur, err := c.s.ScanMinutesAt(ctx, from, to, fn)
+	*c.cur = cur
+	return err
+}
+
+// registerQuery serves /metrics and /metrics/top, and, where the ledger is, the serving
+// feed, user views, clicks and refunds.
 func (a *App) registerQuery(mux *http.ServeMux) error {
-	p := a.process
-	q, err := query.New(query.Options{Store: p.metrics, Index: p.top, Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "query")})
+	q, err := query.New(query.Options{Store: a.query.metrics.store, Index: a.query.top, Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "query")})
 	if err != nil {
 		return err
 	}
 	q.Register(mux)
-	billing.NewHandler(p.billing, billing.HandlerOptions{}).Register(mux)
+	billing.NewHandler(a.query.billing, billing.HandlerOptions{}).Register(mux)
+	dashboard.New(dashboard.Options{Catalog: a.b.catalog, Health: a.ingestHealth, Now: a.now}).Register(mux)
+	return nil
+}
+
+// roleReadiness is nil when the backends of the roles answer: the shared metric store, the
+// process group's assignment, the query node's view of the store's commits.
+func (a *App) roleReadiness(timeout time.Duration) error {
+	if a.metrics != nil && a.metrics.follower != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if err := a.metrics.follower.Ping(ctx); err != nil {
+			return fmt.Errorf("metric store: %w", err)
+		}
+	}
+	if a.process != nil && a.process.membership != nil {
+		if err := a.process.membership.Err(); err != nil {
+			return fmt.Errorf("process group: %w", err)
+		}
+	}
+	// Lag makes a process node unready, never one that takes clicks (a load balancer would
+	// stop sending it traffic while it catches up).
+	if a.process != nil && a.cfg.SharedProcessing() && !a.cfg.Has(config.RoleIngest) && a.cfg.ReadyMaxLag > 0 {
+		for _, ps := range a.process.aggregator.Stats().Partitions {
+			if ps.Lag > a.cfg.ReadyMaxLag {
+				return fmt.Errorf("catching up: partition %d is %d messages behind (--ready-max-lag %d)", ps.Partition, ps.Lag, a.cfg.ReadyMaxLag)
+			}
+		}
+	}
+	if a.query != nil {
+		if err := a.query.followErr.Load(); err != nil {
+			return fmt.Errorf("following the metric store: %w", *err)
+		}
+	}
 	return nil
 }

@@ -195,7 +195,7 @@ func maps[K comparable](m map[K]int64) map[K]int64 {
 func (s *Store) readHeads(ctx context.Context) (map[string]uint64, time.Time, error) {
 	ctx, cancel := s.call(ctx)
 	defer cancel()
-	rows, err := s.conn.Query(ctx, "SELECT consumer, max(seq), argMax(final_before, seq) FROM "+s.db+".heads GROUP BY consumer")
+	rows, err := s.conn.Query(ctx, "SELECT consumer, max(seq), argMax(final_before, version) FROM "+s.db+".heads GROUP BY consumer")
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("read heads: %w", err)
 	}

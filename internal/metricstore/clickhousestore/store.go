@@ -15,6 +15,9 @@
 //     only counted or ignored (below).
 //   - heads: ReplacingMergeTree(seq) ordered by consumer: each consumer's latest commit (seq,
 //     offsets after it, FinalBefore). Read with max/argMax over seq, never FINAL.
+//   - changes: the minute rows of each commit again, reduced to impressions, clicks and
+//     spend and ordered by (consumer, seq), for followers (query nodes' top-N index; see
+//     follow.go). Partitioned by the server's UTC day, kept ChangesRetention days.
 //   - intents, aborted: (consumer, seq, token) markers of commit attempts, ordered by
 //     (consumer, seq). An aborted row exists only for an attempt that failed, so queries
 //     read that table whole. Intents grow by one row per commit and are not pruned yet
@@ -260,13 +263,16 @@ func (s *Store) createTables(ctx context.Context) error {
 		) ENGINE = MergeTree()
 		PARTITION BY if(res = 0, intDiv(bucket, 1440), ` + strconv.Itoa(rollupPartitions) + ` + intDiv(bucket, 525600))
 		ORDER BY (level, id, res, bucket, consumer, seq, token)`,
+		// version = seq << 32 | epoch: of two heads at one seq (a fenced writer's and its
+		// successor's), the higher epoch wins, in reads and in merges alike.
 		`CREATE TABLE IF NOT EXISTS ` + s.db + `.heads (
 			consumer String, seq UInt64, token UInt64,
 			partitions Array(Int32), offsets Array(Int64), final_before Int64,
+			epoch UInt64, version UInt64,
 			at DateTime DEFAULT now()
-		) ENGINE = ReplacingMergeTree(seq) ORDER BY consumer`,
+		) ENGINE = ReplacingMergeTree(version) ORDER BY consumer`,
 		`CREATE TABLE IF NOT EXISTS ` + s.db + `.intents (
-			consumer String, seq UInt64, token UInt64, at DateTime DEFAULT now()
+			consumer String, seq UInt64, token UInt64, epoch UInt64, at DateTime DEFAULT now()
 		) ENGINE = MergeTree() ORDER BY (consumer, seq)`,
 		`CREATE TABLE IF NOT EXISTS ` + s.db + `.aborted (
 			consumer String, seq UInt64, token UInt64, at DateTime DEFAULT now()
@@ -276,6 +282,9 @@ func (s *Store) createTables(ctx context.Context) error {
 		if err := s.exec(ctx, q); err != nil {
 			return fmt.Errorf("clickhouse metric store: create tables: %w", err)
 		}
+	}
+	if err := s.createChangesTable(ctx); err != nil {
+		return fmt.Errorf("clickhouse metric store: create tables: %w", err)
 	}
 	return nil
 }
@@ -295,6 +304,7 @@ func (s *Store) exec(ctx context.Context, q string) error {
 // head is a consumer's latest commit.
 type head struct {
 	seq         uint64
+	epoch       uint64
 	offsets     map[int32]int64
 	finalBefore int64 // Unix micros; 0 = not declared
 }
@@ -303,7 +313,7 @@ func (s *Store) readHead(ctx context.Context, consumer string) (head, error) {
 	h := head{offsets: make(map[int32]int64)}
 	ctx, cancel := s.call(ctx)
 	defer cancel()
-	rows, err := s.conn.Query(ctx, "SELECT seq, partitions, offsets, final_before FROM "+s.db+".heads WHERE consumer = "+quote(consumer)+" ORDER BY seq DESC LIMIT 1")
+	rows, err := s.conn.Query(ctx, "SELECT seq, epoch, partitions, offsets, final_before FROM "+s.db+".heads WHERE consumer = "+quote(consumer)+" ORDER BY version DESC LIMIT 1")
 	if err != nil {
 		return h, fmt.Errorf("read head of %s: %w", consumer, err)
 	}
@@ -311,7 +321,7 @@ func (s *Store) readHead(ctx context.Context, consumer string) (head, error) {
 	for rows.Next() {
 		var parts []int32
 		var offs []int64
-		if err := rows.Scan(&h.seq, &parts, &offs, &h.finalBefore); err != nil {
+		if err := rows.Scan(&h.seq, &h.epoch, &parts, &offs, &h.finalBefore); err != nil {
 			return h, fmt.Errorf("read head of %s: %w", consumer, err)
 		}
 		if len(parts) != len(offs) {
@@ -406,6 +416,9 @@ func (s *Store) applyOnce(ctx context.Context, c *metricstore.Commit, rows *coun
 	if err != nil {
 		return err
 	}
+	if h.epoch > c.Epoch {
+		return fmt.Errorf("%w: %s was committed at epoch %d, this writer has epoch %d", metricstore.ErrFenced, c.Consumer, h.epoch, c.Epoch)
+	}
 	next := h.offsets // a fresh map per read
 	for _, r := range c.Ranges {
 		if o, ok := next[r.Partition]; ok && o != r.From {
@@ -420,7 +433,7 @@ func (s *Store) applyOnce(ctx context.Context, c *metricstore.Commit, rows *coun
 	seq := h.seq + 1
 	token := rand.Uint64() | 1 // never 0
 	t0 := time.Now()
-	if err := s.insertMarkers(ctx, "intents", c.Consumer, seq, token); err != nil {
+	if err := s.insertIntent(ctx, c.Consumer, seq, token, c.Epoch); err != nil {
 		return fmt.Errorf("commit %s seq %d: %w", c.Consumer, seq, err)
 	}
 	if s.failAfter == 2 {
@@ -438,9 +451,12 @@ func (s *Store) applyOnce(ctx context.Context, c *metricstore.Commit, rows *coun
 		}
 		return err
 	}
-	live, dead, err := s.competitors(ctx, c.Consumer, seq, token)
+	live, dead, newer, err := s.competitors(ctx, c.Consumer, seq, token, c.Epoch)
 	if err != nil {
 		return abort(fmt.Errorf("commit %s seq %d: %w", c.Consumer, seq, err))
+	}
+	if newer {
+		return abort(fmt.Errorf("%w: %s seq %d is being committed by a writer of a later epoch than %d", metricstore.ErrFenced, c.Consumer, seq, c.Epoch))
 	}
 	if live > 0 {
 		return abort(&busyError{seq: seq, wait: s.opts.Lease - live + 2*time.Second})
@@ -459,6 +475,9 @@ func (s *Store) applyOnce(ctx context.Context, c *metricstore.Commit, rows *coun
 		if err := s.insertCounts(ctx, c.Consumer, seq, token, rows); err != nil {
 			return abort(fmt.Errorf("commit %s seq %d: %d rows: %w", c.Consumer, seq, len(rows.level), err))
 		}
+		if err := s.insertChanges(ctx, c.Consumer, seq, token, rows); err != nil {
+			return abort(fmt.Errorf("commit %s seq %d: changes: %w", c.Consumer, seq, err))
+		}
 	}
 	if s.failAfter == 4 {
 		return errCrash
@@ -471,47 +490,69 @@ func (s *Store) applyOnce(ctx context.Context, c *metricstore.Commit, rows *coun
 	}
 	// The commit point. A failure here is ambiguous (the row may have landed), so it is not
 	// marked aborted: the next attempt reads the head and finds out.
-	if err := s.insertHead(ctx, c.Consumer, seq, token, next, fb); err != nil {
+	if err := s.insertHead(ctx, c.Consumer, seq, token, c.Epoch, next, fb); err != nil {
 		return fmt.Errorf("commit %s seq %d: write head: %w", c.Consumer, seq, err)
 	}
 	return nil
 }
 
-// competitors returns, for the other attempts at (consumer, seq) not marked aborted, the age
-// of the youngest one younger than the lease (0 if none) and the tokens of the older ones.
-func (s *Store) competitors(ctx context.Context, consumer string, seq, token uint64) (live time.Duration, dead []uint64, err error) {
+// competitors looks at the other attempts at (consumer, seq) not marked aborted: newer
+// reports one of a later epoch than this writer's (this writer is fenced); attempts of an
+// earlier epoch are dead at once (their writer lost the consumer); of this epoch, live is the
+// age of the youngest one younger than the lease (0 if none) and the older ones are dead.
+func (s *Store) competitors(ctx context.Context, consumer string, seq, token, epoch uint64) (live time.Duration, dead []uint64, newer bool, err error) {
 	ctx, cancel := s.call(ctx)
 	defer cancel()
 	key := "consumer = " + quote(consumer) + " AND seq = " + strconv.FormatUint(seq, 10)
-	rows, err := s.conn.Query(ctx, "SELECT token, toInt64(now()) - toInt64(at) FROM "+s.db+".intents WHERE "+key+
+	rows, err := s.conn.Query(ctx, "SELECT token, epoch, toInt64(now()) - toInt64(at) FROM "+s.db+".intents WHERE "+key+
 		" AND token != "+strconv.FormatUint(token, 10)+" AND token NOT IN (SELECT token FROM "+s.db+".aborted WHERE "+key+")")
 	if err != nil {
-		return 0, nil, fmt.Errorf("read intents: %w", err)
+		return 0, nil, false, fmt.Errorf("read intents: %w", err)
 	}
 	defer rows.Close()
 	leaseSec := int64(s.opts.Lease / time.Second)
 	youngest := int64(-1)
 	for rows.Next() {
-		var t uint64
+		var t, e uint64
 		var age int64
-		if err := rows.Scan(&t, &age); err != nil {
-			return 0, nil, fmt.Errorf("read intents: %w", err)
+		if err := rows.Scan(&t, &e, &age); err != nil {
+			return 0, nil, false, fmt.Errorf("read intents: %w", err)
 		}
 		// at counts whole seconds, so an age above the lease in whole seconds is more than
 		// the lease in real time.
-		if age > leaseSec {
+		switch {
+		case e > epoch:
+			newer = true
+		case e < epoch || age > leaseSec:
 			dead = append(dead, t)
-		} else if youngest < 0 || age < youngest {
+		case youngest < 0 || age < youngest:
 			youngest = max(age, 0)
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return 0, nil, fmt.Errorf("read intents: %w", err)
+		return 0, nil, false, fmt.Errorf("read intents: %w", err)
 	}
 	if youngest >= 0 {
 		live = max(time.Duration(youngest)*time.Second, time.Nanosecond)
 	}
-	return live, dead, nil
+	return live, dead, newer, nil
+}
+
+func (s *Store) insertIntent(ctx context.Context, consumer string, seq, token, epoch uint64) error {
+	ctx, cancel := s.call(ctx)
+	defer cancel()
+	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".intents (consumer, seq, token, epoch)")
+	if err != nil {
+		return fmt.Errorf("insert intent: %w", err)
+	}
+	if err := b.Append(consumer, seq, token, epoch); err != nil {
+		_ = b.Abort()
+		return fmt.Errorf("insert intent: %w", err)
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("insert intent: %w", err)
+	}
+	return nil
 }
 
 func (s *Store) insertMarkers(ctx context.Context, table, consumer string, seq uint64, tokens ...uint64) error {
@@ -533,7 +574,7 @@ func (s *Store) insertMarkers(ctx context.Context, table, consumer string, seq u
 	return nil
 }
 
-func (s *Store) insertHead(ctx context.Context, consumer string, seq, token uint64, offsets map[int32]int64, fb int64) error {
+func (s *Store) insertHead(ctx context.Context, consumer string, seq, token, epoch uint64, offsets map[int32]int64, fb int64) error {
 	parts := make([]int32, 0, len(offsets))
 	for p := range offsets {
 		parts = append(parts, p)
@@ -545,11 +586,11 @@ func (s *Store) insertHead(ctx context.Context, consumer string, seq, token uint
 	}
 	ctx, cancel := s.call(ctx)
 	defer cancel()
-	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".heads (consumer, seq, token, partitions, offsets, final_before)")
+	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".heads (consumer, seq, token, partitions, offsets, final_before, epoch, version)")
 	if err != nil {
 		return err
 	}
-	if err := b.Append(consumer, seq, token, parts, offs, fb); err != nil {
+	if err := b.Append(consumer, seq, token, parts, offs, fb, epoch, seq<<32|epoch&(1<<32-1)); err != nil {
 		_ = b.Abort()
 		return err
 	}
@@ -605,6 +646,9 @@ func (s *Store) Expire(ctx context.Context) error {
 	defer s.life.RUnlock()
 	if s.closed {
 		return metricstore.ErrClosed
+	}
+	if err := s.expireChanges(ctx); err != nil {
+		return err
 	}
 	if s.minuteRet == 0 {
 		return nil

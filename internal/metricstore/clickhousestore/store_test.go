@@ -13,6 +13,7 @@ import (
 
 	"github.com/adpulse/adpulse/internal/metricstore"
 	"github.com/adpulse/adpulse/internal/metricstore/metricstoretest"
+	"github.com/adpulse/adpulse/internal/testseed"
 )
 
 var seedFlag = flag.Uint64("seed", 0, "seed of the random tests (0: from the clock)")
@@ -321,5 +322,138 @@ func TestOpenRejectsBadDatabase(t *testing.T) {
 		if _, err := Open(context.Background(), Options{Addr: "127.0.0.1:1", Database: db}); err == nil {
 			t.Errorf("database %q accepted", db)
 		}
+	}
+}
+
+// TestFollowSeesEachCommitOnce: a follower started from ScanMinutesAt and moved by Follow
+// sums to exactly what Query counts, with commits of several consumers and crashed attempts
+// (whose rows are never committed) in between.
+func TestFollowSeesEachCommitOnce(t *testing.T) {
+	seed := testseed.Seed(t)
+	rng := rand.New(rand.NewPCG(seed, 7))
+	o := testOptions(t)
+	ctx := context.Background()
+	s := open(t, o)
+	defer s.Close()
+	m := time.Now().Unix()/60 - 30
+	ids := []string{"a", "b", "c"}
+	offsets := map[string]int64{}
+	epochs := map[string]uint64{} // a crashed writer's successor claims a later epoch: no lease wait
+	commit := func(st *Store, consumer string) error {
+		var ds []metricstore.Delta
+		for range 1 + rng.IntN(8) {
+			ds = append(ds, metricstore.Delta{Level: metricstore.LevelAd, ID: ids[rng.IntN(len(ids))], Minute: m + rng.Int64N(30),
+				Counts: metricstore.Counts{Clicks: 1 + rng.Int64N(3), Impressions: rng.Int64N(5), SpendMicros: rng.Int64N(1000)}})
+		}
+		from := offsets[consumer]
+		err := st.Apply(ctx, &metricstore.Commit{Consumer: consumer, Epoch: epochs[consumer], Ranges: []metricstore.OffsetRange{{Partition: 0, From: from, To: from + 1}}, Deltas: ds})
+		if err == nil {
+			offsets[consumer]++
+		}
+		return err
+	}
+	followed := map[string]metricstore.Counts{}
+	add := func(d *metricstore.Delta) error {
+		c := followed[d.ID]
+		c.Add(&d.Counts)
+		followed[d.ID] = c
+		return nil
+	}
+	for range 5 {
+		if err := commit(s, "aggregate/p0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur, err := s.ScanMinutesAt(ctx, m-60, m+60, add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 12 {
+		consumer := []string{"aggregate/p0", "aggregate/p1", "charge"}[rng.IntN(3)]
+		if i%4 == 3 { // a writer that dies after writing its rows, before its head
+			dying := open(t, o)
+			dying.failAfter = 4
+			if err := commit(dying, consumer); !errors.Is(err, errCrash) {
+				t.Fatalf("dying commit: %v", err)
+			}
+			dying.Close()
+			epochs[consumer]++
+		}
+		if err := commit(s, consumer); err != nil {
+			t.Fatal(err)
+		}
+		if rng.IntN(2) == 0 {
+			if cur, err = s.Follow(ctx, cur, add); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err = s.Follow(ctx, cur, add); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Query(ctx, metricstore.Query{Level: metricstore.LevelAd, IDs: ids, Start: time.Unix((m-60)*60, 0), End: time.Unix((m+60)*60, 0), Interval: 2 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, se := range res.Series {
+		var want metricstore.Counts
+		for _, p := range se.Points {
+			want.Add(&p.Counts)
+		}
+		got := followed[ids[i]]
+		if got.Clicks != want.Clicks || got.Impressions != want.Impressions || got.SpendMicros != want.SpendMicros {
+			t.Errorf("%s: followed %+v, query %+v", ids[i], got, want)
+		}
+	}
+}
+
+// TestEpochTakeover: a writer that claimed a later epoch takes a consumer over at once from
+// one that died mid-commit (no wait for the lease), the dead attempt's rows never count, and
+// the earlier epoch's writer is fenced for good (ErrFenced), even with offsets that match.
+func TestEpochTakeover(t *testing.T) {
+	o := testOptions(t)
+	o.Lease = 20 * time.Second
+	ctx := context.Background()
+	m := time.Now().Unix()/60 - 10
+	commit := func(s *Store, epoch uint64, from, to int64, id string) error {
+		return s.Apply(ctx, &metricstore.Commit{Consumer: "aggregate/p3", Epoch: epoch,
+			Ranges: []metricstore.OffsetRange{{Partition: 3, From: from, To: to}},
+			Deltas: []metricstore.Delta{{Level: metricstore.LevelAd, ID: id, Minute: m, Counts: metricstore.Counts{Clicks: to - from}}}})
+	}
+	old := open(t, o)
+	defer old.Close()
+	if err := commit(old, 1, 0, 5, "a"); err != nil {
+		t.Fatal(err)
+	}
+	dying := open(t, o)
+	dying.failAfter = 4 // rows written, no head: a crash mid-commit
+	if err := commit(dying, 1, 5, 9, "a"); !errors.Is(err, errCrash) {
+		t.Fatalf("dying commit: %v", err)
+	}
+	dying.Close()
+
+	next := open(t, o)
+	defer next.Close()
+	t0 := time.Now()
+	if err := commit(next, 2, 5, 12, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(t0); took > o.Lease/2 {
+		t.Fatalf("the takeover's first commit took %v: it waited for the dead writer's lease", took)
+	}
+	// The previous owner, still alive and unaware, continues where it believes it is.
+	if err := commit(old, 1, 12, 14, "a"); !errors.Is(err, metricstore.ErrFenced) {
+		t.Fatalf("epoch 1 after epoch 2 committed: %v, want ErrFenced", err)
+	}
+	r, err := next.Query(ctx, metricstore.Query{Level: metricstore.LevelAd, IDs: []string{"a", "b"}, Start: time.Unix(m*60, 0), End: time.Unix((m+1)*60, 0), Interval: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := r.Series[0].Points[0].Clicks, r.Series[1].Points[0].Clicks; a != 5 || b != 7 {
+		t.Fatalf("clicks a=%d b=%d, want 5 and 7 (the dead attempt's 4 must not count)", a, b)
+	}
+	cp, err := next.Checkpoint(ctx, "aggregate/p3")
+	if err != nil || cp.Offsets[3] != 12 {
+		t.Fatalf("checkpoint %+v %v, want offset 12", cp, err)
 	}
 }
