@@ -43,6 +43,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run the service (embedded by default; all state under --data-dir)", serve},
 		{"sign", "print a signed click URL and impression URL for an ad", sign},
+		{"reconcile", "recompute the metrics of a time range from the raw archive, print the differences, and --repair them", reconcileCmd},
 		{"loadgen", "send realistic ad traffic, then check /metrics counts exactly what was acknowledged", func(args []string, stdout, stderr io.Writer) error {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -240,6 +241,16 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.Float64Var(&c.RateLimitKey, "rate-limit-key", c.RateLimitKey, "requests per second per API key on the authenticated API (0: off)")
 	fs.IntVar(&c.RateLimitKeyBurst, "rate-limit-key-burst", c.RateLimitKeyBurst, "requests an API key may send at once")
 	fs.IntVar(&c.RateLimitEntries, "rate-limit-entries", c.RateLimitEntries, "source addresses (and keys) remembered at once; beyond, new sources share an overflow limit")
+	fs.StringVar(&c.ArchiveURL, "archive-url", c.ArchiveURL, "where the process role archives every raw event as Parquet: a directory, s3://bucket/prefix, or off (default: archive/ in --data-dir)")
+	fs.DurationVar(&c.ArchiveInterval, "archive-interval", c.ArchiveInterval, "an event is in the archive within about this (plus a few seconds); divides an hour")
+	fs.DurationVar(&c.ArchiveRetention, "archive-retention", c.ArchiveRetention, "delete archived days older than this (0: keep everything)")
+	fs.StringVar(&c.ArchiveS3Endpoint, "archive-s3-endpoint", c.ArchiveS3Endpoint, "S3 API host[:port] of an s3:// --archive-url (default s3.amazonaws.com)")
+	fs.StringVar(&c.ArchiveS3Region, "archive-s3-region", c.ArchiveS3Region, "S3 region of an s3:// --archive-url")
+	fs.StringVar(&c.ArchiveS3AccessKey, "archive-s3-access-key", c.ArchiveS3AccessKey, "S3 access key (default: AWS_ACCESS_KEY_ID, ~/.aws/credentials or the instance role)")
+	fs.StringVar(&c.ArchiveS3SecretKey, "archive-s3-secret-key", c.ArchiveS3SecretKey, "S3 secret key (with --archive-s3-access-key)")
+	fs.BoolVar(&c.ArchiveS3Insecure, "archive-s3-insecure", c.ArchiveS3Insecure, "talk http, not https, to --archive-s3-endpoint (a local MinIO)")
+	fs.BoolVar(&c.ArchiveS3PathStyle, "archive-s3-path-style", c.ArchiveS3PathStyle, "address buckets as endpoint/bucket (MinIO and most S3-compatible stores)")
+	fs.StringVar(&c.Reconcile, "reconcile", c.Reconcile, "for each closed hour once archived, the process role recomputes the metrics from the archive: repair (and correct differences), check (report them) or off")
 	fs.Func("trusted-proxies", "comma-separated CIDRs of proxies whose X-Forwarded-For names the source address (default none: the TCP peer is the source)", func(v string) error {
 		c.TrustedProxies = nil
 		for _, s := range strings.Split(v, ",") {

@@ -41,6 +41,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/parquet-go/parquet-go"
@@ -84,6 +85,12 @@ type Options struct {
 	// Now is the clock of the idle close and of retention (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
+	// Unassigned starts the Archiver owning no partition: a consumer group hands them out
+	// with Assign and Revoke. By default it owns every partition of the log.
+	Unassigned bool
+	// UnhealthyAfter is how long the target may fail without a success before Err reports
+	// it (default 30s).
+	UnhealthyAfter time.Duration
 }
 
 func (o *Options) setDefaults() {
@@ -111,6 +118,9 @@ func (o *Options) setDefaults() {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.UnhealthyAfter <= 0 {
+		o.UnhealthyAfter = 30 * time.Second
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -137,6 +147,7 @@ type Stats struct {
 // PartitionStats describe one partition.
 type PartitionStats struct {
 	Partition int
+	Owned     bool  // this Archiver writes it (see Assign)
 	Committed int64 // offsets below are archived
 	End       int64 // the log's end offset when last seen
 	Lag       int64 // End - Committed
@@ -153,6 +164,9 @@ type Archiver struct {
 
 	mu    sync.Mutex
 	stats Stats
+	// failingSince is when the first of the failures since the last success happened
+	// (zero while the last attempt succeeded); Err reads it.
+	failingSince time.Time
 
 	closeOnce sync.Once
 }
@@ -160,6 +174,13 @@ type Archiver struct {
 // partState is one partition's progress. Only Run's goroutine touches it, except the
 // copies in Stats.
 type partState struct {
+	// owned says whether this Archiver writes the partition; step holds run while it
+	// works on it, so Revoke can wait for the step in progress (assign.go).
+	owned  atomic.Bool
+	run    sync.Mutex
+	cancel context.CancelFunc // of the step in progress; guarded by run's holder and cmu
+	cmu    sync.Mutex
+
 	p         int
 	loaded    bool  // checkpoint read
 	fresh     bool  // no file written since the checkpoint was read
@@ -202,11 +223,14 @@ func New(opts Options) (*Archiver, error) {
 	}
 	a := &Archiver{opts: opts, target: t}
 	for p := 0; p < opts.Log.Partitions(); p++ {
-		a.parts = append(a.parts, &partState{p: p, forcedEnd: -1})
+		st := &partState{p: p, forcedEnd: -1}
+		st.owned.Store(!opts.Unassigned)
+		a.parts = append(a.parts, st)
 	}
 	a.stats.Partitions = make([]PartitionStats, len(a.parts))
 	for i := range a.stats.Partitions {
 		a.stats.Partitions[i].Partition = i
+		a.stats.Partitions[i].Owned = !opts.Unassigned
 	}
 	return a, nil
 }
@@ -257,7 +281,10 @@ func (a *Archiver) Run(ctx context.Context) error {
 		}
 		progress, failed := false, false
 		for _, st := range a.parts {
-			n, err := a.step(ctx, st)
+			n, owned, err := a.ownedStep(ctx, st)
+			if !owned {
+				continue
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -268,7 +295,9 @@ func (a *Archiver) Run(ctx context.Context) error {
 				}
 				a.opts.Logger.Warn("archive: partition failed; resuming from its checkpoint", "partition", st.p, "err", err)
 				a.noteError(err)
+				st.run.Lock() // Assign and Revoke reset it too
 				st.reset()
+				st.run.Unlock()
 				failed = true
 				continue
 			}
@@ -323,16 +352,25 @@ func (a *Archiver) applyRetention(ctx context.Context) error {
 // refreshEnds learns the log's end offsets, for the lag in Stats.
 func (a *Archiver) refreshEnds(ctx context.Context) {
 	for _, st := range a.parts {
-		if _, end, err := a.opts.Log.Offsets(ctx, st.p); err == nil && end > st.lastEndSeen {
+		if !st.owned.Load() {
+			continue
+		}
+		_, end, err := a.opts.Log.Offsets(ctx, st.p)
+		st.run.Lock() // Assign and Revoke change the state under it
+		if err == nil && st.owned.Load() && end > st.lastEndSeen {
 			st.lastEndSeen = end
 			a.publish(st)
 		}
+		st.run.Unlock()
 	}
 }
 
 func (a *Archiver) noteError(err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.failingSince.IsZero() {
+		a.failingSince = time.Now()
+	}
 	a.stats.Errors++
 	a.stats.LastError = err.Error()
 	a.stats.LastErrorTime = a.opts.Now()
@@ -393,7 +431,13 @@ func (a *Archiver) putCheckpoint(ctx context.Context, st *partState, cp checkpoi
 	if err != nil {
 		return err
 	}
-	return a.target.Put(ctx, checkpointKey(st.p), append(b, '\n'))
+	if err := a.target.Put(ctx, checkpointKey(st.p), append(b, '\n')); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.failingSince = time.Time{}
+	a.mu.Unlock()
+	return nil
 }
 
 // step reads one batch of partition st and archives what it completes. It returns the
@@ -571,6 +615,7 @@ func (a *Archiver) finish(ctx context.Context, st *partState, idle bool) error {
 	}
 	a.opts.Logger.Debug("archive: wrote", "file", st.dir+name, "events", st.rows, "bytes", len(data))
 	a.mu.Lock()
+	a.failingSince = time.Time{}
 	a.stats.FilesWritten++
 	a.stats.EventsArchived += st.rows
 	a.stats.BytesWritten += int64(len(data))
@@ -608,6 +653,7 @@ func (a *Archiver) publish(st *partState) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	ps := &a.stats.Partitions[st.p]
+	ps.Owned = st.owned.Load()
 	ps.Committed, ps.Pending = st.committed, st.rows
 	if st.lastEndSeen > ps.End {
 		ps.End = st.lastEndSeen

@@ -102,6 +102,22 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// CronConfig is the jobs file of the cron role (docs/operations.md).
 	CronConfig string
+
+	// ArchiveURL is where the process role archives the raw log as Parquet: a directory
+	// ("" is archive/ in DataDir), s3://bucket/prefix, or "off".
+	ArchiveURL string
+	// ArchiveInterval is the receive-time window of an archive file (divides an hour).
+	ArchiveInterval time.Duration
+	// ArchiveRetention deletes archived days older than it (0 keeps all).
+	ArchiveRetention time.Duration
+	// ArchiveS3Endpoint, ArchiveS3Region and the keys configure an s3:// ArchiveURL; empty
+	// keys take the usual AWS credential chain. ArchiveS3Insecure uses http.
+	ArchiveS3Endpoint, ArchiveS3Region     string
+	ArchiveS3AccessKey, ArchiveS3SecretKey string
+	ArchiveS3Insecure, ArchiveS3PathStyle  bool
+	// Reconcile is what the process role does for each closed hour once archived:
+	// "repair" (compare and correct), "check" (compare and report) or "off".
+	Reconcile string
 }
 
 // Roles of a process.
@@ -193,6 +209,8 @@ func Default() Config {
 		RateLimitKey:           2000,
 		RateLimitKeyBurst:      10000,
 		RateLimitEntries:       100_000,
+		ArchiveInterval:        5 * time.Minute,
+		Reconcile:              "repair",
 	}
 }
 
@@ -243,6 +261,10 @@ func (c *Config) Validate() error {
 	check(c.MetricStore != "clickhouse" || c.EventLog == "kafka", "--metric-store clickhouse is shared by process nodes that share the log: it needs --event-log kafka")
 	check(c.MetricStore != "clickhouse" || c.CatalogDSN != "", "--metric-store clickhouse needs --catalog-dsn postgres://... or mysql://...: the ledger beside the shared metric store is in the shared SQL database")
 	check(c.EventLog != "kafka" || c.KafkaGroup != "", "--kafka-group must not be empty")
+	check(c.ArchiveInterval >= time.Second && time.Hour%c.ArchiveInterval == 0, "--archive-interval (%v) must divide an hour", c.ArchiveInterval)
+	check(c.ArchiveRetention >= 0, "--archive-retention must not be negative (0 keeps everything)")
+	check(c.Reconcile == "repair" || c.Reconcile == "check" || c.Reconcile == "off", "--reconcile must be repair, check or off")
+	check(c.Reconcile == "off" || c.ArchiveURL != "off", "--reconcile %s needs the archive: set --reconcile off with --archive-url off", c.Reconcile)
 	check(c.Dedup != "redis" || c.RedisAddr != "", "--dedup redis needs --redis-addr")
 	// A reservation must outlive the append it guards, or a retry could slip in while the
 	// first attempt's records are still on their way to the brokers.

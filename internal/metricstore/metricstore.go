@@ -17,6 +17,9 @@
 //     aligned range present (zeros included), oldest first.
 //   - A point is Final only if its end is at or before the FinalBefore of every consumer that
 //     declared one; FinalBefore never moves backwards.
+//   - A point is Reconciled only if every UTC hour it overlaps was marked by a commit's
+//     ReconciledHours and no later commit changed a counter other than spend in that hour
+//     (reconciled.go).
 package metricstore
 
 import (
@@ -223,6 +226,10 @@ type Commit struct {
 	// unfinished attempt of a lower epoch as dead at once, so a takeover never waits for a
 	// crashed writer's lease. 0 for a single writer.
 	Epoch uint64
+	// ReconciledHours, if any, are UTC hours (since the Unix epoch) whose stored counts,
+	// after this commit, were checked against an independent source (the raw archive):
+	// their points read Reconciled until a later commit changes them (reconciled.go).
+	ReconciledHours []int64
 }
 
 // Checkpoint is what a consumer has committed.
@@ -263,6 +270,9 @@ type Series struct {
 type Point struct {
 	Time  time.Time // bucket start, UTC
 	Final bool      // no more events can change it
+	// Reconciled: the counts other than spend were confirmed by a reconciliation and
+	// nothing changed them since.
+	Reconciled bool
 	Counts
 }
 

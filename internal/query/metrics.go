@@ -162,6 +162,9 @@ func appendPoint(b []byte, pt *metricstore.Point) []byte {
 	} else {
 		b = append(b, `,"final":false`...)
 	}
+	if pt.Reconciled {
+		b = append(b, `,"reconciled":true`...)
+	}
 	if len(pt.InvalidByReason) > 0 {
 		b = appendCounts(b, `,"invalid_by_reason":`, pt.InvalidByReason, reasonName)
 	}

@@ -181,3 +181,33 @@ func (s *cachedStore) Query(ctx context.Context, q metricstore.Query) (*metricst
 	}
 	return res, err
 }
+
+// TestReconciledInJSON: a point of an hour a reconciliation marked carries
+// "reconciled":true; the others do not have the field.
+func TestReconciledInJSON(t *testing.T) {
+	ps := openPebble(t)
+	h, err := New(Options{Store: ps, Owners: &fakeOwners{adCampaign: map[string]string{"1": "c1"}, campAdv: map[string]string{"c1": "a1"}}, Now: func() time.Time { return testNow }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	h.Register(mux)
+	hour := t0("2026-11-21T10:00:00Z")
+	ctx := context.Background()
+	if err := ps.Apply(ctx, &metricstore.Commit{Consumer: "aggregate", FinalBefore: hour.Add(2 * time.Hour),
+		Deltas: []metricstore.Delta{{Level: metricstore.LevelAd, ID: "1", Minute: hour.Unix() / 60, Counts: metricstore.Counts{Clicks: 2}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.Apply(ctx, &metricstore.Commit{Consumer: "reconcile", Ranges: []metricstore.OffsetRange{{Partition: 0, From: 0, To: 1}},
+		ReconciledHours: []int64{hour.Unix() / 3600}}); err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest("GET", "/metrics?ad_ids=1&start_time=2026-11-21T10:00:00Z&end_time=2026-11-21T12:00:00Z&interval=1h", nil)
+	req = req.WithContext(httpapi.WithPrincipal(req.Context(), admin))
+	w := httptest.NewRecorder()
+	mux.ServeHTTP(w, req)
+	body := w.Body.String()
+	if w.Code != 200 || strings.Count(body, `"reconciled":true`) != 1 || !strings.Contains(body, `"clicks":2,"invalid_clicks":0,"spend_micros":0,"final":true,"reconciled":true}`) {
+		t.Errorf("%d %s", w.Code, body)
+	}
+}

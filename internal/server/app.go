@@ -234,6 +234,9 @@ func (a *App) readiness() error {
 		}
 		return errors.New("recovery in progress")
 	}
+	if err := a.archiveReadiness(); err != nil {
+		return err
+	}
 	// A probe never hangs on a stalled backend: each must answer within a second.
 	timeout := min(a.cfg.BackendTimeout, time.Second)
 	if err := a.b.readiness(timeout); err != nil {

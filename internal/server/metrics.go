@@ -90,6 +90,18 @@ var collectorDefs = []metricDef{
 	{"adpulse_ratelimit_overflow_requests_total", "Requests of new sources charged to a shared overflow limit because the limiter's table was full, by kind.", prometheus.CounterValue, []string{"kind"}},
 	{"adpulse_ratelimit_entries", "Source addresses or API keys with a rate limit bucket held, by kind.", prometheus.GaugeValue, []string{"kind"}},
 
+	{"adpulse_archive_files_written_total", "Parquet files written to the raw archive.", prometheus.CounterValue, nil},
+	{"adpulse_archive_bytes_written_total", "Bytes of Parquet files written to the raw archive.", prometheus.CounterValue, nil},
+	{"adpulse_archive_events_total", "Events written to the raw archive.", prometheus.CounterValue, nil},
+	{"adpulse_archive_errors_total", "Failed reads and writes of the archive target (retried).", prometheus.CounterValue, nil},
+	{"adpulse_archive_lost_events_total", "Offsets the log dropped (its retention) before they were archived.", prometheus.CounterValue, nil},
+	{"adpulse_archive_lag_messages", "Messages in the log not yet in an archive file, per owned partition.", prometheus.GaugeValue, []string{"partition"}},
+	{"adpulse_archive_pending_seconds", "Age of the oldest event waiting in an open archive file, per owned partition.", prometheus.GaugeValue, []string{"partition"}},
+	{"adpulse_reconcile_hours_total", "Hours checked against the archive by the hourly reconciliation.", prometheus.CounterValue, nil},
+	{"adpulse_reconcile_differences_total", "Buckets where the metric store differed from the archive.", prometheus.CounterValue, nil},
+	{"adpulse_reconcile_repaired_total", "Buckets the hourly reconciliation corrected.", prometheus.CounterValue, nil},
+	{"adpulse_reconcile_failures_total", "Hourly reconciliations that failed.", prometheus.CounterValue, nil},
+	{"adpulse_reconcile_next_hour_timestamp_seconds", "The next hour the hourly reconciliation will check.", prometheus.GaugeValue, nil},
 	{"adpulse_topn_bytes", "Estimated heap of the top-N index.", prometheus.GaugeValue, nil},
 	{"adpulse_topn_queries_total", "Top-N queries by how they were answered.", prometheus.CounterValue, []string{"method"}},
 }
@@ -224,6 +236,33 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 		emit("adpulse_servingredis_views_errors_total", float64(ss.ViewsErrors))
 		emit("adpulse_servingredis_views_pending", float64(ss.ViewsPending))
 		emit("adpulse_servingredis_resyncs_total", float64(ss.Resyncs))
+	}
+	if p.archiver != nil {
+		as := p.archiver.Stats()
+		emit("adpulse_archive_files_written_total", float64(as.FilesWritten))
+		emit("adpulse_archive_bytes_written_total", float64(as.BytesWritten))
+		emit("adpulse_archive_events_total", float64(as.EventsArchived))
+		emit("adpulse_archive_errors_total", float64(as.Errors))
+		emit("adpulse_archive_lost_events_total", float64(as.Lost))
+		for _, ps := range as.Partitions {
+			if !ps.Owned {
+				continue
+			}
+			emit("adpulse_archive_lag_messages", float64(ps.Lag), strconv.Itoa(ps.Partition))
+			age := 0.0
+			if !ps.PendingSince.IsZero() {
+				age = time.Since(ps.PendingSince).Seconds()
+			}
+			emit("adpulse_archive_pending_seconds", age, strconv.Itoa(ps.Partition))
+		}
+	}
+	if p.reconcile != nil {
+		rs := p.reconcile.Stats()
+		emit("adpulse_reconcile_hours_total", float64(rs.Hours))
+		emit("adpulse_reconcile_differences_total", float64(rs.Diffs))
+		emit("adpulse_reconcile_repaired_total", float64(rs.Repaired))
+		emit("adpulse_reconcile_failures_total", float64(rs.Failures))
+		emit("adpulse_reconcile_next_hour_timestamp_seconds", float64(rs.Next.Unix()))
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/adpulse/adpulse/internal/aggregate"
+	"github.com/adpulse/adpulse/internal/archive"
 	"github.com/adpulse/adpulse/internal/billing"
 	"github.com/adpulse/adpulse/internal/billing/ledger"
 	"github.com/adpulse/adpulse/internal/config"
@@ -22,6 +23,7 @@ import (
 	"github.com/adpulse/adpulse/internal/metricstore/clickhousestore"
 	"github.com/adpulse/adpulse/internal/query"
 	"github.com/adpulse/adpulse/internal/query/topn"
+	"github.com/adpulse/adpulse/internal/reconcile"
 	"github.com/adpulse/adpulse/internal/servingredis"
 )
 
@@ -98,6 +100,8 @@ type processRole struct {
 	billing    *billing.Charger
 	serving    *servingredis.Publisher // nil unless --serving-redis-addr
 	membership *kafkalog.Membership    // nil unless shared
+	archiver   *archive.Archiver       // nil with --archive-url off
+	reconcile  *reconcile.Hourly       // nil with --reconcile off
 }
 
 // aggregatorStage is the aggregation stage: one Aggregator over every partition, or a Shared
@@ -187,6 +191,12 @@ func (a *App) openProcess(ctx context.Context) error {
 	}
 	g.Go("aggregator", p.aggregator.Run)
 	g.Go("billing", p.billing.Run)
+	if err := a.openArchive(p, store); err != nil {
+		return err
+	}
+	if p.archiver != nil && a.cfg.SharedProcessing() {
+		assignees = append(assignees, p.archiver)
+	}
 	if len(assignees) > 0 {
 		kl, ok := a.b.log.(*kafkalog.Log)
 		if !ok {
@@ -294,6 +304,9 @@ func (p *processRole) close() []error {
 	}
 	if p.aggregator != nil {
 		errs = append(errs, p.aggregator.Close())
+	}
+	if p.archiver != nil {
+		errs = append(errs, p.archiver.Close())
 	}
 	if p.top != nil {
 		errs = append(errs, p.top.Close())

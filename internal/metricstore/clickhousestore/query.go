@@ -151,6 +151,15 @@ func (s *Store) Query(ctx context.Context, q metricstore.Query) (*metricstore.Re
 			return nil, err
 		}
 	}
+	if len(uniq) > 0 {
+		marks, err := s.readMarks(ctx, metricstore.HourOf(b[0]), metricstore.HourOf(b[n]), heads)
+		if err != nil {
+			return nil, err
+		}
+		for i := range pts {
+			metricstore.FillReconciled(pts[i], b, func(h int64) bool { return marks[h] })
+		}
+	}
 	used := make([]bool, len(uniq))
 	for i, id := range q.IDs {
 		ui, _ := slices.BinarySearch(uniq, id)

@@ -277,6 +277,7 @@ func (s *Store) createTables(ctx context.Context) error {
 		`CREATE TABLE IF NOT EXISTS ` + s.db + `.aborted (
 			consumer String, seq UInt64, token UInt64, at DateTime DEFAULT now()
 		) ENGINE = MergeTree() ORDER BY (consumer, seq)`,
+		fmt.Sprintf(marksDDL, s.db),
 	}
 	for _, q := range ddl {
 		if err := s.exec(ctx, q); err != nil {
@@ -430,6 +431,10 @@ func (s *Store) applyOnce(ctx context.Context, c *metricstore.Commit, rows *coun
 	if v := c.FinalBefore.UnixMicro(); !c.FinalBefore.IsZero() && v > fb {
 		fb = v
 	}
+	marks, err := s.buildMarks(ctx, c, h.finalBefore)
+	if err != nil {
+		return err
+	}
 	seq := h.seq + 1
 	token := rand.Uint64() | 1 // never 0
 	t0 := time.Now()
@@ -477,6 +482,11 @@ func (s *Store) applyOnce(ctx context.Context, c *metricstore.Commit, rows *coun
 		}
 		if err := s.insertChanges(ctx, c.Consumer, seq, token, rows); err != nil {
 			return abort(fmt.Errorf("commit %s seq %d: changes: %w", c.Consumer, seq, err))
+		}
+	}
+	if len(marks.hours) > 0 {
+		if err := s.insertMarks(ctx, c.Consumer, seq, token, marks); err != nil {
+			return abort(fmt.Errorf("commit %s seq %d: reconciled marks: %w", c.Consumer, seq, err))
 		}
 	}
 	if s.failAfter == 4 {

@@ -50,6 +50,7 @@ func Run(t *testing.T, newStore Factory, seed uint64) {
 		{"InvalidInput", testInvalid},
 		{"Closed", testClosed},
 		{"ConcurrentApplyAndQuery", testConcurrent},
+		{"Reconciled", testReconciled},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

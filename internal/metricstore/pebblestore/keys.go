@@ -29,7 +29,12 @@ import (
 const (
 	prefixMeta       = 0x00
 	prefixCheckpoint = 'c' // after prefixMeta: consumer name -> encoded checkpoint
+	prefixReconciled = 'r' // after prefixMeta: UTC hour (8 bytes, big endian) -> empty: a reconciled mark
 )
+
+func reconciledKey(hour int64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{prefixMeta, prefixReconciled}, uint64(hour))
+}
 
 // resolution is one bucket size the store keeps.
 type resolution struct {

@@ -130,7 +130,15 @@ func (s *Store) Query(ctx context.Context, q metricstore.Query) (*metricstore.Re
 		pts[i] = backing[i*n : (i+1)*n : (i+1)*n]
 		metricstore.FillTimes(pts[i], b, fb)
 	}
+	// The iterator and the reconciled marks are taken together under mu, which every Apply
+	// holds while it commits: the marks describe exactly the counts the iterator reads.
+	s.mu.Lock()
 	it, err := s.db.NewIter(nil)
+	marks := s.marksIn(metricstore.HourOf(b[0]), metricstore.HourOf(b[n]))
+	s.mu.Unlock()
+	for i := range pts {
+		metricstore.FillReconciled(pts[i], b, func(h int64) bool { return marks[h] })
+	}
 	if err != nil {
 		return nil, fmt.Errorf("query iterator: %w", err)
 	}

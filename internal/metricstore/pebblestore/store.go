@@ -112,6 +112,7 @@ type Store struct {
 	life        sync.RWMutex // held shared by queries, exclusively by Close: db stays open under it
 	mu          sync.Mutex   // serialises Apply; guards checkpoints, expiredPart, closed
 	checkpoints map[string]*checkpoint
+	reconciled  map[int64]bool          // UTC hours marked by a reconciliation (metricstore/reconciled.go)
 	expiredPart [len(resolutions)]int64 // partitions below this were dropped by this process
 	closed      bool
 
@@ -161,7 +162,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open pebble metric store in %q: %w", dir, err)
 	}
-	s := &Store{db: db, opts: opts, checkpoints: make(map[string]*checkpoint)}
+	s := &Store{db: db, opts: opts, checkpoints: make(map[string]*checkpoint), reconciled: make(map[int64]bool)}
 	for i, d := range [...]time.Duration{opts.MinuteRetention, opts.HourRetention, -1} {
 		if d > 0 {
 			s.retention[i] = int64(d / time.Minute)
@@ -171,7 +172,47 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := s.loadReconciled(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return s, nil
+}
+
+func (s *Store) loadReconciled() error {
+	lower := []byte{prefixMeta, prefixReconciled}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: []byte{prefixMeta, prefixReconciled + 1}})
+	if err != nil {
+		return fmt.Errorf("read reconciled marks: %w", err)
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()
+		if len(k) != len(lower)+8 {
+			return fmt.Errorf("read reconciled marks: malformed key %x", k)
+		}
+		s.reconciled[int64(binary.BigEndian.Uint64(k[len(lower):]))] = true
+	}
+	return it.Error()
+}
+
+// marksIn copies the reconciled marks of hours [lo, hi]. Callers hold mu.
+func (s *Store) marksIn(lo, hi int64) map[int64]bool {
+	out := make(map[int64]bool)
+	if int64(len(s.reconciled)) > hi-lo+1 {
+		for h := lo; h <= hi; h++ {
+			if s.reconciled[h] {
+				out[h] = true
+			}
+		}
+		return out
+	}
+	for h := range s.reconciled {
+		if h >= lo && h <= hi {
+			out[h] = true
+		}
+	}
+	return out
 }
 
 func (s *Store) loadCheckpoints() error {
@@ -244,6 +285,29 @@ func (s *Store) Apply(ctx context.Context, c *metricstore.Commit) error {
 	if err := batch.Set(checkpointKey(c.Consumer), appendCheckpoint(nil, next.offsets, next.finalBefore), nil); err != nil {
 		return fmt.Errorf("batch set checkpoint: %w", err)
 	}
+	var unmark []int64
+	if len(s.reconciled) > 0 { // most stores, most of the time: nothing to look up per delta
+		for _, h := range metricstore.UnmarkedHours(c) {
+			if s.reconciled[h] {
+				unmark = append(unmark, h)
+				if err := batch.Delete(reconciledKey(h), nil); err != nil {
+					return fmt.Errorf("batch delete reconciled mark: %w", err)
+				}
+			}
+		}
+	}
+	finalEnd := metricstore.HourOf(s.finalBeforeLocked() / 60e6) // hours below it are final
+	for _, h := range c.ReconciledHours {
+		if h < 0 {
+			return fmt.Errorf("%w: reconciled hour %d", metricstore.ErrInvalidDelta, h)
+		}
+		if h >= finalEnd {
+			return fmt.Errorf("%w: reconciled hour %v is not final", metricstore.ErrInvalidDelta, time.Unix(h*3600, 0).UTC())
+		}
+		if err := batch.Set(reconciledKey(h), nil, nil); err != nil {
+			return fmt.Errorf("batch set reconciled mark: %w", err)
+		}
+	}
 	if err := batch.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("commit %d deltas of %s: %w", len(c.Deltas), c.Consumer, err)
 	}
@@ -252,6 +316,12 @@ func (s *Store) Apply(ctx context.Context, c *metricstore.Commit) error {
 	s.stallNanos.Add((cs.MemTableWriteStallDuration + cs.L0ReadAmpWriteStallDuration).Nanoseconds())
 	s.syncNanos.Add(cs.CommitWaitDuration.Nanoseconds())
 	s.checkpoints[c.Consumer] = next
+	for _, h := range unmark {
+		delete(s.reconciled, h)
+	}
+	for _, h := range c.ReconciledHours {
+		s.reconciled[h] = true
+	}
 	took := time.Since(start).Nanoseconds()
 	s.applies.Add(1)
 	s.deltas.Add(int64(len(c.Deltas)))
@@ -416,16 +486,22 @@ func (s *Store) Checkpoint(ctx context.Context, consumer string) (metricstore.Ch
 func (s *Store) finalBefore() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	fb := s.finalBeforeLocked()
+	if fb == 0 {
+		return time.Time{}
+	}
+	return time.UnixMicro(fb).UTC()
+}
+
+// finalBeforeLocked is finalBefore in Unix micros (0: none declared). Callers hold mu.
+func (s *Store) finalBeforeLocked() int64 {
 	var fb int64
 	for _, c := range s.checkpoints {
 		if c.finalBefore != 0 && (fb == 0 || c.finalBefore < fb) {
 			fb = c.finalBefore
 		}
 	}
-	if fb == 0 {
-		return time.Time{}
-	}
-	return time.UnixMicro(fb).UTC()
+	return fb
 }
 
 // Run drops expired buckets every ExpireInterval until ctx is done. It returns nil when ctx

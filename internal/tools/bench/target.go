@@ -226,6 +226,28 @@ func (t *target) setupAds(ctx context.Context, l layout) error {
 	if err != nil {
 		return fmt.Errorf("create ads: %w", err)
 	}
+	return t.waitCatalog(ctx, l.adID(l.ads-1))
+}
+
+// waitCatalog waits until every ingest node of a split deployment knows ad (the catalog change
+// feed brings it within 2 s): clicks sent before would get 404, as the contract allows.
+func (t *target) waitCatalog(ctx context.Context, ad string) error {
+	body := []byte(`{"ad_id":"` + ad + `","impression_id":"catalog-probe"}`)
+	for _, base := range t.ingest {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			err := t.doAt(ctx, base, http.MethodPost, "/api/v1/click-urls", "application/json", body, nil)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("ad %s unknown to %s 30s after it was created: %w", ad, base, err)
+			}
+			if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 
