@@ -20,10 +20,12 @@ import (
 	"time"
 	_ "time/tzdata" // advertiser time zones must resolve on machines without a zoneinfo database
 
+	"github.com/adpulse/adpulse/internal/bulkimport"
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/cliflag"
 	"github.com/adpulse/adpulse/internal/config"
+	"github.com/adpulse/adpulse/internal/export"
 	"github.com/adpulse/adpulse/internal/server"
 	"github.com/adpulse/adpulse/internal/tools/bench"
 	"github.com/adpulse/adpulse/internal/tools/loadgen"
@@ -51,6 +53,16 @@ func commands() []command {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return bench.Command(ctx, args, stdout, stderr, os.LookupEnv)
+		}},
+		{"import", "send rows of files (NDJSON, CSV, Parquet; local or S3) or a SQL query to POST /events, resumable", func(args []string, stdout, stderr io.Writer) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return bulkimport.Command(ctx, args, stdout, stderr, os.LookupEnv)
+		}},
+		{"export", "write the aggregates of ads, campaigns or advertisers as CSV, NDJSON or Parquet", func(args []string, stdout, stderr io.Writer) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return export.Command(ctx, args, stdout, stderr, os.LookupEnv)
 		}},
 		{"version", "print the version", func(_ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, versionString())
@@ -173,10 +185,11 @@ func jsonUsageError(logger *slog.Logger, format string, err error) error {
 }
 
 func serveFlags(fs *flag.FlagSet, c *config.Config) {
-	fs.Func("roles", "comma-separated roles of this process: ingest, process, query (default all three)", func(v string) error {
+	fs.Func("roles", "comma-separated roles of this process: ingest, process, query (default all three), and cron (scheduled jobs; never by default)", func(v string) error {
 		c.Roles = strings.Split(v, ",")
 		return nil
 	})
+	fs.StringVar(&c.CronConfig, "cron-config", c.CronConfig, "jobs file of the cron role (--roles ...,cron): scheduled imports, exports and reconciles")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory holding all embedded state")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "API listen address")
 	fs.StringVar(&c.OpsListen, "ops-listen", c.OpsListen, "ops listen address (Prometheus /metrics, /healthz, /readyz, pprof)")

@@ -101,6 +101,8 @@ type Config struct {
 	// TrustedProxies are the peers whose X-Forwarded-For names a request's source; from
 	// anyone else the TCP peer is the source.
 	TrustedProxies []netip.Prefix
+	// CronConfig is the jobs file of the cron role (docs/operations.md).
+	CronConfig string
 
 	// ArchiveURL is where the process role archives the raw log as Parquet: a directory
 	// ("" is archive/ in DataDir), s3://bucket/prefix, or "off".
@@ -141,6 +143,9 @@ const (
 	RoleIngest  = "ingest"  // GET /c, GET /i, POST /click, POST /events
 	RoleProcess = "process" // aggregation, charging, user views, the serving feed
 	RoleQuery   = "query"   // /metrics, /metrics/top, budgets, serving feed and views reads
+	// RoleCron runs the scheduled jobs of --cron-config (imports, exports, reconciles). It is
+	// not in AllRoles: it is asked for by name.
+	RoleCron = "cron"
 )
 
 // AllRoles is the default: one process does everything.
@@ -302,11 +307,20 @@ func (c *Config) Validate() error {
 func (c *Config) checkRoles(check func(bool, string, ...any)) {
 	seen := map[string]bool{}
 	for _, r := range c.Roles {
-		check(r == RoleIngest || r == RoleProcess || r == RoleQuery, "--roles: unknown role %q (want a comma-separated subset of ingest, process, query)", r)
+		check(r == RoleIngest || r == RoleProcess || r == RoleQuery || r == RoleCron, "--roles: unknown role %q (want a comma-separated subset of ingest, process, query, cron)", r)
 		check(!seen[r], "--roles: %q given twice", r)
 		seen[r] = true
 	}
 	check(len(c.Roles) > 0, "--roles must name at least one of ingest, process, query")
+	if seen[RoleCron] {
+		check(c.CronConfig != "", "--roles cron needs --cron-config FILE")
+		delete(seen, RoleCron)
+		if len(seen) == 0 {
+			// Only scheduled jobs: they reach the other processes through the API, and the
+			// lock through --catalog-dsn when there is a shared one.
+			return
+		}
+	}
 	if len(seen) == len(AllRoles) {
 		return
 	}

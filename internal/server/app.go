@@ -204,6 +204,11 @@ func (a *App) open(ctx context.Context) error {
 			return err
 		}
 	}
+	if a.cfg.Has(config.RoleCron) {
+		if err := a.openCron(); err != nil {
+			return err
+		}
+	}
 	a.reg.MustRegister(newStatsCollector(a))
 	return nil
 }
