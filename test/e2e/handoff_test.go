@@ -14,11 +14,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/adpulse/adpulse/client"
 )
 
 // TestRestartInPlaceDropsNoClick: SIGUSR2 hands the listening sockets to a new process, which
-// takes the data dir over once the old one has drained; clients clicking all along see no
-// refused connection and no error, only slower answers, and every click counts once.
+// takes the data dir over once the old one has drained; browsers clicking all along (GET /c
+// over keep-alive connections, click URLs signed by the ad server without asking adpulse) see
+// no refused connection and no error, only slower answers, and every click counts once.
 func TestRestartInPlaceDropsNoClick(t *testing.T) {
 	needBinary(t)
 	e := newEnv(t)
@@ -27,6 +30,10 @@ func TestRestartInPlaceDropsNoClick(t *testing.T) {
 	ctx := context.Background()
 	cat := setupCatalog(t, c, old.base, testAdminKey, "h-", 1, 1, 3)
 	pidFile := filepath.Join(e.dataDir, "PID")
+	signer, err := client.NewSigner(client.SignerConfig{Secret: testClickSecret, BaseURL: old.base})
+	if err != nil {
+		t.Fatal(err)
+	}
 	oldPID := old.cmd.Process.Pid
 
 	var (
@@ -48,7 +55,8 @@ func TestRestartInPlaceDropsNoClick(t *testing.T) {
 				default:
 				}
 				ad := cat.ads[(w+i)%len(cat.ads)]
-				tok, err := clickToken(ctx, c, old.base, testAdminKey, ad.id, fmt.Sprintf("h-%d-%d", w, i), "")
+				u, _, err := signer.ClickURL(ad.id, fmt.Sprintf("h-%d-%d", w, i), "", 0)
+				tok := u[strings.LastIndex(u, "/c/")+3:]
 				if err == nil {
 					var resp *response
 					resp, err = do(ctx, c, "GET", old.base+"/c/"+tok, "", nil, nil)
