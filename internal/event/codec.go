@@ -15,7 +15,9 @@ var ErrCorrupt = errors.New("event: corrupt record")
 //
 // Layout: version, type, invalid reason, then varints time, recv time, price, then the
 // strings name, ad, campaign, advertiser, impression, event, user, catalog, each as a uvarint
-// length and its bytes. It allocates nothing when b has room.
+// length and its bytes; then, only when either is set, source address and device id the
+// same way (records written before they existed end after catalog and still decode). It
+// allocates nothing when b has room.
 func (e *Event) AppendBinary(b []byte) []byte {
 	b = append(b, codecVersion, byte(e.Type), byte(e.Invalid))
 	b = binary.AppendVarint(b, e.Time)
@@ -24,6 +26,12 @@ func (e *Event) AppendBinary(b []byte) []byte {
 	for _, s := range [...]string{e.Name, e.AdID, e.CampaignID, e.AdvertiserID, e.ImpressionID, e.EventID, e.UserID, e.CatalogID} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
+	}
+	if e.SourceIP != "" || e.DeviceID != "" {
+		for _, s := range [...]string{e.SourceIP, e.DeviceID} {
+			b = binary.AppendUvarint(b, uint64(len(s)))
+			b = append(b, s...)
+		}
 	}
 	return b
 }
@@ -55,6 +63,17 @@ func (e *Event) Decode(b []byte) error {
 		}
 		*p = string(b[n : n+int(l)])
 		b = b[n+int(l):]
+	}
+	e.SourceIP, e.DeviceID = "", ""
+	if len(b) != 0 {
+		for _, p := range [...]*string{&e.SourceIP, &e.DeviceID} {
+			l, n := binary.Uvarint(b)
+			if n <= 0 || l > uint64(len(b)-n) {
+				return ErrCorrupt
+			}
+			*p = string(b[n : n+int(l)])
+			b = b[n+int(l):]
+		}
 	}
 	if len(b) != 0 {
 		return ErrCorrupt
