@@ -29,7 +29,9 @@ func offsetKey(p int) []byte { return binary.BigEndian.AppendUint32([]byte{prefi
 func verdictKey(clickKey string) []byte {
 	return append([]byte{prefixVerdict}, clickKey...)
 }
-func seqKey(prefix byte, seq uint64) []byte { return binary.BigEndian.AppendUint64([]byte{prefix}, seq) }
+func seqKey(prefix byte, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{prefix}, seq)
+}
 func creditPrefix(advertiser string) []byte {
 	return append(append([]byte{prefixCredit}, advertiser...), 0)
 }

@@ -30,8 +30,8 @@ type round struct {
 	deltas   map[deltaKey]*metricstore.Counts
 
 	consumed, corrupt, dups, judged, late int64
-	flagged                              map[event.Reason]int64
-	credits                              int64
+	flagged                               map[event.Reason]int64
+	credits                               int64
 }
 
 type deltaKey struct {
