@@ -77,7 +77,15 @@ type pipeline struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	rules   Rules
+
+	// A second stage, run and restarted on its own (replay_test.go).
+	stageCancel context.CancelFunc
+	stageDone   chan struct{}
+	first       *Stage
 }
+
+// firstStage is the stage start opened, whatever runStage opened since.
+func (p *pipeline) firstStage() *Stage { return p.first }
 
 func newPipeline(t *testing.T, start time.Time, rules Rules) *pipeline {
 	p := &pipeline{t: t, clk: &clock{t: start}, fs: vfs.NewMem(), rules: rules}
@@ -108,6 +116,7 @@ func (p *pipeline) start() {
 		Rules: p.rules, Now: p.clk.Now, PollInterval: 2 * time.Millisecond, RefundInterval: 5 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
+	p.first = p.stage
 	p.cancel, p.done = cancel, make(chan struct{})
 	var wg sync.WaitGroup
 	for _, run := range []func(context.Context) error{p.charger.Run, p.agg.Run, p.stage.Run} {
@@ -129,7 +138,7 @@ func (p *pipeline) stop() {
 	p.cancel()
 	<-p.done
 	p.cancel = nil
-	p.stage.Close()
+	p.first.Close()
 	p.charger.Close()
 	p.agg.Close()
 }
