@@ -227,6 +227,16 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.Float64Var(&c.RateLimitKey, "rate-limit-key", c.RateLimitKey, "requests per second per API key on the authenticated API (0: off)")
 	fs.IntVar(&c.RateLimitKeyBurst, "rate-limit-key-burst", c.RateLimitKeyBurst, "requests an API key may send at once")
 	fs.IntVar(&c.RateLimitEntries, "rate-limit-entries", c.RateLimitEntries, "source addresses (and keys) remembered at once; beyond, new sources share an overflow limit")
+	fs.BoolVar(&c.IVTRules, "ivt-rules", c.IVTRules, "run the behavioural invalid-traffic rules (floods, clicks without or too soon after an impression, many ads) and credit flagged clicks back")
+	fs.DurationVar(&c.IVTFloodWindow, "ivt-flood-window", c.IVTFloodWindow, "window of the click-flood rules")
+	fs.IntVar(&c.IVTMaxClicksPerUser, "ivt-max-clicks-per-user", c.IVTMaxClicksPerUser, "most clicks one user id may make within --ivt-flood-window (0: rule off)")
+	fs.IntVar(&c.IVTMaxClicksPerIP, "ivt-max-clicks-per-ip", c.IVTMaxClicksPerIP, "most clicks one source address may make within --ivt-flood-window (0: rule off)")
+	fs.IntVar(&c.IVTMaxClicksPerDevice, "ivt-max-clicks-per-device", c.IVTMaxClicksPerDevice, "most clicks one device may make within --ivt-flood-window (0: rule off)")
+	fs.DurationVar(&c.IVTImpressionWindow, "ivt-impression-window", c.IVTImpressionWindow, "how long impressions are remembered for the no-impression and too-fast rules")
+	fs.BoolVar(&c.IVTNoImpression, "ivt-no-impression", c.IVTNoImpression, "flag clicks with no impression on ads whose impressions are tracked")
+	fs.DurationVar(&c.IVTMinClickDelay, "ivt-min-click-delay", c.IVTMinClickDelay, "shortest time from an impression to its click a person needs (0: rule off)")
+	fs.DurationVar(&c.IVTManyAdsWindow, "ivt-many-ads-window", c.IVTManyAdsWindow, "window of the many-ads rule")
+	fs.IntVar(&c.IVTMaxAdsPerSource, "ivt-max-ads-per-source", c.IVTMaxAdsPerSource, "most distinct ads one source (user id, else address) may click within --ivt-many-ads-window (0: rule off)")
 	fs.Func("trusted-proxies", "comma-separated CIDRs of proxies whose X-Forwarded-For names the source address (default none: the TCP peer is the source)", func(v string) error {
 		c.TrustedProxies = nil
 		for _, s := range strings.Split(v, ",") {

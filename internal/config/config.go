@@ -100,6 +100,15 @@ type Config struct {
 	// TrustedProxies are the peers whose X-Forwarded-For names a request's source; from
 	// anyone else the TCP peer is the source.
 	TrustedProxies []netip.Prefix
+
+	// Behavioural invalid-traffic rules (the process role's ivt stage, internal/ivt/sivt).
+	// IVTRules false turns the stage off. A limit of 0 turns its rule off.
+	IVTRules                                              bool
+	IVTFloodWindow, IVTImpressionWindow, IVTManyAdsWindow time.Duration
+	IVTMaxClicksPerUser, IVTMaxClicksPerIP                int
+	IVTMaxClicksPerDevice, IVTMaxAdsPerSource             int
+	IVTNoImpression                                       bool
+	IVTMinClickDelay                                      time.Duration
 }
 
 // Roles of a process.
@@ -188,6 +197,16 @@ func Default() Config {
 		RateLimitKey:           2000,
 		RateLimitKeyBurst:      10000,
 		RateLimitEntries:       100_000,
+		IVTRules:               true,
+		IVTFloodWindow:         time.Minute,
+		IVTImpressionWindow:    10 * time.Minute,
+		IVTManyAdsWindow:       10 * time.Minute,
+		IVTMaxClicksPerUser:    10,
+		IVTMaxClicksPerIP:      30,
+		IVTMaxClicksPerDevice:  10,
+		IVTMaxAdsPerSource:     20,
+		IVTNoImpression:        true,
+		IVTMinClickDelay:       time.Second,
 	}
 }
 
@@ -230,6 +249,16 @@ func (c *Config) Validate() error {
 	check(c.RateLimitIP == 0 || c.RateLimitIPBurst >= 1, "--rate-limit-ip-burst must be at least 1")
 	check(c.RateLimitKey == 0 || c.RateLimitKeyBurst >= 1, "--rate-limit-key-burst must be at least 1")
 	check(c.RateLimitEntries >= 1, "--rate-limit-entries must be at least 1")
+	for _, w := range []struct {
+		flag string
+		d    time.Duration
+	}{{"--ivt-flood-window", c.IVTFloodWindow}, {"--ivt-impression-window", c.IVTImpressionWindow}, {"--ivt-many-ads-window", c.IVTManyAdsWindow}} {
+		// The stage holds every click of its windows in memory and replays them at start.
+		check(!c.IVTRules || w.d >= time.Second && w.d <= 24*time.Hour, "%s must be 1s-24h", w.flag)
+	}
+	check(c.IVTMaxClicksPerUser >= 0 && c.IVTMaxClicksPerIP >= 0 && c.IVTMaxClicksPerDevice >= 0 && c.IVTMaxAdsPerSource >= 0,
+		"--ivt-max-clicks-per-user, -ip, -device and --ivt-max-ads-per-source must not be negative (0 turns a rule off)")
+	check(c.IVTMinClickDelay >= 0 && c.IVTMinClickDelay <= time.Minute, "--ivt-min-click-delay must be 0-1m (0 turns the rule off)")
 	check(c.EventLog == "local" || c.EventLog == "kafka", "--event-log must be local or kafka")
 	check(c.EventLog != "kafka" || len(c.KafkaBrokers) > 0, "--event-log kafka needs --kafka-brokers")
 	check(c.Dedup == "memory" || c.Dedup == "redis", "--dedup must be memory or redis")

@@ -22,6 +22,7 @@ import (
 //	catalog.db  the SQLite catalog (no --catalog-dsn)
 //	metrics/    the Pebble metric store
 //	billing/    the ledger, spend and user views (Pebble)
+//	ivt/        the behavioural invalid-traffic stage: verdicts, credits, offsets (Pebble)
 type dataDir struct {
 	root string
 	lock *os.File
@@ -32,6 +33,7 @@ func (d dataDir) log() string       { return filepath.Join(d.root, "log") }
 func (d dataDir) catalogDB() string { return filepath.Join(d.root, "catalog.db") }
 func (d dataDir) metrics() string   { return filepath.Join(d.root, "metrics") }
 func (d dataDir) billing() string   { return filepath.Join(d.root, "billing") }
+func (d dataDir) ivt() string       { return filepath.Join(d.root, "ivt") }
 
 // openDataDir creates the dir if needed and takes its lock, so a second process on the same
 // embedded state fails at once with a clear error instead of corrupting it or failing deep

@@ -109,7 +109,9 @@ func TestDeterministicAcrossRestarts(t *testing.T) {
 	if len(want) == 0 {
 		t.Fatal("no verdicts: the traffic does not exercise the rules")
 	}
-	if !maps.EqualFunc(want, got, func(a, b verdictRecord) bool { return a.Reason == b.Reason && a.Late == b.Late && a.TriggeredBy == b.TriggeredBy && a.DecidedAt == b.DecidedAt && a.Evidence.Source == b.Evidence.Source && a.Evidence.Count == b.Evidence.Count }) {
+	if !maps.EqualFunc(want, got, func(a, b verdictRecord) bool {
+		return a.Reason == b.Reason && a.Late == b.Late && a.TriggeredBy == b.TriggeredBy && a.DecidedAt == b.DecidedAt && a.Evidence.Source == b.Evidence.Source && a.Evidence.Count == b.Evidence.Count
+	}) {
 		for k, v := range want {
 			if g, ok := got[k]; !ok || g.Reason != v.Reason || g.Late != v.Late || g.TriggeredBy != v.TriggeredBy {
 				t.Errorf("click %s: uninterrupted %+v, restarted %+v (present %v)", k, v, g, ok)

@@ -172,9 +172,12 @@ type Stage struct {
 	life   sync.RWMutex // held shared by every use of db outside Run, exclusively by Close
 	closed bool
 
-	started atomic.Bool
-	kickPub chan struct{}
-	kickRef chan struct{}
+	started   atomic.Bool
+	abort     chan struct{} // closed by Close
+	done      chan struct{} // closed when Run returns
+	closeOnce sync.Once
+	kickPub   chan struct{}
+	kickRef   chan struct{}
 
 	// The writer (Run's consuming goroutine) owns these.
 	next        []int64
@@ -206,7 +209,7 @@ func Open(ctx context.Context, o Options) (*Stage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open ivt database in %q: %w", o.Dir, err)
 	}
-	s := &Stage{opts: o, db: db, kickPub: make(chan struct{}, 1), kickRef: make(chan struct{}, 1),
+	s := &Stage{opts: o, db: db, abort: make(chan struct{}), done: make(chan struct{}), kickPub: make(chan struct{}, 1), kickRef: make(chan struct{}, 1),
 		st: newState(o.Rules), stats: Stats{Flagged: map[event.Reason]int64{}}}
 	if err := s.load(ctx); err != nil {
 		db.Close()
@@ -375,8 +378,21 @@ func (s *Stage) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("sivt: Run called twice")
 	}
+	defer close(s.done)
+	select {
+	case <-s.abort:
+		return ErrClosed
+	default:
+	}
 	rctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	go func() {
+		select {
+		case <-s.abort:
+			cancel(ErrClosed)
+		case <-rctx.Done():
+		}
+	}()
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
 	for _, f := range []func(context.Context) error{s.runWriter, s.runPublisher, s.runRefunds} {
@@ -394,8 +410,13 @@ func (s *Stage) Run(ctx context.Context) error {
 	return <-errc
 }
 
-// Close releases the database. Call it after Run has returned.
+// Close stops Run (a round not yet committed is replayed at the next start) and releases the
+// database.
 func (s *Stage) Close() error {
+	s.closeOnce.Do(func() { close(s.abort) })
+	if s.started.Load() {
+		<-s.done
+	}
 	s.life.Lock()
 	defer s.life.Unlock()
 	if s.closed {
