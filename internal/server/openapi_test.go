@@ -534,7 +534,9 @@ func TestOpenAPIContract(t *testing.T) {
 	sc.eventually(specCall{method: "GET", path: "/api/v1/clicks/imp-t2", key: admin, want: 200},
 		func(b []byte) bool { return strings.Contains(string(b), `"invalid_traffic":{"reason":"no_impression"`) })
 	sc.eventually(specCall{method: "GET", path: "/api/v1/advertisers/adv2/credits", key: admin, want: 200},
-		func(b []byte) bool { return strings.Contains(string(b), `"click_id":"imp-t2"`) && strings.Contains(string(b), `"status":"credited"`) })
+		func(b []byte) bool {
+			return strings.Contains(string(b), `"click_id":"imp-t2"`) && strings.Contains(string(b), `"status":"credited"`)
+		})
 	for _, c := range []specCall{
 		{method: "GET", path: "/api/v1/advertisers/adv2/credits?limit=1", key: admin, want: 200},
 		{method: "GET", path: "/api/v1/advertisers/adv1/credits", key: advKey, want: 200},
