@@ -136,6 +136,7 @@ type state struct {
 	imps    map[uint64]impression // by hash of impression id
 	impFIFO []impFIFOEntry
 	adLast  map[string]int64 // ad -> receive time of its latest impression
+	held    map[string]int64 // click key -> latest receive time, so a click reaching the log twice counts once
 	swept   int64            // maxRecv at the last sweep of empty windows
 }
 
@@ -145,7 +146,7 @@ type impFIFOEntry struct {
 }
 
 func newState(r Rules) *state {
-	s := &state{r: r, sources: map[string]*window{}, imps: map[uint64]impression{}, adLast: map[string]int64{}}
+	s := &state{r: r, sources: map[string]*window{}, imps: map[uint64]impression{}, adLast: map[string]int64{}, held: map[string]int64{}}
 	for i := range s.floods {
 		s.floods[i] = map[string]*window{}
 	}
@@ -199,12 +200,36 @@ func (s *state) sweep() {
 			delete(s.sources, k)
 		}
 	}
+	hc := s.maxRecv - s.r.span().Microseconds()
+	for k, recv := range s.held {
+		if recv <= hc {
+			delete(s.held, k)
+		}
+	}
 	ic := s.maxRecv - s.r.ImpressionWindow.Microseconds()
 	for ad, t := range s.adLast {
 		if t <= ic {
 			delete(s.adLast, ad)
 		}
 	}
+}
+
+// repeat records an occurrence of click key and reports whether an earlier one was received
+// within the rules' span before it. Like dedup.Window, it does not chain on decisions: a
+// rebuild that sees the occurrences of the span before its first event decides the same.
+func (s *state) repeat(key string, recv int64) bool {
+	last, ok := s.held[key]
+	if recv > last {
+		s.held[key] = recv
+	}
+	return ok && recv-last <= s.r.span().Microseconds() && recv >= last-s.r.span().Microseconds()
+}
+
+// seen records an occurrence of click key without judging anything: what a rebuild feeds
+// from before the rules' span, so that repeat decides as it did.
+func (s *state) seen(ev *event.Event) {
+	s.advance(ev.RecvTime)
+	s.repeat(ev.Key(), ev.RecvTime)
 }
 
 // impression records a valid impression.
@@ -228,7 +253,13 @@ func (s *state) impression(ev *event.Event) {
 // the verdicts: the click's own and those of earlier clicks a flood or many_ads made invalid.
 func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 	s.advance(ev.RecvTime)
-	c := &click{key: ev.Key(), ad: ev.AdID, campaign: ev.CampaignID, advertiser: ev.AdvertiserID,
+	key := ev.Key()
+	if s.repeat(key, ev.RecvTime) {
+		// The same click again (the duplicate filter is off or forgot it): it was counted
+		// and judged once already.
+		return nil
+	}
+	c := &click{key: key, ad: ev.AdID, campaign: ev.CampaignID, advertiser: ev.AdvertiserID,
 		time: ev.Time, recv: ev.RecvTime, flagged: flagged}
 	c.id = clickID(c.key)
 	var out []Verdict

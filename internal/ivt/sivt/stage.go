@@ -312,12 +312,14 @@ func (s *Stage) rebuild(ctx context.Context) error {
 		lastAll = max(lastAll, last[p])
 	}
 	rulesFrom := lastAll - s.opts.Rules.span().Microseconds() - 2*slack
+	// Clicks one more span back only register their keys (state.repeat looks that far).
+	keysFrom := rulesFrom - s.opts.Rules.span().Microseconds() - slack
 	var ev event.Event
 	for p, next := range s.next {
 		if last[p] == math.MinInt64 {
 			continue
 		}
-		from := rulesFrom
+		from := keysFrom
 		if s.dups[p] != nil {
 			from = min(from, dedup.ReplayFrom(last[p], span, slack))
 		}
@@ -343,7 +345,13 @@ func (s *Stage) rebuild(ctx context.Context) error {
 				if ev.Decode(m.Value) != nil || s.repeat(p, &ev) {
 					continue
 				}
-				if m.Time.UnixMicro() < rulesFrom || ev.Invalid != event.ReasonNone {
+				if m.Time.UnixMicro() < keysFrom || ev.Invalid != event.ReasonNone {
+					continue
+				}
+				if m.Time.UnixMicro() < rulesFrom {
+					if ev.Type == event.TypeClick {
+						s.st.seen(&ev)
+					}
 					continue
 				}
 				switch ev.Type {
