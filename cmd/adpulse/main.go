@@ -227,7 +227,7 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.Float64Var(&c.RateLimitKey, "rate-limit-key", c.RateLimitKey, "requests per second per API key on the authenticated API (0: off)")
 	fs.IntVar(&c.RateLimitKeyBurst, "rate-limit-key-burst", c.RateLimitKeyBurst, "requests an API key may send at once")
 	fs.IntVar(&c.RateLimitEntries, "rate-limit-entries", c.RateLimitEntries, "source addresses (and keys) remembered at once; beyond, new sources share an overflow limit")
-	fs.BoolVar(&c.IVTRules, "ivt-rules", c.IVTRules, "run the behavioural invalid-traffic rules (floods, clicks without or too soon after an impression, many ads) and credit flagged clicks back")
+	fs.BoolVar(&c.IVTRules, "ivt-rules", c.IVTRules, "run the behavioural invalid-traffic rules (floods, clicks without or too soon after an impression, many ads) and credit flagged clicks back (off by default: it refunds money; tune the thresholds first)")
 	fs.DurationVar(&c.IVTFloodWindow, "ivt-flood-window", c.IVTFloodWindow, "window of the click-flood rules")
 	fs.IntVar(&c.IVTMaxClicksPerUser, "ivt-max-clicks-per-user", c.IVTMaxClicksPerUser, "most clicks one user id may make within --ivt-flood-window (0: rule off)")
 	fs.IntVar(&c.IVTMaxClicksPerIP, "ivt-max-clicks-per-ip", c.IVTMaxClicksPerIP, "most clicks one source address may make within --ivt-flood-window (0: rule off)")

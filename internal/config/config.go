@@ -102,7 +102,8 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 
 	// Behavioural invalid-traffic rules (the process role's ivt stage, internal/ivt/sivt).
-	// IVTRules false turns the stage off. A limit of 0 turns its rule off.
+	// Off unless IVTRules: the stage refunds money, so an operator turns it on once the
+	// thresholds suit the traffic. A limit of 0 turns its rule off.
 	IVTRules                                              bool
 	IVTFloodWindow, IVTImpressionWindow, IVTManyAdsWindow time.Duration
 	IVTMaxClicksPerUser, IVTMaxClicksPerIP                int
@@ -197,7 +198,7 @@ func Default() Config {
 		RateLimitKey:           2000,
 		RateLimitKeyBurst:      10000,
 		RateLimitEntries:       100_000,
-		IVTRules:               true,
+		IVTRules:               false,
 		IVTFloodWindow:         time.Minute,
 		IVTImpressionWindow:    10 * time.Minute,
 		IVTManyAdsWindow:       10 * time.Minute,

@@ -18,8 +18,10 @@ type sourcer interface {
 
 // setSource records where a /c, /i or /click request came from, for the behavioural rules of
 // the stream (floods per address and per device): the source address, and the device the
-// client named (deviceID, POST /click only) or else a fingerprint of the user agent and
-// language. The fingerprint is no identity: it only groups requests that look alike.
+// client named (deviceID, POST /click only) or else a fingerprint of the user agent, language
+// and address. The fingerprint is no identity: it tells apart browsers behind one address. It
+// is left empty for a private, loopback or carrier-shared address, where it would lump
+// strangers together (a proxy adpulse does not trust makes every client one address).
 func (h *Handlers) setSource(r *http.Request, e *event.Event, deviceID string) {
 	var addr netip.Addr
 	if s, ok := h.o.Bots.(sourcer); ok {
@@ -34,16 +36,23 @@ func (h *Handlers) setSource(r *http.Request, e *event.Event, deviceID string) {
 		e.DeviceID = deviceID
 		return
 	}
-	e.DeviceID = Fingerprint(r.UserAgent(), r.Header.Get("Accept-Language"))
+	if a := addr.Unmap(); a.IsGlobalUnicast() && !a.IsPrivate() && !cgnat.Contains(a) {
+		e.DeviceID = Fingerprint(r.UserAgent(), r.Header.Get("Accept-Language"), e.SourceIP)
+	}
 }
 
+// cgnat is the carriers' shared address space (RFC 6598).
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
 // Fingerprint is the device id given to a request that names no device: "fp-" and 16 hex
-// digits of a hash of its user agent and Accept-Language.
-func Fingerprint(userAgent, acceptLanguage string) string {
+// digits of a hash of its user agent, Accept-Language and source address.
+func Fingerprint(userAgent, acceptLanguage, addr string) string {
 	d := xxhash.New()
 	_, _ = d.WriteString(userAgent)
 	_, _ = d.WriteString("\x00")
 	_, _ = d.WriteString(acceptLanguage)
+	_, _ = d.WriteString("\x00")
+	_, _ = d.WriteString(addr)
 	s := strconv.FormatUint(d.Sum64(), 16)
 	return "fp-" + "0000000000000000"[len(s):] + s
 }

@@ -25,6 +25,7 @@ func TestRestartKeepsSecretsAndDedup(t *testing.T) {
 	run := func(f func(app *App, base string)) {
 		cfg := config.Default()
 		cfg.DataDir, cfg.Listen, cfg.OpsListen = dir, "127.0.0.1:0", "127.0.0.1:0"
+		cfg.IVTRules = true // its reasons must show in /metrics
 		app, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		if err != nil {
 			t.Fatal(err)

@@ -258,6 +258,7 @@ func TestOpenAPIContract(t *testing.T) {
 	_, base := startApp(t, func(c *config.Config) {
 		c.MaxBody = 8 << 10
 		c.MaxBatch = 20
+		c.IVTRules = true
 		c.IVTMinClickDelay = 0 // the batches below send clicks in their impression's second
 	})
 	doc := loadStrictSpec(t, base)

@@ -1,6 +1,7 @@
 package sivt
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/event"
@@ -286,7 +287,11 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 	// Floods: the click's own verdict comes from the first rule that fires, in the order
 	// user, address, device; every rule that fires still flags its earlier clicks.
 	fcut := s.maxRecv - s.r.FloodWindow.Microseconds()
-	for i, by := range [3]string{ev.UserID, ev.SourceIP, ev.DeviceID} {
+	ip := ev.SourceIP
+	if !Countable(ip) {
+		ip = ""
+	}
+	for i, by := range [3]string{ev.UserID, ip, ev.DeviceID} {
 		limit := s.floodLimit(i)
 		if by == "" || limit <= 0 {
 			continue
@@ -333,7 +338,7 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 	src := ev.UserID
 	field := "user_id="
 	if src == "" {
-		src, field = ev.SourceIP, "ip="
+		src, field = ip, "ip="
 	}
 	if src != "" && s.r.MaxAdsPerSource > 0 {
 		mcut := s.maxRecv - s.r.ManyAdsWindow.Microseconds()
@@ -364,6 +369,21 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 		}
 	}
 	return out
+}
+
+// cgnat is the carriers' shared address space (RFC 6598): thousands of phones behind each.
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
+// Countable reports whether clicks may be counted per address: a public unicast address.
+// Private, loopback, link-local and carrier-shared addresses are many people at once (or
+// every client, behind a proxy adpulse was not told to trust), so the address rules skip them.
+func Countable(ip string) bool {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	a = a.Unmap()
+	return a.IsGlobalUnicast() && !a.IsPrivate() && !cgnat.Contains(a)
 }
 
 func micros(t int64) string { return time.UnixMicro(t).UTC().Format(time.RFC3339Nano) }
