@@ -320,6 +320,7 @@ func (h *Handlers) events(w http.ResponseWriter, r *http.Request) {
 				if pl.UserAgent != "" && (e.Type == event.TypeClick || e.Type == event.TypeImpression) {
 					e.Invalid = h.o.Bots.UserAgent(pl.UserAgent)
 				}
+				h.judgeAddress(&e)
 				t, recv := e.Time, e.RecvTime
 				fill(&e, e.AdID, ad, now)
 				e.Time, e.RecvTime = t, recv

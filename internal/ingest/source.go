@@ -65,3 +65,20 @@ func canonicalIP(s string) string {
 	}
 	return a.Unmap().String()
 }
+
+// addressJudge is what a Bots implementation offers when it knows data-centre ranges
+// (ivt.Filter does).
+type addressJudge interface {
+	Address(ip string) event.Reason
+}
+
+// judgeAddress flags a click or impression of POST /events whose reported source address is
+// a data-centre one, as /c, /i and /click are flagged by their request's address.
+func (h *Handlers) judgeAddress(e *event.Event) {
+	if e.Invalid != event.ReasonNone || e.SourceIP == "" || (e.Type != event.TypeClick && e.Type != event.TypeImpression) {
+		return
+	}
+	if a, ok := h.o.Bots.(addressJudge); ok {
+		e.Invalid = a.Address(e.SourceIP)
+	}
+}

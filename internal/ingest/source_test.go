@@ -35,9 +35,18 @@ func TestSourceRecorded(t *testing.T) {
 	if w := f.do("POST", "/events", `{"type":"click","impression_id":"imp5","ad_id":"ad1","ip":"nope"}`+"\n", "Authorization", "Bearer ingest"); !strings.Contains(w.Body.String(), `"rejected":1`) || !strings.Contains(w.Body.String(), `ip: must be an IPv4 or IPv6 address`) {
 		t.Fatalf("bad ip: %s", w.Body)
 	}
+	body = `{"type":"click","impression_id":"imp6","ad_id":"ad1","ip":"3.80.1.10"}` + "\n" // an AWS address
+	if w := f.do("POST", "/events", body, "Authorization", "Bearer ingest"); !strings.Contains(w.Body.String(), `"accepted":1`) {
+		t.Fatalf("events: %s", w.Body)
+	}
 	got := map[string][2]string{}
+	invalid := map[string]string{}
 	for _, e := range f.log.events(t) {
 		got[e.ImpressionID] = [2]string{e.SourceIP, e.DeviceID}
+		invalid[e.ImpressionID] = e.Invalid.String()
+	}
+	if invalid["imp6"] != "datacenter" || invalid["imp4"] != "" {
+		t.Errorf("reported addresses judged %q", invalid)
 	}
 	home := strings.Split(homeAddr, ":")[0]
 	if g := got["imp1"]; g[0] != home || !strings.HasPrefix(g[1], "fp-") || len(g[1]) != 19 {
