@@ -2,7 +2,9 @@ package sivt
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -148,4 +150,79 @@ func TestCreditWaitsForCharge(t *testing.T) {
 	}
 	cancel()
 	p.charger.Close()
+}
+
+// lossyStore applies a commit and then reports failure for the first few (the answer lost,
+// as after a timeout), or fails before applying: the stage must retry, find out from the
+// fence what went in, and move every click exactly once.
+type lossyStore struct {
+	metricstore.Store
+	mu            sync.Mutex
+	applyThenFail int
+	failBefore    int
+}
+
+func (l *lossyStore) Apply(ctx context.Context, c *metricstore.Commit) error {
+	l.mu.Lock()
+	before, after := l.failBefore > 0, l.applyThenFail > 0
+	if before {
+		l.failBefore--
+	} else if after {
+		l.applyThenFail--
+	}
+	l.mu.Unlock()
+	if before {
+		return errors.New("store unavailable")
+	}
+	if err := l.Store.Apply(ctx, c); err != nil {
+		return err
+	}
+	if after {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// TestMovesOnceDespiteLostApplies: metric store answers lost after the commit went in, and
+// failures before it, do not double or drop the moves of flagged clicks.
+func TestMovesOnceDespiteLostApplies(t *testing.T) {
+	p := newPipeline(t, t0, DefaultRules())
+	p.stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var err error
+	if p.charger, err = openCharger(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	defer p.charger.Close()
+	go p.charger.Run(ctx)
+	store := &lossyStore{Store: p.metrics, applyThenFail: 3, failBefore: 2}
+	stage, err := Open(ctx, Options{Dir: "ivt-lossy", FS: p.fs, Log: p.log, Metrics: store, Refunder: BillingRefunder(p.charger),
+		Rules: DefaultRules(), Now: p.clk.Now, PollInterval: 2 * time.Millisecond, RefundInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stage.Close()
+	go stage.Run(ctx)
+	// Four floods, sent apart so that each round's moves are a journal entry of their own.
+	for f := range 4 {
+		for i := range 12 {
+			at := t0.Add(time.Duration(f)*2*time.Minute + time.Duration(i)*time.Second)
+			imp := fmt.Sprintf("f%d-%d", f, i)
+			p.send(impEv(at, "ad-3", imp, fmt.Sprint("bot", f), "81.9.9.9", "dev"), clickEv(at.Add(1500*time.Millisecond), "ad-3", imp, fmt.Sprint("bot", f), "81.9.9.9", "dev"))
+		}
+		p.clk.Set(p.clk.Now().Add(2 * time.Second))
+		eventually(t, "the flood's verdicts", func() bool { return stage.Stats().Flagged[event.ReasonFloodUser] == int64(12*(f+1)) })
+	}
+	eventually(t, "every move applied", func() bool { st := stage.Stats(); return st.JournalApplied == st.JournalNext })
+	c := p.counts(metricstore.LevelAd, "ad-3", t0)
+	if c.Clicks != -48 || c.InvalidByReason[event.ReasonFloodUser] != 48 || c.InvalidClicks != 48 {
+		t.Fatalf("moves in the store: %v, want 48 clicks moved once each", c)
+	}
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if store.applyThenFail != 0 || store.failBefore != 0 || stage.Stats().MetricApplyErrors == 0 {
+		t.Errorf("the faults were not all exercised: %d lost answers and %d failures left, %d errors seen",
+			store.applyThenFail, store.failBefore, stage.Stats().MetricApplyErrors)
+	}
 }
