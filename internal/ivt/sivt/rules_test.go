@@ -1,6 +1,7 @@
 package sivt
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -110,5 +111,41 @@ func TestPrecisionRecallPerRule(t *testing.T) {
 	t.Logf("many_ads alone, 8 ads in 10 minutes:\n%s", rep)
 	if rs := rep.ByReason[event.ReasonManyAds]; rs == nil || rs.Precision < 0.99 || rep.ByLabel[ivtgen.DripFraud].Rate < 0.3 {
 		t.Errorf("many_ads: %+v, drip recall %.4f", rs, rep.ByLabel[ivtgen.DripFraud].Rate)
+	}
+}
+
+func TestCountable(t *testing.T) {
+	for ip, want := range map[string]bool{
+		"81.2.3.4": true, "2a01:4f8::1": true, "::ffff:81.2.3.4": true,
+		"127.0.0.1": false, "10.0.0.1": false, "192.168.1.1": false, "172.16.0.1": false, "100.64.1.1": false,
+		"::1": false, "fe80::1": false, "fd00::1": false, "": false, "nope": false,
+	} {
+		if Countable(ip) != want {
+			t.Errorf("Countable(%q) = %v, want %v", ip, !want, want)
+		}
+	}
+}
+
+// TestSharedAddressNotCounted: a thousand people behind one carrier or office address make
+// no address flood, while the same clicks from one public address do.
+func TestSharedAddressNotCounted(t *testing.T) {
+	for _, tc := range []struct {
+		ip    string
+		flood bool
+	}{{"100.64.0.1", false}, {"10.0.0.1", false}, {"81.2.3.4", true}} {
+		st := newState(DefaultRules())
+		flagged := 0
+		for i := range 100 {
+			e := event.Event{Type: event.TypeClick, AdID: "ad-1", ImpressionID: fmt.Sprint("i", i), UserID: fmt.Sprint("u", i),
+				SourceIP: tc.ip, Time: int64(i) * 100_000, RecvTime: int64(i) * 100_000}
+			for _, v := range st.click(&e, false, true) {
+				if v.Reason == event.ReasonFloodIP {
+					flagged++
+				}
+			}
+		}
+		if (flagged > 0) != tc.flood {
+			t.Errorf("%s: %d clicks flagged flood_ip", tc.ip, flagged)
+		}
 	}
 }
