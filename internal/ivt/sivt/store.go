@@ -50,8 +50,7 @@ type verdictRecord struct {
 	DecidedAt   string   `json:"decided_at"`
 	Evidence    Evidence `json:"evidence"`
 	// CreditSeq finds the click's credit in its advertiser's trail.
-	CreditSeq  uint64 `json:"credit_seq"`
-	Advertiser string `json:"-"`
+	CreditSeq uint64 `json:"credit_seq"`
 }
 
 // Credit is one entry of an advertiser's credit trail: a click a rule made invalid and what
