@@ -76,7 +76,14 @@ func ivtCommand(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		cfg.Ads = append(cfg.Ads, ivtgen.Ad{AdID: lay.AdID(i), CampaignID: lay.CampaignID(c), AdvertiserID: lay.AdvertiserID(lay.AdvertiserOf(c))})
 	}
 	cfg.Start = time.Now().Add(-cfg.Duration - 5*time.Second)
-	a := &api{base: target, metrics: target, key: adminKey, c: &http.Client{Timeout: 30 * time.Second}}
+	hc := &http.Client{Timeout: 30 * time.Second}
+	a, err := newAPI(target, target, adminKey, hc)
+	if err != nil {
+		return err
+	}
+	do := func(method, url, ctype string, body []byte, out any) (int, error) {
+		return doJSON(ctx, hc, adminKey, method, url, ctype, body, out)
+	}
 	if setup {
 		if err := a.setup(ctx, lay, 0); err != nil {
 			return err
@@ -91,7 +98,7 @@ func ivtCommand(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 			return nil
 		}
 		var res struct{ Accepted, Rejected int }
-		err := a.do(ctx, http.MethodPost, target+"/events", "application/x-ndjson", body.Bytes(), &res)
+		_, err := do(http.MethodPost, target+"/events", "application/x-ndjson", body.Bytes(), &res)
 		body.Reset()
 		if err == nil && res.Rejected > 0 {
 			err = fmt.Errorf("POST /events rejected %d lines", res.Rejected)
@@ -130,10 +137,9 @@ func ivtCommand(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 				Reason string `json:"reason"`
 			} `json:"invalid_traffic"`
 		}
-		err := a.do(ctx, http.MethodGet, target+"/api/v1/clicks/"+evs[i].ImpressionID+"-"+run, "", nil, &click)
-		var se *statusError
+		status, err := do(http.MethodGet, target+"/api/v1/clicks/"+evs[i].ImpressionID+"-"+run, "", nil, &click)
 		switch {
-		case errors.As(err, &se) && se.status == http.StatusNotFound:
+		case status == http.StatusNotFound:
 			reasons[i] = event.ReasonDatacenter // invalid at ingest: never in the ledger
 		case err != nil:
 			return err
@@ -144,6 +150,32 @@ func ivtCommand(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 	fmt.Fprintf(stdout, "invalid-traffic rules on labelled traffic (seed %d; a click absent from the ledger counts as flagged at ingest, shown as datacenter):\n%s",
 		cfg.Seed, ivtgen.Score(evs, reasons))
 	return nil
+}
+
+// doJSON sends one request with the admin key and decodes a 200 answer into out; any other
+// status is returned with an error (404 too, for the caller to tell apart).
+func doJSON(ctx context.Context, hc *http.Client, key, method, url, ctype string, body []byte, out any) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return resp.StatusCode, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return resp.StatusCode, fmt.Errorf("%s %s: %d %s", method, url, resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	return resp.StatusCode, json.Unmarshal(b, out)
 }
 
 func sleepFor(ctx context.Context, d time.Duration) error {
