@@ -12,6 +12,7 @@ import (
 
 	"github.com/adpulse/adpulse/internal/aggregate"
 	"github.com/adpulse/adpulse/internal/billing"
+	"github.com/adpulse/adpulse/internal/billing/ledger"
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
@@ -82,6 +83,7 @@ type pipeline struct {
 	stageCancel context.CancelFunc
 	stageDone   chan struct{}
 	first       *Stage
+	ledgers     []*ledger.Pebble
 }
 
 // firstStage is the stage start opened, whatever runStage opened since.
@@ -94,7 +96,7 @@ func newPipeline(t *testing.T, start time.Time, rules Rules) *pipeline {
 	if p.metrics, err = pebblestore.Open("metrics", pebblestore.Options{FS: p.fs, Now: p.clk.Now}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.stop(); p.metrics.Close() })
+	t.Cleanup(func() { p.stop(); p.closeLedgers(); p.metrics.Close() })
 	p.start()
 	return p
 }
@@ -104,8 +106,7 @@ func (p *pipeline) start() {
 	t := p.t
 	ctx, cancel := context.WithCancel(context.Background())
 	var err error
-	if p.charger, err = billing.Open(ctx, billing.Options{Dir: "billing", FS: p.fs, Log: p.log, Catalog: testCatalog{}, Metrics: p.metrics,
-		Now: p.clk.Now, PollInterval: 2 * time.Millisecond}); err != nil {
+	if p.charger, err = openCharger(ctx, p); err != nil {
 		t.Fatal(err)
 	}
 	if p.agg, err = aggregate.New(aggregate.Options{Log: p.log, Store: p.metrics, Now: p.clk.Now, CommitInterval: 5 * time.Millisecond,
@@ -140,6 +141,7 @@ func (p *pipeline) stop() {
 	p.cancel = nil
 	p.first.Close()
 	p.charger.Close()
+	p.closeLedgers()
 	p.agg.Close()
 }
 
@@ -213,9 +215,29 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	t.Fatalf("timed out waiting for %s", what)
 }
 
+// openCharger opens billing on its Pebble ledger in the pipeline's file system; the ledger is
+// closed when the test ends, after the charger.
 func openCharger(ctx context.Context, p *pipeline) (*billing.Charger, error) {
-	return billing.Open(ctx, billing.Options{Dir: "billing", FS: p.fs, Log: p.log, Catalog: testCatalog{}, Metrics: p.metrics,
+	lg, err := ledger.OpenPebble("billing", ledger.PebbleOptions{FS: p.fs})
+	if err != nil {
+		return nil, err
+	}
+	c, err := billing.Open(ctx, billing.Options{Ledger: lg, Log: p.log, Catalog: testCatalog{}, Metrics: p.metrics,
 		Now: p.clk.Now, PollInterval: 2 * time.Millisecond})
+	if err != nil {
+		lg.Close()
+		return nil, err
+	}
+	p.ledgers = append(p.ledgers, lg)
+	return c, nil
+}
+
+// closeLedgers closes the ledgers whose chargers are closed.
+func (p *pipeline) closeLedgers() {
+	for _, lg := range p.ledgers {
+		lg.Close()
+	}
+	p.ledgers = nil
 }
 
 func sortByTime(evs []event.Event) {
