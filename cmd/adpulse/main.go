@@ -259,6 +259,16 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.BoolVar(&c.ArchiveS3Insecure, "archive-s3-insecure", c.ArchiveS3Insecure, "talk http, not https, to --archive-s3-endpoint (a local MinIO)")
 	fs.BoolVar(&c.ArchiveS3PathStyle, "archive-s3-path-style", c.ArchiveS3PathStyle, "address buckets as endpoint/bucket (MinIO and most S3-compatible stores)")
 	fs.StringVar(&c.Reconcile, "reconcile", c.Reconcile, "for each closed hour once archived, the process role recomputes the metrics from the archive: repair (and correct differences), check (report them) or off")
+	fs.BoolVar(&c.IVTRules, "ivt-rules", c.IVTRules, "run the behavioural invalid-traffic rules (floods, clicks without or too soon after an impression, many ads) and credit flagged clicks back (off by default: it refunds money; tune the thresholds first)")
+	fs.DurationVar(&c.IVTFloodWindow, "ivt-flood-window", c.IVTFloodWindow, "window of the click-flood rules")
+	fs.IntVar(&c.IVTMaxClicksPerUser, "ivt-max-clicks-per-user", c.IVTMaxClicksPerUser, "most clicks one user id may make within --ivt-flood-window (0: rule off)")
+	fs.IntVar(&c.IVTMaxClicksPerIP, "ivt-max-clicks-per-ip", c.IVTMaxClicksPerIP, "most clicks one source address may make within --ivt-flood-window (0: rule off)")
+	fs.IntVar(&c.IVTMaxClicksPerDevice, "ivt-max-clicks-per-device", c.IVTMaxClicksPerDevice, "most clicks one device may make within --ivt-flood-window (0: rule off)")
+	fs.DurationVar(&c.IVTImpressionWindow, "ivt-impression-window", c.IVTImpressionWindow, "how long impressions are remembered for the no-impression and too-fast rules")
+	fs.BoolVar(&c.IVTNoImpression, "ivt-no-impression", c.IVTNoImpression, "flag clicks with no impression on ads whose impressions are tracked")
+	fs.DurationVar(&c.IVTMinClickDelay, "ivt-min-click-delay", c.IVTMinClickDelay, "shortest time from an impression to its click a person needs (0: rule off)")
+	fs.DurationVar(&c.IVTManyAdsWindow, "ivt-many-ads-window", c.IVTManyAdsWindow, "window of the many-ads rule")
+	fs.IntVar(&c.IVTMaxAdsPerSource, "ivt-max-ads-per-source", c.IVTMaxAdsPerSource, "most distinct ads one source (user id, else address) may click within --ivt-many-ads-window (0: rule off)")
 	fs.Func("trusted-proxies", "comma-separated CIDRs of proxies whose X-Forwarded-For names the source address (default none: the TCP peer is the source)", func(v string) error {
 		c.TrustedProxies = nil
 		for _, s := range strings.Split(v, ",") {

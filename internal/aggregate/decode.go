@@ -42,6 +42,20 @@ func decodeView(b []byte, e *event.Event) error {
 		}
 		b = b[n+int(l):]
 	}
+	// The optional trailer (source address and device id) follows the codec's layout.
+	e.SourceIP, e.DeviceID = "", ""
+	if len(b) != 0 {
+		for _, p := range [...]*string{&e.SourceIP, &e.DeviceID} {
+			l, n := binary.Uvarint(b)
+			if n <= 0 || l > uint64(len(b)-n) {
+				return event.ErrCorrupt
+			}
+			if l != 0 {
+				*p = unsafe.String(&b[n], int(l))
+			}
+			b = b[n+int(l):]
+		}
+	}
 	if len(b) != 0 {
 		return event.ErrCorrupt
 	}

@@ -34,6 +34,8 @@ func randomEvent(rng *rand.Rand) event.Event {
 		EventID:      str("ev"),
 		UserID:       str("u"),
 		CatalogID:    str("cat"),
+		SourceIP:     str("ip"),
+		DeviceID:     str("dev"),
 	}
 	if rng.IntN(10) == 0 {
 		e.Invalid = event.Reason(rng.IntN(256))

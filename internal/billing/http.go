@@ -15,6 +15,9 @@ import (
 // HandlerOptions configure the billing HTTP handlers.
 type HandlerOptions struct {
 	Logger *slog.Logger
+	// Explain, if set, is asked about every click GET /api/v1/clicks/{id} shows; a non-nil
+	// answer is added to it as "invalid_traffic" (the behavioural rules' verdict and evidence).
+	Explain func(c Click) (any, error)
 }
 
 // Handler serves billing's endpoints. It expects the principal in the request context (the
@@ -32,8 +35,9 @@ type HandlerOptions struct {
 //     Idempotent: a repeat answers 200 with already_refunded true and refunded_micros 0. A
 //     click not charged (yet) answers 404.
 type Handler struct {
-	c   *Charger
-	log *slog.Logger
+	c       *Charger
+	log     *slog.Logger
+	explain func(Click) (any, error)
 }
 
 // NewHandler returns the billing HTTP handlers of c.
@@ -41,7 +45,7 @@ func NewHandler(c *Charger, o HandlerOptions) *Handler {
 	if o.Logger == nil {
 		o.Logger = c.opts.Logger
 	}
-	return &Handler{c: c, log: o.Logger}
+	return &Handler{c: c, log: o.Logger, explain: o.Explain}
 }
 
 // Register adds billing's routes to mux.
@@ -153,6 +157,20 @@ func (h *Handler) getClick(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		h.fail(w, r, err)
 		return
+	}
+	if h.explain != nil {
+		x, err := h.explain(click)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		if x != nil {
+			writeJSON(w, struct {
+				Click
+				InvalidTraffic any `json:"invalid_traffic"`
+			}{click, x})
+			return
+		}
 	}
 	writeJSON(w, click)
 }

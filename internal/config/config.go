@@ -130,6 +130,16 @@ type Config struct {
 	AttributionWindows     string
 	// AttributionMaxTouches bounds the touches remembered per user and catalog.
 	AttributionMaxTouches int
+
+	// Behavioural invalid-traffic rules (the process role's ivt stage, internal/ivt/sivt).
+	// Off unless IVTRules: the stage refunds money, so an operator turns it on once the
+	// thresholds suit the traffic. A limit of 0 turns its rule off.
+	IVTRules                                              bool
+	IVTFloodWindow, IVTImpressionWindow, IVTManyAdsWindow time.Duration
+	IVTMaxClicksPerUser, IVTMaxClicksPerIP                int
+	IVTMaxClicksPerDevice, IVTMaxAdsPerSource             int
+	IVTNoImpression                                       bool
+	IVTMinClickDelay                                      time.Duration
 }
 
 // conversionTypeRE is what an interaction (and so a conversion type) may be called.
@@ -233,6 +243,16 @@ func Default() Config {
 		RateLimitEntries:       100_000,
 		ArchiveInterval:        5 * time.Minute,
 		Reconcile:              "repair",
+		IVTRules:               false,
+		IVTFloodWindow:         time.Minute,
+		IVTImpressionWindow:    10 * time.Minute,
+		IVTManyAdsWindow:       10 * time.Minute,
+		IVTMaxClicksPerUser:    10,
+		IVTMaxClicksPerIP:      30,
+		IVTMaxClicksPerDevice:  10,
+		IVTMaxAdsPerSource:     20,
+		IVTNoImpression:        true,
+		IVTMinClickDelay:       time.Second,
 	}
 }
 
@@ -281,6 +301,16 @@ func (c *Config) Validate() error {
 	check(c.RateLimitIP == 0 || c.RateLimitIPBurst >= 1, "--rate-limit-ip-burst must be at least 1")
 	check(c.RateLimitKey == 0 || c.RateLimitKeyBurst >= 1, "--rate-limit-key-burst must be at least 1")
 	check(c.RateLimitEntries >= 1, "--rate-limit-entries must be at least 1")
+	for _, w := range []struct {
+		flag string
+		d    time.Duration
+	}{{"--ivt-flood-window", c.IVTFloodWindow}, {"--ivt-impression-window", c.IVTImpressionWindow}, {"--ivt-many-ads-window", c.IVTManyAdsWindow}} {
+		// The stage holds every click of its windows in memory and replays them at start.
+		check(!c.IVTRules || w.d >= time.Second && w.d <= 24*time.Hour, "%s must be 1s-24h", w.flag)
+	}
+	check(c.IVTMaxClicksPerUser >= 0 && c.IVTMaxClicksPerIP >= 0 && c.IVTMaxClicksPerDevice >= 0 && c.IVTMaxAdsPerSource >= 0,
+		"--ivt-max-clicks-per-user, -ip, -device and --ivt-max-ads-per-source must not be negative (0 turns a rule off)")
+	check(c.IVTMinClickDelay >= 0 && c.IVTMinClickDelay <= time.Minute, "--ivt-min-click-delay must be 0-1m (0 turns the rule off)")
 	check(c.EventLog == "local" || c.EventLog == "kafka", "--event-log must be local or kafka")
 	check(c.EventLog != "kafka" || len(c.KafkaBrokers) > 0, "--event-log kafka needs --kafka-brokers")
 	check(c.Dedup == "memory" || c.Dedup == "redis", "--dedup must be memory or redis")
@@ -289,6 +319,7 @@ func (c *Config) Validate() error {
 	check(c.MetricStore != "clickhouse" || c.EventLog == "kafka", "--metric-store clickhouse is shared by process nodes that share the log: it needs --event-log kafka")
 	check(c.MetricStore != "clickhouse" || c.CatalogDSN != "", "--metric-store clickhouse needs --catalog-dsn postgres://... or mysql://...: the ledger beside the shared metric store is in the shared SQL database")
 	check(c.EventLog != "kafka" || c.KafkaGroup != "", "--kafka-group must not be empty")
+	check(!c.IVTRules || !c.SharedProcessing(), "--ivt-rules needs a single process node (the invalid-traffic stage reads every partition): not with --metric-store clickhouse")
 	check(c.ArchiveInterval >= time.Second && time.Hour%c.ArchiveInterval == 0, "--archive-interval (%v) must divide an hour", c.ArchiveInterval)
 	check(c.ArchiveRetention >= 0, "--archive-retention must not be negative (0 keeps everything)")
 	check(c.Reconcile == "repair" || c.Reconcile == "check" || c.Reconcile == "off", "--reconcile must be repair, check or off")

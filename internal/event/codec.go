@@ -19,8 +19,9 @@ var ErrCorrupt = errors.New("event: corrupt record")
 //
 // Layout: version, type, invalid reason, then varints time, recv time, price, then the
 // strings name, ad, campaign, advertiser, impression, event, user, catalog, each as a uvarint
-// length and its bytes; a conversion (version 2) ends with a varint value. It allocates
-// nothing when b has room.
+// length and its bytes; a conversion (version 2) then has a varint value; then, only when
+// either is set, source address and device id as strings (records written before they existed
+// end before them and still decode). It allocates nothing when b has room.
 func (e *Event) AppendBinary(b []byte) []byte {
 	version := byte(codecVersion)
 	if e.Type == TypeConversion {
@@ -36,6 +37,12 @@ func (e *Event) AppendBinary(b []byte) []byte {
 	}
 	if version == codecVersionValue {
 		b = binary.AppendVarint(b, e.ValueMicros)
+	}
+	if e.SourceIP != "" || e.DeviceID != "" {
+		for _, s := range [...]string{e.SourceIP, e.DeviceID} {
+			b = binary.AppendUvarint(b, uint64(len(s)))
+			b = append(b, s...)
+		}
 	}
 	return b
 }
@@ -76,6 +83,17 @@ func (e *Event) Decode(b []byte) error {
 			return ErrCorrupt
 		}
 		e.ValueMicros, b = v, b[n:]
+	}
+	e.SourceIP, e.DeviceID = "", ""
+	if len(b) != 0 {
+		for _, p := range [...]*string{&e.SourceIP, &e.DeviceID} {
+			l, n := binary.Uvarint(b)
+			if n <= 0 || l > uint64(len(b)-n) {
+				return ErrCorrupt
+			}
+			*p = string(b[n : n+int(l)])
+			b = b[n+int(l):]
+		}
 	}
 	if len(b) != 0 {
 		return ErrCorrupt

@@ -8,6 +8,7 @@ package event
 
 import (
 	"fmt"
+	"net/netip"
 )
 
 // Type is the kind of an event.
@@ -58,10 +59,40 @@ const (
 	ReasonPrefetch Reason = 5
 	// ReasonPreview: a link-preview fetcher (a chat or social app unfurling a pasted link).
 	ReasonPreview Reason = 6
+
+	// Behavioural reasons: verdicts of the stream stage (internal/ivt/behaviour) on clicks
+	// that were valid when they were received. They never appear in the log; the stage moves
+	// such clicks from clicks to invalid clicks in the metric store and credits them back.
+
+	// ReasonFloodUser: more clicks from one user id within the flood window than allowed.
+	ReasonFloodUser Reason = 7
+	// ReasonFloodIP: more clicks from one source address within the flood window than allowed.
+	ReasonFloodIP Reason = 8
+	// ReasonFloodDevice: more clicks from one device within the flood window than allowed.
+	ReasonFloodDevice Reason = 9
+	// ReasonNoImpression: a click on an ad whose impressions are tracked, with no impression
+	// of its impression id before it.
+	ReasonNoImpression Reason = 10
+	// ReasonTooFast: a click sooner after its impression than a person can click.
+	ReasonTooFast Reason = 11
+	// ReasonManyAds: one source (user, else address) clicked more distinct ads within the
+	// window than a person browsing does.
+	ReasonManyAds Reason = 12
 )
 
 // reasonNames maps each reason to the name used in metrics and the API.
-var reasonNames = [...]string{"", "expired", "bot", "datacenter", "bad_user_agent", "prefetch", "preview"}
+var reasonNames = [...]string{"", "expired", "bot", "datacenter", "bad_user_agent", "prefetch", "preview",
+	"flood_user", "flood_ip", "flood_device", "no_impression", "too_fast", "many_ads"}
+
+// ParseReason maps a reason's name back to it.
+func ParseReason(name string) (Reason, bool) {
+	for i := 1; i < len(reasonNames); i++ {
+		if reasonNames[i] == name {
+			return Reason(i), true
+		}
+	}
+	return ReasonNone, false
+}
 
 // Named reports whether r is one of the reasons this build knows (and has a name for).
 func (r Reason) Named() bool { return r != ReasonNone && int(r) < len(reasonNames) }
@@ -91,6 +122,12 @@ type Event struct {
 	EventID      string
 	UserID       string
 	CatalogID    string
+	// SourceIP is the address the request came from (canonical text form), or what an ad
+	// server reported; empty when unknown. The behavioural rules count clicks per address.
+	SourceIP string
+	// DeviceID names the device: the device_id a client sent, else a fingerprint of the
+	// request's user agent and language ("fp-" and 16 hex digits); empty when unknown.
+	DeviceID string
 }
 
 // TypeName is the name of the event's type as the API spells it.
@@ -206,6 +243,14 @@ func (e *Event) Validate() error {
 		}
 		if !ValidID(id.v) {
 			return &FieldError{id.name, "must be 1-64 characters of [A-Za-z0-9._:-]"}
+		}
+	}
+	if e.DeviceID != "" && !ValidID(e.DeviceID) {
+		return &FieldError{"device_id", "must be 1-64 characters of [A-Za-z0-9._:-]"}
+	}
+	if e.SourceIP != "" {
+		if a, err := netip.ParseAddr(e.SourceIP); err != nil || a.Zone() != "" {
+			return &FieldError{"ip", "must be an IPv4 or IPv6 address"}
 		}
 	}
 	if e.ImpressionID == "" && e.EventID == "" {

@@ -81,11 +81,25 @@ func TestReasons(t *testing.T) {
 		{ReasonBadUserAgent, 4, "bad_user_agent"},
 		{ReasonPrefetch, 5, "prefetch"},
 		{ReasonPreview, 6, "preview"},
-		{Reason(7), 7, "reason_7"},
+		{ReasonFloodUser, 7, "flood_user"},
+		{ReasonFloodIP, 8, "flood_ip"},
+		{ReasonFloodDevice, 9, "flood_device"},
+		{ReasonNoImpression, 10, "no_impression"},
+		{ReasonTooFast, 11, "too_fast"},
+		{ReasonManyAds, 12, "many_ads"},
+		{Reason(13), 13, "reason_13"},
 	} {
 		if uint8(tc.r) != tc.n || tc.r.String() != tc.name {
 			t.Errorf("reason %d = %q, want %d %q", uint8(tc.r), tc.r.String(), tc.n, tc.name)
 		}
+		if tc.r.Named() {
+			if back, ok := ParseReason(tc.name); !ok || back != tc.r {
+				t.Errorf("ParseReason(%q) = %v, %v", tc.name, back, ok)
+			}
+		}
+	}
+	if _, ok := ParseReason("reason_13"); ok {
+		t.Error("ParseReason accepted an unknown name")
 	}
 }
 
@@ -105,6 +119,9 @@ func TestValidate(t *testing.T) {
 		{func(e *Event) { e.Type = TypeInteraction; e.Name = "Bad" }, "type"},
 		{func(e *Event) { e.Type = 9 }, "type"},
 		{func(e *Event) { e.PriceMicros = -1 }, "cpc_micros"},
+		{func(e *Event) { e.DeviceID = "d 1" }, "device_id"},
+		{func(e *Event) { e.SourceIP = "300.1.1.1" }, "ip"},
+		{func(e *Event) { e.SourceIP = "fe80::1%eth0" }, "ip"},
 	} {
 		e := ok
 		tc.mut(&e)
@@ -135,6 +152,9 @@ func TestCodecRoundTrip(t *testing.T) {
 			Name: randString(r), AdID: randString(r), CampaignID: randString(r), AdvertiserID: randString(r),
 			ImpressionID: randString(r), EventID: randString(r), UserID: randString(r), CatalogID: randString(r),
 		}
+		if r.IntN(2) == 0 {
+			e.SourceIP, e.DeviceID = randString(r), randString(r)
+		}
 		var got Event
 		if err := got.Decode(e.AppendBinary(nil)); err != nil {
 			t.Fatalf("decode: %v", err)
@@ -142,6 +162,25 @@ func TestCodecRoundTrip(t *testing.T) {
 		if got != e {
 			t.Fatalf("round trip: got %+v, want %+v", got, e)
 		}
+	}
+}
+
+// TestDecodeWithoutSourceFields: records written before the source address and device id
+// existed end after the catalog id and still decode, with both empty.
+func TestDecodeWithoutSourceFields(t *testing.T) {
+	e := Event{Type: TypeClick, AdID: "a1", ImpressionID: "i1", CatalogID: "k", Time: 1, RecvTime: 2}
+	old := e.AppendBinary(nil) // no source fields: the old layout exactly
+	got := Event{SourceIP: "stale", DeviceID: "stale"}
+	if err := got.Decode(old); err != nil || got != e {
+		t.Fatalf("decode old layout: %+v, %v", got, err)
+	}
+	e.SourceIP, e.DeviceID = "192.0.2.1", "dev-1"
+	b := e.AppendBinary(nil)
+	if len(b) <= len(old) {
+		t.Fatal("source fields not encoded")
+	}
+	if err := got.Decode(b[:len(b)-1]); err == nil {
+		t.Fatal("a truncated trailer decoded")
 	}
 }
 

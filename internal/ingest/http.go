@@ -163,6 +163,7 @@ func (h *Handlers) recordToken(w http.ResponseWriter, r *http.Request, typ event
 	default:
 		e.Invalid = h.o.Bots.Request(r)
 	}
+	h.setSource(r, &e, "")
 	if typ == event.TypeClick {
 		e.PriceMicros = tok.PriceMicros
 	}
@@ -215,6 +216,7 @@ func (h *Handlers) appClick(w http.ResponseWriter, r *http.Request) {
 		AdID         string `json:"ad_id"`
 		ImpressionID string `json:"impression_id"`
 		UserID       string `json:"user_id"`
+		DeviceID     string `json:"device_id"`
 	}
 	if err := httpapi.DecodeJSON(w, r, 64<<10, &req); err != nil {
 		httpapi.WriteError(w, err)
@@ -231,7 +233,7 @@ func (h *Handlers) appClick(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, httpapi.BadField("impression_id", "is required (or an Idempotency-Key header): clicks must be idempotent"))
 		return
 	}
-	e := event.Event{Type: event.TypeClick, AdID: req.AdID, ImpressionID: req.ImpressionID, UserID: req.UserID}
+	e := event.Event{Type: event.TypeClick, AdID: req.AdID, ImpressionID: req.ImpressionID, UserID: req.UserID, DeviceID: req.DeviceID}
 	if err := e.Validate(); err != nil {
 		fe := err.(*event.FieldError)
 		httpapi.WriteError(w, httpapi.BadField(fe.Field, fe.Reason))
@@ -243,6 +245,7 @@ func (h *Handlers) appClick(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.Invalid = h.o.Bots.Request(r)
+	h.setSource(r, &e, req.DeviceID)
 	now := h.o.Now()
 	fill(&e, req.AdID, ad, now)
 	if err := h.recordOne(r.Context(), &e, now); err != nil {
@@ -321,6 +324,7 @@ func (h *Handlers) events(w http.ResponseWriter, r *http.Request) {
 				if pl.UserAgent != "" && (e.Type == event.TypeClick || e.Type == event.TypeImpression) {
 					e.Invalid = h.o.Bots.UserAgent(pl.UserAgent)
 				}
+				h.judgeAddress(&e)
 				t, recv := e.Time, e.RecvTime
 				fill(&e, e.AdID, ad, now)
 				e.Time, e.RecvTime = t, recv

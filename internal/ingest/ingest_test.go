@@ -210,7 +210,8 @@ func TestClickRedirect(t *testing.T) {
 		t.Fatalf("%d events in the log, want 1 (HEAD records nothing)", len(evs))
 	}
 	want := event.Event{Type: event.TypeClick, AdID: "ad1", CampaignID: "c1", AdvertiserID: "a1", CatalogID: "cat1",
-		ImpressionID: "imp1", UserID: "u1", PriceMicros: 400000, Time: f.now.UnixMicro(), RecvTime: f.now.UnixMicro()}
+		ImpressionID: "imp1", UserID: "u1", PriceMicros: 400000, Time: f.now.UnixMicro(), RecvTime: f.now.UnixMicro(),
+		SourceIP: "73.162.14.9", DeviceID: Fingerprint(browserUA, "", "73.162.14.9")}
 	if evs[0] != want {
 		t.Fatalf("logged %+v\nwant %+v", evs[0], want)
 	}

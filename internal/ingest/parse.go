@@ -187,6 +187,7 @@ func parseObject(v *fastjson.Value, line int, now time.Time, lim BatchLimits, pl
 	}{
 		{"type", &typ}, {"ad_id", &e.AdID}, {"impression_id", &e.ImpressionID}, {"event_id", &e.EventID},
 		{"user_id", &e.UserID}, {"catalog_id", &e.CatalogID}, {"user_agent", &pl.UserAgent},
+		{"ip", &e.SourceIP}, {"device_id", &e.DeviceID},
 	}
 	var raw [len(stringFields)][]byte
 	total := 0
@@ -272,6 +273,10 @@ func parseObject(v *fastjson.Value, line int, now time.Time, lim BatchLimits, pl
 		fe := err.(*event.FieldError)
 		reject(pl, line, fe.Field, fe.Reason)
 		return
+	}
+	if e.SourceIP != "" {
+		// One spelling per address, so that the behavioural rules count one source once.
+		e.SourceIP = canonicalIP(e.SourceIP)
 	}
 }
 

@@ -115,6 +115,19 @@ func (f *Filter) userAgent(ua string) event.Reason {
 	return event.ReasonNone
 }
 
+// Address returns event.ReasonDatacenter when ip (an address an ad server reports with POST
+// /events) is in a data-centre range, else event.ReasonNone (an unparsable ip included).
+func (f *Filter) Address(ip string) event.Reason {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return event.ReasonNone
+	}
+	if _, ok := f.ranges.Lookup(a.Unmap()); ok {
+		return event.ReasonDatacenter
+	}
+	return event.ReasonNone
+}
+
 // FilterStats describe a Filter's lists.
 type FilterStats struct {
 	Bots   Stats

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/ivt/sivt"
+
 	"github.com/adpulse/adpulse/internal/clicktoken"
 	"github.com/adpulse/adpulse/internal/config"
 )
@@ -23,6 +25,7 @@ func TestRestartKeepsSecretsAndDedup(t *testing.T) {
 	run := func(f func(app *App, base string)) {
 		cfg := config.Default()
 		cfg.DataDir, cfg.Listen, cfg.OpsListen = dir, "127.0.0.1:0", "127.0.0.1:0"
+		cfg.IVTRules = true // its reasons must show in /metrics
 		app, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		if err != nil {
 			t.Fatal(err)
@@ -107,6 +110,14 @@ func TestRestartKeepsSecretsAndDedup(t *testing.T) {
 			"adpulse_aggregate_watermark_delay_seconds", "adpulse_billing_charged_micros_total", "adpulse_http_request_duration_seconds", "adpulse_topn_bytes"} {
 			if !strings.Contains(string(body), name) {
 				t.Errorf("ops /metrics lacks %s", name)
+			}
+		}
+		// The invalid-traffic breakdown names every behavioural reason, zero included.
+		for _, r := range sivt.Reasons {
+			for _, m := range []string{"adpulse_ivt_flagged_clicks_total", "adpulse_ingest_invalid_clicks_total"} {
+				if series := m + `{reason="` + r.String() + `"}`; !strings.Contains(string(body), series) {
+					t.Errorf("ops /metrics lacks %s", series)
+				}
 			}
 		}
 	})

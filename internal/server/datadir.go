@@ -24,6 +24,8 @@ import (
 //	billing/    the ledger, spend and user views (Pebble)
 //	archive/    the raw archive, Parquet (default --archive-url)
 //	reconcile/  the hourly reconciliation's progress
+//	ivt/        the behavioural invalid-traffic stage: verdicts, credits, offsets (Pebble)
+//	attribution/ touches and conversion decisions (Pebble)
 type dataDir struct {
 	root string
 	lock *os.File
@@ -37,6 +39,7 @@ func (d dataDir) billing() string     { return filepath.Join(d.root, "billing") 
 func (d dataDir) archive() string     { return filepath.Join(d.root, "archive") }
 func (d dataDir) reconcile() string   { return filepath.Join(d.root, "reconcile") }
 func (d dataDir) attribution() string { return filepath.Join(d.root, "attribution") }
+func (d dataDir) ivt() string         { return filepath.Join(d.root, "ivt") }
 
 // openDataDir creates the dir if needed and takes its lock, so a second process on the same
 // embedded state fails at once with a clear error instead of corrupting it or failing deep

@@ -87,6 +87,16 @@ var collectorDefs = []metricDef{
 	{"adpulse_attribution_journal_unapplied", "Conversion journal entries not yet in the metric store.", prometheus.GaugeValue, nil},
 	{"adpulse_attribution_apply_errors_total", "Failed applies of the conversion journal to the metric store (retried).", prometheus.CounterValue, nil},
 	{"adpulse_attribution_disk_bytes", "Bytes of the touch store on disk.", prometheus.GaugeValue, nil},
+	{"adpulse_ivt_flagged_clicks_total", "Clicks the behavioural rules made invalid after they were recorded as valid (moved to invalid_clicks, credited back), by reason.", prometheus.CounterValue, []string{"reason"}},
+	{"adpulse_ivt_late_verdicts_total", "Flagged clicks that were processed before their rule fired (flagged late, with the click that fired it).", prometheus.CounterValue, nil},
+	{"adpulse_ivt_clicks_judged_total", "Valid clicks the behavioural rules judged.", prometheus.CounterValue, nil},
+	{"adpulse_ivt_credits_total", "Flagged clicks credited back through billing.", prometheus.CounterValue, nil},
+	{"adpulse_ivt_credited_micros_total", "Micros credited back for flagged clicks.", prometheus.CounterValue, nil},
+	{"adpulse_ivt_credits_pending", "Flagged clicks waiting to be credited back (billing has not charged them yet, or refunds are failing).", prometheus.GaugeValue, nil},
+	{"adpulse_ivt_refund_errors_total", "Credit-back attempts that failed and are retried.", prometheus.CounterValue, nil},
+	{"adpulse_ivt_lag_messages", "Messages in the log not yet judged by the behavioural rules.", prometheus.GaugeValue, nil},
+	{"adpulse_ivt_journal_unapplied", "Metric moves of flagged clicks not yet in the metric store.", prometheus.GaugeValue, nil},
+	{"adpulse_ivt_held", "What the behavioural rules hold in memory, by kind: sources (flood and many-ads windows) and impressions.", prometheus.GaugeValue, []string{"kind"}},
 
 	{"adpulse_servingredis_feed_writes_total", "Serving feeds written to the ad servers' Redis (each a new version).", prometheus.CounterValue, nil},
 	{"adpulse_servingredis_feed_errors_total", "Serving feed publishes that failed.", prometheus.CounterValue, nil},
@@ -235,6 +245,22 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 	emit("adpulse_billing_ledger_retries_total", float64(bs.Retries))
 	emit("adpulse_billing_journal_conflicts_total", float64(bs.MetricConflicts))
 
+	if p.ivt != nil {
+		vs := p.ivt.Stats()
+		for reason, n := range vs.Flagged {
+			emit("adpulse_ivt_flagged_clicks_total", float64(n), reason.String())
+		}
+		emit("adpulse_ivt_late_verdicts_total", float64(vs.Late))
+		emit("adpulse_ivt_clicks_judged_total", float64(vs.ClicksJudged))
+		emit("adpulse_ivt_credits_total", float64(vs.Credits))
+		emit("adpulse_ivt_credited_micros_total", float64(vs.MicrosCredited))
+		emit("adpulse_ivt_credits_pending", float64(vs.CreditsPending))
+		emit("adpulse_ivt_refund_errors_total", float64(vs.RefundErrors))
+		emit("adpulse_ivt_lag_messages", float64(vs.Lag))
+		emit("adpulse_ivt_journal_unapplied", float64(vs.JournalNext-vs.JournalApplied))
+		emit("adpulse_ivt_held", float64(vs.Sources), "sources")
+		emit("adpulse_ivt_held", float64(vs.Impressions), "impressions")
+	}
 	if p.serving != nil {
 		ss := p.serving.Stats()
 		emit("adpulse_servingredis_feed_writes_total", float64(ss.FeedWrites))

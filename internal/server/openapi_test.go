@@ -258,6 +258,8 @@ func TestOpenAPIContract(t *testing.T) {
 	_, base := startApp(t, func(c *config.Config) {
 		c.MaxBody = 8 << 10
 		c.MaxBatch = 20
+		c.IVTRules = true
+		c.IVTMinClickDelay = 0 // the batches below send clicks in their impression's second
 	})
 	doc := loadStrictSpec(t, base)
 	router, err := gorillamux.NewRouter(doc)
@@ -549,6 +551,33 @@ func TestOpenAPIContract(t *testing.T) {
 		{method: "POST", path: "/api/v1/clicks/imp-1/refund", want: 401, breaksSpec: true},
 
 		{method: "GET", path: "/openapi.json", want: 200},
+	} {
+		sc.do(c)
+	}
+
+	// Behavioural rules: a click with no impression on an ad whose impressions are tracked is
+	// flagged, explained on the click, and listed in its advertiser's credits.
+	sc.do(specCall{method: "POST", path: "/events", key: admin, ctype: "application/x-ndjson", want: 200, body: evs(
+		`{"type":"impression","impression_id":"imp-t1","ad_id":"ad3","ip":"81.2.3.4","device_id":"dev-9"}`,
+		`{"type":"click","impression_id":"imp-t2","ad_id":"ad3","ip":"81.2.3.4","device_id":"dev-9","user_agent":"Mozilla/5.0 (X11; Linux x86_64) Firefox/121.0"}`,
+	)})
+	sc.do(specCall{method: "POST", path: "/click", body: `{"ad_id":"ad2","impression_id":"imp-app-9","device_id":"dev-app"}`, want: 302})
+	sc.eventually(specCall{method: "GET", path: "/api/v1/clicks/imp-t2", key: admin, want: 200},
+		func(b []byte) bool { return strings.Contains(string(b), `"invalid_traffic":{"reason":"no_impression"`) })
+	sc.eventually(specCall{method: "GET", path: "/api/v1/advertisers/adv2/credits", key: admin, want: 200},
+		func(b []byte) bool {
+			return strings.Contains(string(b), `"click_id":"imp-t2"`) && strings.Contains(string(b), `"status":"credited"`)
+		})
+	for _, c := range []specCall{
+		{method: "GET", path: "/api/v1/advertisers/adv2/credits?limit=1", key: admin, want: 200},
+		{method: "GET", path: "/api/v1/advertisers/adv1/credits", key: advKey, want: 200},
+		{method: "GET", path: "/api/v1/advertisers/adv2/credits", key: advKey, want: 404},
+		{method: "GET", path: "/api/v1/advertisers/adv2/credits?limit=0", key: admin, want: 400, breaksSpec: true},
+		{method: "GET", path: "/api/v1/advertisers/adv2/credits?limit=1001", key: admin, want: 400, breaksSpec: true},
+		{method: "GET", path: "/api/v1/advertisers/adv2/credits?before=x", key: admin, want: 400, breaksSpec: true},
+		{method: "GET", path: "/api/v1/advertisers/bad*id/credits", key: admin, want: 400, breaksSpec: true},
+		{method: "GET", path: "/api/v1/advertisers/adv2/credits", key: ingestKey, want: 403},
+		{method: "GET", path: "/api/v1/advertisers/adv2/credits", want: 401, breaksSpec: true},
 	} {
 		sc.do(c)
 	}

@@ -17,10 +17,12 @@ import (
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/config"
 	"github.com/adpulse/adpulse/internal/dashboard"
+	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/eventlog/kafkalog"
 	"github.com/adpulse/adpulse/internal/ingest"
 	"github.com/adpulse/adpulse/internal/ivt"
+	"github.com/adpulse/adpulse/internal/ivt/sivt"
 	"github.com/adpulse/adpulse/internal/metricstore"
 	"github.com/adpulse/adpulse/internal/metricstore/clickhousestore"
 	"github.com/adpulse/adpulse/internal/query"
@@ -106,6 +108,7 @@ type processRole struct {
 	reconcile  *reconcile.Hourly       // nil with --reconcile off
 	// attribution credits conversions to touches (see openAttribution); embedded only.
 	attribution *attribution.Stage
+	ivt         *sivt.Stage // nil unless --ivt-rules
 }
 
 // aggregatorStage is the aggregation stage: one Aggregator over every partition, or a Shared
@@ -222,6 +225,41 @@ func (a *App) openProcess(ctx context.Context) error {
 			return fmt.Errorf("join the process group: %w", err)
 		}
 	}
+	if a.cfg.IVTRules {
+		if a.cfg.SharedProcessing() {
+			return errors.New("--ivt-rules needs a single process node: the invalid-traffic stage reads every partition and refunds through this node's billing")
+		}
+		if err := a.openIVT(ctx, store, slack); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openIVT opens the behavioural invalid-traffic stage: it reads the log beside billing,
+// refunds through it and moves flagged clicks in the metric store under its own consumer.
+func (a *App) openIVT(ctx context.Context, metrics metricstore.Store, slack time.Duration) error {
+	p := a.process
+	c := a.cfg
+	var err error
+	p.ivt, err = sivt.Open(ctx, sivt.Options{
+		Dir:      a.dir.ivt(),
+		Log:      a.b.log,
+		Metrics:  metrics,
+		Refunder: sivt.BillingRefunder(p.billing),
+		Rules: sivt.Rules{FloodWindow: c.IVTFloodWindow, MaxClicksPerUser: c.IVTMaxClicksPerUser, MaxClicksPerIP: c.IVTMaxClicksPerIP,
+			MaxClicksPerDevice: c.IVTMaxClicksPerDevice, ImpressionWindow: c.IVTImpressionWindow, NoImpression: c.IVTNoImpression,
+			MinClickDelay: c.IVTMinClickDelay, ManyAdsWindow: c.IVTManyAdsWindow, MaxAdsPerSource: c.IVTMaxAdsPerSource},
+		DedupSpan:      c.StreamDedupSpan(),
+		Slack:          slack,
+		BackendTimeout: c.BackendTimeout,
+		Now:            a.now,
+		Logger:         a.logger.With("component", "ivt"),
+	})
+	if err != nil {
+		return fmt.Errorf("open ivt stage: %w", err)
+	}
+	a.components.Go("ivt", p.ivt.Run)
 	return nil
 }
 
@@ -345,6 +383,9 @@ func (a *App) campaignPerformance(ctx context.Context, cp catalog.Campaign) any 
 // replayed from the log next start.
 func (p *processRole) close() []error {
 	var errs []error
+	if p.ivt != nil { // it refunds through billing and writes the metric store: first
+		errs = append(errs, p.ivt.Close())
+	}
 	if p.membership != nil {
 		errs = append(errs, p.membership.Close())
 	}
@@ -445,7 +486,20 @@ func (a *App) registerQuery(mux *http.ServeMux) error {
 		return err
 	}
 	q.Register(mux)
-	billing.NewHandler(a.query.billing, billing.HandlerOptions{}).Register(mux)
+	bh := billing.HandlerOptions{}
+	if a.process != nil && a.process.ivt != nil {
+		st := a.process.ivt
+		sivt.NewHandler(st).Register(mux)
+		bh.Explain = func(c billing.Click) (any, error) {
+			key := (&event.Event{Type: event.TypeClick, ImpressionID: c.ImpressionID, EventID: c.EventID}).Key()
+			x, err := st.Explain(key)
+			if x == nil || err != nil {
+				return nil, err // no verdict: nothing added (a nil *Explanation is not a nil any)
+			}
+			return x, nil
+		}
+	}
+	billing.NewHandler(a.query.billing, bh).Register(mux)
 	dashboard.New(dashboard.Options{Catalog: a.b.catalog, Health: a.ingestHealth, Now: a.now}).Register(mux)
 	if a.process != nil && a.process.attribution != nil {
 		attribution.NewHandler(a.process.attribution, a.logger.With("component", "attribution")).Register(mux)

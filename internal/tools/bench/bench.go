@@ -78,7 +78,8 @@ type Options struct {
 	// The adpulse under test: started from Binary (default: this executable) unless Target
 	// is set, in which case AdminKey and ClickSecret must be too.
 	Binary    string
-	ServeArgs []string // extra `serve` flags
+	ServeArgs []string    // extra `serve` flags
+	Soak      SoakOptions // the soak scenario (ScenarioSoak)
 	Target    string
 	OpsURL    string // ops listener of Target, for profiles
 	// Split also measures the split deployment (split.go) in the same run, on RedisAddr,
@@ -200,7 +201,7 @@ func (o *Options) validate() error {
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	for _, s := range o.Scenarios {
-		if !slices.Contains(AllScenarios, s) {
+		if !slices.Contains(AllScenarios, s) && s != ScenarioSoak {
 			add("unknown scenario %q (have %s)", s, strings.Join(AllScenarios, ","))
 		}
 	}
@@ -385,7 +386,11 @@ func (b *runner) startAdpulse(ctx context.Context) (*target, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	c := &child{bin: bin, dataDir: filepath.Join(b.workDir, "data"), logDir: b.workDir, adminKey: "adp_admin_bench_" + randomHex(16), secret: secret, extra: o.ServeArgs}
+	extra := o.ServeArgs
+	if o.has(ScenarioSoak) {
+		extra = append(slices.Clone(extra), "--ivt-rules") // the soak runs every stage, the invalid-traffic one too
+	}
+	c := &child{bin: bin, dataDir: filepath.Join(b.workDir, "data"), logDir: b.workDir, adminKey: "adp_admin_bench_" + randomHex(16), secret: secret, extra: extra}
 	b.logf("starting %s serve, data in %s", bin, c.dataDir)
 	d, err := c.start(ctx)
 	if err != nil {
@@ -658,6 +663,15 @@ func (b *runner) runTarget(ctx context.Context, t *target) *TargetResult {
 				b.logf("%s: ready %.2fs after restart (%.2fs after the kill, data dir %s); check %s: lost %d, double %d", t.name, rs.RestartToReady, rs.KillToReady,
 					fmtBytes(rs.DataDirBytes), rs.Check.Status, rs.Check.Lost+rs.Check.TopLost, rs.Check.Double+rs.Check.TopDouble)
 			}
+		}
+	}
+	if o.has(ScenarioSoak) {
+		lay := newLayout(prefix+"k", o.ClickAds)
+		if err := t.setupAds(ctx, lay); err != nil {
+			fail(ScenarioSoak, err)
+		} else {
+			b.logf("%s: soak for %v at %g clicks/s with a %gx spike", t.name, o.Soak.Duration, o.Soak.Rate, o.Soak.Spike)
+			tr.Soak = b.runSoak(ctx, t, lay, t.keys, rng.Uint64(), o.Soak)
 		}
 	}
 	b.sampleRSS(ctx, t, tr)

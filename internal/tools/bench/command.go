@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/adpulse/adpulse/internal/cliflag"
 )
@@ -91,6 +92,12 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, looku
 	fs.Int64Var(&o.MaxRSS, "max-rss", o.MaxRSS, "kill the started adpulse if its RSS passes this many bytes (protects a shared machine)")
 	fs.StringVar(&o.ProfileDir, "profile-dir", "", "write CPU profiles of adpulse during clicks-sat and events here")
 	fs.IntVar(&o.ProfileSeconds, "profile-seconds", o.ProfileSeconds, "length of each CPU profile")
+	fs.DurationVar(&o.Soak.Duration, "soak-duration", 10*time.Minute, "duration of the soak scenario (--scenarios soak)")
+	fs.Float64Var(&o.Soak.Rate, "soak-rate", 10_000, "clicks/s of the soak outside its spike (open model)")
+	fs.Float64Var(&o.Soak.Spike, "soak-spike", 3, "rate multiplier of the soak's spike")
+	fs.DurationVar(&o.Soak.SpikeFor, "soak-spike-for", 30*time.Second, "length of the soak's spike (it starts half way)")
+	fs.DurationVar(&o.Soak.Interval, "soak-interval", 10*time.Second, "the soak's reporting interval")
+	fs.IntVar(&o.Soak.Conns, "soak-conns", 512, "most soak clicks in flight")
 	fs.Uint64Var(&o.Seed, "seed", 0, "seed of every random choice (0: from the clock; printed)")
 	fs.StringVar(&jsonPath, "json", "", "also write the full result as JSON to this file")
 	fs.BoolVar(&progress, "progress", true, "print progress to stderr")
@@ -130,6 +137,11 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, looku
 		return err
 	}
 	res.WriteTable(stdout)
+	for _, tr := range res.Targets {
+		if tr.Soak != nil {
+			tr.Soak.WriteSoak(stdout)
+		}
+	}
 	if jsonPath != "" {
 		if werr := res.WriteJSON(jsonPath); werr != nil {
 			return errors.Join(err, fmt.Errorf("write --json: %w", werr))

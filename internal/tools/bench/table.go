@@ -28,6 +28,7 @@ type Result struct {
 // scenario that did not run or failed (see Errors).
 type TargetResult struct {
 	Name        string          `json:"name"`
+	Soak        *SoakResult     `json:"soak,omitempty"`
 	ClicksFixed *RunStats       `json:"clicks_fixed,omitempty"`
 	ClicksSat   *RunStats       `json:"clicks_saturation,omitempty"`
 	ClickCheck  *CheckResult    `json:"click_check,omitempty"`

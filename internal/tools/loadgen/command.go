@@ -20,6 +20,9 @@ import (
 // progress to stderr, and returns an error when the run could not be made or the check
 // failed.
 func Command(ctx context.Context, args []string, stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) error {
+	if len(args) > 0 && args[0] == "ivt" {
+		return ivtCommand(ctx, args[1:], stdout, stderr, lookupEnv)
+	}
 	o := DefaultOptions()
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
