@@ -19,8 +19,8 @@ import (
 // process nodes sharing the log's partitions through the Kafka consumer group (kfake in this
 // test process), and a query-only node, over Redis, PostgreSQL and ClickHouse. Every click is
 // sent to both ingest nodes. A process node is killed with SIGKILL mid-load (the other takes
-// its partitions over; the takeover is timed), restarted, and the query node is killed and a
-// new one started. Campaign clicks in /metrics and ad clicks in /metrics/top must equal the
+// its partitions over; the takeover is timed) and restarted, an ingest node is killed and
+// restarted, and the query node is killed after a new one started. Campaign clicks in /metrics and ad clicks in /metrics/top must equal the
 // distinct clicks exactly on every query node.
 func TestSharedProcessing(t *testing.T) {
 	needBinary(t)
@@ -84,6 +84,9 @@ func TestSharedProcessing(t *testing.T) {
 	_ = took
 
 	procs[0] = e.start(node("process-1", "process")...)
+	// An ingest node dies too, and comes back: clicks go on through the other meanwhile.
+	ing[0].kill(t)
+	ing[0] = e.start(node("ingest-1", "ingest")...)
 	send(2, 60)
 	poll(t, "clicks after the process node came back", 60*time.Second, exact(query))
 
