@@ -207,7 +207,7 @@ func TestReconciledInJSON(t *testing.T) {
 	w := httptest.NewRecorder()
 	mux.ServeHTTP(w, req)
 	body := w.Body.String()
-	if w.Code != 200 || strings.Count(body, `"reconciled":true`) != 1 || !strings.Contains(body, `"clicks":2,"invalid_clicks":0,"spend_micros":0,"final":true,"reconciled":true}`) {
+	if w.Code != 200 || strings.Count(body, `"reconciled":true`) != 1 || !strings.Contains(body, `"clicks":2,"invalid_clicks":0,"spend_micros":0,`) || !strings.Contains(body, `"final":true,"reconciled":true}`) {
 		t.Errorf("%d %s", w.Code, body)
 	}
 }
