@@ -284,6 +284,9 @@ func TestSchema(t *testing.T) {
 		{"event_id", "optional byte_array (STRING)"},
 		{"user_id", "optional byte_array (STRING)"},
 		{"catalog_id", "optional byte_array (STRING)"},
+		{"value_micros", "required int64 (INT(64,true))"},
+		{"source_ip", "optional byte_array (STRING)"},
+		{"device_id", "optional byte_array (STRING)"},
 	}
 	seen := map[pos]bool{}
 	files := 0

@@ -29,6 +29,9 @@ type Row struct {
 	EventID       string `parquet:"event_id,optional"`
 	UserID        string `parquet:"user_id,optional"`
 	CatalogID     string `parquet:"catalog_id,optional,dict"`
+	ValueMicros   int64  `parquet:"value_micros"`       // a conversion's value; 0 otherwise
+	SourceIP      string `parquet:"source_ip,optional"` // where a click or impression came from
+	DeviceID      string `parquet:"device_id,optional"`
 }
 
 // record is Row as the archiver writes it. Its nullable columns are pointers: with
@@ -50,6 +53,9 @@ type record struct {
 	EventID       *string `parquet:"event_id"`
 	UserID        *string `parquet:"user_id"`
 	CatalogID     *string `parquet:"catalog_id,dict"`
+	ValueMicros   int64   `parquet:"value_micros"`
+	SourceIP      *string `parquet:"source_ip"`
+	DeviceID      *string `parquet:"device_id"`
 }
 
 // reasonNames holds the name of every invalid reason, so records can point to them.
@@ -86,6 +92,9 @@ func (r *record) set(partition int32, offset int64, e *event.Event) {
 		EventID:       nullable(&e.EventID),
 		UserID:        nullable(&e.UserID),
 		CatalogID:     nullable(&e.CatalogID),
+		ValueMicros:   e.ValueMicros,
+		SourceIP:      nullable(&e.SourceIP),
+		DeviceID:      nullable(&e.DeviceID),
 	}
 }
 
@@ -107,6 +116,9 @@ func RowOf(partition int32, offset int64, e *event.Event) Row {
 		EventID:       e.EventID,
 		UserID:        e.UserID,
 		CatalogID:     e.CatalogID,
+		ValueMicros:   e.ValueMicros,
+		SourceIP:      e.SourceIP,
+		DeviceID:      e.DeviceID,
 	}
 }
 
@@ -124,6 +136,9 @@ func (r *Row) Event() (event.Event, error) {
 		EventID:      r.EventID,
 		UserID:       r.UserID,
 		CatalogID:    r.CatalogID,
+		ValueMicros:  r.ValueMicros,
+		SourceIP:     r.SourceIP,
+		DeviceID:     r.DeviceID,
 	}
 	t, ok := parseType(r.Type)
 	if !ok {
