@@ -70,9 +70,24 @@ func (c *Charger) runPublisher(ctx context.Context) error {
 // publish applies every journal entry committed so far to the metric store. Several nodes of
 // a shared ledger may publish at once: the store's fence takes each entry once, and a node
 // that loses the race adopts the store's checkpoint instead of retrying its range.
+//
+// With a consumer group, only the owner of partition 0 publishes, and its commits carry that
+// partition's epoch: the journal consumer then has one writer at a time, and a new owner
+// takes over from a dead or fenced one at once, instead of racing the other nodes' publishers
+// (in ClickHouse two writers of one consumer wait for each other's lease).
 func (c *Charger) publish(ctx context.Context) error {
 	c.pubMu.Lock()
 	defer c.pubMu.Unlock()
+	var epoch uint64
+	if c.opts.Group {
+		c.w.mu.Lock()
+		op := c.w.parts[0]
+		c.w.mu.Unlock()
+		if op == nil {
+			return nil
+		}
+		epoch = uint64(op.epoch)
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.opts.RoundTimeout) // a stalled ledger or store is retried, not waited for
 	defer cancel()
 	next, err := c.store.JournalNext(ctx)
@@ -112,6 +127,7 @@ func (c *Charger) publish(ctx context.Context) error {
 		}
 		commit := &metricstore.Commit{
 			Consumer: c.opts.Consumer,
+			Epoch:    epoch,
 			Ranges:   []metricstore.OffsetRange{{Partition: JournalPartition, From: int64(from), To: int64(to)}},
 			Deltas:   make([]metricstore.Delta, 0, len(sums)),
 		}

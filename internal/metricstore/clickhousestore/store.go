@@ -81,7 +81,7 @@
 // (local-day buckets are computed in Go with metricstore.Buckets and tiled with 1d, 1h and 1m
 // rows, as pebblestore does).
 //
-// Lock order: Store.life before Store.mu.
+// Lock order: Store.life before a consumer's lock (Store.locks).
 package clickhousestore
 
 import (
@@ -179,10 +179,10 @@ type Store struct {
 	db        string // database name, safe to splice into SQL
 	minuteRet int64  // minutes; 0 = forever
 
-	// Lock order: life before mu.
+	// Lock order: life before a consumer's lock.
 	life   sync.RWMutex // held shared by every call, exclusively by Close
 	closed bool         // guarded by life
-	mu     sync.Mutex   // serialises Apply
+	locks  sync.Map     // consumer name -> *sync.Mutex: serialises Apply per consumer
 
 	applies, conflicts, deltas, rowsWritten, applyNanos, lastApply atomic.Int64
 	aborted, waits, queries, queryNanos, lastQuery, rowsRead       atomic.Int64
@@ -380,6 +380,15 @@ func (e *busyError) Error() string {
 	return fmt.Sprintf("another writer is committing seq %d", e.seq)
 }
 
+// consumerLock is the mutex that serialises this process's commits of consumer.
+func (s *Store) consumerLock(consumer string) *sync.Mutex {
+	if mu, ok := s.locks.Load(consumer); ok {
+		return mu.(*sync.Mutex)
+	}
+	mu, _ := s.locks.LoadOrStore(consumer, new(sync.Mutex))
+	return mu.(*sync.Mutex)
+}
+
 // Apply implements metricstore.Store.
 func (s *Store) Apply(ctx context.Context, c *metricstore.Commit) error {
 	if err := ctx.Err(); err != nil {
@@ -403,8 +412,11 @@ func (s *Store) Apply(ctx context.Context, c *metricstore.Commit) error {
 	if s.closed {
 		return metricstore.ErrClosed
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	// One commit at a time per consumer: other consumers (the aggregators of other
+	// partitions, charging) go on while this one waits for a competing attempt.
+	mu := s.consumerLock(c.Consumer)
+	mu.Lock()
+	defer mu.Unlock()
 	for attempt := 0; ; attempt++ {
 		err := s.applyOnce(ctx, c, rows)
 		var busy *busyError
