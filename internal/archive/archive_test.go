@@ -346,7 +346,11 @@ func TestSchema(t *testing.T) {
 				}
 				p, off := v("partition").Int32(), v("offset").Int64()
 				var e event.Event
-				if err := e.Decode(l.parts[p][off].Value); err != nil {
+				msgs, err := l.Read(context.Background(), int(p), off, 1)
+				if err != nil || len(msgs) == 0 || msgs[0].Offset != off {
+					t.Fatalf("partition %d offset %d not in the log: %v", p, off, err)
+				}
+				if err := e.Decode(msgs[0].Value); err != nil {
 					t.Fatal(err)
 				}
 				reason := ""

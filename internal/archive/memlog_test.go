@@ -4,91 +4,22 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"sync"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
+	"github.com/adpulse/adpulse/internal/eventlog/eventlogtest"
 )
 
-// memLog is an in-memory eventlog.Log for tests: dense offsets from 0 (or from a start that
-// dropFront moves, as the log's retention would), append time from the wall clock.
-type memLog struct {
-	mu    sync.Mutex
-	parts [][]eventlog.Message
-	start []int64
-}
-
-var _ eventlog.Log = (*memLog)(nil)
+// memLog is the shared in-memory log of the stages' tests, with the helpers these tests use.
+type memLog struct{ *eventlogtest.MemLog }
 
 func newMemLog(partitions int) *memLog {
-	return &memLog{parts: make([][]eventlog.Message, partitions), start: make([]int64, partitions)}
+	return &memLog{eventlogtest.NewMemLog(partitions, nil)}
 }
 
-func (l *memLog) Partitions() int { return len(l.parts) }
-
-func (l *memLog) Append(_ context.Context, msgs []eventlog.Message) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now().Truncate(time.Millisecond)
-	for i := range msgs {
-		m := &msgs[i]
-		if m.Partition < 0 || int(m.Partition) >= len(l.parts) {
-			return eventlog.ErrBadPartition
-		}
-		m.Offset, m.Time = int64(len(l.parts[m.Partition])), now
-		l.parts[m.Partition] = append(l.parts[m.Partition], *m)
-	}
-	return nil
-}
-
-func (l *memLog) Read(ctx context.Context, partition int, offset int64, maxBytes int) ([]eventlog.Message, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if partition < 0 || partition >= len(l.parts) {
-		return nil, eventlog.ErrBadPartition
-	}
-	p := l.parts[partition]
-	if offset < l.start[partition] || offset > int64(len(p)) {
-		return nil, eventlog.ErrOffsetOutOfRange
-	}
-	var out []eventlog.Message
-	size := 0
-	for _, m := range p[offset:] {
-		if len(out) > 0 && size+len(m.Value) > maxBytes {
-			break
-		}
-		out = append(out, m)
-		size += len(m.Value)
-	}
-	return out, nil
-}
-
-func (l *memLog) Offsets(_ context.Context, partition int) (int64, int64, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if partition < 0 || partition >= len(l.parts) {
-		return 0, 0, eventlog.ErrBadPartition
-	}
-	return l.start[partition], int64(len(l.parts[partition])), nil
-}
-
-func (l *memLog) OffsetForTime(context.Context, int, time.Time) (int64, error) { return 0, nil }
-func (l *memLog) Close() error                                                 { return nil }
-
-// all returns every message of every partition.
-func (l *memLog) all() []eventlog.Message {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []eventlog.Message
-	for p, msgs := range l.parts {
-		out = append(out, msgs[l.start[p]:]...)
-	}
-	return out
-}
+// all returns every retained message of every partition.
+func (l *memLog) all() []eventlog.Message { return l.Messages() }
 
 // appendEvents appends events to partition p.
 func (l *memLog) appendEvents(p int, evs []event.Event) {
