@@ -21,7 +21,8 @@ import (
 
 // File is one data file of the archive: offsets [First, End) of a log partition.
 type File struct {
-	Key       string // relative to the archive's root
+	Key       string    // relative to the archive's root
+	Hour      time.Time // its directory: the receive hour of its first event
 	Partition int
 	First     int64
 	End       int64
@@ -49,7 +50,7 @@ func ListFiles(ctx context.Context, t Target, from, to time.Time) ([]File, error
 			if !ok {
 				continue // a temporary file or something foreign
 			}
-			files = append(files, File{Key: k, Partition: p, First: first, End: end})
+			files = append(files, File{Key: k, Hour: h, Partition: p, First: first, End: end})
 		}
 	}
 	slices.SortFunc(files, func(a, b File) int {

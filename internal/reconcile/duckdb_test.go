@@ -52,7 +52,7 @@ func TestDuckDBReadsTheSameCounts(t *testing.T) {
 	from, to := p.h0, p.h0.Add(3*time.Hour)
 	o := p.options
 	o.setDefaults()
-	want, err := countArchive(context.Background(), &o, from, to, &Report{})
+	want, err := countHours(context.Background(), newCounter(&o, from, to), from, to, &Report{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,12 +17,20 @@ import (
 // oldest first, on a process node. Its progress, the next hour to check, is a small file
 // written atomically, so a restart neither skips nor repeats an hour (a repeat would be
 // harmless: repairs are idempotent).
+//
+// It reads the archive incrementally: one counter carries each partition's duplicate filter
+// from hour to hour, so an hour costs the reading of about an hour of archive. Only the
+// first hour after a start reads the filter's span (DedupSpan) before it.
 type Hourly struct {
 	opts   Options
 	repair bool
 	state  string
 	every  time.Duration
 	now    func() time.Time
+
+	// count is the archive read so far (nil until the first hour, and after a failure
+	// that may have left it part way through a file).
+	count *counter
 
 	mu    sync.Mutex
 	stats HourlyStats
@@ -34,6 +42,7 @@ type HourlyStats struct {
 	Diffs       int64     // buckets found different
 	Repaired    int64     // buckets corrected
 	Failures    int64     // runs that failed (other than not ready)
+	Rows        int64     // archive rows read
 	Next        time.Time // the next hour to check
 	LastSeconds float64   // duration of the last run
 }
@@ -92,10 +101,24 @@ func (h *Hourly) Run(ctx context.Context) error {
 
 func (h *Hourly) one(ctx context.Context, hour time.Time) error {
 	t0 := time.Now()
-	rep, err := Run(ctx, h.opts, hour, hour.Add(time.Hour), h.repair)
+	if h.count == nil {
+		h.count = newCounter(&h.opts, hour, time.Time{})
+	}
+	rep, err := check(ctx, &h.opts, hour, hour.Add(time.Hour), h.repair, h.count, t0)
+	switch {
+	case err == nil || errors.Is(err, ErrGaps) || errors.Is(err, metricstore.ErrExpired):
+		h.count.forget(hour.Add(time.Hour)) // the hour is done with (Run moves on)
+	case errors.Is(err, ErrNotReady):
+	default:
+		// Whatever went wrong may have stopped a read part way: start the next run afresh.
+		h.count = nil
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.stats.LastSeconds = time.Since(t0).Seconds()
+	if rep != nil {
+		h.stats.Rows += rep.Rows
+	}
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return err // stopping: not a failure

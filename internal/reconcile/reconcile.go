@@ -37,11 +37,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
-
 	"github.com/adpulse/adpulse/internal/archive"
-	"github.com/adpulse/adpulse/internal/dedup"
-	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/metricstore"
 )
 
@@ -157,11 +153,16 @@ func Run(ctx context.Context, o Options, from, to time.Time, repair bool) (*Repo
 	if to.Sub(from) > MaxRange {
 		return nil, fmt.Errorf("reconcile: range of %v, at most %v at once (the buckets of the range are held in memory)", to.Sub(from), MaxRange)
 	}
-	if err := Ready(ctx, o, from, to); err != nil {
+	return check(ctx, &o, from, to, repair, nil, start)
+}
+
+// check is Run on whole hours, counting the archive with c (nil: a counter of its own).
+func check(ctx context.Context, o *Options, from, to time.Time, repair bool, c *counter, start time.Time) (*Report, error) {
+	if err := Ready(ctx, *o, from, to); err != nil {
 		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
-		rep, err := runOnce(ctx, &o, from, to, repair)
+		rep, err := runOnce(ctx, o, from, to, repair, c)
 		if errors.Is(err, metricstore.ErrConflict) && attempt < 5 {
 			o.Logger.Info("reconcile: another repair committed first; comparing again", "err", err)
 			continue
@@ -230,7 +231,9 @@ func Ready(ctx context.Context, o Options, from, to time.Time) error {
 	return nil
 }
 
-func runOnce(ctx context.Context, o *Options, from, to time.Time, repair bool) (*Report, error) {
+// runOnce compares (and repairs) the hours [from, to), counting the archive with c, or with
+// a counter of its own when c is nil.
+func runOnce(ctx context.Context, o *Options, from, to time.Time, repair bool, c *counter) (*Report, error) {
 	rep := &Report{From: from, To: to}
 	// The repair's fence: read before the store's values, so a repair committed after this
 	// read makes ours fail instead of correcting twice.
@@ -238,7 +241,10 @@ func runOnce(ctx context.Context, o *Options, from, to time.Time, repair bool) (
 	if err != nil {
 		return nil, fmt.Errorf("reconcile: read %s's offsets: %w", o.Consumer, err)
 	}
-	want, err := countArchive(ctx, o, from, to, rep)
+	if c == nil {
+		c = newCounter(o, from, to)
+	}
+	want, err := countHours(ctx, c, from, to, rep)
 	if err != nil {
 		return nil, err
 	}
@@ -274,6 +280,31 @@ func runOnce(ctx context.Context, o *Options, from, to time.Time, repair bool) (
 		return rep, fmt.Errorf("%w: %d offsets missing; not repairing", ErrGaps, rep.Gaps)
 	}
 	return rep, commitRepair(ctx, o, cp, rep)
+}
+
+// countHours feeds c what decides the hours [from, to) and returns their counts, with what
+// the reading did in rep.
+func countHours(ctx context.Context, c *counter, from, to time.Time, rep *Report) (map[Key]*metricstore.Counts, error) {
+	before := c.stats
+	lo, hi := c.o.span(from, to)
+	if err := c.feed(ctx, lo, hi); err != nil {
+		return nil, err
+	}
+	rep.Files += c.stats.files - before.files
+	rep.Rows += c.stats.rows - before.rows
+	rep.Duplicates += c.stats.dup - before.dup
+	rep.Gaps = c.gapsIn(from, to)
+	want := c.take(from, to)
+	rep.Counted = 0
+	for k, n := range want {
+		if k.Level == metricstore.LevelAd {
+			rep.Counted += n.Impressions + n.Clicks + n.InvalidClicks
+			for _, v := range n.Interactions {
+				rep.Counted += v
+			}
+		}
+	}
+	return want, nil
 }
 
 func compareKeys(a, b Key) int {
@@ -345,97 +376,6 @@ func addMap[K comparable](m *map[K]int64, k K, v int64) {
 
 // maxEventMicros is the aggregator's bound on event time (year 2500).
 const maxEventMicros = 16725225600 * 1e6
-
-// countArchive counts the archive's events of the hours [from, to) like the aggregator.
-func countArchive(ctx context.Context, o *Options, from, to time.Time, rep *Report) (map[Key]*metricstore.Counts, error) {
-	lo, hi := o.span(from, to)
-	// A file lives in the hour of its first event; its events run up to a file window
-	// (at most an hour) plus slack later: one more hour before.
-	files, err := archive.ListFiles(ctx, o.Archive, lo.Add(-time.Hour), hi)
-	if err != nil {
-		return nil, err
-	}
-	fromUs, toUs := from.UnixMicro(), to.UnixMicro()
-	out := make(map[Key]*metricstore.Counts)
-	add := func(level metricstore.Level, id string, minute int64, e *event.Event) {
-		if id == "" {
-			return
-		}
-		k := Key{level, id, minute}
-		c := out[k]
-		if c == nil {
-			c = &metricstore.Counts{}
-			out[k] = c
-		}
-		switch e.Type {
-		case event.TypeImpression:
-			c.Impressions++
-		case event.TypeClick:
-			if e.Invalid == event.ReasonNone {
-				c.Clicks++
-			} else {
-				c.AddInvalid(e.Invalid, 1)
-			}
-		case event.TypeInteraction:
-			c.AddInteraction(e.Name, 1)
-		}
-	}
-	var window *dedup.Window
-	part, next := -1, int64(-1)
-	for i, f := range files {
-		if f.Partition != part {
-			part, next = f.Partition, -1
-			if o.DedupSpan > 0 {
-				window = dedup.NewWindow(o.DedupSpan.Microseconds(), o.Slack.Microseconds())
-			}
-		}
-		if f.End <= next {
-			continue // wholly covered by an earlier file (left by a different cut)
-		}
-		if next >= 0 && f.First > next {
-			rep.Gaps += f.First - next
-			o.Logger.Warn("reconcile: the archive misses offsets", "partition", part, "from", next, "to", f.First)
-		}
-		err := archive.ReadFile(ctx, o.Archive, f.Key, func(r *archive.Row) error {
-			if r.Offset < next {
-				return nil
-			}
-			next = r.Offset + 1
-			rep.Rows++
-			e, err := r.Event()
-			if err != nil {
-				return fmt.Errorf("%s offset %d: %w", f.Key, r.Offset, err)
-			}
-			if window != nil {
-				if key := e.Key(); key != "" && window.Observe(xxhash.Sum64String(key), e.RecvTime) {
-					rep.Duplicates++
-					return nil
-				}
-			}
-			if e.Time < fromUs || e.Time >= toUs || e.Time < 0 || e.Time >= maxEventMicros {
-				return nil
-			}
-			if e.Type != event.TypeClick && e.Invalid != event.ReasonNone {
-				return nil // invalid impressions and interactions have no counter
-			}
-			rep.Counted++
-			minute := e.Time / 60e6
-			add(metricstore.LevelAd, e.AdID, minute, &e)
-			add(metricstore.LevelCampaign, e.CampaignID, minute, &e)
-			add(metricstore.LevelAdvertiser, e.AdvertiserID, minute, &e)
-			return nil
-		})
-		if err != nil {
-			return nil, err
-		}
-		next = max(next, f.End)
-		rep.Files++
-		if o.Progress != nil {
-			o.Progress(i+1, len(files), rep.Rows)
-		}
-	}
-	return out, nil
-}
 
 // MinuteScanner is a store that can list every stored minute bucket of a range (pebblestore):
 // then buckets the archive does not know at all are compared too.

@@ -121,6 +121,7 @@ var collectorDefs = []metricDef{
 	{"adpulse_reconcile_differences_total", "Buckets where the metric store differed from the archive.", prometheus.CounterValue, nil},
 	{"adpulse_reconcile_repaired_total", "Buckets the hourly reconciliation corrected.", prometheus.CounterValue, nil},
 	{"adpulse_reconcile_failures_total", "Hourly reconciliations that failed.", prometheus.CounterValue, nil},
+	{"adpulse_reconcile_rows_read_total", "Archive rows the hourly reconciliation read (each about once: the reading carries over from hour to hour).", prometheus.CounterValue, nil},
 	{"adpulse_reconcile_next_hour_timestamp_seconds", "The next hour the hourly reconciliation will check.", prometheus.GaugeValue, nil},
 	{"adpulse_topn_bytes", "Estimated heap of the top-N index.", prometheus.GaugeValue, nil},
 	{"adpulse_topn_queries_total", "Top-N queries by how they were answered.", prometheus.CounterValue, []string{"method"}},
@@ -297,6 +298,7 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 		emit("adpulse_reconcile_hours_total", float64(rs.Hours))
 		emit("adpulse_reconcile_differences_total", float64(rs.Diffs))
 		emit("adpulse_reconcile_repaired_total", float64(rs.Repaired))
+		emit("adpulse_reconcile_rows_read_total", float64(rs.Rows))
 		emit("adpulse_reconcile_failures_total", float64(rs.Failures))
 		emit("adpulse_reconcile_next_hour_timestamp_seconds", float64(rs.Next.Unix()))
 	}
