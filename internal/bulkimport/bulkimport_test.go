@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,43 +15,16 @@ import (
 	"github.com/parquet-go/parquet-go"
 
 	"github.com/adpulse/adpulse/client"
-	"github.com/adpulse/adpulse/internal/config"
-	"github.com/adpulse/adpulse/internal/server"
+	"github.com/adpulse/adpulse/internal/server/servertest"
 )
-
-const testAdminKey = "adp_admin_import-test-0123456789"
 
 // startServer runs a full embedded adpulse on a loopback port with one advertiser, campaign
 // and ad ("ad-1"), and returns a client with the admin key.
 func startServer(t *testing.T) *client.Client {
 	t.Helper()
-	cfg := config.Default()
-	cfg.DataDir = t.TempDir()
-	cfg.Listen, cfg.OpsListen = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.AdminKey = testAdminKey
-	cfg.ClickSecret = "k1:0123456789abcdef0123456789abcdef"
-	cfg.RateLimitIP, cfg.RateLimitKey = 0, 0
-	app, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server: %v", err)
-		}
-	})
-	select {
-	case <-app.Ready():
-	case err := <-done:
-		t.Fatalf("server stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("server not ready after 30s")
-	}
-	c, err := client.New(client.Config{BaseURL: "http://" + app.APIAddr(), Key: testAdminKey})
+	srv := servertest.Start(t, nil)
+	ctx := context.Background()
+	c, err := client.New(client.Config{BaseURL: srv.URL, Key: servertest.AdminKey})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -16,13 +15,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/adpulse/adpulse/internal/config"
-	"github.com/adpulse/adpulse/internal/server"
+	"github.com/adpulse/adpulse/internal/server/servertest"
 	"github.com/chromedp/chromedp"
 )
 
 const (
-	adminKey  = "adp_admin_dashboard_browser_test_key"
+	adminKey  = servertest.AdminKey
 	browserUA = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"
 )
 
@@ -62,33 +60,7 @@ func artifactDir(t *testing.T) string {
 
 func startServer(t *testing.T) string {
 	t.Helper()
-	cfg := config.Default()
-	cfg.DataDir = t.TempDir()
-	cfg.Listen, cfg.OpsListen = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.AdminKey = adminKey
-	cfg.ClickSecret = "k1:0123456789abcdef0123456789abcdef"
-	cfg.RateLimitIP, cfg.RateLimitKey = 0, 0
-	app, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx) }()
-	select {
-	case <-app.Ready():
-	case err := <-done:
-		t.Fatalf("server stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("server not ready after 30s")
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server: %v", err)
-		}
-	})
-	return "http://" + app.APIAddr()
+	return servertest.Start(t, nil).URL
 }
 
 // apiClient calls the adpulse API with a key, failing the test on anything but a 2xx.

@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,43 +13,16 @@ import (
 	"github.com/parquet-go/parquet-go"
 
 	"github.com/adpulse/adpulse/client"
-	"github.com/adpulse/adpulse/internal/config"
-	"github.com/adpulse/adpulse/internal/server"
+	"github.com/adpulse/adpulse/internal/server/servertest"
 )
-
-const testAdminKey = "adp_admin_export-test-0123456789"
 
 // startServer runs an embedded adpulse with advertiser adv-1, campaign cmp-1 and ads ad-1 and
 // ad-2, and returns an admin client and the data dir.
 func startServer(t *testing.T) (*client.Client, string) {
 	t.Helper()
-	cfg := config.Default()
-	cfg.DataDir = t.TempDir()
-	cfg.Listen, cfg.OpsListen = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.AdminKey = testAdminKey
-	cfg.ClickSecret = "k1:0123456789abcdef0123456789abcdef"
-	cfg.RateLimitIP, cfg.RateLimitKey = 0, 0
-	app, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server: %v", err)
-		}
-	})
-	select {
-	case <-app.Ready():
-	case err := <-done:
-		t.Fatalf("server stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("server not ready after 30s")
-	}
-	c, err := client.New(client.Config{BaseURL: "http://" + app.APIAddr(), Key: testAdminKey})
+	srv := servertest.Start(t, nil)
+	ctx := context.Background()
+	c, err := client.New(client.Config{BaseURL: srv.URL, Key: servertest.AdminKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +36,7 @@ func startServer(t *testing.T) (*client.Client, string) {
 	must(c.PutCampaign(ctx, "cmp-1", client.CampaignInput{AdvertiserID: "adv-1", Name: "c", Status: "active", CPCBidMicros: 1000}))
 	must(c.PutAd(ctx, "ad-1", client.AdInput{CampaignID: "cmp-1", LandingURL: "https://shop.example/p"}))
 	must(c.PutAd(ctx, "ad-2", client.AdInput{CampaignID: "cmp-1", LandingURL: "https://shop.example/q"}))
-	return c, cfg.DataDir
+	return c, srv.DataDir
 }
 
 // seed sends a fixed set of events two and three hours ago, and waits until /metrics has them.
