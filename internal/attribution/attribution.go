@@ -52,6 +52,7 @@ import (
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/metricstore"
+	"github.com/adpulse/adpulse/internal/pebbleutil"
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/vfs"
 )
@@ -208,12 +209,12 @@ func Open(ctx context.Context, o Options) (*Stage, error) {
 		return nil, errors.New("attribution: Dir, Log and Metrics are required")
 	}
 	o.setDefaults()
-	if err := createDir(o.FS, o.Dir); err != nil {
+	if err := pebbleutil.CreateDir(o.FS, o.Dir, "attribution"); err != nil {
 		return nil, err
 	}
 	cache := pebble.NewCache(o.CacheBytes)
 	defer cache.Unref()
-	db, err := pebble.Open(o.Dir, &pebble.Options{FS: o.FS, FormatMajorVersion: pebble.FormatNewest, Cache: cache, Logger: slogLogger{o.Logger}})
+	db, err := pebble.Open(o.Dir, &pebble.Options{FS: o.FS, FormatMajorVersion: pebble.FormatNewest, Cache: cache, Logger: pebbleutil.Logger(o.Logger, "attribution-pebble")})
 	if err != nil {
 		return nil, fmt.Errorf("attribution: open %s: %w", o.Dir, err)
 	}
@@ -223,42 +224,6 @@ func Open(ctx context.Context, o Options) (*Stage, error) {
 		return nil, err
 	}
 	return s, nil
-}
-
-// createDir creates dir and syncs its parent, so that a crash cannot lose the directory
-// (and with it every commit synced into it).
-func createDir(fs vfs.FS, dir string) error {
-	if err := fs.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("attribution: create dir: %w", err)
-	}
-	parent := fs.PathDir(dir)
-	if parent == "" {
-		parent = "."
-	}
-	d, err := fs.OpenDir(parent)
-	if err != nil {
-		return fmt.Errorf("attribution: open parent dir: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("attribution: sync parent dir: %w", err)
-	}
-	return nil
-}
-
-// slogLogger routes Pebble's log lines to slog.
-type slogLogger struct{ l *slog.Logger }
-
-func (l slogLogger) Infof(format string, args ...any) {
-	l.l.Debug(fmt.Sprintf(format, args...), "component", "attribution-pebble")
-}
-
-func (l slogLogger) Errorf(format string, args ...any) {
-	l.l.Error(fmt.Sprintf(format, args...), "component", "attribution-pebble")
-}
-
-func (l slogLogger) Fatalf(format string, args ...any) {
-	panic(fmt.Sprintf(format, args...))
 }
 
 func (s *Stage) load(ctx context.Context) error {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/adpulse/adpulse/internal/pebbleutil"
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/vfs"
 )
@@ -43,13 +44,13 @@ func OpenPebble(dir string, o PebbleOptions) (*Pebble, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	if err := createDir(o.FS, dir); err != nil {
+	if err := pebbleutil.CreateDir(o.FS, dir, "billing"); err != nil {
 		return nil, err
 	}
 	db, err := pebble.Open(dir, &pebble.Options{
 		FS:                 o.FS,
 		FormatMajorVersion: pebble.FormatNewest,
-		Logger:             slogLogger{o.Logger},
+		Logger:             pebbleutil.Logger(o.Logger, "billing-pebble"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open billing database in %q: %w", dir, err)
@@ -622,39 +623,4 @@ func (s *Pebble) MigrateLegacyDates(dayStart func(campaign string, date uint32) 
 		return b.Commit(pebble.Sync)
 	})
 	return n, err
-}
-
-// createDir creates dir and syncs its parent, so that a crash right after the first commit
-// cannot lose the directory entry (Pebble syncs what is inside, not the parent).
-func createDir(fs vfs.FS, dir string) error {
-	if err := fs.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create billing dir: %w", err)
-	}
-	parent := fs.PathDir(dir)
-	if parent == "" {
-		parent = "."
-	}
-	d, err := fs.OpenDir(parent)
-	if err != nil {
-		return fmt.Errorf("open parent of billing dir: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync parent of billing dir: %w", err)
-	}
-	return nil
-}
-
-// slogLogger routes Pebble's log lines to slog.
-type slogLogger struct{ l *slog.Logger }
-
-func (l slogLogger) Infof(format string, args ...any) {
-	l.l.Debug(fmt.Sprintf(format, args...), "component", "billing-pebble")
-}
-
-func (l slogLogger) Fatalf(format string, args ...any) {
-	// Pebble calls Fatalf on unrecoverable corruption and expects it not to return.
-	msg := fmt.Sprintf(format, args...)
-	l.l.Error(msg, "component", "billing-pebble")
-	panic("pebble: " + msg)
 }

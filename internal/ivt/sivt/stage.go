@@ -57,6 +57,7 @@ import (
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/metricstore"
+	"github.com/adpulse/adpulse/internal/pebbleutil"
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/vfs"
 )
@@ -202,10 +203,10 @@ func Open(ctx context.Context, o Options) (*Stage, error) {
 		return nil, errors.New("sivt: Options.Dir, Log, Metrics and Refunder are required")
 	}
 	o.setDefaults()
-	if err := o.FS.MkdirAll(o.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create ivt dir: %w", err)
+	if err := pebbleutil.CreateDir(o.FS, o.Dir, "ivt"); err != nil {
+		return nil, err
 	}
-	db, err := pebble.Open(o.Dir, &pebble.Options{FS: o.FS, FormatMajorVersion: pebble.FormatNewest, Logger: pebbleLogger{o.Logger}})
+	db, err := pebble.Open(o.Dir, &pebble.Options{FS: o.FS, FormatMajorVersion: pebble.FormatNewest, Logger: pebbleutil.Logger(o.Logger, "ivt-pebble")})
 	if err != nil {
 		return nil, fmt.Errorf("open ivt database in %q: %w", o.Dir, err)
 	}
@@ -472,17 +473,4 @@ func kick(ch chan struct{}) {
 	case ch <- struct{}{}:
 	default:
 	}
-}
-
-// pebbleLogger routes Pebble's log lines to slog.
-type pebbleLogger struct{ l *slog.Logger }
-
-func (l pebbleLogger) Infof(format string, args ...any) {
-	l.l.Debug(fmt.Sprintf(format, args...), "component", "ivt-pebble")
-}
-
-func (l pebbleLogger) Fatalf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	l.l.Error(msg, "component", "ivt-pebble")
-	panic("pebble: " + msg)
 }

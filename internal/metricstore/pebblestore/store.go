@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/adpulse/adpulse/internal/metricstore"
+	"github.com/adpulse/adpulse/internal/pebbleutil"
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/vfs"
 )
@@ -133,7 +134,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.FS == nil {
 		opts.FS = vfs.Default
 	}
-	if err := createDir(opts.FS, dir); err != nil {
+	if err := pebbleutil.CreateDir(opts.FS, dir, "metric store"); err != nil {
 		return nil, err
 	}
 	cache := pebble.NewCache(opts.CacheBytes)
@@ -151,7 +152,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		L0StopWritesThreshold:       24,
 		LBaseMaxBytes:               256 << 20,
 		MaxConcurrentCompactions:    func() int { return 2 },
-		Logger:                      slogLogger{opts.Logger},
+		Logger:                      pebbleutil.Logger(opts.Logger, "metricstore-pebble"),
 	}
 	for i := range po.Levels {
 		// A query reads one id's keys of one partition (at most 60) per seek: small blocks
@@ -609,39 +610,4 @@ func (s *Store) Close() error {
 		return fmt.Errorf("close pebble metric store: %w", err)
 	}
 	return nil
-}
-
-// createDir creates dir and syncs its parent, so that a crash right after the first commit
-// cannot lose the whole directory entry (Pebble syncs what is inside, not the parent).
-func createDir(fs vfs.FS, dir string) error {
-	if err := fs.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create metric store dir: %w", err)
-	}
-	parent := fs.PathDir(dir)
-	if parent == "" {
-		parent = "."
-	}
-	d, err := fs.OpenDir(parent)
-	if err != nil {
-		return fmt.Errorf("open parent of metric store dir: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync parent of metric store dir: %w", err)
-	}
-	return nil
-}
-
-// slogLogger routes Pebble's log lines to slog.
-type slogLogger struct{ l *slog.Logger }
-
-func (l slogLogger) Infof(format string, args ...any) {
-	l.l.Info(fmt.Sprintf(format, args...), "component", "pebble")
-}
-
-func (l slogLogger) Fatalf(format string, args ...any) {
-	// Pebble calls Fatalf on unrecoverable corruption and expects it not to return.
-	msg := fmt.Sprintf(format, args...)
-	l.l.Error(msg, "component", "pebble")
-	panic("pebble: " + msg)
 }
