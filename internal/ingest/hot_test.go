@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -284,5 +285,39 @@ func TestHotDetectionHysteresis(t *testing.T) {
 		if got := isHot(); got != s.want {
 			t.Fatalf("after interval %d (share %.2f of %d): hot=%v, want %v", i, s.share, s.total, got, s.want)
 		}
+	}
+}
+
+// BenchmarkRecordHot is Intake.Record of one click at a time from parallel requests, half of
+// them on one ad, with salting off and on: the cost of counting ads and placing events.
+func BenchmarkRecordHot(b *testing.B) {
+	for _, bc := range []struct {
+		name  string
+		salts int
+	}{{"off", 0}, {"on", 4}} {
+		b.Run(bc.name, func(b *testing.B) {
+			in := NewIntake(IntakeOptions{Log: newMemLog(8), Dedup: dedup.NewMemory(time.Hour),
+				Hot: HotOptions{Salts: bc.salts, MinEvents: 100}})
+			var seq atomic.Int64
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				evs := make([]event.Event, 1)
+				out := make([]Outcome, 1)
+				for pb.Next() {
+					i := seq.Add(1)
+					ad := "hot"
+					if i%2 == 0 {
+						ad = fmt.Sprintf("ad%d", i%1000)
+					}
+					evs[0] = event.Event{Type: event.TypeClick, ImpressionID: fmt.Sprintf("imp-%d", i), AdID: ad}
+					if err := in.Record(context.Background(), evs, time.Now(), out); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			if bc.salts > 0 && in.Stats().Hot.Salted == 0 && b.N > 10000 {
+				b.Fatalf("nothing salted: %+v", in.Stats().Hot)
+			}
+		})
 	}
 }
