@@ -119,8 +119,8 @@ func newHotAds(o HotOptions) *hotAds {
 	return h
 }
 
-// saltKey is the part of an event its salt is the hash of: its idempotency key, so every copy
-// of one event gets the same salt.
+// saltedPartition is the partition of a hot ad's event: its salt is the hash of the event's
+// idempotency key, so every copy of one event gets the same salt, and home is one of the k.
 func saltedPartition(home int32, key string, salts, partitions int) int32 {
 	k := min(salts, partitions)
 	return int32((uint64(home) + xxhash.Sum64String(key)%uint64(k)) % uint64(partitions))
