@@ -21,6 +21,10 @@
 //     count on that bound (their Slack) for finality and duplicate filtering.
 //   - A request that fails (bad input, or the log is unavailable) changes nothing already
 //     accepted.
+//   - An event's partition is its ad's (Partition), except for an ad this Intake finds hot
+//     when salting is on (hot.go): then it is a function of the ad and the event's key. Every
+//     copy of one event that reaches the log is in one partition, so the stages'
+//     per-partition duplicate filter sees them all.
 package ingest
 
 import (
