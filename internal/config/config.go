@@ -91,6 +91,15 @@ type Config struct {
 	// InFlightWait bounds how long a retry waits for an earlier attempt of the same event.
 	InFlightWait time.Duration
 
+	// HotAdSalts spreads an ad that an ingest process finds hot over this many partitions
+	// (0 or 1: off). HotAdShare is the share of a second's events that makes an ad hot
+	// (it stays hot down to half of it, and HotAdCooldown longer); HotAdMinEvents the
+	// events a second needs before any ad is judged.
+	HotAdSalts     int
+	HotAdShare     float64
+	HotAdMinEvents int64
+	HotAdCooldown  time.Duration
+
 	// Rate limits in requests per second, with a burst: per source address (the public
 	// endpoints, and requests without a valid key) and per API key (the authenticated API).
 	// A rate of 0 turns that limit off. RateLimitEntries caps the sources (and the keys)
@@ -236,6 +245,9 @@ func Default() Config {
 		BackendTimeout:         10 * time.Second,
 		ServingRedisPrefix:     "adpulse:",
 		InFlightWait:           3 * time.Second,
+		HotAdShare:             0.2,
+		HotAdMinEvents:         1000,
+		HotAdCooldown:          time.Minute,
 		RateLimitIP:            1000,
 		RateLimitIPBurst:       10000,
 		RateLimitKey:           2000,
@@ -325,6 +337,17 @@ func (c *Config) Validate() error {
 	check(c.Reconcile == "repair" || c.Reconcile == "check" || c.Reconcile == "off", "--reconcile must be repair, check or off")
 	check(c.Reconcile == "off" || c.ArchiveURL != "off", "--reconcile %s needs the archive: set --reconcile off with --archive-url off", c.Reconcile)
 	check(c.Dedup != "redis" || c.RedisAddr != "", "--dedup redis needs --redis-addr")
+	check(c.HotAdSalts >= 0 && c.HotAdSalts <= c.Partitions, "--hot-ad-salts must be 0-%d (--partitions)", c.Partitions)
+	check(c.HotAdShare > 0 && c.HotAdShare <= 1, "--hot-ad-share must be in (0, 1]")
+	check(c.HotAdMinEvents >= 1, "--hot-ad-min-events must be at least 1")
+	check(c.HotAdCooldown >= 0 && c.HotAdCooldown <= 24*time.Hour, "--hot-ad-cooldown must be 0-24h")
+	if c.HotAdSalts >= 2 {
+		// Copies of one event may be placed in two partitions; the stages' duplicate filter
+		// is per partition, so only a dedup store that never forgets a durable key keeps
+		// counts exact (docs/design.md, "Partitioning and hot ads").
+		check(c.Dedup == "memory", "--hot-ad-salts needs --dedup memory: a Redis reservation that expires forgets whether its event is durable, and a retry salted into another partition would then count twice")
+		check(c.StreamDedupSpan() <= c.DedupWindow, "--hot-ad-salts needs --stream-dedup-window (%v) at most --dedup-window (%v)", c.StreamDedupSpan(), c.DedupWindow)
+	}
 	// A reservation must outlive the append it guards, or a retry could slip in while the
 	// first attempt's records are still on their way to the brokers.
 	check(c.Dedup != "redis" || c.DedupReserveTTL > c.KafkaDeliveryTimeout, "--dedup-reserve-ttl (%v) must exceed --kafka-delivery-timeout (%v)", c.DedupReserveTTL, c.KafkaDeliveryTimeout)

@@ -31,6 +31,12 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{func(c *Config) { c.AttributionClickWindow = 91 * 24 * time.Hour }, "--attribution-click-window"},
 		{func(c *Config) { c.AttributionViewWindow = -time.Hour }, "--attribution-view-window"},
 		{func(c *Config) { c.AttributionMaxTouches = 0 }, "--attribution-max-touches"},
+		{func(c *Config) { c.HotAdSalts = c.Partitions + 1 }, "--hot-ad-salts"},
+		{func(c *Config) { c.HotAdShare = 0 }, "--hot-ad-share"},
+		{func(c *Config) { c.HotAdMinEvents = 0 }, "--hot-ad-min-events"},
+		// Salting is exact only over a dedup store that never forgets a durable key.
+		{func(c *Config) { c.HotAdSalts, c.Dedup, c.RedisAddr = 4, "redis", "127.0.0.1:6379" }, "--hot-ad-salts needs --dedup memory"},
+		{func(c *Config) { c.HotAdSalts, c.StreamDedupWindow = 4, 2*c.DedupWindow }, "--stream-dedup-window"},
 	} {
 		c := Default()
 		tc.mut(&c)

@@ -21,6 +21,10 @@
 //     count on that bound (their Slack) for finality and duplicate filtering.
 //   - A request that fails (bad input, or the log is unavailable) changes nothing already
 //     accepted.
+//   - An event's partition is its ad's (Partition), except for an ad this Intake finds hot
+//     when salting is on (hot.go): then it is a function of the ad and the event's key. Every
+//     copy of one event that reaches the log is in one partition, so the stages'
+//     per-partition duplicate filter sees them all.
 package ingest
 
 import (
@@ -63,6 +67,7 @@ type Intake struct {
 	timeout  time.Duration // bound of one call to the log or the dedup store
 	now      func() time.Time
 	maybe    *resolver
+	hot      *hotAds // nil: salting off
 
 	bufs sync.Pool // *recordBuf
 
@@ -88,6 +93,10 @@ type IntakeOptions struct {
 	// ResolveAfter is how long after an append with an unknown outcome its keys are looked
 	// up in the log (default 2 s): long enough for anything still on its way to have landed.
 	ResolveAfter time.Duration
+	// Hot configures the salting of hot ads over several partitions (off unless
+	// Hot.Salts >= 2). It needs a dedup store that never forgets a durable key
+	// (dedup.Memory): see hot.go.
+	Hot HotOptions
 	// Now is the clock that receive times come from (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -115,7 +124,11 @@ func NewIntake(o IntakeOptions) *Intake {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	in := &Intake{log: o.Log, keys: o.Dedup, inFlight: o.InFlightWait, maxHold: o.MaxHold, timeout: o.BackendTimeout, now: o.Now}
+	if o.Hot.Salts >= 2 {
+		in.hot = newHotAds(o.Hot)
+	}
 	in.maybe = newResolver(o.Log, o.Dedup, o.ResolveAfter, o.BackendTimeout, o.Logger)
+	in.maybe.hot = in.hot
 	return in
 }
 
@@ -208,8 +221,12 @@ func (in *Intake) Record(ctx context.Context, evs []event.Event, now time.Time, 
 		}
 		start := len(b.values)
 		b.values = evs[i].AppendBinary(b.values)
+		p := Partition(partitionKey(&evs[i]), partitions)
+		if in.hot != nil {
+			p = in.hot.place(&evs[i], b.keys[i], p, partitions)
+		}
 		b.msgs = append(b.msgs, eventlog.Message{
-			Partition: Partition(partitionKey(&evs[i]), partitions),
+			Partition: p,
 			Value:     b.values[start:len(b.values):len(b.values)],
 		})
 		b.reserved = append(b.reserved, b.keys[i])
@@ -224,6 +241,9 @@ func (in *Intake) Record(ctx context.Context, evs []event.Event, now time.Time, 
 			}
 			return err
 		}
+	}
+	if in.hot != nil {
+		in.hot.observe(evs, out, now)
 	}
 	in.accepted.Add(int64(len(b.msgs)))
 	in.duplicates.Add(int64(len(evs) - len(b.msgs)))
@@ -402,12 +422,17 @@ type IntakeStats struct {
 	// InvalidClicks counts the invalid clicks appended, by reason: every named reason, zero
 	// included, so a dashboard sees the series before the first one.
 	InvalidClicks map[event.Reason]int64
+	// Hot describes hot-ad salting (zero when it is off).
+	Hot HotStats
 }
 
 // Stats returns counters since start.
 func (in *Intake) Stats() IntakeStats {
 	st := IntakeStats{Accepted: in.accepted.Load(), Duplicates: in.duplicates.Load(), Failures: in.failures.Load(), TooSlow: in.tooSlow.Load()}
 	st.MaybeKeys, st.Resolved, st.Recovered = in.maybe.stats()
+	if in.hot != nil {
+		st.Hot = in.hot.stats()
+	}
 	st.InvalidClicks = make(map[event.Reason]int64)
 	for r := range in.invalidClicks {
 		if n := in.invalidClicks[r].Load(); n != 0 || event.Reason(r).Named() {

@@ -26,6 +26,7 @@ type resolver struct {
 	after   time.Duration
 	timeout time.Duration
 	logger  *slog.Logger
+	hot     *hotAds // nil: salting off; else released keys are pinned to their partition
 
 	mu                  sync.Mutex
 	batches             []*maybeBatch
@@ -36,7 +37,7 @@ type resolver struct {
 
 // maybeBatch is the keys of one append with an unknown outcome.
 type maybeBatch struct {
-	keys       map[string]struct{}
+	keys       map[string]int32 // key -> the partition its event was sent to
 	partitions []int32
 	started    time.Time // wall clock just before the append
 	due        time.Time
@@ -52,10 +53,10 @@ func newResolver(log eventlog.Log, keys dedup.Store, after, timeout time.Duratio
 
 // add takes over the keys of msgs (keys[i] is the key of msgs[i]).
 func (r *resolver) add(keys []string, msgs []eventlog.Message, started time.Time) {
-	mb := &maybeBatch{keys: make(map[string]struct{}, len(keys)), started: started, due: time.Now().Add(r.after)}
+	mb := &maybeBatch{keys: make(map[string]int32, len(keys)), started: started, due: time.Now().Add(r.after)}
 	seen := map[int32]bool{}
 	for i, k := range keys {
-		mb.keys[k] = struct{}{}
+		mb.keys[k] = msgs[i].Partition
 		if p := msgs[i].Partition; !seen[p] {
 			seen[p] = true
 			mb.partitions = append(mb.partitions, p)
@@ -159,11 +160,12 @@ func (r *resolver) resolve(ctx context.Context, mb *maybeBatch) error {
 			off = msgs[len(msgs)-1].Offset + 1
 		}
 	}
-	missing := make([]string, 0, len(mb.keys)-len(found))
+	// A key may be found more than once: an earlier copy may have landed late beside it.
 	inLog := make(map[string]struct{}, len(found))
 	for _, k := range found {
 		inLog[k] = struct{}{}
 	}
+	missing := make([]string, 0, len(mb.keys)-len(inLog))
 	for k := range mb.keys {
 		if _, ok := inLog[k]; !ok {
 			missing = append(missing, k)
@@ -178,6 +180,17 @@ func (r *resolver) resolve(ctx context.Context, mb *maybeBatch) error {
 		if err := r.keys.Commit(ctx, keys, mb.started); err != nil {
 			return err
 		}
+	}
+	if r.hot != nil && len(missing) > 0 {
+		// The resolver's pause makes a late landing unlikely, not impossible: a retry of a
+		// missing key must go where its first copy went, so that the stages' per-partition
+		// duplicate filter sees both if the first one lands after all. Pinned before the
+		// release, so no retry can be placed elsewhere.
+		parts := make([]int32, len(missing))
+		for i, k := range missing {
+			parts[i] = mb.keys[k]
+		}
+		r.hot.pin(missing, parts, time.Now())
 	}
 	if err := r.keys.Release(ctx, missing); err != nil {
 		return err

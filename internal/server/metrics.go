@@ -36,6 +36,10 @@ var collectorDefs = []metricDef{
 	{"adpulse_ingest_record_failures_total", "Requests whose events could not be made durable (nothing acknowledged).", prometheus.CounterValue, nil},
 	{"adpulse_ingest_invalid_clicks_total", "Invalid clicks recorded (never counted as clicks, never charged), by reason.", prometheus.CounterValue, []string{"reason"}},
 	{"adpulse_ingest_too_slow_total", "Requests refused because their events waited longer than the hold bound before the log.", prometheus.CounterValue, nil},
+	{"adpulse_ingest_hot_ads", "Ads this ingest process salts over several partitions now.", prometheus.GaugeValue, nil},
+	{"adpulse_ingest_salted_events_total", "Events of hot ads placed by their salt.", prometheus.CounterValue, nil},
+	{"adpulse_ingest_hot_transitions_total", "Ads turning hot or cold on this ingest process.", prometheus.CounterValue, nil},
+	{"adpulse_ingest_pinned_keys", "Keys of appends with an unknown outcome that later copies must follow to the same partition.", prometheus.GaugeValue, nil},
 	{"adpulse_ingest_maybe_keys", "Idempotency keys of appends with an unknown outcome, held until the log is checked.", prometheus.GaugeValue, nil},
 	{"adpulse_ingest_maybe_resolved_total", "Keys with an unknown append outcome settled from the log, by what was found.", prometheus.CounterValue, []string{"outcome"}},
 	{"adpulse_dedup_keys", "Idempotency keys held: all of the window in process, or this process's reservations in flight with Redis.", prometheus.GaugeValue, nil},
@@ -195,6 +199,10 @@ func (c *statsCollector) collectIngest(emit func(name string, v float64, labels 
 		emit("adpulse_ingest_invalid_clicks_total", float64(n), reason.String())
 	}
 	emit("adpulse_ingest_maybe_keys", float64(is.MaybeKeys))
+	emit("adpulse_ingest_hot_ads", float64(is.Hot.HotAds))
+	emit("adpulse_ingest_salted_events_total", float64(is.Hot.Salted))
+	emit("adpulse_ingest_hot_transitions_total", float64(is.Hot.Transitions))
+	emit("adpulse_ingest_pinned_keys", float64(is.Hot.Pinned))
 	emit("adpulse_ingest_maybe_resolved_total", float64(is.Recovered), "in_log")
 	emit("adpulse_ingest_maybe_resolved_total", float64(is.Resolved-is.Recovered), "not_in_log")
 }

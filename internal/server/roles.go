@@ -53,8 +53,15 @@ func (a *App) openIngest() {
 		MaxHold:        a.cfg.MaxHold(),
 		BackendTimeout: a.cfg.BackendTimeout,
 		ResolveAfter:   resolveAfter,
-		Now:            a.now,
-		Logger:         a.logger.With("component", "ingest"),
+		Hot: ingest.HotOptions{
+			Salts:     a.cfg.HotAdSalts,
+			Share:     a.cfg.HotAdShare,
+			MinEvents: a.cfg.HotAdMinEvents,
+			Cooldown:  a.cfg.HotAdCooldown,
+			PinTTL:    a.cfg.DedupWindow,
+		},
+		Now:    a.now,
+		Logger: a.logger.With("component", "ingest"),
 	})}
 	a.components.Go("ingest resolver", a.ingest.intake.Run)
 }

@@ -452,13 +452,22 @@ func run(reqs []*rreq, workers int, fn func(*rreq)) {
 // then retried until answered (at once, or after more than 100,000 other events in the
 // partition, batches sometimes a third time) count each event once in /metrics,
 // /metrics/top, campaign spend and user views.
-func TestRetriesAfterClientAbortCountOnce(t *testing.T) {
+func TestRetriesAfterClientAbortCountOnce(t *testing.T) { retriesCountOnce(t) }
+
+// TestRetriesAcrossHotAdSaltingCountOnce is the same with hot-ad salting on and a threshold
+// every ad crosses now and then, so ads turn hot and cold while requests are abandoned and
+// retried: copies of one event sent before and after a transition still count once.
+func TestRetriesAcrossHotAdSaltingCountOnce(t *testing.T) {
+	retriesCountOnce(t, "--partitions", "4", "--hot-ad-salts", "4", "--hot-ad-share", "0.1", "--hot-ad-min-events", "50", "--hot-ad-cooldown", "2s")
+}
+
+func retriesCountOnce(t *testing.T, extra ...string) {
 	needBinary(t)
 	sd := seed(t)
 	rng := newRand(sd, 0)
 	started := time.Now()
 	e := newEnv(t)
-	srv := e.start("--admin-key", testAdminKey, "--click-secret", testClickSecret, "--partitions", fmt.Sprint(retryPartitions))
+	srv := e.start(append([]string{"--admin-key", testAdminKey, "--click-secret", testClickSecret, "--partitions", fmt.Sprint(retryPartitions)}, extra...)...)
 	client := newClient(16)
 
 	// Catalog: 2 advertisers x 2 campaigns x 3 ads (3 catalog ids), each campaign with its own
@@ -630,6 +639,14 @@ func TestRetriesAfterClientAbortCountOnce(t *testing.T) {
 	rc := &retryCheck{srv: srv, c: client, want: w, ads: allAds, camps: camps,
 		start: t0.Add(-10 * time.Minute).Truncate(time.Minute), end: time.Now().Add(3 * time.Minute).Truncate(time.Minute)}
 	rc.wait(t)
+	// Read before logDuplicates, which stops the server.
+	if slices.Contains(extra, "--hot-ad-salts") {
+		m := opsMetricValues(t, srv)
+		t.Logf("hot ads: %v events salted, %v transitions", m["adpulse_ingest_salted_events_total"], m["adpulse_ingest_hot_transitions_total"])
+		if m["adpulse_ingest_salted_events_total"] == 0 || m["adpulse_ingest_hot_transitions_total"] < 2 {
+			t.Errorf("salting was not exercised: %v events salted, %v transitions", m["adpulse_ingest_salted_events_total"], m["adpulse_ingest_hot_transitions_total"])
+		}
+	}
 	// Counting once is not enough: duplicates are dropped before the stream, so the log
 	// itself must hold each event once (the stages' duplicate filter is only the second
 	// line of defence).

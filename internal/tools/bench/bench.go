@@ -12,6 +12,8 @@
 //	clicks-fixed  GET /c/{token}, open model at a fixed rate (latency from the intended send time)
 //	clicks-sat    GET /c/{token}, closed model: acknowledged clicks/s at saturation
 //	              (both click runs are then checked against /metrics and /metrics/top)
+//	hot           clicks-sat on fresh ads, Zipf, then with one ad taking half of the clicks
+//	              (the server salts hot ads): throughput, aggregation lag, exact counts
 //	events        POST /events, big pre-built NDJSON batches from several connections, checked
 //	freshness     one click at a time, poll /metrics until it counts it, under background load
 //	queries       a synthetic day of history on many ads, then /metrics and /metrics/top latency
@@ -55,6 +57,7 @@ import (
 const (
 	ScenarioClicksFixed = "clicks-fixed"
 	ScenarioClicksSat   = "clicks-sat"
+	ScenarioHot         = "hot"
 	ScenarioEvents      = "events"
 	ScenarioFreshness   = "freshness"
 	ScenarioQueries     = "queries"
@@ -62,7 +65,7 @@ const (
 )
 
 // AllScenarios lists every scenario in run order.
-var AllScenarios = []string{ScenarioClicksFixed, ScenarioClicksSat, ScenarioEvents, ScenarioFreshness, ScenarioQueries, ScenarioRecovery}
+var AllScenarios = []string{ScenarioClicksFixed, ScenarioClicksSat, ScenarioHot, ScenarioEvents, ScenarioFreshness, ScenarioQueries, ScenarioRecovery}
 
 // Baseline names.
 const (
@@ -390,6 +393,9 @@ func (b *runner) startAdpulse(ctx context.Context) (*target, func(), error) {
 	if o.has(ScenarioSoak) {
 		extra = append(slices.Clone(extra), "--ivt-rules") // the soak runs every stage, the invalid-traffic one too
 	}
+	if o.has(ScenarioHot) && !slices.ContainsFunc(extra, func(a string) bool { return strings.Contains(a, "hot-ad-salts") }) {
+		extra = append(slices.Clone(extra), "--hot-ad-salts=4", "--hot-ad-min-events=100") // the hot scenario measures salting
+	}
 	c := &child{bin: bin, dataDir: filepath.Join(b.workDir, "data"), logDir: b.workDir, adminKey: "adp_admin_bench_" + randomHex(16), secret: secret, extra: extra}
 	b.logf("starting %s serve, data in %s", bin, c.dataDir)
 	d, err := c.start(ctx)
@@ -514,7 +520,7 @@ func (b *runner) runTarget(ctx context.Context, t *target) *TargetResult {
 			fail("clicks", err)
 		}
 		if err == nil && o.has(ScenarioClicksFixed) {
-			cs, err := newClickSet(t.keys, lay, b.runID+"f", int(o.ClickRate*o.ClickDuration.Seconds()), o.DupShare, rng.Uint64())
+			cs, err := newClickSet(t.keys, lay, b.runID+"f", int(o.ClickRate*o.ClickDuration.Seconds()), o.DupShare, rng.Uint64(), 0)
 			if err != nil {
 				fail(ScenarioClicksFixed, err)
 			} else {
@@ -530,7 +536,7 @@ func (b *runner) runTarget(ctx context.Context, t *target) *TargetResult {
 			}
 		}
 		if err == nil && o.has(ScenarioClicksSat) {
-			cs, err := newClickSet(t.keys, lay, b.runID+"s", int(o.SatMaxRate*o.SatDuration.Seconds()), o.DupShare, rng.Uint64())
+			cs, err := newClickSet(t.keys, lay, b.runID+"s", int(o.SatMaxRate*o.SatDuration.Seconds()), o.DupShare, rng.Uint64(), 0)
 			if err != nil {
 				fail(ScenarioClicksSat, err)
 			} else {
@@ -559,6 +565,13 @@ func (b *runner) runTarget(ctx context.Context, t *target) *TargetResult {
 		b.sampleRSS(ctx, t, tr)
 	}
 
+	if o.has(ScenarioHot) && t.name == "adpulse" {
+		hs, err := b.runHot(ctx, t, rng)
+		if err != nil {
+			fail(ScenarioHot, err)
+		}
+		tr.Hot = hs
+	}
 	if o.has(ScenarioEvents) {
 		lay := newLayout(prefix+"e", o.EventsAds)
 		if err := t.setupAds(ctx, lay); err != nil {
@@ -592,10 +605,10 @@ func (b *runner) runTarget(ctx context.Context, t *target) *TargetResult {
 		}
 		var cs, bg *clickSet
 		if err == nil {
-			cs, err = newClickSet(t.keys, lay, b.runID+"fr", o.FreshSamples, 0, rng.Uint64())
+			cs, err = newClickSet(t.keys, lay, b.runID+"fr", o.FreshSamples, 0, rng.Uint64(), 0)
 		}
 		if err == nil && o.FreshLoadRate > 0 {
-			bg, err = newClickSet(t.keys, bgLay, b.runID+"bg", int(o.FreshLoadRate*(float64(o.FreshSamples)*0.5+10)), 0, rng.Uint64())
+			bg, err = newClickSet(t.keys, bgLay, b.runID+"bg", int(o.FreshLoadRate*(float64(o.FreshSamples)*0.5+10)), 0, rng.Uint64(), 0)
 		}
 		if err != nil {
 			fail(ScenarioFreshness, err)
@@ -647,7 +660,7 @@ func (b *runner) runTarget(ctx context.Context, t *target) *TargetResult {
 
 	if o.has(ScenarioRecovery) && t.proc != nil {
 		lay := newLayout(prefix+"r", 100)
-		cs, err := newClickSet(t.keys, lay, b.runID+"r", int(o.RecoveryRate*(o.RecoveryAfter.Seconds()+1)), 0, rng.Uint64())
+		cs, err := newClickSet(t.keys, lay, b.runID+"r", int(o.RecoveryRate*(o.RecoveryAfter.Seconds()+1)), 0, rng.Uint64(), 0)
 		if err == nil {
 			err = t.setupAds(ctx, lay)
 		}

@@ -143,7 +143,7 @@ func TestClicksAndCheck(t *testing.T) {
 			store.loseEvery, store.double = tc.loseEvery, tc.double
 			tg := memTarget(t, store)
 			lay := newLayout("t"+tc.name, 10)
-			cs, err := newClickSet(tg.keys, lay, "r1", 400, 0.1, 1)
+			cs, err := newClickSet(tg.keys, lay, "r1", 400, 0.1, 1, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -222,6 +222,7 @@ func TestBenchSmoke(t *testing.T) {
 	cfg.DataDir = t.TempDir()
 	cfg.Listen, cfg.OpsListen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.AdminKey, cfg.ClickSecret = "adp_admin_bench-test-key", testSecret
+	cfg.HotAdSalts, cfg.HotAdMinEvents = 4, 50 // as the bench starts its child for the hot scenario
 	app, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -258,6 +259,11 @@ func TestBenchSmoke(t *testing.T) {
 	if len(tr.Errors) > 0 {
 		t.Fatalf("errors: %v\n%s", tr.Errors, progress.String())
 	}
+	if tr.Hot == nil || tr.Hot.Hot.OK == 0 || tr.Hot.SaltedEvents == 0 {
+		t.Errorf("hot scenario: %+v", tr.Hot)
+	} else if !tr.Hot.Check.ok() {
+		t.Errorf("hot check: %+v", tr.Hot.Check)
+	}
 	for name, c := range map[string]*CheckResult{"clicks": tr.ClickCheck, "events": tr.EventsCheck} {
 		if c == nil || !c.ok() {
 			t.Errorf("%s check: %+v", name, c)
@@ -280,7 +286,7 @@ func TestBenchSmoke(t *testing.T) {
 	}
 	var table bytes.Buffer
 	res.WriteTable(&table)
-	for _, id := range []string{"clicks_fixed_p99", "clicks_sat_rate", "clicks_exact", "events_rate", "fresh_p99", "metrics_p99", "top_p99"} {
+	for _, id := range []string{"clicks_fixed_p99", "clicks_sat_rate", "clicks_exact", "hot_rate_ratio", "hot_exact", "events_rate", "fresh_p99", "metrics_p99", "top_p99"} {
 		if r := rowByID(t, res.Rows, id); r.Cells[0].Value == nil {
 			t.Errorf("row %s not measured", id)
 		}

@@ -57,13 +57,16 @@ func (z *zipfAds) pick(u float64) int {
 }
 
 // newClickSet signs n tokens (in parallel) for ads of lay, issued now, with dupShare of the
-// sends repeated.
-func newClickSet(keys *clicktoken.Keyring, lay layout, runID string, n int, dupShare float64, seed uint64) (*clickSet, error) {
+// sends repeated; hotShare of the tokens (0: none) name ad 0, the rest follow Zipf.
+func newClickSet(keys *clicktoken.Keyring, lay layout, runID string, n int, dupShare float64, seed uint64, hotShare float64) (*clickSet, error) {
 	cs := &clickSet{lay: lay, paths: make([]string, n), tokAd: make([]int32, n), state: make([]atomic.Uint32, n)}
 	rng := rand.New(rand.NewPCG(seed, 0xc11c))
 	z := newZipfAds(lay.ads)
 	for i := range cs.tokAd {
 		cs.tokAd[i] = int32(z.pick(rng.Float64()))
+		if hotShare > 0 && rng.Float64() < hotShare {
+			cs.tokAd[i] = 0
+		}
 	}
 	now := time.Now()
 	workers := runtime.GOMAXPROCS(0)

@@ -32,6 +32,7 @@ type TargetResult struct {
 	ClicksFixed *RunStats       `json:"clicks_fixed,omitempty"`
 	ClicksSat   *RunStats       `json:"clicks_saturation,omitempty"`
 	ClickCheck  *CheckResult    `json:"click_check,omitempty"`
+	Hot         *HotStats       `json:"hot,omitempty"`
 	Events      *EventsStats    `json:"events,omitempty"`
 	EventsCheck *CheckResult    `json:"events_check,omitempty"`
 	Freshness   *FreshnessStats `json:"freshness,omitempty"`
@@ -134,6 +135,14 @@ func specs(res *Result) []rowSpec {
 			return f(tr.ClicksSat), tr.ClicksSat.Load1, true
 		}
 	}
+	hot := func(f func(*HotStats) float64) func(*TargetResult) (float64, float64, bool) {
+		return func(tr *TargetResult) (float64, float64, bool) {
+			if tr.Hot == nil {
+				return 0, 0, false
+			}
+			return f(tr.Hot), tr.Hot.Hot.Load1, true
+		}
+	}
 	exact := func(c *CheckResult) (float64, float64, bool) {
 		if c == nil || c.Status == "error" {
 			return 0, 0, false
@@ -154,6 +163,15 @@ func specs(res *Result) []rowSpec {
 		{"clicks_sat_p99", "GET /c p99 latency at saturation", "us", "lower", nil, sat(func(r *RunStats) float64 { return float64(r.Latency.P99) })},
 		{"clicks_sat_p999", "GET /c p99.9 latency at saturation", "us", "lower", nil, sat(func(r *RunStats) float64 { return float64(r.Latency.P999) })},
 		{"clicks_exact", "clicks lost + double-counted in /metrics and top-N (ground truth)", "count", "lower", &goal{"<=", 0}, func(tr *TargetResult) (float64, float64, bool) { return exact(tr.ClickCheck) }},
+		{"hot_rate_ratio", "GET /c clicks/s at saturation with one ad taking half, / the same run without", "x", "higher", nil, hot(func(h *HotStats) float64 { return h.Hot.Throughput / max(h.Normal.Throughput, 1e-9) })},
+		{"hot_lag_max", "most messages not yet aggregated, hot run (whole log)", "count", "lower", nil, hot(func(h *HotStats) float64 { return float64(h.HotLagMax) })},
+		{"hot_lag_ratio", "most messages not yet aggregated, hot run / run without", "x", "lower", nil, hot(func(h *HotStats) float64 { return float64(h.HotLagMax) / max(float64(h.NormalLagMax), 1) })},
+		{"hot_exact", "hot scenario clicks lost + double-counted in /metrics and top-N", "count", "lower", &goal{"<=", 0}, func(tr *TargetResult) (float64, float64, bool) {
+			if tr.Hot == nil {
+				return 0, 0, false
+			}
+			return exact(&tr.Hot.Check)
+		}},
 		{"events_rate", "POST /events accepted events/s", "/s", "higher", &goal{">=", 1_000_000}, func(tr *TargetResult) (float64, float64, bool) {
 			if tr.Events == nil {
 				return 0, 0, false
