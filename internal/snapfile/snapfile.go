@@ -64,7 +64,9 @@ func Write(fs vfs.FS, path, kind string, version uint32, write func(w io.Writer)
 		}
 	}()
 	crc := crc32.New(castagnoli)
-	bw := bufio.NewWriterSize(io.MultiWriter(f, crc), 1<<20)
+	// The checksum goes first: a file may scribble on what it was given to write (pebble's
+	// in-memory file system does, with its invariants on).
+	bw := bufio.NewWriterSize(io.MultiWriter(crc, f), 1<<20)
 	head := make([]byte, 0, len(magic)+1+len(kind)+4)
 	head = append(head, magic...)
 	head = append(head, byte(len(kind)))
