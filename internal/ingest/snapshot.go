@@ -293,7 +293,7 @@ type KeySnapshotter struct {
 // loaded from (nil after a rebuild: a snapshot is then written at the first check).
 func NewKeySnapshotter(s KeySnapshot, mem *dedup.Memory, offsets []int64, now func() time.Time) *KeySnapshotter {
 	return &KeySnapshotter{snap: s, mem: mem, now: now, offsets: offsets, lastAt: now(),
-		Interval: time.Minute, MinEvents: 100_000, Check: time.Second}
+		Interval: time.Minute, MinEvents: 20_000, Check: time.Second}
 }
 
 // KeySnapshotterStats are the snapshotter's figures.
