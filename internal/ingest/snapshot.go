@@ -267,8 +267,8 @@ func (h *snapHeader) read(r io.Reader) error {
 }
 
 // KeySnapshotter writes key snapshots while the process runs: when the log has grown by
-// MinEvents since the last one (no sooner than ten times the last write took, so a large
-// store is not rewritten back to back) or Interval has passed with any growth, and once more
+// MinEvents since the last one (no sooner than twenty times the last write took, so a large
+// store is not rewritten back to back, and no sooner than MinGap) or Interval has passed with any growth, and once more
 // when it stops (after ingest has drained), so a clean restart reads no tail at all.
 type KeySnapshotter struct {
 	snap KeySnapshot
@@ -276,8 +276,11 @@ type KeySnapshotter struct {
 	now  func() time.Time
 	// Interval is the longest a snapshot lags the log (while it grows); MinEvents the growth
 	// that makes one due sooner; Check how often that is looked at.
+	// MinGap is the least time between two snapshots due to growth: a snapshot rewrites every
+	// key and syncs it, on the disk the log syncs to.
 	Interval  time.Duration
 	MinEvents int64
+	MinGap    time.Duration
 	Check     time.Duration
 
 	mu       sync.Mutex
@@ -293,7 +296,7 @@ type KeySnapshotter struct {
 // loaded from (nil after a rebuild: a snapshot is then written at the first check).
 func NewKeySnapshotter(s KeySnapshot, mem *dedup.Memory, offsets []int64, now func() time.Time) *KeySnapshotter {
 	return &KeySnapshotter{snap: s, mem: mem, now: now, offsets: offsets, lastAt: now(),
-		Interval: time.Minute, MinEvents: 20_000, Check: time.Second}
+		Interval: time.Minute, MinEvents: 20_000, MinGap: 10 * time.Second, Check: time.Second}
 }
 
 // KeySnapshotterStats are the snapshotter's figures.
@@ -338,7 +341,7 @@ func (k *KeySnapshotter) Run(ctx context.Context) error {
 		}
 		k.mu.Lock()
 		since := k.now().Sub(k.lastAt)
-		due := k.offsets == nil || since >= k.Interval || (grown >= k.MinEvents && since >= 10*k.lastTook)
+		due := k.offsets == nil || since >= k.Interval || (grown >= k.MinEvents && since >= max(k.MinGap, 20*k.lastTook))
 		k.mu.Unlock()
 		if due {
 			k.write(ctx)
