@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"testing"
 	"time"
 
@@ -332,4 +331,3 @@ func TestKeySnapshotCrash(t *testing.T) {
 	}
 }
 
-var _ = os.ErrNotExist
