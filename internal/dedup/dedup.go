@@ -7,9 +7,9 @@
 // caller waits until its owner commits or releases it, so a retry is never answered "already
 // recorded" for an event that then fails to become durable.
 //
-// Implementations: Memory (embedded; rebuilt from the log on start, so the key and its event
-// are committed together by construction) and redisdedup (scale-out; reserve with a short TTL,
-// append, then confirm with the full window).
+// Implementations: Memory (embedded; rebuilt on start from the log, or from a snapshot plus
+// the log after it, so the key and its event are committed together by construction) and
+// redisdedup (scale-out; reserve with a short TTL, append, then confirm with the full window).
 package dedup
 
 import (

@@ -10,7 +10,8 @@ import (
 )
 
 // Memory is the embedded Store: a sharded in-process set of 128-bit key fingerprints, each
-// with the minute its window ends. It is rebuilt from the event log on start (see Rebuild in
+// with the minute its window ends. It is rebuilt on start from the event log, or from a
+// snapshot as of given log offsets plus the log after them (see RestoreKeys and KeySnapshot in
 // package ingest), which is what makes "key and event committed together" hold without a
 // second durable write: after a crash, a key is reserved again exactly when its event is in
 // the log.

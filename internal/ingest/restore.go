@@ -21,14 +21,23 @@ type Restorer interface {
 // keep one whose event is not. It returns the number of events read.
 func RestoreKeys(ctx context.Context, log eventlog.Log, into Restorer, window time.Duration, now time.Time, logger *slog.Logger) (int64, error) {
 	from := now.Add(-window)
+	offsets := make([]int64, log.Partitions())
+	for p := range offsets {
+		off, err := log.OffsetForTime(ctx, p, from)
+		if err != nil {
+			return 0, fmt.Errorf("restore keys: partition %d: %w", p, err)
+		}
+		offsets[p] = off
+	}
+	return restoreFrom(ctx, log, into, offsets, logger)
+}
+
+// restoreFrom restores the key of every event of each partition p from offsets[p] on.
+func restoreFrom(ctx context.Context, log eventlog.Log, into Restorer, offsets []int64, logger *slog.Logger) (int64, error) {
 	var n int64
 	var ev event.Event
 	lastReport := time.Now()
-	for p := 0; p < log.Partitions(); p++ {
-		off, err := log.OffsetForTime(ctx, p, from)
-		if err != nil {
-			return n, fmt.Errorf("restore keys: partition %d: %w", p, err)
-		}
+	for p, off := range offsets {
 		for {
 			msgs, err := log.Read(ctx, p, off, 4<<20)
 			if err != nil {

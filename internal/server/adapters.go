@@ -1,26 +1,9 @@
 package server
 
 import (
-	"context"
-
 	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/ingest"
-	"github.com/adpulse/adpulse/internal/metricstore"
 )
-
-// observedStore passes every successful Apply's deltas to onApply.
-type observedStore struct {
-	metricstore.Store
-	onApply func([]metricstore.Delta)
-}
-
-func (o *observedStore) Apply(ctx context.Context, c *metricstore.Commit) error {
-	if err := o.Store.Apply(ctx, c); err != nil {
-		return err
-	}
-	o.onApply(c.Deltas)
-	return nil
-}
 
 // catalogOwners adapts the catalog to the ownership questions of queries.
 type catalogOwners struct{ c *catalog.Catalog }

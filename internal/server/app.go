@@ -185,7 +185,7 @@ func (a *App) open(ctx context.Context) error {
 	if err := a.b.openCatalog(ctx, &a.cfg, a.dir, a.logger); err != nil {
 		return err
 	}
-	if err := a.b.openDedup(ctx, &a.cfg, a.now, a.logger); err != nil {
+	if err := a.b.openDedup(ctx, &a.cfg, a.dir, a.now, a.logger); err != nil {
 		return err
 	}
 	for _, c := range a.b.components {

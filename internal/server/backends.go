@@ -14,6 +14,7 @@ import (
 	"github.com/adpulse/adpulse/internal/eventlog/kafkalog"
 	"github.com/adpulse/adpulse/internal/eventlog/locallog"
 	"github.com/adpulse/adpulse/internal/ingest"
+	"github.com/cockroachdb/pebble/vfs"
 	_ "github.com/go-sql-driver/mysql" // catalog on MySQL/MariaDB (--catalog-dsn mysql://...)
 	_ "github.com/jackc/pgx/v5/stdlib" // catalog on PostgreSQL (--catalog-dsn postgres://...)
 	_ "modernc.org/sqlite"             // the embedded catalog database
@@ -29,6 +30,8 @@ type backends struct {
 	keys     dedup.Store
 	keyCount func() int64 // idempotency keys held (or reserved, for Redis)
 	catalog  *catalog.Catalog
+	// keySnapshots writes the in-process keys' snapshots (nil with Redis dedup).
+	keySnapshots *ingest.KeySnapshotter
 
 	// background work of the engines, run in the component group
 	components []namedComponent
@@ -100,7 +103,7 @@ func (b *backends) openLog(ctx context.Context, cfg *config.Config, dir *dataDir
 
 // openDedup opens the idempotency-key store. The in-process one is rebuilt from the log
 // (which is what makes a key and its event durable together); Redis keeps its own.
-func (b *backends) openDedup(ctx context.Context, cfg *config.Config, now func() time.Time, logger *slog.Logger) error {
+func (b *backends) openDedup(ctx context.Context, cfg *config.Config, dir *dataDir, now func() time.Time, logger *slog.Logger) error {
 	if cfg.Dedup == "redis" {
 		s, err := redisdedup.Open(ctx, redisdedup.Options{
 			Addr:       cfg.RedisAddr,
@@ -116,16 +119,27 @@ func (b *backends) openDedup(ctx context.Context, cfg *config.Config, now func()
 		b.keyCount = func() int64 { return s.Stats().HeldNow }
 		return nil
 	}
-	mem := dedup.NewMemory(cfg.DedupWindow)
 	t0 := time.Now()
-	n, err := ingest.RestoreKeys(ctx, b.log, mem, cfg.DedupWindow, now(), logger)
+	snap := ingest.KeySnapshot{FS: vfs.Default, Path: dir.dedupSnapshot(), Log: b.log, Logger: logger.With("component", "dedup")}
+	if err := mkdirPrivate(dir.snapshots()); err != nil {
+		return fmt.Errorf("create snapshots dir: %w", err)
+	}
+	ld, err := snap.Load(ctx, cfg.DedupWindow, now())
 	if err != nil {
 		return err
 	}
-	logger.Info("dedup keys restored from the log", "events", n, "keys", mem.Len(), "took", time.Since(t0).Round(time.Millisecond))
+	mem := ld.Keys
+	if ld.Offsets != nil {
+		logger.Info("dedup keys loaded from the snapshot and the log after it", "tail_events", ld.Events, "keys", mem.Len(), "took", time.Since(t0).Round(time.Millisecond))
+	} else {
+		logger.Info("dedup keys restored from the log", "events", ld.Events, "keys", mem.Len(), "took", time.Since(t0).Round(time.Millisecond), "snapshot", ld.Why)
+	}
 	b.keys = mem
 	b.keyCount = mem.Len
-	b.components = append(b.components, namedComponent{"dedup sweep", func(ctx context.Context) error { return mem.Run(ctx, time.Minute, now) }})
+	b.keySnapshots = ingest.NewKeySnapshotter(snap, mem, ld.Offsets, now)
+	b.components = append(b.components,
+		namedComponent{"dedup sweep", func(ctx context.Context) error { return mem.Run(ctx, time.Minute, now) }},
+		namedComponent{"dedup snapshots", b.keySnapshots.Run})
 	return nil
 }
 

@@ -26,6 +26,8 @@ import (
 //	reconcile/  the hourly reconciliation's progress
 //	ivt/        the behavioural invalid-traffic stage: verdicts, credits, offsets (Pebble)
 //	attribution/ touches and conversion decisions (Pebble)
+//	snapshots/  in-memory state written with the log offsets it reflects, so a start reads
+//	            only the log after them (dedup-keys); deleting them is safe (rebuilt from the log)
 type dataDir struct {
 	root string
 	lock *os.File
@@ -40,6 +42,10 @@ func (d dataDir) archive() string     { return filepath.Join(d.root, "archive") 
 func (d dataDir) reconcile() string   { return filepath.Join(d.root, "reconcile") }
 func (d dataDir) attribution() string { return filepath.Join(d.root, "attribution") }
 func (d dataDir) ivt() string         { return filepath.Join(d.root, "ivt") }
+func (d dataDir) snapshots() string   { return filepath.Join(d.root, "snapshots") }
+func (d dataDir) dedupSnapshot() string {
+	return filepath.Join(d.snapshots(), "dedup-keys")
+}
 
 // openDataDir creates the dir if needed and takes its lock, so a second process on the same
 // embedded state fails at once with a clear error instead of corrupting it or failing deep

@@ -43,6 +43,10 @@ var collectorDefs = []metricDef{
 	{"adpulse_ingest_maybe_keys", "Idempotency keys of appends with an unknown outcome, held until the log is checked.", prometheus.GaugeValue, nil},
 	{"adpulse_ingest_maybe_resolved_total", "Keys with an unknown append outcome settled from the log, by what was found.", prometheus.CounterValue, []string{"outcome"}},
 	{"adpulse_dedup_keys", "Idempotency keys held: all of the window in process, or this process's reservations in flight with Redis.", prometheus.GaugeValue, nil},
+	{"adpulse_dedup_snapshot_writes_total", "Snapshots of the in-process idempotency keys written (a start reads only the log after the last one).", prometheus.CounterValue, nil},
+	{"adpulse_dedup_snapshot_failures_total", "Snapshots of the idempotency keys that could not be written (the previous one stays).", prometheus.CounterValue, nil},
+	{"adpulse_dedup_snapshot_keys", "Keys in the last snapshot written.", prometheus.GaugeValue, nil},
+	{"adpulse_dedup_snapshot_write_seconds", "How long the last snapshot of the idempotency keys took to write.", prometheus.GaugeValue, nil},
 	{"adpulse_catalog_objects", "Catalog objects by kind.", prometheus.GaugeValue, []string{"kind"}},
 	{"adpulse_catalog_feed_lag_seconds", "How stale this process's catalog may be: time since the change feed last brought it up to date.", prometheus.GaugeValue, nil},
 	{"adpulse_catalog_feed_lag_changes", "Catalog changes in the database not yet applied here.", prometheus.GaugeValue, nil},
@@ -168,6 +172,13 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		emit("adpulse_eventlog_bytes", float64(ps.Bytes), part)
 	}
 	emit("adpulse_dedup_keys", float64(c.a.b.keyCount()))
+	if ks := c.a.b.keySnapshots; ks != nil {
+		st := ks.Stats()
+		emit("adpulse_dedup_snapshot_writes_total", float64(st.Writes))
+		emit("adpulse_dedup_snapshot_failures_total", float64(st.Failures))
+		emit("adpulse_dedup_snapshot_keys", float64(st.LastKeys))
+		emit("adpulse_dedup_snapshot_write_seconds", st.LastTook.Seconds())
+	}
 	cs := c.a.b.catalog.Stats()
 	emit("adpulse_catalog_objects", float64(cs.Advertisers), "advertiser")
 	emit("adpulse_catalog_objects", float64(cs.Campaigns), "campaign")

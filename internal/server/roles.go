@@ -107,6 +107,7 @@ func (a *App) registerIngest(mux *http.ServeMux, publicURL string) error {
 type processRole struct {
 	metrics    *metricsSeam
 	top        *topn.Index // embedded only: the index the query role serves
+	topLoad    *topLoad    // embedded only: rebuilds top after the process is ready
 	aggregator aggregatorStage
 	billing    *billing.Charger
 	serving    *servingredis.Publisher // nil unless --serving-redis-addr
@@ -135,13 +136,12 @@ func (a *App) openProcess(ctx context.Context) error {
 	}
 	store := p.metrics.store
 	if !a.cfg.SharedProcessing() {
-		p.top, err = a.openTopN(ctx, p.metrics)
-		if err != nil {
-			return err
-		}
-		// Every stage that writes the metric store goes through observed, so the top-N index
-		// sees exactly the committed deltas, once each, in commit order.
-		store = &observedStore{Store: p.metrics.store, onApply: p.top.Add}
+		// The index is rebuilt after the process is ready (see topLoad). Every stage that
+		// writes the metric store goes through the gated store, so the index sees exactly the
+		// committed deltas, once each, in commit order.
+		p.top = topn.New(topn.Options{Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "topn")})
+		p.topLoad = newTopLoad(p.top)
+		store = &gatedStore{Store: p.metrics.store, top: p.topLoad}
 	}
 	slack := a.cfg.StreamSlack()
 	aggOpts := aggregate.Options{
@@ -200,8 +200,9 @@ func (a *App) openProcess(ctx context.Context) error {
 	if p.serving != nil {
 		g.Go("serving Redis views", func(ctx context.Context) error { return p.serving.RunViews(ctx, p.billing) })
 	}
-	if p.top != nil {
-		g.Go("top-N maintenance", p.top.Run)
+	if p.topLoad != nil {
+		scanner := p.metrics.scanner
+		g.Go("top-N index", func(ctx context.Context) error { return p.topLoad.run(ctx, scanner, a.logger) })
 	}
 	g.Go("aggregator", p.aggregator.Run)
 	g.Go("billing", p.billing.Run)
@@ -488,7 +489,11 @@ func (c cursorScanner) ScanMinutes(ctx context.Context, from, to int64, fn func(
 // registerQuery serves /metrics and /metrics/top, and, where the ledger is, the serving
 // feed, user views, clicks and refunds.
 func (a *App) registerQuery(mux *http.ServeMux) error {
-	q, err := query.New(query.Options{Store: a.query.metrics.store, Index: a.query.top, Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "query")})
+	var index query.TopIndex = a.query.top
+	if a.process != nil && a.process.topLoad != nil {
+		index = a.process.topLoad
+	}
+	q, err := query.New(query.Options{Store: a.query.metrics.store, Index: index, Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "query")})
 	if err != nil {
 		return err
 	}
