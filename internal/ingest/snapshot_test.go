@@ -330,4 +330,3 @@ func TestKeySnapshotCrash(t *testing.T) {
 		}
 	}
 }
-
