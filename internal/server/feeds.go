@@ -39,7 +39,7 @@ func (a *App) openFeeds(ctx context.Context) error {
 		}
 		a.components.Go("feeds: active versions", f.bids.Run)
 	}
-	if a.cfg.FeedsURL == "off" || !a.cfg.Has(config.RoleProcess) {
+	if a.cfg.FeedsURL == "off" || a.cfg.FeedsURL == "" || !a.cfg.Has(config.RoleProcess) {
 		return nil
 	}
 	loc, err := archive.OpenTarget(a.cfg.FeedsURL, archive.S3Options{
