@@ -132,11 +132,13 @@ func TestRejectedVersionsLoadNothing(t *testing.T) {
 		{name: "more rows than listed", files: []file{good1}, manifest: func(f []file) []byte { return manifestOf(file{name: f[0].name, data: f[0].data, rows: 1}) },
 			reason: "part-1.csv: more rows than the manifest's 1"},
 		{name: "bad manifest", files: []file{good1}, manifest: func([]file) []byte { return []byte(`{"files":[]}`) }, reason: "_manifest.json: manifest: files: at least one"},
-		{name: "manifest of another feed", files: []file{good1}, manifest: func([]file) []byte { return []byte(`{"feed":"budget_recommendations","files":[{"path":"part-1.csv","rows":2,"sha256":"` + strings.Repeat("0", 64) + `"}]}`) },
+		{name: "manifest of another feed", files: []file{good1}, manifest: func([]file) []byte {
+			return []byte(`{"feed":"budget_recommendations","files":[{"path":"part-1.csv","rows":2,"sha256":"` + strings.Repeat("0", 64) + `"}]}`)
+		},
 			reason: "_manifest.json: feed \"budget_recommendations\""},
 		{name: "not Parquet", files: []file{{name: "p.parquet", data: []byte("PAR1 not really"), rows: 1}}, reason: "p.parquet: not a Parquet file"},
 		{name: "unknown campaign", feed: BudgetRecommendations,
-			files: []file{csvFile("r.csv", "campaign_id,recommended_daily_budget_micros,expected_clicks,reason", "c1,100,5,more", "nope,100,,")},
+			files:  []file{csvFile("r.csv", "campaign_id,recommended_daily_budget_micros,expected_clicks,reason", "c1,100,5,more", "nope,100,,")},
 			reason: "r.csv: row 2: campaign_id: no such campaign nope"},
 		{name: "negative expected clicks", feed: BudgetRecommendations,
 			files: []file{csvFile("r.csv", "campaign_id,recommended_daily_budget_micros,expected_clicks", "c1,100,-1")}, reason: "r.csv: row 1: expected_clicks"},

@@ -588,11 +588,15 @@ func TestOpenAPIContract(t *testing.T) {
 	dropFeed(t, feedsDir, "auto_cpc", "v1", map[string]string{"a.csv": "catalog_id,bid_micros\ncat7,300000\n"})
 	dropFeed(t, feedsDir, "budget_recommendations", "r1", map[string]string{"r.csv": "campaign_id,recommended_daily_budget_micros\nc1,9000000\n"})
 	sc.eventually(specCall{method: "GET", path: "/api/v1/feeds", key: admin, want: 200},
-		func(b []byte) bool { return strings.Contains(string(b), `"active_version":"v1"`) && strings.Contains(string(b), `"active_version":"r1"`) })
+		func(b []byte) bool {
+			return strings.Contains(string(b), `"active_version":"v1"`) && strings.Contains(string(b), `"active_version":"r1"`)
+		})
 	dropFeed(t, feedsDir, "auto_cpc", "v2", map[string]string{"a.csv": "catalog_id,bid_micros\ncat7,400000\n"})
 	dropFeed(t, feedsDir, "auto_cpc", "v3", map[string]string{"a.csv": "catalog_id,bid_micros\ncat7,-1\n"})
 	sc.eventually(specCall{method: "GET", path: "/api/v1/feeds", key: admin, want: 200},
-		func(b []byte) bool { return strings.Contains(string(b), `"active_version":"v2"`) && strings.Contains(string(b), `"state":"rejected"`) })
+		func(b []byte) bool {
+			return strings.Contains(string(b), `"active_version":"v2"`) && strings.Contains(string(b), `"state":"rejected"`)
+		})
 	for _, c := range []specCall{
 		{method: "PUT", path: "/api/v1/campaigns/c1", key: admin, body: `{"advertiser_id":"adv1","name":"Diwali","cpc_bid_micros":500000,"daily_budget_micros":10000000,"auto_cpc":true}`, want: 200},
 		{method: "PUT", path: "/api/v1/campaigns/c1", key: admin, body: `{"advertiser_id":"adv1","name":"Diwali","cpc_bid_micros":500000,"auto_cpc":"yes"}`, want: 400, breaksSpec: true},
