@@ -23,6 +23,7 @@ func BenchmarkLoadAutoCPC(b *testing.B) {
 		fs = append(fs, csvFile(fmt.Sprintf("part-%d.csv", f), bidHeader, lines...))
 	}
 	ctx := context.Background()
+	b.ResetTimer()
 	for n := 0; n < b.N; n++ {
 		b.StopTimer()
 		c, err := catalog.Open(ctx, catalog.Options{DSN: filepath.Join(b.TempDir(), "catalog.db")})

@@ -128,11 +128,12 @@ type file struct {
 }
 
 func csvFile(name string, header string, lines ...string) file {
-	b := header + "\n"
+	var b bytes.Buffer
+	b.WriteString(header + "\n")
 	for _, l := range lines {
-		b += l + "\n"
+		b.WriteString(l + "\n")
 	}
-	return file{name: name, data: []byte(b), rows: int64(len(lines))}
+	return file{name: name, data: b.Bytes(), rows: int64(len(lines))}
 }
 
 func ndjsonFile(name string, lines ...string) file {
