@@ -264,6 +264,9 @@ type CampaignInput struct {
 	TotalBudgetMicros int64      `json:"total_budget_micros"`
 	StartTime         *time.Time `json:"start_time,omitempty"`
 	EndTime           *time.Time `json:"end_time,omitempty"`
+	// AutoCPC bids and charges the active auto_cpc feed's bid for each ad's catalog id,
+	// capped by CPCBidMicros.
+	AutoCPC bool `json:"auto_cpc,omitempty"`
 }
 
 // Campaign is a campaign as stored, with its serving status and budget.
@@ -277,6 +280,7 @@ type Campaign struct {
 	TotalBudgetMicros int64      `json:"total_budget_micros"`
 	StartTime         *time.Time `json:"start_time"`
 	EndTime           *time.Time `json:"end_time"`
+	AutoCPC           bool       `json:"auto_cpc"`
 	CreatedAt         time.Time  `json:"created_at"`
 	UpdatedAt         time.Time  `json:"updated_at"`
 	ServingStatus     string     `json:"serving_status"`

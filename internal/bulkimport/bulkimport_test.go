@@ -1,10 +1,11 @@
-package bulkimport
+package bulkimport_test
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	. "github.com/adpulse/adpulse/internal/bulkimport"
 	"io"
 	"os"
 	"path/filepath"
@@ -252,8 +253,8 @@ func TestImportInterruptAndResume(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		checkpoints := 0
-		sum, err := Run(ctx, Options{Source: src, Client: c, BatchSize: 70, Parallel: 3, Checkpoint: cp, Fingerprint: "t",
-			afterCheckpoint: func(int64) {
+		sum, err := Run(ctx, WithAfterCheckpoint(Options{Source: src, Client: c, BatchSize: 70, Parallel: 3, Checkpoint: cp, Fingerprint: "t"},
+			func(int64) {
 				checkpoints++
 				if run == 1 && checkpoints == 1 {
 					saved, _ = os.ReadFile(cp)
@@ -261,7 +262,7 @@ func TestImportInterruptAndResume(t *testing.T) {
 				if checkpoints == 3 {
 					cancel() // interrupt with batches in flight
 				}
-			}})
+			}))
 		src.Close()
 		cancel()
 		total.Accepted += sum.Accepted
@@ -294,16 +295,16 @@ func TestImportInterruptAndResume(t *testing.T) {
 func TestCheckpointForAnotherSourceRefused(t *testing.T) {
 	dir := t.TempDir()
 	cp := filepath.Join(dir, "c")
-	if err := (checkpoint{Fingerprint: "a", RowsDone: 5}).save(cp); err != nil {
+	if err := (Checkpoint{Fingerprint: "a", RowsDone: 5}).Save(cp); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loadCheckpoint(cp, "b"); err == nil || !strings.Contains(err.Error(), "another import") {
+	if _, err := LoadCheckpoint(cp, "b"); err == nil || !strings.Contains(err.Error(), "another import") {
 		t.Fatalf("err = %v", err)
 	}
 	if err := os.WriteFile(cp, []byte("{torn"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loadCheckpoint(cp, "a"); err == nil || !strings.Contains(err.Error(), "damaged") {
+	if _, err := LoadCheckpoint(cp, "a"); err == nil || !strings.Contains(err.Error(), "damaged") {
 		t.Fatalf("err = %v", err)
 	}
 }

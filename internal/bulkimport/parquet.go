@@ -17,6 +17,7 @@ import (
 // parquetSource reads a flat Parquet file (one column per field, as Spark, Trino and DuckDB
 // write a table). Strings, integers and timestamps are accepted; timestamps become RFC 3339.
 type parquetSource struct {
+	table Table
 	file  *parquet.File
 	close func() error
 	read  atomic.Int64
@@ -84,7 +85,7 @@ func (s *parquetSource) Rows(ctx context.Context, skip int64, fn func(int64, Rec
 					continue
 				}
 				text, err := renderValue(v, cols[c])
-				if err != nil && isColumn(cols[c].name) {
+				if err != nil && s.table.orEvents().isColumn(cols[c].name) {
 					bad = &RowError{Row: num, Field: cols[c].name, Message: err.Error()}
 				}
 				rec[cols[c].name] = text

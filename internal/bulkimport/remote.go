@@ -170,7 +170,7 @@ func (s *sqlSource) Rows(ctx context.Context, skip int64, fn func(int64, Record,
 		var bad *RowError
 		for i, v := range vals {
 			text, err := renderSQL(v)
-			if err != nil && isColumn(names[i]) {
+			if err != nil && eventTable.isColumn(names[i]) {
 				bad = &RowError{Row: num, Field: names[i], Message: err.Error()}
 			}
 			if text != "" {

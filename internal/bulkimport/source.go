@@ -70,6 +70,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // streamSource reads NDJSON or CSV from a stream of known (or unknown: -1) size.
 type streamSource struct {
 	format Format
+	table  Table
 	in     *countingReader
 	size   int64
 	close  func() error
@@ -79,14 +80,20 @@ func (s *streamSource) Progress() (int64, int64) { return s.in.n.Load(), s.size 
 func (s *streamSource) Close() error             { return s.close() }
 
 func (s *streamSource) Rows(ctx context.Context, skip int64, fn func(int64, Record, *RowError) error) error {
+	t := s.table.orEvents()
 	if s.format == FormatCSV {
-		return csvRows(ctx, s.in, skip, fn)
+		return t.csvRows(ctx, s.in, skip, fn)
 	}
-	return ndjsonRows(ctx, s.in, skip, fn)
+	return t.ndjsonRows(ctx, s.in, skip, fn)
+}
+
+// ndjsonRows reads one JSON object per line of events.
+func ndjsonRows(ctx context.Context, r io.Reader, skip int64, fn func(int64, Record, *RowError) error) error {
+	return eventTable.ndjsonRows(ctx, r, skip, fn)
 }
 
 // ndjsonRows reads one JSON object per line; blank lines are not rows.
-func ndjsonRows(ctx context.Context, r io.Reader, skip int64, fn func(int64, Record, *RowError) error) error {
+func (t Table) ndjsonRows(ctx context.Context, r io.Reader, skip int64, fn func(int64, Record, *RowError) error) error {
 	br := bufio.NewReaderSize(r, 256<<10)
 	var num int64
 	for {
@@ -113,7 +120,7 @@ func ndjsonRows(ctx context.Context, r io.Reader, skip int64, fn func(int64, Rec
 			}
 			continue
 		}
-		rec, bad := parseJSONRecord(line)
+		rec, bad := t.parseJSONRecord(line)
 		if bad != nil {
 			bad.Row = num
 		}
@@ -147,7 +154,7 @@ func readLine(br *bufio.Reader) (line []byte, tooLong bool, err error) {
 }
 
 // parseJSONRecord reads one object whose values are strings, numbers or null.
-func parseJSONRecord(line []byte) (Record, *RowError) {
+func (t Table) parseJSONRecord(line []byte) (Record, *RowError) {
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.UseNumber()
 	var m map[string]any
@@ -167,7 +174,7 @@ func parseJSONRecord(line []byte) (Record, *RowError) {
 		case json.Number:
 			rec[k] = v.String()
 		default:
-			if isColumn(k) {
+			if t.isColumn(k) {
 				return nil, &RowError{Field: k, Message: "must be a string or a number"}
 			}
 		}
@@ -175,8 +182,8 @@ func parseJSONRecord(line []byte) (Record, *RowError) {
 	return rec, nil
 }
 
-func isColumn(k string) bool {
-	for _, c := range Columns {
+func (t Table) isColumn(k string) bool {
+	for _, c := range t.Columns {
 		if c == k {
 			return true
 		}
@@ -184,8 +191,13 @@ func isColumn(k string) bool {
 	return false
 }
 
-// csvRows reads a CSV file whose first line names the columns.
+// csvRows reads a CSV file of events.
 func csvRows(ctx context.Context, r io.Reader, skip int64, fn func(int64, Record, *RowError) error) error {
+	return eventTable.csvRows(ctx, r, skip, fn)
+}
+
+// csvRows reads a CSV file whose first line names the columns.
+func (t Table) csvRows(ctx context.Context, r io.Reader, skip int64, fn func(int64, Record, *RowError) error) error {
 	// encoding/csv holds a whole line in memory: bound it (a row is at most MaxRowBytes).
 	cr := csv.NewReader(&lineLimitReader{r: r, max: 4 * MaxRowBytes})
 	cr.FieldsPerRecord = -1
@@ -201,8 +213,10 @@ func csvRows(ctx context.Context, r io.Reader, skip int64, fn func(int64, Record
 	for i, h := range header {
 		names[i] = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))
 	}
-	if !slicesContain(names, "type") || !slicesContain(names, "ad_id") {
-		return fmt.Errorf("CSV header %q: needs at least the columns type and ad_id", strings.Join(header, ","))
+	for _, req := range t.Required {
+		if !slicesContain(names, req) {
+			return fmt.Errorf("CSV header %q: needs at least the columns %s", strings.Join(header, ","), strings.Join(t.Required, " and "))
+		}
 	}
 	var num int64
 	for {

@@ -1,10 +1,11 @@
-package bulkimport
+package bulkimport_test
 
 import (
 	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
+	. "github.com/adpulse/adpulse/internal/bulkimport"
 	"io"
 	"math/rand/v2"
 	"net/http/httptest"
@@ -144,7 +145,7 @@ func TestOpenErrors(t *testing.T) {
 			t.Errorf("Open(%q, %q, %q) = %v, want %q", tc.source, tc.query, tc.format, err, tc.want)
 		}
 	}
-	if got := redactSecrets("postgres://u:secret@h/db"); strings.Contains(got, "secret") {
+	if got := RedactSecrets("postgres://u:secret@h/db"); strings.Contains(got, "secret") {
 		t.Errorf("redactSecrets kept the password: %s", got)
 	}
 }
@@ -154,13 +155,13 @@ func FuzzNDJSONRows(f *testing.F) {
 	f.Add([]byte(`{"type":"impression","ad_id":"a","event_time":"2026-01-01 00:00:00"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var last int64
-		err := ndjsonRows(context.Background(), bytes.NewReader(b), 0, func(num int64, rec Record, bad *RowError) error {
+		err := NDJSONRows(context.Background(), bytes.NewReader(b), 0, func(num int64, rec Record, bad *RowError) error {
 			if num != last+1 || (rec == nil) == (bad == nil) {
 				t.Fatalf("row %d after %d, rec %v bad %v", num, last, rec, bad)
 			}
 			last = num
 			if rec != nil {
-				toEvent(rec)
+				ToEvent(rec)
 			}
 			return nil
 		})
@@ -175,13 +176,13 @@ func FuzzCSVRows(f *testing.F) {
 	f.Add([]byte("type,ad_id\nclick\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var last int64
-		_ = csvRows(context.Background(), bytes.NewReader(b), 0, func(num int64, rec Record, bad *RowError) error {
+		_ = CSVRows(context.Background(), bytes.NewReader(b), 0, func(num int64, rec Record, bad *RowError) error {
 			if num != last+1 || (rec == nil) == (bad == nil) {
 				t.Fatalf("row %d after %d, rec %v bad %v", num, last, rec, bad)
 			}
 			last = num
 			if rec != nil {
-				toEvent(rec)
+				ToEvent(rec)
 			}
 			return nil
 		})

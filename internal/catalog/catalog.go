@@ -87,8 +87,11 @@ type Campaign struct {
 	TotalBudgetMicros int64     // 0: unlimited
 	StartTime         time.Time // zero: no start
 	EndTime           time.Time // zero: no end
-	CreatedAt         time.Time
-	UpdatedAt         time.Time
+	// AutoCPC makes clicks bid and pay the active auto_cpc feed's bid for the ad's catalog id,
+	// capped by CPCBidMicros (internal/feeds); the ad's own bid when the feed has no row.
+	AutoCPC   bool
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 // Ad is an ad as stored.
@@ -111,6 +114,10 @@ type AdInfo struct {
 	CatalogID    string
 	// CPCBidMicros is the ad's override if it has one, else its campaign's current bid.
 	CPCBidMicros int64
+	// AutoCPC and CampaignBidMicros are the campaign's: with AutoCPC, a click's price is the
+	// auto_cpc feed's bid for CatalogID capped by CampaignBidMicros (see internal/feeds).
+	AutoCPC           bool
+	CampaignBidMicros int64
 }
 
 // CampaignInfo is a campaign as the in-memory index holds it.
@@ -123,6 +130,7 @@ type CampaignInfo struct {
 	TotalBudgetMicros int64
 	StartTime         time.Time
 	EndTime           time.Time
+	AutoCPC           bool
 }
 
 // AdvertiserInfo is an advertiser as the in-memory index holds it.
@@ -276,6 +284,9 @@ func (c *Catalog) init(ctx context.Context) error {
 		if _, err := c.db.ExecContext(ctx, s); err != nil {
 			return fmt.Errorf("create catalog schema: %w", err)
 		}
+	}
+	if err := c.migrate(ctx); err != nil {
+		return err
 	}
 	if err := c.ensureFeedHead(ctx); err != nil {
 		return err
@@ -491,6 +502,7 @@ func (c *Catalog) indexCampaign(cp Campaign) error {
 		TotalBudgetMicros: cp.TotalBudgetMicros,
 		StartTime:         cp.StartTime,
 		EndTime:           cp.EndTime,
+		AutoCPC:           cp.AutoCPC,
 	}})
 	return nil
 }
@@ -539,6 +551,9 @@ func (c *Catalog) Ad(id string) (AdInfo, bool) {
 		CatalogID:    rec.tail[:rec.catLen],
 		LandingURL:   rec.tail[rec.catLen:],
 		CPCBidMicros: bid,
+
+		AutoCPC:           camp.info.AutoCPC,
+		CampaignBidMicros: camp.info.CPCBidMicros,
 	}, true
 }
 

@@ -146,7 +146,7 @@ func testStoreRoundTrip(t *testing.T, o Options) {
 		t.Fatalf("GetAd(ad1) = %+v, want no override and no catalog id", got)
 	}
 
-	want1 := AdInfo{AdID: "ad1", CampaignID: "c1", AdvertiserID: "a1", LandingURL: "https://shop.example/p/1", CPCBidMicros: 500000}
+	want1 := AdInfo{AdID: "ad1", CampaignID: "c1", AdvertiserID: "a1", LandingURL: "https://shop.example/p/1", CPCBidMicros: 500000, CampaignBidMicros: 500000}
 	if info, ok := c.Ad("ad1"); !ok || info != want1 {
 		t.Fatalf("Ad(ad1) = %+v, %v; want %+v", info, ok, want1)
 	}

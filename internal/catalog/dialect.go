@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -135,6 +136,7 @@ func (d dialect) schema() []string {
 	end_time BIGINT NULL,
 	created_at BIGINT NOT NULL,
 	updated_at BIGINT NOT NULL,
+	auto_cpc INT NOT NULL DEFAULT 0,
 	PRIMARY KEY (id),
 	FOREIGN KEY (advertiser_id) REFERENCES advertisers (id)
 )`,
@@ -262,4 +264,33 @@ func looksLikeSQLitePath(s string) bool {
 		}
 	}
 	return false
+}
+
+// columnsAdded are the columns added to tables after they were first created, oldest first:
+// CREATE TABLE IF NOT EXISTS leaves a table made by an older version as it was, so Open adds
+// each one that is missing.
+var columnsAdded = []struct{ table, column, def string }{
+	{"campaigns", "auto_cpc", "INT NOT NULL DEFAULT 0"},
+}
+
+// migrate adds the columns a database created by an older version lacks. Two processes
+// starting at once may both try; the loser's ALTER fails, and the column is then there.
+func (c *Catalog) migrate(ctx context.Context) error {
+	has := func(table, column string) bool {
+		rows, err := c.db.QueryContext(ctx, `SELECT `+column+` FROM `+table+` WHERE 1 = 0`)
+		if err != nil {
+			return false
+		}
+		rows.Close()
+		return true
+	}
+	for _, a := range columnsAdded {
+		if has(a.table, a.column) {
+			continue
+		}
+		if _, err := c.db.ExecContext(ctx, `ALTER TABLE `+a.table+` ADD COLUMN `+a.column+` `+a.def); err != nil && !has(a.table, a.column) {
+			return fmt.Errorf("add column %s.%s: %w", a.table, a.column, err)
+		}
+	}
+	return nil
 }

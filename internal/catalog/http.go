@@ -104,6 +104,7 @@ type campaignJSON struct {
 	TotalBudgetMicros int64   `json:"total_budget_micros"`
 	StartTime         *string `json:"start_time"`
 	EndTime           *string `json:"end_time"`
+	AutoCPC           bool    `json:"auto_cpc"`
 	CreatedAt         string  `json:"created_at"`
 	UpdatedAt         string  `json:"updated_at"`
 	ServingStatus     string  `json:"serving_status"`
@@ -140,6 +141,7 @@ type campaignBody struct {
 	TotalBudgetMicros json.RawMessage `json:"total_budget_micros"`
 	StartTime         json.RawMessage `json:"start_time"`
 	EndTime           json.RawMessage `json:"end_time"`
+	AutoCPC           *bool           `json:"auto_cpc"`
 }
 
 type adBody struct {
@@ -176,7 +178,7 @@ func (h *Handler) campaignOut(ctx context.Context, cp Campaign) campaignJSON {
 	out := campaignJSON{
 		ID: cp.ID, AdvertiserID: cp.AdvertiserID, Name: cp.Name, Status: cp.Status,
 		CPCBidMicros: cp.CPCBidMicros, DailyBudgetMicros: cp.DailyBudgetMicros, TotalBudgetMicros: cp.TotalBudgetMicros,
-		StartTime: formatOptTime(cp.StartTime), EndTime: formatOptTime(cp.EndTime),
+		StartTime: formatOptTime(cp.StartTime), EndTime: formatOptTime(cp.EndTime), AutoCPC: cp.AutoCPC,
 		CreatedAt: httpapi.FormatTime(cp.CreatedAt), UpdatedAt: httpapi.FormatTime(cp.UpdatedAt),
 	}
 	if h.o.CampaignPerformance != nil {
@@ -289,6 +291,8 @@ func kindName(t reflect.Type) string {
 		return "an integer"
 	case reflect.Struct, reflect.Map:
 		return "a JSON object"
+	case reflect.Bool:
+		return "true or false"
 	}
 	return t.String()
 }
@@ -423,7 +427,7 @@ func campaignFromBody(id string, b *campaignBody) (Campaign, error) {
 	if err := checkBodyID(b.ID, id); err != nil {
 		return Campaign{}, err
 	}
-	cp := Campaign{ID: id, AdvertiserID: b.AdvertiserID, Name: b.Name, Status: Status(b.Status)}
+	cp := Campaign{ID: id, AdvertiserID: b.AdvertiserID, Name: b.Name, Status: Status(b.Status), AutoCPC: b.AutoCPC != nil && *b.AutoCPC}
 	var err error
 	var set bool
 	if cp.CPCBidMicros, set, err = rawMicros("cpc_bid_micros", b.CPCBidMicros); err != nil {

@@ -298,7 +298,7 @@ func TestHTTPCampaign(t *testing.T) {
 	// c1 belongs to a1 in Asia/Kolkata, where it is already 2026-11-22.
 	get := e.must("GET", "/api/v1/campaigns/c1", "")
 	want := `{"id":"c1","advertiser_id":"a1","name":"Diwali","status":"active","cpc_bid_micros":500000,"daily_budget_micros":10000000,"total_budget_micros":0,` +
-		`"start_time":null,"end_time":null,"created_at":"2026-11-21T20:00:00Z","updated_at":"2026-11-21T20:00:00Z",` +
+		`"start_time":null,"end_time":null,"auto_cpc":false,"created_at":"2026-11-21T20:00:00Z","updated_at":"2026-11-21T20:00:00Z",` +
 		`"serving_status":"active","budget":{"day":"2026-11-22","spent_today_micros":0,"remaining_today_micros":10000000,"spent_total_micros":0}}` + "\n"
 	if get.body != want {
 		t.Errorf("GET c1\n%s\nwant\n%s", get.body, want)

@@ -57,7 +57,7 @@ func TestAdIndexPutGetUpdate(t *testing.T) {
 			t.Fatalf("ad %d not found", i)
 		}
 		want := AdInfo{AdID: benchAdID(i), CampaignID: "camp-" + strconv.Itoa(i%campaigns), AdvertiserID: "adv-1",
-			LandingURL: wantURL, CatalogID: "cat-" + strconv.Itoa(i%5000), CPCBidMicros: wantBid}
+			LandingURL: wantURL, CatalogID: "cat-" + strconv.Itoa(i%5000), CPCBidMicros: wantBid, CampaignBidMicros: int64(1000 + i%campaigns)}
 		if info != want {
 			t.Fatalf("ad %d = %+v, want %+v", i, info, want)
 		}

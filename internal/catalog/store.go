@@ -16,7 +16,7 @@ import (
 // row (see feed.go), which serialises writers across all processes sharing the database, so
 // no other write can come between the SELECT and the INSERT or UPDATE.
 
-const campaignCols = `id, advertiser_id, name, status, cpc_bid_micros, daily_budget_micros, total_budget_micros, start_time, end_time, created_at, updated_at`
+const campaignCols = `id, advertiser_id, name, status, cpc_bid_micros, daily_budget_micros, total_budget_micros, start_time, end_time, created_at, updated_at, auto_cpc`
 
 func (c *Catalog) nowMicros() int64 { return c.now().UnixMicro() }
 
@@ -27,6 +27,14 @@ func nullMicros(t time.Time) sql.NullInt64 {
 		return sql.NullInt64{}
 	}
 	return sql.NullInt64{Int64: t.UnixMicro(), Valid: true}
+}
+
+// boolInt stores a flag as 0 or 1: an INT column reads back the same in every dialect.
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
@@ -138,17 +146,17 @@ func (c *Catalog) PutCampaign(ctx context.Context, cp Campaign) (Campaign, error
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			created = now
-			_, err = tx.ExecContext(ctx, c.d.q(`INSERT INTO campaigns (`+campaignCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+			_, err = tx.ExecContext(ctx, c.d.q(`INSERT INTO campaigns (`+campaignCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 				cp.ID, cp.AdvertiserID, cp.Name, string(cp.Status), cp.CPCBidMicros, cp.DailyBudgetMicros, cp.TotalBudgetMicros,
-				nullMicros(cp.StartTime), nullMicros(cp.EndTime), now, now)
+				nullMicros(cp.StartTime), nullMicros(cp.EndTime), now, now, boolInt(cp.AutoCPC))
 		case err == nil:
 			if owner != cp.AdvertiserID {
 				return httpapi.BadField("advertiser_id", "cannot change: the campaign belongs to advertiser "+owner)
 			}
 			_, err = tx.ExecContext(ctx, c.d.q(`UPDATE campaigns SET name = ?, status = ?, cpc_bid_micros = ?, daily_budget_micros = ?,
-				total_budget_micros = ?, start_time = ?, end_time = ?, updated_at = ? WHERE id = ?`),
+				total_budget_micros = ?, start_time = ?, end_time = ?, updated_at = ?, auto_cpc = ? WHERE id = ?`),
 				cp.Name, string(cp.Status), cp.CPCBidMicros, cp.DailyBudgetMicros, cp.TotalBudgetMicros,
-				nullMicros(cp.StartTime), nullMicros(cp.EndTime), now, cp.ID)
+				nullMicros(cp.StartTime), nullMicros(cp.EndTime), now, boolInt(cp.AutoCPC), cp.ID)
 		}
 		ch.add(changeCampaign, cp.ID)
 		return err
@@ -176,11 +184,12 @@ func scanCampaign(r rowScanner) (Campaign, error) {
 	var cp Campaign
 	var status string
 	var start, end sql.NullInt64
-	var created, updated int64
+	var created, updated, auto int64
 	if err := r.Scan(&cp.ID, &cp.AdvertiserID, &cp.Name, &status, &cp.CPCBidMicros, &cp.DailyBudgetMicros,
-		&cp.TotalBudgetMicros, &start, &end, &created, &updated); err != nil {
+		&cp.TotalBudgetMicros, &start, &end, &created, &updated, &auto); err != nil {
 		return Campaign{}, err
 	}
+	cp.AutoCPC = auto != 0
 	cp.Status = Status(status)
 	if start.Valid {
 		cp.StartTime = fromMicros(start.Int64)

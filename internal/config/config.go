@@ -125,6 +125,18 @@ type Config struct {
 	ArchiveS3Endpoint, ArchiveS3Region     string
 	ArchiveS3AccessKey, ArchiveS3SecretKey string
 	ArchiveS3Insecure, ArchiveS3PathStyle  bool
+	// FeedsURL is where data-science feeds are dropped (internal/feeds): a directory,
+	// s3://bucket/prefix, or "off". Process nodes poll it every FeedsInterval and load
+	// complete versions into the catalog database, keeping the rows of FeedsKeep versions
+	// per feed; FeedsMaxRows bounds one version.
+	FeedsURL      string
+	FeedsInterval time.Duration
+	FeedsKeep     int
+	FeedsMaxRows  int64
+	// FeedsS3Endpoint and the rest configure an s3:// FeedsURL, as ArchiveS3* do.
+	FeedsS3Endpoint, FeedsS3Region     string
+	FeedsS3AccessKey, FeedsS3SecretKey string
+	FeedsS3Insecure, FeedsS3PathStyle  bool
 	// Reconcile is what the process role does for each closed hour once archived:
 	// "repair" (compare and correct), "check" (compare and report) or "off".
 	Reconcile string
@@ -254,6 +266,10 @@ func Default() Config {
 		RateLimitKeyBurst:      10000,
 		RateLimitEntries:       100_000,
 		ArchiveInterval:        5 * time.Minute,
+		FeedsURL:               "off",
+		FeedsInterval:          time.Minute,
+		FeedsKeep:              5,
+		FeedsMaxRows:           10_000_000,
 		Reconcile:              "repair",
 		IVTRules:               false,
 		IVTFloodWindow:         time.Minute,
@@ -333,6 +349,9 @@ func (c *Config) Validate() error {
 	check(c.EventLog != "kafka" || c.KafkaGroup != "", "--kafka-group must not be empty")
 	check(!c.IVTRules || !c.SharedProcessing(), "--ivt-rules needs a single process node (the invalid-traffic stage reads every partition): not with --metric-store clickhouse")
 	check(c.ArchiveInterval >= time.Second && time.Hour%c.ArchiveInterval == 0, "--archive-interval (%v) must divide an hour", c.ArchiveInterval)
+	check(c.FeedsInterval >= time.Second, "--feeds-interval (%v) must be at least 1s", c.FeedsInterval)
+	check(c.FeedsKeep >= 1, "--feeds-keep must be at least 1")
+	check(c.FeedsMaxRows >= 1 && c.FeedsMaxRows <= 100_000_000, "--feeds-max-rows must be 1 to 100000000")
 	check(c.ArchiveRetention >= 0, "--archive-retention must not be negative (0 keeps everything)")
 	check(c.Reconcile == "repair" || c.Reconcile == "check" || c.Reconcile == "off", "--reconcile must be repair, check or off")
 	check(c.Reconcile == "off" || c.ArchiveURL != "off", "--reconcile %s needs the archive: set --reconcile off with --archive-url off", c.Reconcile)

@@ -18,6 +18,10 @@ import (
 type Ad struct {
 	CampaignID, AdvertiserID, LandingURL, CatalogID string
 	BidMicros                                       int64
+	// ClickPriceMicros, when > 0, is the price a click that carries none (no auction price)
+	// is recorded with: an auto-CPC campaign's price is decided here, once, and travels in
+	// the event, so charging it again on replay gives the same money.
+	ClickPriceMicros int64
 }
 
 // Ads looks ads up without touching a database.
@@ -194,6 +198,9 @@ func redirect(w http.ResponseWriter, landingURL string) {
 
 func fill(e *event.Event, adID string, ad Ad, now time.Time) {
 	e.AdID, e.CampaignID, e.AdvertiserID = adID, ad.CampaignID, ad.AdvertiserID
+	if e.Type == event.TypeClick && e.PriceMicros == 0 && ad.ClickPriceMicros > 0 {
+		e.PriceMicros = ad.ClickPriceMicros
+	}
 	if e.CatalogID == "" {
 		e.CatalogID = ad.CatalogID
 	}

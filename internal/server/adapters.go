@@ -2,6 +2,7 @@ package server
 
 import (
 	"github.com/adpulse/adpulse/internal/catalog"
+	"github.com/adpulse/adpulse/internal/feeds"
 	"github.com/adpulse/adpulse/internal/ingest"
 )
 
@@ -19,13 +20,20 @@ func (o catalogOwners) CampaignAdvertiser(campaignID string) (string, bool) {
 	return o.c.CampaignOwner(campaignID)
 }
 
-// catalogAds adapts the catalog's index to what ingest reads.
-type catalogAds struct{ c *catalog.Catalog }
+// catalogAds adapts the catalog's index, and the auto_cpc bids, to what ingest reads.
+type catalogAds struct {
+	c    *catalog.Catalog
+	bids *feeds.Bids // nil: no auto-CPC pricing (a process without the ingest role)
+}
 
 func (c catalogAds) LookupAd(id string) (ingest.Ad, bool) {
 	ad, ok := c.c.Ad(id)
 	if !ok {
 		return ingest.Ad{}, false
 	}
-	return ingest.Ad{CampaignID: ad.CampaignID, AdvertiserID: ad.AdvertiserID, LandingURL: ad.LandingURL, CatalogID: ad.CatalogID, BidMicros: ad.CPCBidMicros}, true
+	out := ingest.Ad{CampaignID: ad.CampaignID, AdvertiserID: ad.AdvertiserID, LandingURL: ad.LandingURL, CatalogID: ad.CatalogID, BidMicros: ad.CPCBidMicros}
+	if c.bids != nil {
+		out.ClickPriceMicros = c.bids.ClickPrice(ad)
+	}
+	return out, true
 }

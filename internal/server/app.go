@@ -57,6 +57,7 @@ type App struct {
 	query   *queryRole   // nil unless the process runs the query role
 	metrics *metricsSeam // the metric store of the process and query roles (nil without them)
 	ledger  io.Closer    // the shared SQL ledger, when the metric store is shared
+	feeds   *feedsRole   // the data-science feeds (every process)
 
 	ready  atomic.Bool
 	readyC chan struct{} // closed once the API listener serves
@@ -191,6 +192,9 @@ func (a *App) open(ctx context.Context) error {
 	for _, c := range a.b.components {
 		a.components.Go(c.name, c.run)
 	}
+	if err := a.openFeeds(ctx); err != nil {
+		return err
+	}
 	if a.cfg.Has(config.RoleIngest) {
 		a.openIngest()
 	}
@@ -291,6 +295,7 @@ func (a *App) startAPI() error {
 		catOpts.CampaignPerformance = a.campaignPerformance
 	}
 	catalog.NewHandler(a.b.catalog, catOpts).Register(mux)
+	a.registerFeeds(mux)
 	if a.cfg.Has(config.RoleQuery) {
 		if err := a.registerQuery(mux); err != nil {
 			return err

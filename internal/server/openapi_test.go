@@ -255,7 +255,9 @@ func jsonField(t *testing.T, body []byte, field string) string {
 // spec must have been exercised with a success and, where it documents any, a 4xx.
 func TestOpenAPIContract(t *testing.T) {
 	openapi3filter.RegisterBodyDecoder("application/x-ndjson", ndjsonDecoder)
+	feedsDir := t.TempDir()
 	_, base := startApp(t, func(c *config.Config) {
+		c.FeedsURL, c.FeedsInterval = feedsDir, time.Second
 		c.MaxBody = 8 << 10
 		c.MaxBatch = 20
 		c.IVTRules = true
@@ -578,6 +580,41 @@ func TestOpenAPIContract(t *testing.T) {
 		{method: "GET", path: "/api/v1/advertisers/bad*id/credits", key: admin, want: 400, breaksSpec: true},
 		{method: "GET", path: "/api/v1/advertisers/adv2/credits", key: ingestKey, want: 403},
 		{method: "GET", path: "/api/v1/advertisers/adv2/credits", want: 401, breaksSpec: true},
+	} {
+		sc.do(c)
+	}
+
+	// Data-science feeds: two versions of auto_cpc (one rejected), budget recommendations.
+	dropFeed(t, feedsDir, "auto_cpc", "v1", map[string]string{"a.csv": "catalog_id,bid_micros\ncat7,300000\n"})
+	dropFeed(t, feedsDir, "budget_recommendations", "r1", map[string]string{"r.csv": "campaign_id,recommended_daily_budget_micros\nc1,9000000\n"})
+	sc.eventually(specCall{method: "GET", path: "/api/v1/feeds", key: admin, want: 200},
+		func(b []byte) bool {
+			return strings.Contains(string(b), `"active_version":"v1"`) && strings.Contains(string(b), `"active_version":"r1"`)
+		})
+	dropFeed(t, feedsDir, "auto_cpc", "v2", map[string]string{"a.csv": "catalog_id,bid_micros\ncat7,400000\n"})
+	dropFeed(t, feedsDir, "auto_cpc", "v3", map[string]string{"a.csv": "catalog_id,bid_micros\ncat7,-1\n"})
+	sc.eventually(specCall{method: "GET", path: "/api/v1/feeds", key: admin, want: 200},
+		func(b []byte) bool {
+			return strings.Contains(string(b), `"active_version":"v2"`) && strings.Contains(string(b), `"state":"rejected"`)
+		})
+	for _, c := range []specCall{
+		{method: "PUT", path: "/api/v1/campaigns/c1", key: admin, body: `{"advertiser_id":"adv1","name":"Diwali","cpc_bid_micros":500000,"daily_budget_micros":10000000,"auto_cpc":true}`, want: 200},
+		{method: "PUT", path: "/api/v1/campaigns/c1", key: admin, body: `{"advertiser_id":"adv1","name":"Diwali","cpc_bid_micros":500000,"auto_cpc":"yes"}`, want: 400, breaksSpec: true},
+		{method: "GET", path: "/api/v1/feeds", key: advKey, want: 403},
+		{method: "GET", path: "/api/v1/feeds", want: 401, breaksSpec: true},
+		{method: "POST", path: "/api/v1/feeds/auto_cpc/rollback", key: admin, body: `{"version":"v1"}`, want: 200},
+		{method: "POST", path: "/api/v1/feeds/auto_cpc/rollback", key: admin, body: `{"version":"v9"}`, want: 404},
+		{method: "POST", path: "/api/v1/feeds/auto_cpc/rollback", key: admin, body: `{"version":"v3"}`, want: 400},
+		{method: "POST", path: "/api/v1/feeds/auto_cpc/rollback", key: admin, body: `{"version":"../x"}`, want: 400, breaksSpec: true},
+		{method: "POST", path: "/api/v1/feeds/auto_cpc/rollback", key: admin, body: `{}`, want: 400, breaksSpec: true},
+		{method: "POST", path: "/api/v1/feeds/other/rollback", key: admin, body: `{"version":"v1"}`, want: 404, breaksSpec: true},
+		{method: "POST", path: "/api/v1/feeds/auto_cpc/rollback", key: advKey, body: `{"version":"v1"}`, want: 403},
+		{method: "GET", path: "/api/v1/campaigns/c1/recommendations", key: admin, want: 200},
+		{method: "GET", path: "/api/v1/campaigns/c1/recommendations", key: advKey, want: 200},
+		{method: "GET", path: "/api/v1/campaigns/c2/recommendations", key: advKey, want: 404},
+		{method: "GET", path: "/api/v1/campaigns/c2/recommendations", key: admin, want: 404},
+		{method: "GET", path: "/api/v1/campaigns/bad*id/recommendations", key: admin, want: 400, breaksSpec: true},
+		{method: "GET", path: "/api/v1/campaigns/c1/recommendations", key: ingestKey, want: 403},
 	} {
 		sc.do(c)
 	}

@@ -71,7 +71,7 @@ func (a *App) openIngest() {
 func (a *App) registerIngest(mux *http.ServeMux, publicURL string) error {
 	if a.ingest == nil {
 		ingest.NewHandlers(ingest.Options{
-			Ads:       catalogAds{a.b.catalog},
+			Ads:       catalogAds{c: a.b.catalog},
 			Tokens:    a.tokens,
 			PublicURL: publicURL,
 			ClickTTL:  a.cfg.ClickTTL,
@@ -86,7 +86,7 @@ func (a *App) registerIngest(mux *http.ServeMux, publicURL string) error {
 	}
 	ingest.NewHandlers(ingest.Options{
 		Intake:    a.ingest.intake,
-		Ads:       catalogAds{a.b.catalog},
+		Ads:       catalogAds{a.b.catalog, a.feeds.bids},
 		Tokens:    a.tokens,
 		Bots:      bots,
 		PublicURL: publicURL,
