@@ -172,9 +172,11 @@ type Stats struct {
 	Partitions           []PartitionStats
 }
 
-// PartitionStats describe one log partition.
+// PartitionStats describe one log partition (in shared processing, Touches marks a
+// partition of the touches topic).
 type PartitionStats struct {
 	Partition int
+	Touches   bool
 	Committed int64
 	End       int64
 	Lag       int64

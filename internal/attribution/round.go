@@ -484,7 +484,7 @@ func (s *Stage) lag(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("attribution: offsets of partition %d: %w", src.part, err)
 		}
-		ps[p] = PartitionStats{Partition: src.part, Committed: s.next[p], End: end, Lag: max(0, end-s.next[p])}
+		ps[p] = PartitionStats{Partition: src.part, Touches: src.only == takeTouches, Committed: s.next[p], End: end, Lag: max(0, end-s.next[p])}
 	}
 	s.mu.Lock()
 	s.stats.Partitions = ps

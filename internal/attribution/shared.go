@@ -12,6 +12,9 @@ import (
 	"github.com/adpulse/adpulse/internal/metricstore"
 )
 
+// TouchesTopicSuffix names the touches topic after the log's topic ("events-touches").
+const TouchesTopicSuffix = "-touches"
+
 // TouchesConsumer is the metric store consumer name prefix of the republishers.
 const TouchesConsumer = "attribute-touches"
 
@@ -280,10 +283,9 @@ func (s *Shared) Stats() Stats {
 
 // SharedStats are the figures of shared processing only.
 type SharedStats struct {
-	Restarts         int64 // consumers restarted after another node committed their partition
-	Fenced           int64 // consumers stopped by a later owner
-	TouchesCopied    int64 // touches republished to the touches topic
-	OwnedPartitionsN int
+	Restarts      int64 // consumers restarted after another node committed their partition
+	Fenced        int64 // consumers stopped by a later owner
+	TouchesCopied int64 // touches republished to the touches topic
 }
 
 // SharedStats returns the figures of shared processing.
@@ -296,7 +298,7 @@ func (s *Shared) SharedStats() SharedStats {
 			copied += sp.rep.copied.Load()
 		}
 	}
-	return SharedStats{Restarts: s.restarts, Fenced: s.fenced, TouchesCopied: copied, OwnedPartitionsN: len(s.running)}
+	return SharedStats{Restarts: s.restarts, Fenced: s.fenced, TouchesCopied: copied}
 }
 
 // addStats adds st's counters to out.
