@@ -56,12 +56,18 @@ func ParseWindow(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// FormatWindow is the API's form of a window: whole days as "7d", otherwise a Go duration.
+// FormatWindow is the API's form of a window, in its largest whole unit: "7d", "36h",
+// "90m", "5400s" (ParseWindow reads every one of them back).
 func FormatWindow(d time.Duration) string {
-	if d%(24*time.Hour) == 0 {
-		return strconv.FormatInt(int64(d/(24*time.Hour)), 10) + "d"
+	for _, u := range []struct {
+		d    time.Duration
+		name string
+	}{{24 * time.Hour, "d"}, {time.Hour, "h"}, {time.Minute, "m"}} {
+		if d%u.d == 0 {
+			return strconv.FormatInt(int64(d/u.d), 10) + u.name
+		}
 	}
-	return d.String()
+	return strconv.FormatInt(int64(d/time.Second), 10) + "s"
 }
 
 // parseOptWindow parses an optional window of a request body (null or absent: nil).

@@ -407,9 +407,12 @@ func (a *App) openAttribution(ctx context.Context, store metricstore.Store) erro
 }
 
 // attributionPolicy is the deployment's LastTouch policy: the flags' windows for every
-// advertiser, overridden by --attribution-windows.
+// advertiser, overridden by --attribution-windows, overridden by the windows the advertiser
+// set through the API (in force at the conversion's time). Any advertiser may set up to
+// MaxAttributionWindow, so touches are remembered that long.
 func (a *App) attributionPolicy(perAdv map[string]attribution.Windows) attribution.Policy {
-	return attribution.NewLastTouch(attribution.Windows{Click: a.cfg.AttributionClickWindow, View: a.cfg.AttributionViewWindow}, perAdv)
+	p := attribution.NewLastTouch(attribution.Windows{Click: a.cfg.AttributionClickWindow, View: a.cfg.AttributionViewWindow}, perAdv)
+	return attribution.WithHistory(p, a.b.catalog.WindowsAt, config.MaxAttributionWindow)
 }
 
 // campaignPerformance is catalog.HandlerOptions.CampaignPerformance: conversions, value,
