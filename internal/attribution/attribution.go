@@ -32,10 +32,12 @@
 // # Scale-out
 //
 // The log is partitioned by ad id (conversions by user id), so one user's touches are spread
-// over every partition. Embedded, one stage reads all partitions. With several process nodes,
-// each would read only its share of partitions: they would re-key touches and conversions by
-// user id through a topic (docs/design.md), so that the one node owning a user's partition of
-// that topic decides all of that user's conversions with this same code.
+// over every partition. Embedded, one stage reads all partitions. With several process nodes
+// (Shared), the owner of each log partition republishes its touches to a touches topic keyed
+// by user, and runs a stage over its partition's conversions and the touches topic's
+// partition of the same number, so all of a user's touches and conversions meet in one stage
+// that decides with this same code (partition.go: its state is rebuilt from the log on every
+// takeover, and its commits carry their offsets and the partition's epoch).
 package attribution
 
 import (

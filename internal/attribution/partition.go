@@ -29,11 +29,13 @@ import (
 //
 // A crash between the republisher's append and its commit copies the same touches again:
 // the stage keeps a touch key once, so a copy changes nothing. The partition stage keeps its
-// touches and decisions in a Pebble database it rebuilds on every start: it replays both
-// partitions from ConversionRetention before the last committed message up to the committed
-// offsets without emitting anything (the store has those credits), then goes on live. Since
-// a decision is Policy.Choose over the set of touches, the rebuilt decisions are the ones
-// whose credits the store holds, so a later late touch moves exactly what was counted.
+// touches and decisions in a Pebble database it rebuilds on every start: it replays the
+// touches for as long as touches are remembered (TouchRetention) and the conversions for
+// ConversionRetention before the last committed message, up to the committed offsets,
+// without emitting anything (the store has those credits), then goes on live. Since a
+// decision is Policy.Choose over the set of touches, the rebuilt decisions of every
+// conversion a late touch can still move are the ones whose credits the store holds, so a
+// later late touch moves exactly what was counted.
 
 // sharedMode is what a partition stage does differently from the embedded one.
 type sharedMode struct {
@@ -159,12 +161,12 @@ func (s *Stage) position(ctx context.Context) error {
 			}
 		}
 	}
-	from := last.Add(-s.o.ConversionRetention)
 	for i := range s.src {
 		s.next[i] = s.sh.limit[i]
 		if s.sh.limit[i] <= starts[i] {
 			continue
 		}
+		from := last.Add(-s.replayWindow(s.src[i].only))
 		off, err := s.src[i].log.OffsetForTime(ctx, s.src[i].part, from)
 		if err != nil {
 			return fmt.Errorf("attribution: offset for %v: %w", from, err)
@@ -175,6 +177,27 @@ func (s *Stage) position(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// ReplayMargin is added to the touches' replay window: a touch's append time may precede its
+// event time (clock skew), and the touches it must bring back are chosen by event time.
+const ReplayMargin = 24 * time.Hour
+
+// TouchRetention is how long the touches topic must keep a touch so that a partition stage
+// rebuilt on takeover has every touch the previous owner still remembered.
+func TouchRetention(p Policy, maxLateness, slack time.Duration) time.Duration {
+	return p.Horizon() + maxLateness + slack + ReplayMargin
+}
+
+// replayWindow is how far before the last committed message a rebuilt stage reads a source
+// again: touches for as long as they are remembered; conversions for ConversionRetention, so
+// that a copy of one counted before is recognised (only those within the lateness can still
+// change credit, and their touches are within the touches' window).
+func (s *Stage) replayWindow(k sourceKind) time.Duration {
+	if k == takeTouches {
+		return TouchRetention(s.o.Policy, s.o.MaxLateness, s.o.Slack)
+	}
+	return s.o.ConversionRetention
 }
 
 // commitShared commits a round of a partition stage: unless it replays, its credits and the

@@ -382,13 +382,15 @@ func (a *App) openAttribution(ctx context.Context, store metricstore.Store) erro
 		a.components.Go("attribution", st.Run)
 		return nil
 	}
+	// The touches topic keeps touches as long as a rebuilt partition stage needs them.
+	retention := max(a.cfg.LogRetention, attribution.TouchRetention(o.Policy, o.MaxLateness, o.Slack)+attribution.ReplayMargin)
 	p.touches, err = kafkalog.Open(ctx, kafkalog.Options{
 		Brokers:           a.cfg.KafkaBrokers,
 		Topic:             a.cfg.KafkaTopic + attribution.TouchesTopicSuffix,
 		Partitions:        a.cfg.Partitions,
 		ReplicationFactor: a.cfg.KafkaReplicationFactor,
 		DeliveryTimeout:   a.cfg.KafkaDeliveryTimeout,
-		TopicConfigs:      map[string]string{"retention.ms": fmt.Sprint(a.cfg.LogRetention.Milliseconds())},
+		TopicConfigs:      map[string]string{"retention.ms": fmt.Sprint(retention.Milliseconds())},
 		Logger:            a.logger.With("component", "attribution-touches"),
 	})
 	if err != nil {
