@@ -93,7 +93,7 @@ type advertiserJSON struct {
 	AttributionClickWindow *string `json:"attribution_click_window"`
 	AttributionViewWindow  *string `json:"attribution_view_window"`
 	CreatedAt              string  `json:"created_at"`
-	UpdatedAt string `json:"updated_at"`
+	UpdatedAt              string  `json:"updated_at"`
 }
 
 type campaignJSON struct {

@@ -113,7 +113,7 @@ type processRole struct {
 	attributionEmbedded *attribution.Stage
 	attributionShared   *attribution.Shared
 	touches             *kafkalog.Log
-	ivt         *sivt.Stage // nil unless --ivt-rules
+	ivt                 *sivt.Stage // nil unless --ivt-rules
 }
 
 // aggregatorStage is the aggregation stage: one Aggregator over every partition, or a Shared
