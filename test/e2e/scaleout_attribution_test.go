@@ -115,11 +115,11 @@ func TestSharedAttribution(t *testing.T) {
 					}
 					time.Sleep(20 * time.Millisecond)
 				}
-				time.Sleep(2 * time.Millisecond)
+				time.Sleep(25 * time.Millisecond) // spread over the kill
 			}
 		}()
 	}
-	time.Sleep(time.Duration(200+rng.IntN(300)) * time.Millisecond)
+	time.Sleep(time.Duration(150+rng.IntN(200)) * time.Millisecond)
 	procs[0].kill(t)
 	t.Logf("process-1 killed after %d of %d batches handed out", min(int(next.Load()), len(batches)), len(batches))
 	wg.Wait()
