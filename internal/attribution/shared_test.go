@@ -274,3 +274,96 @@ func checkSharedCounts(t *testing.T, store metricstore.Store, want map[metricsto
 		}
 	}
 }
+
+// TestSharedRebuildIsBounded: over 60 days of traffic arriving on time (touches up to the
+// lateness late), partitions move between two nodes again and again, so each new owner
+// rebuilds from a bounded replay (touches for TouchRetention, conversions for
+// ConversionRetention) that starts long after the log does. Late touches after each move
+// still move exactly the credits that were counted: the counts equal naiveCredit's.
+func TestSharedRebuildIsBounded(t *testing.T) {
+	seed := testseed.Seed(t)
+	rng := rand.New(rand.NewPCG(seed, 12))
+	const parts = 3
+	t0 := time.Date(2026, 9, 1, 0, 0, 0, 0, time.UTC)
+	clock := &testClock{t: t0}
+	log := eventlogtest.NewMemLog(parts, clock.Now)
+	touches := eventlogtest.NewMemLog(parts, clock.Now)
+	store, err := pebblestore.Open(t.TempDir(), pebblestore.Options{MinuteRetention: -1, HourRetention: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var nodes [2]*Shared
+	runErr := make(chan error, len(nodes))
+	for i := range nodes {
+		nodes[i], err = NewShared(SharedOptions{Options: Options{
+			Dir: fmt.Sprintf("node%d", i), FS: vfs.NewMem(), Log: log, Metrics: store,
+			Policy:      LastTouch{WindowsOf: modelWindows, MaxWindow: DefaultWindows.Click},
+			MaxLateness: time.Hour, MaxTouches: 1000, CacheBytes: 1 << 20, PollInterval: 2 * time.Millisecond,
+		}, Touches: touches})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { runErr <- nodes[i].Run(ctx) }()
+	}
+	owner := [parts]int{}
+	for p := range int32(parts) {
+		if err := nodes[0].Assign(ctx, []int32{p}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	users := []string{"u1", "u2", "u3", "u4", "u5"}
+	var w sharedWorld
+	moves := 0
+	for day := range 60 {
+		for i := range 12 {
+			now := t0.Add(time.Duration(day)*24*time.Hour + time.Duration(i)*2*time.Hour)
+			clock.Advance(now.Sub(clock.Now()))
+			var batch []event.Event
+			for k := range 4 {
+				ad := modelAds[rng.IntN(len(modelAds))]
+				e := event.Event{Type: event.TypeClick, Time: now.Add(-time.Duration(rng.IntN(50)) * time.Minute).UnixMicro(), AdID: ad.id, CampaignID: ad.campaign,
+					AdvertiserID: ad.advertiser, CatalogID: ad.catalog, UserID: users[rng.IntN(len(users))], ImpressionID: fmt.Sprintf("imp-%d-%d-%d", day, i, k)}
+				if rng.IntN(3) > 0 {
+					e.Type = event.TypeImpression
+				}
+				e.RecvTime = now.UnixMicro()
+				w.touches = append(w.touches, e)
+				batch = append(batch, e)
+			}
+			if rng.IntN(2) == 0 {
+				e := event.Event{Type: event.TypeConversion, Name: "order", Time: now.Add(-time.Duration(rng.IntN(30)) * time.Minute).UnixMicro(), EventID: fmt.Sprintf("o-%d-%d", day, i),
+					UserID: users[rng.IntN(len(users))], CatalogID: fmt.Sprintf("cat%d", 1+rng.IntN(3)), ValueMicros: (1 + rng.Int64N(100)) * 1_000_000, RecvTime: now.UnixMicro()}
+				w.convs = append(w.convs, e)
+				batch = append(batch, e)
+			}
+			rng.Shuffle(len(batch), func(i, j int) { batch[i], batch[j] = batch[j], batch[i] })
+			appendByIngest(t, log, batch)
+		}
+		if day%5 == 4 {
+			waitShared(t, store, log, touches, parts) // each move rebuilds from a long log
+			p := int32(rng.IntN(parts))
+			nodes[owner[p]].Revoke([]int32{p})
+			owner[p] = 1 - owner[p]
+			if err := nodes[owner[p]].Assign(ctx, []int32{p}); err != nil {
+				t.Fatal(err)
+			}
+			moves++
+		}
+	}
+	waitShared(t, store, log, touches, parts)
+	cancel()
+	for range nodes {
+		if err := <-runErr; err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	}
+	checkSharedCounts(t, store, w.want(), t0.Add(-time.Hour), t0.Add(61*24*time.Hour))
+	var consumed int64
+	for _, n := range nodes {
+		consumed += n.Stats().EventsConsumed
+	}
+	t.Logf("%d moves; %d touches, %d conversions; the stages consumed %d messages in all", moves, len(w.touches), len(w.convs), consumed)
+}
