@@ -32,10 +32,12 @@
 // # Scale-out
 //
 // The log is partitioned by ad id (conversions by user id), so one user's touches are spread
-// over every partition. Embedded, one stage reads all partitions. With several process nodes,
-// each would read only its share of partitions: they would re-key touches and conversions by
-// user id through a topic (docs/design.md), so that the one node owning a user's partition of
-// that topic decides all of that user's conversions with this same code.
+// over every partition. Embedded, one stage reads all partitions. With several process nodes
+// (Shared), the owner of each log partition republishes its touches to a touches topic keyed
+// by user, and runs a stage over its partition's conversions and the touches topic's
+// partition of the same number, so all of a user's touches and conversions meet in one stage
+// that decides with this same code (partition.go: its state is rebuilt from the log on every
+// takeover, and its commits carry their offsets and the partition's epoch).
 package attribution
 
 import (
@@ -173,9 +175,11 @@ type Stats struct {
 	Partitions           []PartitionStats
 }
 
-// PartitionStats describe one log partition.
+// PartitionStats describe one log partition (in shared processing, Touches marks a
+// partition of the touches topic).
 type PartitionStats struct {
 	Partition int
+	Touches   bool
 	Committed int64
 	End       int64
 	Lag       int64
@@ -186,7 +190,12 @@ type Stage struct {
 	o  Options
 	db *pebble.DB
 
-	// Owned by Run (and Open before it).
+	// src are the log partitions the stage reads: embedded, every partition of Log (source i
+	// is partition i); shared, its partition's conversions and its touches (shared.go).
+	src []source
+	sh  *sharedMode // nil embedded
+
+	// Owned by Run (and Open before it). next and got are indexed like src.
 	next        []int64
 	journalNext uint64
 	applied     uint64
@@ -209,6 +218,24 @@ func Open(ctx context.Context, o Options) (*Stage, error) {
 		return nil, errors.New("attribution: Dir, Log and Metrics are required")
 	}
 	o.setDefaults()
+	db, err := openDB(&o)
+	if err != nil {
+		return nil, err
+	}
+	srcs := make([]source, o.Log.Partitions())
+	for p := range srcs {
+		srcs[p] = source{log: o.Log, part: p}
+	}
+	s := newStage(o, db, srcs)
+	if err := s.load(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// openDB creates o.Dir if needed and opens the Pebble database in it.
+func openDB(o *Options) (*pebble.DB, error) {
 	if err := pebbleutil.CreateDir(o.FS, o.Dir, "attribution"); err != nil {
 		return nil, err
 	}
@@ -218,13 +245,27 @@ func Open(ctx context.Context, o Options) (*Stage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attribution: open %s: %w", o.Dir, err)
 	}
-	s := &Stage{o: o, db: db, next: make([]int64, o.Log.Partitions()), got: make([][]eventlog.Message, o.Log.Partitions())}
-	if err := s.load(ctx); err != nil {
-		db.Close()
-		return nil, err
-	}
-	return s, nil
+	return db, nil
 }
+
+func newStage(o Options, db *pebble.DB, srcs []source) *Stage {
+	return &Stage{o: o, db: db, src: srcs, next: make([]int64, len(srcs)), got: make([][]eventlog.Message, len(srcs))}
+}
+
+// source is one log partition the stage reads, and which of its events it takes.
+type source struct {
+	log  eventlog.Log
+	part int
+	only sourceKind
+}
+
+type sourceKind uint8
+
+const (
+	takeAll         sourceKind = iota // touches and conversions (embedded)
+	takeConversions                   // a main log partition in shared processing
+	takeTouches                       // a partition of the touches topic
+)
 
 func (s *Stage) load(ctx context.Context) error {
 	for p := range s.next {
@@ -240,7 +281,7 @@ func (s *Stage) load(ctx context.Context) error {
 			}
 			continue
 		}
-		start, _, err := s.o.Log.Offsets(ctx, p)
+		start, _, err := s.src[p].log.Offsets(ctx, s.src[p].part)
 		if err != nil {
 			return fmt.Errorf("attribution: offsets of partition %d: %w", p, err)
 		}
@@ -288,10 +329,26 @@ func (s *Stage) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		wait := s.o.PollInterval
 		n, err := s.round(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
+		var ae applyError
+		switch {
+		case err == nil:
+		case ctx.Err() != nil:
+			return nil
+		case errors.As(err, &ae) && !errors.Is(err, metricstore.ErrConflict):
+			// Shared: the round was not committed anywhere; it is read and decided again.
+			s.mu.Lock()
+			s.stats.MetricApplyErrors++
+			s.mu.Unlock()
+			s.o.Logger.Warn("attribution: committing conversions to the metric store failed; retrying", "err", err, "retry_in", backoff)
+			timer.Reset(backoff)
+			backoff = min(2*backoff, maxBackoff)
+			select {
+			case <-ctx.Done():
 				return nil
+			case <-timer.C:
 			}
+			continue
+		default:
 			return err
 		}
 		if err := s.publish(ctx); err != nil {

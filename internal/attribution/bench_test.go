@@ -15,6 +15,7 @@ import (
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/eventlog/eventlogtest"
+	"github.com/adpulse/adpulse/internal/ingest"
 	"github.com/adpulse/adpulse/internal/metricstore/pebblestore"
 	"github.com/cockroachdb/pebble/vfs"
 )
@@ -180,4 +181,107 @@ func TestTouchStoreSize(t *testing.T) {
 	t.Logf("disk: %d bytes = %s per million users", m.DiskSpaceUsage(), perM(m.DiskSpaceUsage()))
 	t.Logf("memory: Go heap %d MiB; Pebble block cache %d MiB and memtables %d MiB (bounded by Pebble's options, not by users)",
 		ms.HeapAlloc>>20, m.BlockCache.Size>>20, m.MemTable.Size>>20)
+}
+
+// sharedBench is one process node of shared processing owning every partition: per
+// partition a republisher and a partition stage on the real file system, run in turn.
+type sharedBench struct {
+	log, touches *eventlogtest.MemLog
+	stages       []*Stage
+	reps         []*republisher
+	buf          [][]eventlog.Message
+}
+
+func newSharedBench(tb testing.TB, partitions int) *sharedBench {
+	dir := tb.TempDir()
+	store, err := pebblestore.Open(filepath.Join(dir, "metrics"), pebblestore.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { store.Close() })
+	clock := t0.Add(10 * 24 * time.Hour)
+	now := func() time.Time { return clock }
+	d := &sharedBench{log: eventlogtest.NewMemLog(partitions, now), touches: eventlogtest.NewMemLog(partitions, now), buf: make([][]eventlog.Message, partitions)}
+	for p := range partitions {
+		o := Options{Dir: filepath.Join(dir, "p"+strconv.Itoa(p)), Log: d.log, Metrics: store, FS: vfs.Default, MaxLateness: 30 * 24 * time.Hour}
+		o.setDefaults()
+		s, err := openPartition(context.Background(), o, d.touches, p, PartitionConsumer(DefaultConsumer, int32(p)), 0)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { s.Close() })
+		r, err := openRepublisher(context.Background(), &o, d.touches, p, PartitionConsumer(TouchesConsumer, int32(p)), 0)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		d.stages, d.reps = append(d.stages, s), append(d.reps, r)
+	}
+	return d
+}
+
+func (d *sharedBench) add(e *event.Event) {
+	key := e.AdID
+	if e.Type == event.TypeConversion {
+		key = e.UserID
+	}
+	p := ingest.Partition(key, len(d.buf))
+	d.buf[p] = append(d.buf[p], eventlog.Message{Partition: p, Value: e.AppendBinary(nil)})
+}
+
+func (d *sharedBench) flush(tb testing.TB) {
+	ctx := context.Background()
+	for p := range d.buf {
+		if err := d.log.Append(ctx, d.buf[p]); err != nil {
+			tb.Fatal(err)
+		}
+		d.buf[p] = d.buf[p][:0]
+	}
+	for _, r := range d.reps {
+		for {
+			n, err := r.step(ctx)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			if n == 0 {
+				break
+			}
+		}
+	}
+	for _, s := range d.stages {
+		for {
+			n, err := s.round(ctx)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			if n == 0 {
+				break
+			}
+		}
+	}
+}
+
+// BenchmarkAttributionShared is BenchmarkAttribution in shared processing: per event of the
+// log, the republishing of touches to the touches topic and the partition stages (each
+// round an Apply to the metric store with its offsets; the stage's database is not synced,
+// being rebuilt from the log on every start). Compare with BenchmarkAttribution in one run.
+func BenchmarkAttributionShared(b *testing.B) {
+	d := newSharedBench(b, 8)
+	tr := &traffic{rng: rand.New(rand.NewPCG(1, 2)), users: 100_000}
+	for range benchPreload {
+		e := tr.next()
+		d.add(&e)
+	}
+	d.flush(b)
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	const batch = 5000
+	for i := 0; i < b.N; i += batch {
+		for j := 0; j < batch && i+j < b.N; j++ {
+			e := tr.next()
+			d.add(&e)
+		}
+		d.flush(b)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/event")
 }

@@ -72,6 +72,11 @@ type Policy interface {
 type LastTouch struct {
 	// WindowsOf returns an advertiser's windows; nil means DefaultWindows for all.
 	WindowsOf func(advertiserID string) Windows
+	// WindowsAt, if set, is used instead of WindowsOf: an advertiser's windows in force for
+	// a conversion at convTime (Unix microseconds). It must answer the same for the same
+	// arguments whenever it is asked (a history of changes, not the windows of the moment),
+	// so that a decision replayed from the log is the same decision.
+	WindowsAt func(advertiserID string, convTime int64) Windows
 	// MaxWindow bounds every window WindowsOf returns (it is the Horizon).
 	MaxWindow time.Duration
 }
@@ -89,9 +94,12 @@ func (p LastTouch) Horizon() time.Duration {
 	return max(DefaultWindows.Click, DefaultWindows.View)
 }
 
-func (p LastTouch) window(t *Touch) time.Duration {
+func (p LastTouch) window(t *Touch, convTime int64) time.Duration {
 	w := DefaultWindows
-	if p.WindowsOf != nil {
+	switch {
+	case p.WindowsAt != nil:
+		w = p.WindowsAt(t.AdvertiserID, convTime)
+	case p.WindowsOf != nil:
 		w = p.WindowsOf(t.AdvertiserID)
 	}
 	d := w.View
@@ -107,7 +115,7 @@ func (p LastTouch) Choose(convTime int64, touches []Touch) (int, string) {
 	for i := range touches {
 		t := &touches[i]
 		age := convTime - t.Time
-		if age < 0 || age >= p.window(t).Microseconds() {
+		if age < 0 || age >= p.window(t, convTime).Microseconds() {
 			continue
 		}
 		if best < 0 || better(t, &touches[best]) {

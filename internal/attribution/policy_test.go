@@ -95,3 +95,41 @@ func FuzzParseWindows(f *testing.F) {
 		}
 	})
 }
+
+// TestWithHistory: the windows that decide a conversion are those in force at the
+// conversion's time minus WindowChangeDelay (an unset one falls back to the deployment's),
+// whenever the decision is made; and the horizon covers the largest window allowed.
+func TestWithHistory(t *testing.T) {
+	changed := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	twoDays, hour := 48*time.Hour, time.Hour
+	lookup := func(adv string, at time.Time) (click, view *time.Duration, ok bool) {
+		if adv != "a" || at.Before(changed) {
+			return nil, nil, adv == "a"
+		}
+		return &twoDays, &hour, true // click 2 days (was 7), view 1 hour (was 1 day)
+	}
+	p := WithHistory(NewLastTouch(DefaultWindows, map[string]Windows{"b": {Click: time.Hour, View: 0}}), lookup, 90*24*time.Hour)
+	if p.Horizon() != 90*24*time.Hour {
+		t.Fatalf("horizon %v", p.Horizon())
+	}
+	at := func(tm time.Time) int64 { return tm.UnixMicro() }
+	for _, tc := range []struct {
+		name string
+		conv time.Time
+		t    Touch
+		want bool
+	}{
+		{"old click window before the change takes effect", changed.Add(WindowChangeDelay - time.Microsecond), Touch{Kind: KindClick, AdvertiserID: "a", Time: at(changed.Add(-5 * 24 * time.Hour))}, true},
+		{"new click window once it does", changed.Add(WindowChangeDelay), Touch{Kind: KindClick, AdvertiserID: "a", Time: at(changed.Add(-5 * 24 * time.Hour))}, false},
+		{"new view window", changed.Add(WindowChangeDelay), Touch{Kind: KindView, AdvertiserID: "a", Time: at(changed.Add(WindowChangeDelay - 2*time.Hour))}, false},
+		{"old view window", changed, Touch{Kind: KindView, AdvertiserID: "a", Time: at(changed.Add(-2 * time.Hour))}, true},
+		{"--attribution-windows still applies to others", changed.Add(WindowChangeDelay), Touch{Kind: KindClick, AdvertiserID: "b", Time: at(changed.Add(WindowChangeDelay - 2*time.Hour))}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			i, _ := p.Choose(at(tc.conv), []Touch{tc.t})
+			if got := i == 0; got != tc.want {
+				t.Errorf("credited %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

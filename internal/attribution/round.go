@@ -32,12 +32,25 @@ type round struct {
 func (s *Stage) round(ctx context.Context) (int, error) {
 	start := time.Now()
 	s.refs = s.refs[:0]
+	if s.sh != nil {
+		s.sh.replayDone(s.next)
+	}
 	for p := range s.next {
-		msgs, err := s.o.Log.Read(ctx, p, s.next[p], s.o.ReadBytes)
+		if s.sh != nil && !s.sh.wants(p, s.next[p]) {
+			s.got[p] = nil
+			continue
+		}
+		src := &s.src[p]
+		msgs, err := src.log.Read(ctx, src.part, s.next[p], s.o.ReadBytes)
 		if err != nil {
-			return 0, fmt.Errorf("attribution: read partition %d at %d: %w", p, s.next[p], err)
+			return 0, fmt.Errorf("attribution: read partition %d at %d: %w", src.part, s.next[p], err)
 		}
 		s.got[p] = msgs
+	}
+	if s.sh != nil {
+		s.sh.trim(s.got)
+	}
+	for p, msgs := range s.got {
 		for i := range msgs {
 			s.refs = append(s.refs, msgRef{p, i})
 		}
@@ -74,7 +87,12 @@ func (s *Stage) round(ctx context.Context) (int, error) {
 	if n == 0 && !expired {
 		return 0, s.lag(ctx)
 	}
-	if err := s.commit(r); err != nil {
+	if s.sh != nil {
+		err = s.commitShared(ctx, r)
+	} else {
+		err = s.commit(r)
+	}
+	if err != nil {
 		return 0, err
 	}
 	s.clock = clock
@@ -106,20 +124,26 @@ func (r *round) close() {
 	r.b.Close()
 }
 
-func (s *Stage) process(r *round, part int, m *eventlog.Message) error {
+func (s *Stage) process(r *round, src int, m *eventlog.Message) error {
 	r.st.EventsConsumed++
 	ev := &s.ev
+	part, only := s.src[src].part, s.src[src].only
 	if err := ev.Decode(m.Value); err != nil {
 		r.st.Corrupt++
 		s.o.Logger.Warn("attribution: undecodable message skipped", "partition", part, "offset", m.Offset, "err", err)
 		return nil
 	}
-	if ev.Time <= 0 || ev.UserID == "" || ev.CatalogID == "" || !event.ValidID(ev.UserID) || !event.ValidID(ev.CatalogID) {
+	if !attributable(ev) {
 		return nil
 	}
 	switch {
 	case ev.Type == event.TypeConversion:
+		if only == takeTouches {
+			return nil
+		}
 		return s.convert(r, part, m.Offset, ev)
+	case only == takeConversions:
+		return nil // its touches reach the stage through the touches topic
 	case ev.Invalid != event.ReasonNone:
 		return nil
 	case ev.Type == event.TypeClick:
@@ -128,6 +152,12 @@ func (s *Stage) process(r *round, part int, m *eventlog.Message) error {
 		return s.touch(r, ev, KindView)
 	}
 	return nil
+}
+
+// attributable reports whether an event can be a touch or a conversion at all: it names a
+// user and a catalog.
+func attributable(ev *event.Event) bool {
+	return ev.Time > 0 && ev.UserID != "" && ev.CatalogID != "" && event.ValidID(ev.UserID) && event.ValidID(ev.CatalogID)
 }
 
 // touches reads a user's remembered touches on a catalog, oldest first, with their keys.
@@ -449,11 +479,12 @@ func (s *Stage) lag(ctx context.Context) error {
 	s.lagAt = time.Now()
 	ps := make([]PartitionStats, len(s.next))
 	for p := range s.next {
-		_, end, err := s.o.Log.Offsets(ctx, p)
+		src := &s.src[p]
+		_, end, err := src.log.Offsets(ctx, src.part)
 		if err != nil {
-			return fmt.Errorf("attribution: offsets of partition %d: %w", p, err)
+			return fmt.Errorf("attribution: offsets of partition %d: %w", src.part, err)
 		}
-		ps[p] = PartitionStats{Partition: p, Committed: s.next[p], End: end, Lag: max(0, end-s.next[p])}
+		ps[p] = PartitionStats{Partition: src.part, Touches: src.only == takeTouches, Committed: s.next[p], End: end, Lag: max(0, end-s.next[p])}
 	}
 	s.mu.Lock()
 	s.stats.Partitions = ps

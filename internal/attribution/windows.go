@@ -85,3 +85,38 @@ func NewLastTouch(defaults Windows, perAdvertiser map[string]Windows) LastTouch 
 		MaxWindow: max(horizon, time.Microsecond),
 	}
 }
+
+// WindowChangeDelay is how long after an advertiser changes its windows (the time the
+// catalog recorded) the new windows apply: to conversions whose time is at least this much
+// later. It exceeds the default --max-clock-skew (5 min) plus the catalog feed's delivery
+// (2 s), so every process node knows a change before it can accept a conversion it applies
+// to, and a conversion is decided with the same windows whenever it is decided.
+const WindowChangeDelay = 10 * time.Minute
+
+// HistoryLookup returns an advertiser's windows that changed over time, and whether any
+// were set (nil: the deployment's default); catalog.Catalog.WindowsAt is one.
+type HistoryLookup func(advertiserID string, t time.Time) (click, view *time.Duration, ok bool)
+
+// WithHistory returns p deciding with the windows in force for each conversion: those of
+// lookup at the conversion's time minus WindowChangeDelay, each unset one falling back to
+// p's. maxWindow bounds any window the lookup may return and becomes the horizon, so that
+// touches are remembered as long as any advertiser may ask.
+func WithHistory(p LastTouch, lookup HistoryLookup, maxWindow time.Duration) LastTouch {
+	base := p
+	p.WindowsAt = func(adv string, convTime int64) Windows {
+		w := DefaultWindows
+		if base.WindowsOf != nil {
+			w = base.WindowsOf(adv)
+		}
+		click, view, _ := lookup(adv, time.UnixMicro(convTime).Add(-WindowChangeDelay))
+		if click != nil {
+			w.Click = *click
+		}
+		if view != nil {
+			w.View = *view
+		}
+		return w
+	}
+	p.MaxWindow = max(p.MaxWindow, maxWindow)
+	return p
+}

@@ -72,6 +72,9 @@ type Advertiser struct {
 	ID       string
 	Name     string
 	Timezone string // IANA name; budget days follow it
+	// ClickWindow and ViewWindow are the advertiser's attribution windows (windows.go); nil
+	// means the deployment's default.
+	ClickWindow, ViewWindow *time.Duration
 	// CreatedAt and UpdatedAt are set by the catalog; they are ignored on writes.
 	CreatedAt, UpdatedAt time.Time
 }
@@ -142,6 +145,9 @@ type AdvertiserInfo struct {
 	// TimezoneChanges are the changes of Timezone, oldest first; nil if it never changed.
 	// Readers must not modify the slice.
 	TimezoneChanges []TimezoneChange
+	// WindowChanges are the changes of the attribution windows, oldest first (windows.go);
+	// nil if they were never set. Readers must not modify the slice.
+	WindowChanges []WindowChange
 }
 
 // TimezoneChange is one change of an advertiser's time zone as recorded when it was made.
@@ -332,6 +338,10 @@ func (c *Catalog) loadAdvertisers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	windows, err := c.loadWindowChanges(ctx)
+	if err != nil {
+		return err
+	}
 	rows, err := c.db.QueryContext(ctx, c.d.q(`SELECT id, name, timezone, created_at, updated_at FROM advertisers`))
 	if err != nil {
 		return err
@@ -343,7 +353,7 @@ func (c *Catalog) loadAdvertisers(ctx context.Context) error {
 		if err := rows.Scan(&a.ID, &a.Name, &a.Timezone, &created, &updated); err != nil {
 			return err
 		}
-		c.indexAdvertiser(a, changes[a.ID])
+		c.indexAdvertiser(a, changes[a.ID], windows[a.ID])
 	}
 	return rows.Err()
 }
@@ -481,10 +491,11 @@ func (c *Catalog) indexWithParents(ctx context.Context, ads []Ad, cps []Campaign
 	return nil
 }
 
-// indexAdvertiser puts a stored advertiser and its time zone changes into the index.
-func (c *Catalog) indexAdvertiser(a Advertiser, changes []TimezoneChange) {
+// indexAdvertiser puts a stored advertiser, its time zone changes and its attribution
+// window changes into the index.
+func (c *Catalog) indexAdvertiser(a Advertiser, changes []TimezoneChange, windows []WindowChange) {
 	c.advertisers.put(a.ID, &AdvertiserInfo{AdvertiserID: a.ID, Name: a.Name, Timezone: a.Timezone,
-		Location: c.location(a.ID, a.Timezone), TimezoneChanges: changes})
+		Location: c.location(a.ID, a.Timezone), TimezoneChanges: changes, WindowChanges: windows})
 }
 
 func (c *Catalog) indexCampaign(cp Campaign) error {

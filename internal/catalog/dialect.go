@@ -124,6 +124,17 @@ func (d dialect) schema() []string {
 	PRIMARY KEY (advertiser_id, changed_at),
 	FOREIGN KEY (advertiser_id) REFERENCES advertisers (id)
 )`,
+		// Every change of an advertiser's attribution windows (NULL: the deployment's
+		// default), kept so that a conversion is decided with the windows in force at its
+		// time whenever it is decided (windows.go).
+		`CREATE TABLE IF NOT EXISTS advertiser_attribution_windows (
+	advertiser_id VARCHAR(64) NOT NULL,
+	changed_at BIGINT NOT NULL,
+	click_window_us BIGINT NULL,
+	view_window_us BIGINT NULL,
+	PRIMARY KEY (advertiser_id, changed_at),
+	FOREIGN KEY (advertiser_id) REFERENCES advertisers (id)
+)`,
 		`CREATE TABLE IF NOT EXISTS campaigns (
 	id VARCHAR(64) NOT NULL,
 	advertiser_id VARCHAR(64) NOT NULL,

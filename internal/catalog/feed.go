@@ -498,7 +498,8 @@ func (c *Catalog) queryIn(ctx context.Context, query, tail string, ids []string,
 	return nil
 }
 
-// refreshAdvertisers re-reads advertisers and their time zone history into the index.
+// refreshAdvertisers re-reads advertisers, their time zone history and their attribution
+// window history into the index.
 func (c *Catalog) refreshAdvertisers(ctx context.Context, ids []string) error {
 	if len(ids) == 0 {
 		return nil
@@ -517,6 +518,12 @@ func (c *Catalog) refreshAdvertisers(ctx context.Context, ids []string) error {
 	if err != nil {
 		return fmt.Errorf("re-read advertiser time zones: %w", err)
 	}
+	windows := make(map[string][]WindowChange)
+	err = c.queryIn(ctx, `SELECT advertiser_id, changed_at, click_window_us, view_window_us FROM advertiser_attribution_windows WHERE advertiser_id IN (`,
+		` ORDER BY advertiser_id, changed_at`, ids, scanWindowChanges(windows))
+	if err != nil {
+		return fmt.Errorf("re-read advertiser attribution windows: %w", err)
+	}
 	found := make(map[string]bool, len(ids))
 	err = c.queryIn(ctx, `SELECT id, name, timezone FROM advertisers WHERE id IN (`, ``, ids, func(r *sql.Rows) error {
 		var a Advertiser
@@ -524,7 +531,7 @@ func (c *Catalog) refreshAdvertisers(ctx context.Context, ids []string) error {
 			return err
 		}
 		found[a.ID] = true
-		c.indexAdvertiser(a, tz[a.ID])
+		c.indexAdvertiser(a, tz[a.ID], windows[a.ID])
 		return nil
 	})
 	if err != nil {

@@ -87,11 +87,13 @@ func (h *Handler) Register(mux *http.ServeMux) {
 // Wire shapes. Optional values are null when unset.
 
 type advertiserJSON struct {
-	ID        string `json:"id"`
-	Name      string `json:"name"`
-	Timezone  string `json:"timezone"`
-	CreatedAt string `json:"created_at"`
-	UpdatedAt string `json:"updated_at"`
+	ID                     string  `json:"id"`
+	Name                   string  `json:"name"`
+	Timezone               string  `json:"timezone"`
+	AttributionClickWindow *string `json:"attribution_click_window"`
+	AttributionViewWindow  *string `json:"attribution_view_window"`
+	CreatedAt              string  `json:"created_at"`
+	UpdatedAt              string  `json:"updated_at"`
 }
 
 type campaignJSON struct {
@@ -126,9 +128,11 @@ type adJSON struct {
 // what encoding/json would accept or coerce (500000.0, "500000", 5e5).
 
 type advertiserBody struct {
-	ID       *string `json:"id"`
-	Name     string  `json:"name"`
-	Timezone string  `json:"timezone"`
+	ID                     *string `json:"id"`
+	Name                   string  `json:"name"`
+	Timezone               string  `json:"timezone"`
+	AttributionClickWindow *string `json:"attribution_click_window"`
+	AttributionViewWindow  *string `json:"attribution_view_window"`
 }
 
 type campaignBody struct {
@@ -162,6 +166,7 @@ func formatOptTime(t time.Time) *string {
 
 func advertiserOut(a Advertiser) advertiserJSON {
 	return advertiserJSON{ID: a.ID, Name: a.Name, Timezone: a.Timezone,
+		AttributionClickWindow: formatOptWindow(a.ClickWindow), AttributionViewWindow: formatOptWindow(a.ViewWindow),
 		CreatedAt: httpapi.FormatTime(a.CreatedAt), UpdatedAt: httpapi.FormatTime(a.UpdatedAt)}
 }
 
@@ -350,7 +355,15 @@ func (h *Handler) putAdvertiser(w http.ResponseWriter, r *http.Request) {
 		if err := checkBodyID(b.ID, id); err != nil {
 			return Advertiser{}, err
 		}
-		return Advertiser{ID: id, Name: b.Name, Timezone: b.Timezone}, nil
+		a := Advertiser{ID: id, Name: b.Name, Timezone: b.Timezone}
+		var err error
+		if a.ClickWindow, err = parseOptWindow("attribution_click_window", b.AttributionClickWindow); err != nil {
+			return Advertiser{}, err
+		}
+		if a.ViewWindow, err = parseOptWindow("attribution_view_window", b.AttributionViewWindow); err != nil {
+			return Advertiser{}, err
+		}
+		return a, nil
 	}, h.c.PutAdvertiser, func(_ context.Context, a Advertiser) any { return advertiserOut(a) })
 }
 

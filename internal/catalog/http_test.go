@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/adpulse/adpulse/internal/httpapi"
 )
@@ -158,6 +159,12 @@ func TestHTTPErrors(t *testing.T) {
 		{"name control char", "PUT", "/api/v1/advertisers/a9", admin, `{"name":"a\u0000b"}`, 400, "invalid_argument", "name"},
 		{"bad timezone", "PUT", "/api/v1/advertisers/a9", admin, `{"name":"A","timezone":"Mars/Olympus_Mons"}`, 400, "invalid_argument", "timezone"},
 		{"Local timezone", "PUT", "/api/v1/advertisers/a9", admin, `{"name":"A","timezone":"Local"}`, 400, "invalid_argument", "timezone"},
+		{"click window too long", "PUT", "/api/v1/advertisers/a9", admin, `{"name":"A","attribution_click_window":"91d"}`, 400, "invalid_argument", "attribution_click_window"},
+		{"click window negative", "PUT", "/api/v1/advertisers/a9", admin, `{"name":"A","attribution_click_window":"-1h"}`, 400, "invalid_argument", "attribution_click_window"},
+		{"view window not a duration", "PUT", "/api/v1/advertisers/a9", admin, `{"name":"A","attribution_view_window":"a week"}`, 400, "invalid_argument", "attribution_view_window"},
+		{"view window fraction of a second", "PUT", "/api/v1/advertisers/a9", admin, `{"name":"A","attribution_view_window":"1.5s"}`, 400, "invalid_argument", "attribution_view_window"},
+		{"view window wrong type", "PUT", "/api/v1/advertisers/a9", admin, `{"name":"A","attribution_view_window":86400}`, 400, "invalid_argument", "attribution_view_window"},
+		{"view window huge days", "PUT", "/api/v1/advertisers/a9", admin, `{"name":"A","attribution_view_window":"99999999999d"}`, 400, "invalid_argument", "attribution_view_window"},
 		{"path timezone", "PUT", "/api/v1/advertisers/a9", admin, `{"name":"A","timezone":"../../etc/passwd"}`, 400, "invalid_argument", "timezone"},
 		{"body too large", "PUT", "/api/v1/advertisers/a9", admin, `{"name":"` + strings.Repeat("x", 70<<10) + `"}`, 413, "payload_too_large", "body"},
 
@@ -277,7 +284,7 @@ func TestHTTPIsolation(t *testing.T) {
 func TestHTTPAdvertiser(t *testing.T) {
 	e := newEnv(t, HandlerOptions{})
 	put := e.must("PUT", "/api/v1/advertisers/a3", `{"id":"a3","name":"Ünïcode Ltd","timezone":"America/New_York"}`)
-	want := `{"id":"a3","name":"Ünïcode Ltd","timezone":"America/New_York","created_at":"2026-11-21T20:00:00Z","updated_at":"2026-11-21T20:00:00Z"}` + "\n"
+	want := `{"id":"a3","name":"Ünïcode Ltd","timezone":"America/New_York","attribution_click_window":null,"attribution_view_window":null,"created_at":"2026-11-21T20:00:00Z","updated_at":"2026-11-21T20:00:00Z"}` + "\n"
 	if put.body != want {
 		t.Errorf("PUT body\n%s\nwant\n%s", put.body, want)
 	}
@@ -291,6 +298,70 @@ func TestHTTPAdvertiser(t *testing.T) {
 	if m := e.must("PUT", "/api/v1/advertisers/a4", `{"name":"A4"}`).json(t); m["timezone"] != "UTC" {
 		t.Errorf("default timezone %v", m["timezone"])
 	}
+}
+
+// TestHTTPAdvertiserAttributionWindows: an advertiser's windows are set, read back, changed
+// and unset through PUT, and every change is kept with its time, so that WindowsAt answers
+// for any past time the windows then in force, also after the catalog is loaded again.
+func TestHTTPAdvertiserAttributionWindows(t *testing.T) {
+	e := newEnv(t, HandlerOptions{})
+	t1 := testNow
+	put := e.must("PUT", "/api/v1/advertisers/a3", `{"name":"A3","attribution_click_window":"14d","attribution_view_window":"36h"}`).json(t)
+	if put["attribution_click_window"] != "14d" || put["attribution_view_window"] != "36h" {
+		t.Fatalf("PUT: %v", put)
+	}
+	if get := e.must("GET", "/api/v1/advertisers/a3", "").json(t); get["attribution_click_window"] != "14d" || get["attribution_view_window"] != "36h" {
+		t.Fatalf("GET: %v", get)
+	}
+	// The same windows again record nothing; a new view window is a change.
+	t2 := t1.Add(time.Hour)
+	e.clock.Set(t2)
+	e.must("PUT", "/api/v1/advertisers/a3", `{"name":"A3 renamed","attribution_click_window":"14d","attribution_view_window":"36h"}`)
+	t3 := t2.Add(time.Hour)
+	e.clock.Set(t3)
+	e.must("PUT", "/api/v1/advertisers/a3", `{"name":"A3","attribution_click_window":"14d","attribution_view_window":"0s"}`)
+	// Omitted: back to the deployment's defaults (null).
+	t4 := t3.Add(time.Hour)
+	e.clock.Set(t4)
+	if m := e.must("PUT", "/api/v1/advertisers/a3", `{"name":"A3"}`).json(t); m["attribution_click_window"] != nil || m["attribution_view_window"] != nil {
+		t.Fatalf("unset: %v", m)
+	}
+	check := func(c *Catalog) {
+		t.Helper()
+		d := func(x *time.Duration) string {
+			if x == nil {
+				return "default"
+			}
+			return x.String()
+		}
+		for _, tc := range []struct {
+			at          time.Time
+			click, view string
+		}{
+			{t1.Add(-time.Microsecond), "default", "default"},
+			{t1, "336h0m0s", "36h0m0s"},
+			{t3.Add(-time.Microsecond), "336h0m0s", "36h0m0s"},
+			{t3, "336h0m0s", "0s"},
+			{t4, "default", "default"},
+		} {
+			click, view, ok := c.WindowsAt("a3", tc.at)
+			if !ok || d(click) != tc.click || d(view) != tc.view {
+				t.Errorf("WindowsAt(%v) = %s, %s, %v; want %s, %s", tc.at, d(click), d(view), ok, tc.click, tc.view)
+			}
+		}
+		if info, _ := c.Advertiser("a3"); len(info.WindowChanges) != 3 {
+			t.Errorf("%d changes recorded, want 3: %+v", len(info.WindowChanges), info.WindowChanges)
+		}
+	}
+	check(e.c)
+	if err := e.c.load(context.Background()); err != nil { // as a restarted process loads it
+		t.Fatal(err)
+	}
+	check(e.c)
+	if err := e.c.refreshAdvertisers(context.Background(), []string{"a3"}); err != nil { // as the change feed re-reads it
+		t.Fatal(err)
+	}
+	check(e.c)
 }
 
 func TestHTTPCampaign(t *testing.T) {

@@ -16,7 +16,7 @@ import (
 // memCatalog is a Catalog with no database, for exercising the in-memory index directly.
 func memCatalog(campaigns int) *Catalog {
 	c := &Catalog{ads: newAdIndex(), log: slog.New(slog.DiscardHandler), now: time.Now}
-	c.indexAdvertiser(Advertiser{ID: "adv-1", Name: "A", Timezone: "UTC"}, nil)
+	c.indexAdvertiser(Advertiser{ID: "adv-1", Name: "A", Timezone: "UTC"}, nil, nil)
 	for i := range campaigns {
 		if err := c.indexCampaign(Campaign{ID: "camp-" + strconv.Itoa(i), AdvertiserID: "adv-1", Status: StatusActive, CPCBidMicros: int64(1000 + i)}); err != nil {
 			panic(err)

@@ -50,6 +50,7 @@ func (c *Catalog) PutAdvertiser(ctx context.Context, a Advertiser) (Advertiser, 
 	now := c.nowMicros()
 	created := now
 	var change *TimezoneChange
+	var wchange *WindowChange
 	err := c.writeTx(ctx, func(tx *sql.Tx, ch *changes) error {
 		var oldTZ string
 		err := tx.QueryRowContext(ctx, c.d.q(`SELECT created_at, timezone FROM advertisers WHERE id = ?`), a.ID).Scan(&created, &oldTZ)
@@ -65,17 +66,24 @@ func (c *Catalog) PutAdvertiser(ctx context.Context, a Advertiser) (Advertiser, 
 				change, err = c.recordTimezoneChange(ctx, tx, a.ID, now, oldTZ, a.Timezone)
 			}
 		}
+		if err == nil {
+			wchange, err = c.recordWindowChange(ctx, tx, &a, now)
+		}
 		ch.add(changeAdvertiser, a.ID)
 		return err
 	}, func(context.Context) error {
 		var tzs []TimezoneChange
+		var ws []WindowChange
 		if old, ok := c.Advertiser(a.ID); ok {
-			tzs = old.TimezoneChanges
+			tzs, ws = old.TimezoneChanges, old.WindowChanges
 		}
 		if change != nil {
 			tzs = append(tzs[:len(tzs):len(tzs)], *change) // readers share the old slice
 		}
-		c.indexAdvertiser(a, tzs)
+		if wchange != nil {
+			ws = append(ws[:len(ws):len(ws)], *wchange)
+		}
+		c.indexAdvertiser(a, tzs, ws)
 		return nil
 	})
 	if err != nil {
@@ -117,6 +125,9 @@ func (c *Catalog) GetAdvertiser(ctx context.Context, id string) (Advertiser, err
 	}
 	if err != nil {
 		return Advertiser{}, fmt.Errorf("get advertiser %q: %w", id, err)
+	}
+	if a.ClickWindow, a.ViewWindow, _, err = c.currentWindows(ctx, c.db, id); err != nil {
+		return Advertiser{}, fmt.Errorf("get advertiser %q: attribution windows: %w", id, err)
 	}
 	a.CreatedAt, a.UpdatedAt = fromMicros(created), fromMicros(updated)
 	return a, nil

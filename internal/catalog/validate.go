@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"fmt"
 	"net/url"
 	"strconv"
 	"time"
@@ -103,6 +104,14 @@ func validateAdvertiser(a *Advertiser) error {
 	}
 	if a.Timezone == "" {
 		a.Timezone = "UTC"
+	}
+	for _, w := range []struct {
+		field string
+		d     *time.Duration
+	}{{"attribution_click_window", a.ClickWindow}, {"attribution_view_window", a.ViewWindow}} {
+		if w.d != nil && (*w.d < 0 || *w.d > MaxAttributionWindow || *w.d%time.Second != 0) {
+			return httpapi.BadField(w.field, fmt.Sprintf("must be a whole number of seconds from 0 to %dd", MaxAttributionWindow/(24*time.Hour)))
+		}
 	}
 	_, err := loadTimezone(a.Timezone)
 	return err

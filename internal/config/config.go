@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"github.com/adpulse/adpulse/internal/catalog"
 	"net"
 	"net/netip"
 	"net/url"
@@ -167,7 +168,7 @@ type Config struct {
 var conversionTypeRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
 
 // MaxAttributionWindow bounds every attribution window (a touch is remembered that long).
-const MaxAttributionWindow = 90 * 24 * time.Hour
+const MaxAttributionWindow = catalog.MaxAttributionWindow
 
 // Roles of a process.
 const (

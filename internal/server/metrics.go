@@ -92,6 +92,9 @@ var collectorDefs = []metricDef{
 	{"adpulse_attribution_reattributed_total", "Credits moved by a late touch.", prometheus.CounterValue, nil},
 	{"adpulse_attribution_last_round_seconds", "Processing time of the last round, commit included.", prometheus.GaugeValue, nil},
 	{"adpulse_attribution_lag_messages", "Messages in the log not yet attributed, per partition.", prometheus.GaugeValue, []string{"partition"}},
+	{"adpulse_attribution_touches_lag_messages", "Shared processing: touches in the touches topic not yet attributed, per partition.", prometheus.GaugeValue, []string{"partition"}},
+	{"adpulse_attribution_touches_copied_total", "Shared processing: touches republished to the touches topic, keyed by user.", prometheus.CounterValue, nil},
+	{"adpulse_attribution_restarts_total", "Shared processing: attribution consumers restarted from the metric store, by cause: conflict (another node committed the partition; it is rebuilt), fenced (a later owner took it).", prometheus.CounterValue, []string{"cause"}},
 	{"adpulse_attribution_journal_unapplied", "Conversion journal entries not yet in the metric store.", prometheus.GaugeValue, nil},
 	{"adpulse_attribution_apply_errors_total", "Failed applies of the conversion journal to the metric store (retried).", prometheus.CounterValue, nil},
 	{"adpulse_attribution_disk_bytes", "Bytes of the touch store on disk.", prometheus.GaugeValue, nil},
@@ -333,7 +336,17 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 		emit("adpulse_attribution_reattributed_total", float64(at.Reattributed))
 		emit("adpulse_attribution_last_round_seconds", float64(at.LastRoundMicros)/1e6)
 		for _, ps := range at.Partitions {
-			emit("adpulse_attribution_lag_messages", float64(ps.Lag), strconv.Itoa(ps.Partition))
+			if ps.Touches {
+				emit("adpulse_attribution_touches_lag_messages", float64(ps.Lag), strconv.Itoa(ps.Partition))
+			} else {
+				emit("adpulse_attribution_lag_messages", float64(ps.Lag), strconv.Itoa(ps.Partition))
+			}
+		}
+		if sh := p.attributionShared; sh != nil {
+			ss := sh.SharedStats()
+			emit("adpulse_attribution_touches_copied_total", float64(ss.TouchesCopied))
+			emit("adpulse_attribution_restarts_total", float64(ss.Restarts), "conflict")
+			emit("adpulse_attribution_restarts_total", float64(ss.Fenced), "fenced")
 		}
 		emit("adpulse_attribution_journal_unapplied", float64(at.JournalNext-at.JournalApplied))
 		emit("adpulse_attribution_apply_errors_total", float64(at.MetricApplyErrors))

@@ -114,9 +114,14 @@ type processRole struct {
 	membership *kafkalog.Membership    // nil unless shared
 	archiver   *archive.Archiver       // nil with --archive-url off
 	reconcile  *reconcile.Hourly       // nil with --reconcile off
-	// attribution credits conversions to touches (see openAttribution); embedded only.
-	attribution *attribution.Stage
-	ivt         *sivt.Stage // nil unless --ivt-rules
+	// attribution credits conversions to touches (see openAttribution): one Stage embedded
+	// (attributionEmbedded, which also answers GET /api/v1/conversions), or a Shared stage
+	// over the partitions this node owns and the touches topic (touches).
+	attribution         attributionStage
+	attributionEmbedded *attribution.Stage
+	attributionShared   *attribution.Shared
+	touches             *kafkalog.Log
+	ivt                 *sivt.Stage // nil unless --ivt-rules
 }
 
 // aggregatorStage is the aggregation stage: one Aggregator over every partition, or a Shared
@@ -124,6 +129,13 @@ type processRole struct {
 type aggregatorStage interface {
 	Run(ctx context.Context) error
 	Stats() aggregate.Stats
+	Close() error
+}
+
+// attributionStage is the attribution stage: one over every partition, or a Shared one.
+type attributionStage interface {
+	Run(ctx context.Context) error
+	Stats() attribution.Stats
 	Close() error
 }
 
@@ -212,12 +224,11 @@ func (a *App) openProcess(ctx context.Context) error {
 	if p.archiver != nil && a.cfg.SharedProcessing() {
 		assignees = append(assignees, p.archiver)
 	}
-	if !a.cfg.SharedProcessing() {
-		// One stage over every partition: a user's touches are spread over all of them.
-		// Shared processing would need touches re-keyed by user first (docs/design.md).
-		if err := a.openAttribution(ctx, store); err != nil {
-			return err
-		}
+	if err := a.openAttribution(ctx, store); err != nil {
+		return err
+	}
+	if p.attributionShared != nil {
+		assignees = append(assignees, p.attributionShared)
 	}
 	if len(assignees) > 0 {
 		kl, ok := a.b.log.(*kafkalog.Log)
@@ -348,30 +359,70 @@ func (l assigneeList) Revoke(parts []int32) {
 	}
 }
 
-// openAttribution starts the attribution stage: one stage reading every partition, with its
-// touch store in the data dir, committing conversions to the metric store through the same
-// observed store as the other stages (so the top-N index ranks by them too).
+// openAttribution starts the attribution stage. Embedded, one stage reads every partition,
+// with its touch store in the data dir. Shared, a Shared stage runs each owned partition:
+// it republishes the partition's touches to the touches topic (the log's topic + "-touches",
+// keyed by user) and attributes the partition's conversions against the touches topic's
+// partition of the same number, fenced by the partition's epoch. Both commit to the metric
+// store through the same store as the other stages (so the top-N index ranks by them too).
 func (a *App) openAttribution(ctx context.Context, store metricstore.Store) error {
 	perAdv, err := attribution.ParseWindows(a.cfg.AttributionWindows, config.MaxAttributionWindow)
 	if err != nil {
 		return fmt.Errorf("--attribution-windows: %w", err)
 	}
 	p := a.process
-	p.attribution, err = attribution.Open(ctx, attribution.Options{
+	o := attribution.Options{
 		Dir:         a.dir.attribution(),
 		Log:         a.b.log,
 		Metrics:     store,
-		Policy:      attribution.NewLastTouch(attribution.Windows{Click: a.cfg.AttributionClickWindow, View: a.cfg.AttributionViewWindow}, perAdv),
+		Policy:      a.attributionPolicy(perAdv),
 		MaxLateness: a.cfg.MaxLateness,
 		Slack:       a.cfg.StreamSlack(),
 		MaxTouches:  a.cfg.AttributionMaxTouches,
 		Logger:      a.logger.With("component", "attribution"),
+	}
+	if !a.cfg.SharedProcessing() {
+		st, err := attribution.Open(ctx, o)
+		if err != nil {
+			return fmt.Errorf("open attribution: %w", err)
+		}
+		p.attribution, p.attributionEmbedded = st, st
+		a.components.Go("attribution", st.Run)
+		return nil
+	}
+	// The touches topic keeps touches as long as a rebuilt partition stage needs them.
+	retention := max(a.cfg.LogRetention, attribution.TouchRetention(o.Policy, o.MaxLateness, o.Slack)+attribution.ReplayMargin)
+	p.touches, err = kafkalog.Open(ctx, kafkalog.Options{
+		Brokers:           a.cfg.KafkaBrokers,
+		Topic:             a.cfg.KafkaTopic + attribution.TouchesTopicSuffix,
+		Partitions:        a.cfg.Partitions,
+		ReplicationFactor: a.cfg.KafkaReplicationFactor,
+		DeliveryTimeout:   a.cfg.KafkaDeliveryTimeout,
+		TopicConfigs:      map[string]string{"retention.ms": fmt.Sprint(retention.Milliseconds())},
+		Logger:            a.logger.With("component", "attribution-touches"),
 	})
 	if err != nil {
-		return fmt.Errorf("open attribution: %w", err)
+		return fmt.Errorf("open the touches topic: %w", err)
 	}
-	a.components.Go("attribution", p.attribution.Run)
+	st, err := attribution.NewShared(attribution.SharedOptions{Options: o, Touches: p.touches,
+		Claim: func(ctx context.Context, parts []int32) (map[int32]uint64, error) {
+			return a.b.catalog.ClaimPartitions(ctx, a.cfg.KafkaGroup+"/attribution", parts)
+		}})
+	if err != nil {
+		return fmt.Errorf("start attribution: %w", err)
+	}
+	p.attribution, p.attributionShared = st, st
+	a.components.Go("attribution", st.Run)
 	return nil
+}
+
+// attributionPolicy is the deployment's LastTouch policy: the flags' windows for every
+// advertiser, overridden by --attribution-windows, overridden by the windows the advertiser
+// set through the API (in force at the conversion's time). Any advertiser may set up to
+// MaxAttributionWindow, so touches are remembered that long.
+func (a *App) attributionPolicy(perAdv map[string]attribution.Windows) attribution.Policy {
+	p := attribution.NewLastTouch(attribution.Windows{Click: a.cfg.AttributionClickWindow, View: a.cfg.AttributionViewWindow}, perAdv)
+	return attribution.WithHistory(p, a.b.catalog.WindowsAt, config.MaxAttributionWindow)
 }
 
 // campaignPerformance is catalog.HandlerOptions.CampaignPerformance: conversions, value,
@@ -402,6 +453,9 @@ func (p *processRole) close() []error {
 	}
 	if p.attribution != nil {
 		errs = append(errs, p.attribution.Close())
+	}
+	if p.touches != nil {
+		errs = append(errs, p.touches.Close())
 	}
 	if p.aggregator != nil {
 		errs = append(errs, p.aggregator.Close())
@@ -513,8 +567,8 @@ func (a *App) registerQuery(mux *http.ServeMux) error {
 	}
 	billing.NewHandler(a.query.billing, bh).Register(mux)
 	dashboard.New(dashboard.Options{Catalog: a.b.catalog, Health: a.ingestHealth, Now: a.now}).Register(mux)
-	if a.process != nil && a.process.attribution != nil {
-		attribution.NewHandler(a.process.attribution, a.logger.With("component", "attribution")).Register(mux)
+	if a.process != nil && a.process.attributionEmbedded != nil {
+		attribution.NewHandler(a.process.attributionEmbedded, a.logger.With("component", "attribution")).Register(mux)
 	}
 	return nil
 }
