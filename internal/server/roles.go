@@ -146,6 +146,14 @@ func (a *App) openProcess(ctx context.Context) error {
 		Now:         a.now,
 		Logger:      a.logger.With("component", "aggregate"),
 	}
+	if p.top != nil {
+		// The aggregator feeds the index as it counts, not as it commits, so /metrics/top is
+		// as fresh as /metrics (which adds the aggregator's pending counts itself); its
+		// commits then bypass observed, or the index would count them twice. Exact because
+		// a failed aggregator stops this process, and the index is rebuilt from the store
+		// at start.
+		aggOpts.Store, aggOpts.OnCount = p.metrics.store, p.top.Add
+	}
 	var assignees []eventlog.Assignee
 	if a.cfg.SharedProcessing() {
 		shared, err := aggregate.NewShared(aggOpts, func(ctx context.Context, parts []int32) (map[int32]uint64, error) {
@@ -481,7 +489,15 @@ func (c cursorScanner) ScanMinutes(ctx context.Context, from, to int64, fn func(
 // registerQuery serves /metrics and /metrics/top, and, where the ledger is, the serving
 // feed, user views, clicks and refunds.
 func (a *App) registerQuery(mux *http.ServeMux) error {
-	q, err := query.New(query.Options{Store: a.query.metrics.store, Index: a.query.top, Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "query")})
+	qo := query.Options{Store: a.query.metrics.store, Index: a.query.top, Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "query")}
+	if a.process != nil {
+		// Embedded: /metrics adds what the aggregator counted but has not committed. Query
+		// nodes of a shared deployment read the committed state only.
+		if agg, ok := a.process.aggregator.(*aggregate.Aggregator); ok {
+			qo.Pending = agg
+		}
+	}
+	q, err := query.New(qo)
 	if err != nil {
 		return err
 	}
