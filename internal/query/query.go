@@ -68,7 +68,7 @@ type Options struct {
 	// acknowledged before it; past it (a replay, a backlog) it answers with what is counted.
 	PendingWait time.Duration
 	Now         func() time.Time // default time.Now
-	Logger  *slog.Logger
+	Logger      *slog.Logger
 
 	// StoreTimeout bounds each read of the store or the index (default 30s).
 	StoreTimeout time.Duration
