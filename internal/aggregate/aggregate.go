@@ -23,9 +23,15 @@
 //     of order by at most Slack. An event that breaks that is still counted (late data is
 //     corrected, not dropped) and shows in Stats.LateAfterFinal.
 //
+//   - Live: what is counted but not committed is readable by queries (Pending, live.go) with
+//     the offsets it came from, so a query adds it exactly once to a store snapshot; and given
+//     to OnCount once per event. A log that is an eventlog.Notifier wakes Run on each commit.
+//
 // Concurrency: Run's goroutine reads, decodes and accumulates; one committer goroutine turns
 // an accumulator into deltas and applies it while the next one fills, so the two cores work
-// in parallel and commits stay in offset order (at most one is in flight).
+// in parallel and commits stay in offset order (at most one is in flight). Queries read both
+// accumulators under live.mu, which the runner holds while it adds a read's events and hands
+// an accumulator over, and the committer while it withdraws the one it applied.
 package aggregate
 
 import (

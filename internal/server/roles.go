@@ -133,7 +133,8 @@ func (a *App) openProcess(ctx context.Context) error {
 			return err
 		}
 		// Every stage that writes the metric store goes through observed, so the top-N index
-		// sees exactly the committed deltas, once each, in commit order.
+		// sees exactly the committed deltas, once each, in commit order; the aggregator alone
+		// feeds it as it counts instead (below).
 		store = &observedStore{Store: p.metrics.store, onApply: p.top.Add}
 	}
 	slack := a.cfg.StreamSlack()
