@@ -3,30 +3,25 @@
 // and commits the counts to the metric store together with the log offsets they came from.
 //
 // Invariants:
-//
 //   - Exactly once: each commit is one metricstore.Apply holding the deltas of offsets
 //     [From, To) of each partition and the new offsets, fenced on From. On start the
 //     aggregator resumes from the store's offsets, so a crash anywhere (before, during or
 //     after a commit) replays only what was not committed and changes no count.
-//
 //   - Deterministic: what an event adds depends only on the log, never on timing, batching
 //     or restarts. In particular the duplicate filter (dedup.Window) is a function of the
 //     partition's events received within DedupSpan before each event, and is rebuilt from
 //     the log on start.
-//
 //   - Counting: a valid click adds to clicks; a click with an invalid reason adds to
 //     invalid_clicks and its reason, never to clicks; a valid impression to impressions; a
 //     valid interaction to its name. Invalid impressions and interactions are not counted
 //     (Stats.Uncounted). Spend is not this stage's: charging commits spend deltas to the same
 //     store under its own consumer name and offsets (metricstore.Commit.Consumer), which is the
 //     seam for it.
-//
 //   - Finality: FinalBefore only grows, and is committed with the counts. A bucket ending at
 //     or before it will get no more events, provided ingest keeps its contract (event time
 //     at least receive time minus MaxLateness) and receive times within a partition are out
 //     of order by at most Slack. An event that breaks that is still counted (late data is
 //     corrected, not dropped) and shows in Stats.LateAfterFinal.
-//
 //   - Live: what is counted but not committed is readable by queries (Pending, live.go) with
 //     the offsets it came from, so a query adds it exactly once to a store snapshot; and given
 //     to OnCount once per event. A log that is an eventlog.Notifier wakes Run on each commit.
