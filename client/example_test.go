@@ -73,13 +73,14 @@ func Example() {
 	res, _ = c.SendEvents(ctx, events) // as if the first answer had been lost
 	fmt.Printf("again: accepted %d, duplicates %d\n", res.Accepted, res.Duplicates)
 
-	// Counts show within about a second.
+	// Counts show within milliseconds; spend once billing has charged the click (well under
+	// a second).
 	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(50 * time.Millisecond) {
 		m, err := c.Metrics(ctx, client.MetricsQuery{AdIDs: []string{"ad0"}, Interval: time.Hour})
 		if err != nil {
 			log.Fatal(err)
 		}
-		if t := m.Series[0].Totals(); t.Clicks == 1 {
+		if t := m.Series[0].Totals(); t.Clicks == 1 && t.SpendMicros > 0 {
 			fmt.Printf("ad0: %d impressions, %d click, %d add_to_cart, spend %d micros\n",
 				t.Impressions, t.Clicks, t.Interactions["add_to_cart"], t.SpendMicros)
 			break

@@ -25,6 +25,10 @@ type accEntry struct {
 	invalid             [knownReasons]int64
 	invalidMore         map[event.Reason]int64
 	interactions        []nameCount // few names per ad and minute: a slice beats a map
+	// What Options.OnCount has been given of clicks and impressions, and whether the entry
+	// changed since (listed in accumulator.touched).
+	fedImpressions, fedClicks int64
+	touched                   bool
 }
 
 type nameCount struct {
@@ -42,6 +46,16 @@ type accumulator struct {
 	hashes  []uint64 // per entry
 	entries []accEntry
 	keys    []accKey
+
+	// Entries are only appended until reset, which is what lets queries index them lazily
+	// (live.go) and lets touched name them by position.
+	track          bool    // keep touched (Options.OnCount is set)
+	touched        []int32 // entries changed since the last feed
+	minMin, maxMin int64   // minutes of the entries (valid when there are entries)
+
+	// Built by queries, under live.mu: per level, id -> its entries; indexed entries are in.
+	byID    [3]map[string][]int32
+	indexed int
 }
 
 func newAccumulator() *accumulator {
@@ -59,6 +73,11 @@ func (a *accumulator) reset() {
 	clear(a.keys)
 	a.keys = a.keys[:0]
 	a.hashes = a.hashes[:0]
+	a.touched = a.touched[:0]
+	for i := range a.byID {
+		clear(a.byID[i])
+	}
+	a.indexed = 0
 }
 
 // grow resizes the table to n slots and reinserts the entries.
@@ -87,6 +106,7 @@ func (a *accumulator) add(e *event.Event, minute int64) bool {
 	h := xxhash.Sum64String(e.AdID) ^ uint64(minute)*0x9E3779B97F4A7C15
 	j := h & a.mask
 	var en *accEntry
+	var idx int32
 	for {
 		i := a.tab[j]
 		if i == 0 {
@@ -94,21 +114,32 @@ func (a *accumulator) add(e *event.Event, minute int64) bool {
 		}
 		k := &a.keys[i-1]
 		if a.hashes[i-1] == h && k.minute == minute && k.ad == e.AdID && k.campaign == e.CampaignID && k.advertiser == e.AdvertiserID {
-			en = &a.entries[i-1]
+			en, idx = &a.entries[i-1], i-1
 			break
 		}
 		j = (j + 1) & a.mask
 	}
 	if en == nil {
+		if len(a.entries) == 0 || minute < a.minMin {
+			a.minMin = minute
+		}
+		if len(a.entries) == 0 || minute > a.maxMin {
+			a.maxMin = minute
+		}
 		// New key: its strings must outlive the read buffer.
 		a.keys = append(a.keys, accKey{minute, strings.Clone(e.AdID), strings.Clone(e.CampaignID), strings.Clone(e.AdvertiserID)})
 		a.hashes = append(a.hashes, h)
 		a.entries = append(a.entries, accEntry{})
 		a.tab[j] = int32(len(a.entries))
-		en = &a.entries[len(a.entries)-1]
+		idx = int32(len(a.entries) - 1)
+		en = &a.entries[idx]
 		if 2*len(a.entries) > len(a.tab) {
 			a.grow(2 * len(a.tab))
 		}
+	}
+	if a.track && !en.touched {
+		en.touched = true
+		a.touched = append(a.touched, idx)
 	}
 	switch e.Type {
 	case event.TypeImpression:

@@ -22,10 +22,15 @@
 //     at least receive time minus MaxLateness) and receive times within a partition are out
 //     of order by at most Slack. An event that breaks that is still counted (late data is
 //     corrected, not dropped) and shows in Stats.LateAfterFinal.
+//   - Live: what is counted but not committed is readable by queries (Pending, live.go) with
+//     the offsets it came from, so a query adds it exactly once to a store snapshot; and given
+//     to OnCount once per event. A log that is an eventlog.Notifier wakes Run on each commit.
 //
 // Concurrency: Run's goroutine reads, decodes and accumulates; one committer goroutine turns
 // an accumulator into deltas and applies it while the next one fills, so the two cores work
-// in parallel and commits stay in offset order (at most one is in flight).
+// in parallel and commits stay in offset order (at most one is in flight). Queries read both
+// accumulators under live.mu, which the runner holds while it adds a read's events and hands
+// an accumulator over, and the committer while it withdraws the one it applied.
 package aggregate
 
 import (
@@ -75,11 +80,20 @@ type Options struct {
 	DedupSpan time.Duration
 	// ReadBytes bounds one log read (default 1 MiB).
 	ReadBytes int
-	// PollInterval is the pause when every partition is caught up (default 20ms).
+	// PollInterval is the pause when every partition is caught up (default 20ms). A log that
+	// is an eventlog.Notifier (locallog) wakes the aggregator as soon as it publishes new
+	// records, so this only paces commits and the watermark of an idle log.
 	PollInterval time.Duration
 	// MaxPending is how many distinct (ad, minute) entries make a commit due before its
 	// interval (default 1<<17), bounding commit size and so visibility, and memory in a replay.
 	MaxPending int
+	// OnCount, if set, is given the clicks and impressions counted in each round of reads
+	// at the ad, campaign and advertiser levels, before they are committed (the embedded
+	// top-N index, which this makes as fresh as Pending). Each counted event reaches it
+	// once; it must not retain the slice. It is for a single process: an aggregator that
+	// stops without committing what it gave here must take the process down with it (as
+	// Run's error does in adpulse serve), since a restart replays it.
+	OnCount func([]metricstore.Delta)
 	// Now is the clock for the watermark of idle partitions (default time.Now).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -165,6 +179,8 @@ type Aggregator struct {
 
 	mu    sync.Mutex // guards stats
 	stats Stats
+
+	live live // what queries read of the uncommitted counts (live.go)
 }
 
 // New checks opts and returns an Aggregator; Run starts it.
@@ -303,6 +319,8 @@ type runner struct {
 	jobs     chan job
 	results  chan jobResult
 
+	fed []metricstore.Delta // OnCount's buffer
+
 	watermark   int64 // micros, monotone
 	finalBefore int64 // computed, micros, monotone
 	lastHandoff time.Time
@@ -382,6 +400,26 @@ func (a *Aggregator) newRunner(ctx context.Context) (*runner, error) {
 			}
 		}
 	}
+	r.acc.track, r.spare.track = o.OnCount != nil, o.OnCount != nil
+	l := &a.live
+	l.mu.Lock()
+	l.parts = l.parts[:0]
+	for i := range r.parts {
+		l.parts = append(l.parts, int32(r.parts[i].id))
+	}
+	for i := range l.segs {
+		l.segs[i] = liveSeg{from: make([]int64, len(r.parts)), to: make([]int64, len(r.parts))}
+		for j := range r.parts {
+			l.segs[i].from[j], l.segs[i].to[j] = r.parts[j].next, r.parts[j].next
+		}
+	}
+	l.segs[0].acc = r.acc
+	l.counted = make([]int64, len(r.parts))
+	for j := range r.parts {
+		l.counted[j] = r.parts[j].next
+	}
+	l.running = true
+	l.mu.Unlock()
 	o.Logger.Info("aggregator starting", "partitions", len(r.parts), "replayed", r.replayed, "final_before", cp.FinalBefore)
 	r.publish()
 	return r, nil
@@ -450,10 +488,28 @@ func (r *runner) run(rctx context.Context) error {
 		close(r.jobs)
 		wg.Wait()
 		r.publish()
+		// What was not committed is gone with this runner (a new one replays it): queries
+		// show the committed state only.
+		l := &r.a.live
+		l.mu.Lock()
+		l.segs[0].acc, l.segs[1].acc = nil, nil
+		l.running = false
+		if l.progress != nil {
+			close(l.progress)
+			l.progress = nil
+		}
+		l.mu.Unlock()
 	}()
 	poll := time.NewTimer(r.opts.PollInterval)
 	defer poll.Stop()
+	notifier, _ := r.opts.Log.(eventlog.Notifier)
 	for rctx.Err() == nil {
+		// Taken before reading: a commit after the reads closes it, so the wait below never
+		// sleeps through records that arrived meanwhile.
+		var appended <-chan struct{}
+		if notifier != nil {
+			appended = notifier.Appended()
+		}
 		progressed := false
 		for i := range r.parts {
 			n, err := r.readPartition(rctx, &r.parts[i])
@@ -468,6 +524,10 @@ func (r *runner) run(rctx context.Context) error {
 		if rctx.Err() != nil {
 			break
 		}
+		if progressed {
+			r.feed()
+			r.markCounted()
+		}
 		if err := r.maybeCommit(false); err != nil {
 			return err
 		}
@@ -476,6 +536,7 @@ func (r *runner) run(rctx context.Context) error {
 			poll.Reset(r.opts.PollInterval)
 			select {
 			case <-rctx.Done():
+			case <-appended:
 			case <-poll.C:
 			case res := <-r.results:
 				if err := r.finish(res); err != nil {
@@ -488,6 +549,7 @@ func (r *runner) run(rctx context.Context) error {
 		return nil // abrupt: whatever was not committed is replayed on restart
 	}
 	// Orderly stop: wait for the commit in flight, then commit the rest.
+	r.feed()
 	if r.inflight {
 		if err := r.finish(<-r.results); err != nil {
 			return err
@@ -518,6 +580,11 @@ func (r *runner) readPartition(ctx context.Context, ps *partState) (int, error) 
 		return 0, nil
 	}
 	ps.caughtUp = false
+	// Queries read the accumulator and its offsets under live.mu (live.go).
+	l := &r.a.live
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	defer func() { l.segs[0].to[r.index[int32(p)]] = ps.next }()
 	for i := range msgs {
 		m := &msgs[i]
 		if m.Offset < ps.next {
@@ -603,11 +670,31 @@ func (r *runner) maybeCommit(force bool) error {
 	if r.finalBefore > 0 {
 		j.finalBefore = fb
 	}
+	l := &r.a.live
+	l.mu.Lock()
+	l.segs[0], l.segs[1] = l.segs[1], l.segs[0] // the filling one goes in flight, offsets and all
+	l.segs[0].acc = r.spare
+	for i := range r.parts {
+		l.segs[0].from[i], l.segs[0].to[i] = r.parts[i].next, r.parts[i].next
+	}
+	l.mu.Unlock()
 	r.acc, r.spare = r.spare, nil
 	r.inflight = true
 	r.lastHandoff = time.Now()
 	r.jobs <- j
 	return nil
+}
+
+// feed gives Options.OnCount what was counted since the last feed; it runs before every
+// handoff, so each counted event reaches it once.
+func (r *runner) feed() {
+	if r.opts.OnCount == nil {
+		return
+	}
+	if r.fed = r.acc.feed(r.fed[:0]); len(r.fed) > 0 {
+		r.opts.OnCount(r.fed)
+		clear(r.fed)
+	}
 }
 
 // advanceWatermark recomputes the watermark: the lowest receive time any partition could
@@ -673,6 +760,13 @@ func (r *runner) committer() {
 			FinalBefore: j.finalBefore,
 		})
 		clear(deltas) // drop references to strings and maps before reuse
+		// In the store now (or, after an error, never from this runner, which is ending):
+		// withdraw it from what queries add, before it is reset and reused.
+		r.a.live.mu.Lock()
+		if r.a.live.segs[1].acc == j.acc {
+			r.a.live.segs[1].acc = nil
+		}
+		r.a.live.mu.Unlock()
 		j.acc.reset()
 		r.results <- jobResult{job: j, err: err, latency: time.Since(start)}
 	}

@@ -216,6 +216,11 @@ func (s *Stage) commitShared(ctx context.Context, r *round) error {
 			if err := s.o.Metrics.Apply(ctx, c); err != nil {
 				return applyError{fmt.Errorf("attribution: commit to the metric store: %w", err)}
 			}
+			dbgMu.Lock()
+			for _, l := range r.dbg {
+				dbgLines = append(dbgLines, fmt.Sprintf("%s ep=%d clock=%d", l, s.sh.epoch, s.clock))
+			}
+			dbgMu.Unlock()
 		}
 	}
 	if err := r.b.Commit(pebble.NoSync); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/event"
@@ -27,7 +28,12 @@ type round struct {
 	ranges map[int]int64
 	deltas []metricstore.Delta
 	st     Stats // this round's counts, added to the stage's after the commit
+	dbg    []string
 }
+
+var dbgMu sync.Mutex
+var dbgLines []string
+
 
 func (s *Stage) round(ctx context.Context) (int, error) {
 	start := time.Now()
@@ -329,6 +335,7 @@ func (r *round) credit(c *Conversion, sign int64) {
 			r.st.CreditedClick++
 		}
 	}
+	r.dbg = append(r.dbg, fmt.Sprintf("%s %s %d %d kind=%d", c.Key, c.Touch.Key, sign, c.Touch.Time, c.Touch.Kind))
 	minute := c.Time / 60e6
 	for _, x := range [...]struct {
 		l  metricstore.Level

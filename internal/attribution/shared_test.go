@@ -360,10 +360,53 @@ func TestSharedRebuildIsBounded(t *testing.T) {
 			t.Fatalf("Run: %v", err)
 		}
 	}
+	dbgCompare(t, &w)
 	checkSharedCounts(t, store, w.want(), t0.Add(-time.Hour), t0.Add(61*24*time.Hour))
 	var consumed int64
 	for _, n := range nodes {
 		consumed += n.Stats().EventsConsumed
 	}
 	t.Logf("%d moves; %d touches, %d conversions; the stages consumed %d messages in all", moves, len(w.touches), len(w.convs), consumed)
+}
+
+func dbgCompare(t *testing.T, w *sharedWorld) {
+	net := map[string]map[string]int{}
+	for _, l := range dbgLines {
+		var ck, tk string
+		var sign, tt int64
+		var kind, ep, clk int64
+		fmt.Sscanf(l, "%s %s %d %d kind=%d ep=%d clock=%d", &ck, &tk, &sign, &tt, &kind, &ep, &clk)
+		if net[ck] == nil {
+			net[ck] = map[string]int{}
+		}
+		net[ck][tk] += int(sign)
+	}
+	for _, c := range w.convs {
+		best := naiveCredit(c, w.touches)
+		want := ""
+		if best != nil {
+			want = best.Key()
+		}
+		got := ""
+		for k, v := range net[c.Key()] {
+			if v == 1 {
+				got += k
+			} else if v != 0 {
+				got += fmt.Sprintf("%s(%d)", k, v)
+			}
+		}
+		if got != want {
+			t.Logf("DIFF conv %s user=%s cat=%s time=%v recv=%v: got %q want %q", c.Key(), c.UserID, c.CatalogID, time.UnixMicro(c.Time).UTC(), time.UnixMicro(c.RecvTime).UTC(), got, want)
+			for _, l := range dbgLines {
+				if len(l) > len(c.Key()) && l[:len(c.Key())+1] == c.Key()+" " {
+					t.Logf("   %s", l)
+				}
+			}
+			for _, tc := range w.touches {
+				if tc.UserID == c.UserID && tc.CatalogID == c.CatalogID && tc.Time <= c.Time && c.Time-tc.Time < (8*24*time.Hour).Microseconds() {
+					t.Logf("   touch %s %v ad=%s recv=%v", tc.Key(), time.UnixMicro(tc.Time).UTC(), tc.AdID, time.UnixMicro(tc.RecvTime).UTC())
+				}
+			}
+		}
+	}
 }

@@ -50,6 +50,16 @@ type Log interface {
 	Close() error
 }
 
+// A Notifier is a Log that can tell its readers when new messages became readable, so a
+// consumer that caught up waits for the next commit instead of polling (locallog implements
+// it; Kafka readers poll).
+type Notifier interface {
+	// Appended returns a channel that is closed once messages appended after the call are
+	// readable (it may also close earlier, without new messages). Take it before reading, so
+	// a commit between the read and the wait is not missed.
+	Appended() <-chan struct{}
+}
+
 // Sentinel errors.
 var (
 	ErrOffsetOutOfRange = errors.New("eventlog: offset out of range")

@@ -278,6 +278,10 @@ type Query struct {
 	// across a daylight saving change).
 	Interval time.Duration
 	Location *time.Location
+	// OffsetsOf, if set, asks for that consumer's committed offsets as of the snapshot the
+	// result is read from (Result.Offsets), so pending counts can be added exactly
+	// (pending.go). A store that cannot tell leaves Result.Offsets nil.
+	OffsetsOf string
 }
 
 // Result is the answer to a Query.
@@ -285,6 +289,9 @@ type Result struct {
 	Start, End  time.Time // aligned
 	Series      []Series  // one per requested id, in request order
 	FinalBefore time.Time // zero when no consumer declared one
+	// Offsets are Query.OffsetsOf's committed offsets in the snapshot the series were read
+	// from (empty, not nil, when it never committed); nil when not asked or not known.
+	Offsets map[int32]int64
 }
 
 // Series is the points of one id, oldest first.

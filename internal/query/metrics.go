@@ -38,6 +38,7 @@ func (h *Handler) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	// written before the next is read: what one request holds does not grow with its
 	// response. The first chunk is read before anything is written, so a request that fails
 	// at once gets a proper error.
+	h.catchUp(r)
 	per := max(1, ChunkPoints/mp.points)
 	chunk := mp.ids[:min(per, len(mp.ids))]
 	res, err := h.read(r, mp, chunk)
@@ -87,13 +88,26 @@ func (h *Handler) serveMetrics(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) read(r *http.Request, mp *metricsParams, ids []string) (*metricstore.Result, error) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.opts.StoreTimeout)
 	defer cancel()
-	res, err := h.opts.Store.Query(ctx, mp.query(ids))
+	q := mp.query(ids)
+	// What the aggregator counted but has not committed: read before the store, so a commit
+	// landing in between is in the store's snapshot rather than in neither
+	// (metricstore/pending.go); the snapshot's offsets then tell which parts it holds.
+	var pending []metricstore.PendingPart
+	if h.opts.Pending != nil {
+		if b, err := q.Buckets(); err == nil {
+			if pending = h.opts.Pending.Pending(&q, b); len(pending) > 0 {
+				q.OffsetsOf = h.opts.Pending.PendingConsumer()
+			}
+		}
+	}
+	res, err := h.opts.Store.Query(ctx, q)
 	if err != nil {
 		return nil, storeError(err)
 	}
 	if len(res.Series) != len(ids) {
 		return nil, errBadStoreResult
 	}
+	res.AddPending(pending)
 	return res, nil
 }
 

@@ -1,7 +1,9 @@
 // Package query serves the analytics API: GET /metrics (time series of ads, campaigns or
 // advertisers, read from the metric store) and GET /metrics/top (the top N over the last
 // minutes, from the in-memory index of package topn). It is the read end of the pipeline:
-// aggregate -> metric store -> query.
+// aggregate -> metric store -> query. Embedded, both also show what the aggregator counted
+// but has not committed yet (Options.Pending; the index is fed as the aggregator counts), so
+// an acknowledged event is visible within milliseconds whatever the commit interval.
 //
 // Invariants:
 //   - Tenancy: an advertiser key only ever sees its own advertiser's objects. Naming any
@@ -16,6 +18,9 @@
 //   - Every rejected request is a 4xx naming the bad parameter; nothing a caller sends makes
 //     the handlers panic or do unbounded work (ids, points per series, points per response
 //     and windows are bounded before anything is read).
+//   - Pending counts are added exactly: each event once, whether its commit lands before,
+//     during or after the read (metricstore/pending.go). A point that includes any is not
+//     final and not reconciled; finality and reconciliation describe the committed state.
 //   - What a request holds does not grow with its response: /metrics reads the store in
 //     chunks of at most ChunkPoints points and writes each before reading the next. Every
 //     wait has a deadline: store and index reads StoreTimeout, each piece of a response
@@ -53,8 +58,17 @@ type Options struct {
 	Store  metricstore.Store
 	Index  TopIndex // nil: GET /metrics/top answers 503
 	Owners Owners
-	Now    func() time.Time // default time.Now
-	Logger *slog.Logger
+	// Pending, if set, is the writer whose uncommitted counts /metrics adds to the store's
+	// (the embedded aggregator): an event is visible as soon as it is counted, not when it
+	// is committed. Points with pending counts are not final. Spend and conversions come
+	// from their own stages' commits only.
+	Pending metricstore.PendingReader
+	// PendingWait bounds how long a request waits for Pending to count what the log held
+	// when the request came (default 100ms): within it, a request sees every event
+	// acknowledged before it; past it (a replay, a backlog) it answers with what is counted.
+	PendingWait time.Duration
+	Now         func() time.Time // default time.Now
+	Logger      *slog.Logger
 
 	// StoreTimeout bounds each read of the store or the index (default 30s).
 	StoreTimeout time.Duration
@@ -67,6 +81,7 @@ type Options struct {
 // Defaults of Options.
 const (
 	DefaultStoreTimeout = 30 * time.Second
+	DefaultPendingWait  = 100 * time.Millisecond
 	DefaultWriteIdle    = 10 * time.Second
 	DefaultWriteTimeout = 2 * time.Minute
 )
@@ -105,6 +120,9 @@ func New(opts Options) (*Handler, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.PendingWait <= 0 {
+		opts.PendingWait = DefaultPendingWait
+	}
 	if opts.StoreTimeout <= 0 {
 		opts.StoreTimeout = DefaultStoreTimeout
 	}
@@ -126,6 +144,19 @@ func (h *Handler) Register(mux *http.ServeMux) {
 // Stats returns the counters.
 func (h *Handler) Stats() Stats {
 	return Stats{MetricsRequests: h.metricsOK.Load(), TopRequests: h.topOK.Load(), Rejected: h.rejected.Load(), Failed: h.failed.Load()}
+}
+
+// catchUp lets Options.Pending count what the log acknowledged before the request, within
+// PendingWait; a timeout is not an error (the answer is as fresh as the aggregator is).
+func (h *Handler) catchUp(r *http.Request) {
+	if h.opts.Pending == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.opts.PendingWait)
+	defer cancel()
+	if err := h.opts.Pending.CatchUp(ctx); err != nil && ctx.Err() == nil {
+		h.opts.Logger.Warn("waiting for the aggregator to count the log failed", "err", err)
+	}
 }
 
 // zone loads a time zone, caching it: LoadLocation reads the zone database every time.

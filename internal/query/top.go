@@ -39,6 +39,7 @@ func (h *Handler) serveTop(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, httpapi.Errorf(httpapi.CodeUnavailable, "top-N index: not configured"))
 		return
 	}
+	h.catchUp(r)
 	ctx, cancel := context.WithTimeout(r.Context(), h.opts.StoreTimeout)
 	items, err := h.opts.Index.Top(ctx, topn.Query{
 		Level: tp.level, Metric: tp.metric, From: tp.from, To: tp.to, N: tp.n,

@@ -148,9 +148,10 @@ func (a *App) openProcess(ctx context.Context) error {
 	}
 	store := p.metrics.store
 	if !a.cfg.SharedProcessing() {
-		// The index is rebuilt after the process is ready (see topLoad). Every stage that
-		// writes the metric store goes through the gated store, so the index sees exactly the
-		// committed deltas, once each, in commit order.
+		// The index is rebuilt after the process is ready (see topLoad). Every stage but the
+		// aggregator writes the metric store through the gated store, so the index sees
+		// exactly their committed deltas, once each, in commit order; the aggregator starts
+		// once the index is loaded and feeds it as it counts instead (below).
 		p.top = topn.New(topn.Options{Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "topn")})
 		p.topLoad = newTopLoad(p.top)
 		store = &gatedStore{Store: p.metrics.store, top: p.topLoad}
@@ -164,6 +165,14 @@ func (a *App) openProcess(ctx context.Context) error {
 		Slack:       slack,
 		Now:         a.now,
 		Logger:      a.logger.With("component", "aggregate"),
+	}
+	if p.top != nil {
+		// The aggregator feeds the index as it counts, not as it commits, so /metrics/top is
+		// as fresh as /metrics (which adds the aggregator's pending counts itself); its
+		// commits then bypass the gated store, or the index would count them twice. Exact
+		// because the aggregator starts only after the index is loaded (so the load reads a
+		// store it does not move), and a failed aggregator stops this process.
+		aggOpts.Store, aggOpts.OnCount = p.metrics.store, p.top.Add
 	}
 	var assignees []eventlog.Assignee
 	if a.cfg.SharedProcessing() {
@@ -216,7 +225,15 @@ func (a *App) openProcess(ctx context.Context) error {
 		scanner := p.metrics.scanner
 		g.Go("top-N index", func(ctx context.Context) error { return p.topLoad.run(ctx, scanner, a.logger) })
 	}
-	g.Go("aggregator", p.aggregator.Run)
+	g.Go("aggregator", func(ctx context.Context) error {
+		if p.topLoad != nil {
+			// See openProcess: the aggregator feeds the index, so it waits for its load.
+			if _, err := p.topLoad.wait(ctx); err != nil {
+				return nil // stopping before the load finished
+			}
+		}
+		return p.aggregator.Run(ctx)
+	})
 	g.Go("billing", p.billing.Run)
 	if err := a.openArchive(p, store); err != nil {
 		return err
@@ -547,7 +564,15 @@ func (a *App) registerQuery(mux *http.ServeMux) error {
 	if a.process != nil && a.process.topLoad != nil {
 		index = a.process.topLoad
 	}
-	q, err := query.New(query.Options{Store: a.query.metrics.store, Index: index, Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "query")})
+	qo := query.Options{Store: a.query.metrics.store, Index: index, Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "query")}
+	if a.process != nil {
+		// Embedded: /metrics adds what the aggregator counted but has not committed. Query
+		// nodes of a shared deployment read the committed state only.
+		if agg, ok := a.process.aggregator.(*aggregate.Aggregator); ok {
+			qo.Pending = agg
+		}
+	}
+	q, err := query.New(qo)
 	if err != nil {
 		return err
 	}

@@ -224,6 +224,7 @@ func (l *Log) commit() error {
 		for _, p := range l.dirty {
 			p.publish()
 		}
+		l.notifyAppended()
 		l.stats.commits.Add(1)
 		l.stats.msgs.Add(l.roundMsgs)
 		l.stats.bytes.Add(l.roundBytes)

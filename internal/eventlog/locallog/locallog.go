@@ -62,7 +62,10 @@ import (
 	"github.com/cockroachdb/pebble/vfs"
 )
 
-var _ eventlog.Log = (*Log)(nil)
+var (
+	_ eventlog.Log      = (*Log)(nil)
+	_ eventlog.Notifier = (*Log)(nil)
+)
 
 // Defaults of Options.
 const (
@@ -144,6 +147,11 @@ type Log struct {
 	stopped  chan struct{} // closed when the committer has exited
 	reqs     sync.Pool     // of *request
 
+	// appended is closed, and replaced, after every round that published records, waking
+	// the readers waiting in Appended (a broadcast: any number of consumers).
+	notifyMu sync.Mutex
+	appended chan struct{}
+
 	// Owned by the committer goroutine.
 	batch      []*request
 	dirty      []*partition
@@ -205,6 +213,27 @@ type chunk struct {
 
 // Partitions returns the number of partitions.
 func (l *Log) Partitions() int { return len(l.parts) }
+
+// Appended implements eventlog.Notifier: the channel closes after the next round that makes
+// records readable (or at Close).
+func (l *Log) Appended() <-chan struct{} {
+	l.notifyMu.Lock()
+	defer l.notifyMu.Unlock()
+	if l.appended == nil {
+		l.appended = make(chan struct{})
+	}
+	return l.appended
+}
+
+// notifyAppended wakes the readers waiting in Appended.
+func (l *Log) notifyAppended() {
+	l.notifyMu.Lock()
+	defer l.notifyMu.Unlock()
+	if l.appended != nil {
+		close(l.appended)
+		l.appended = nil
+	}
+}
 
 func (l *Log) partition(ctx context.Context, i int) (*partition, error) {
 	if err := ctx.Err(); err != nil {

@@ -730,3 +730,42 @@ func TestGroupCommit(t *testing.T) {
 	}
 	t.Logf("%d appends, %d commits, %d syncs, %v syncing", st.AppendedMessages, st.Commits, st.Syncs, st.SyncTime)
 }
+
+// TestAppendedNotifies: the channel of Appended closes once a commit makes records readable
+// (the aggregator waits on it instead of polling), not before, and a fresh one is handed out
+// after; Close wakes waiters too.
+func TestAppendedNotifies(t *testing.T) {
+	l, err := Open(Options{Dir: testDir(t), Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := l.Appended()
+	select {
+	case <-ch:
+		t.Fatal("closed before any append")
+	default:
+	}
+	if err := l.Append(context.Background(), []eventlog.Message{{Partition: 1, Value: []byte("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("not closed after an acknowledged append")
+	}
+	if msgs, err := l.Read(context.Background(), 1, 0, 1<<10); err != nil || len(msgs) != 1 {
+		t.Fatalf("the notified record is not readable: %v %v", msgs, err)
+	}
+	next := l.Appended()
+	select {
+	case <-next:
+		t.Fatal("a fresh channel is already closed")
+	default:
+	}
+	l.Close()
+	select {
+	case <-next:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close does not wake waiters")
+	}
+}

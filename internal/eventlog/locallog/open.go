@@ -294,6 +294,7 @@ func (l *Log) Close() error {
 	default:
 	}
 	<-l.stopped
+	l.notifyAppended() // waiting readers find the log closed
 	return l.closeFiles()
 }
 

@@ -132,9 +132,19 @@ func (s *Store) Query(ctx context.Context, q metricstore.Query) (*metricstore.Re
 	}
 	// The iterator and the reconciled marks are taken together under mu, which every Apply
 	// holds while it commits: the marks describe exactly the counts the iterator reads.
+	// The consumer offsets asked for are taken under mu too: they say exactly which commits
+	// the iterator's snapshot holds.
 	s.mu.Lock()
 	it, err := s.db.NewIter(nil)
 	marks := s.marksIn(metricstore.HourOf(b[0]), metricstore.HourOf(b[n]))
+	if q.OffsetsOf != "" {
+		res.Offsets = make(map[int32]int64)
+		if c := s.checkpoints[q.OffsetsOf]; c != nil {
+			for p, o := range c.offsets {
+				res.Offsets[p] = o
+			}
+		}
+	}
 	s.mu.Unlock()
 	for i := range pts {
 		metricstore.FillReconciled(pts[i], b, func(h int64) bool { return marks[h] })

@@ -17,7 +17,8 @@
 //     ErrConflict fence compares against exactly what was last committed.
 //   - The 1h and 1d buckets always equal the sum of the 1m buckets they cover (all three are
 //     in the same batch), for as long as the minute buckets are retained.
-//   - Query reads from one iterator, so all series of a result are one consistent snapshot.
+//   - Query reads from one iterator, so all series of a result are one consistent snapshot,
+//     and the consumer offsets it reports (Query.OffsetsOf) are exactly that snapshot's.
 //   - Lock order: Store.life before Store.mu.
 package pebblestore
 

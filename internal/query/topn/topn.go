@@ -3,8 +3,10 @@
 // last Retention (24 h), fast enough to answer from ten million ads in milliseconds.
 //
 // It is fed the committed minute-bucket deltas of the metric store (Add, called right after
-// each successful metricstore.Store.Apply, so it sees committed data exactly once), and on
-// start it is rebuilt from the store's minute buckets (Rebuild).
+// each successful metricstore.Store.Apply, so it sees committed data exactly once) and, in the
+// embedded deployment, the aggregator's counts as it makes them (aggregate.Options.OnCount,
+// instead of its commits, so top-N is fresh within milliseconds), and on start it is rebuilt
+// from the store's minute buckets (Rebuild).
 //
 // Layout. Per level, ids are interned to dense numbers. Every (level, minute) has a block of
 // number -> (clicks, impressions, spend) totals, and every (level, UTC hour) a block of the

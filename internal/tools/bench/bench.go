@@ -18,6 +18,7 @@
 //	freshness     one click at a time, poll /metrics until it counts it, under background load
 //	queries       a synthetic day of history on many ads, then /metrics and /metrics/top latency
 //	recovery      kill -9 during a click load, restart, time to /readyz 200, check the clicks
+//	restart       SIGUSR2 (restart in place) during a click load: clicks failed, then checked
 //
 // Invariants:
 //   - Every figure is measured, never assumed; a scenario that fails leaves its rows empty
@@ -62,10 +63,11 @@ const (
 	ScenarioFreshness   = "freshness"
 	ScenarioQueries     = "queries"
 	ScenarioRecovery    = "recovery"
+	ScenarioRestart     = "restart"
 )
 
 // AllScenarios lists every scenario in run order.
-var AllScenarios = []string{ScenarioClicksFixed, ScenarioClicksSat, ScenarioHot, ScenarioEvents, ScenarioFreshness, ScenarioQueries, ScenarioRecovery}
+var AllScenarios = []string{ScenarioClicksFixed, ScenarioClicksSat, ScenarioHot, ScenarioEvents, ScenarioFreshness, ScenarioQueries, ScenarioRecovery, ScenarioRestart}
 
 // Baseline names.
 const (
@@ -675,6 +677,28 @@ func (b *runner) runTarget(ctx context.Context, t *target) *TargetResult {
 			} else {
 				b.logf("%s: ready %.2fs after restart (%.2fs after the kill, data dir %s); check %s: lost %d, double %d", t.name, rs.RestartToReady, rs.KillToReady,
 					fmtBytes(rs.DataDirBytes), rs.Check.Status, rs.Check.Lost+rs.Check.TopLost, rs.Check.Double+rs.Check.TopDouble)
+			}
+		}
+	}
+	if o.has(ScenarioRestart) && t.proc != nil {
+		// The recovery scenario's rate and timing: RecoveryAfter of load, SIGUSR2, the new
+		// process, RecoveryAfter more.
+		lay := newLayout(prefix+"u", 100)
+		cs, err := newClickSet(t.keys, lay, b.runID+"u", int(o.RecoveryRate*(2*o.RecoveryAfter.Seconds()+60)), 0, rng.Uint64(), 0)
+		if err == nil {
+			err = t.setupAds(ctx, lay)
+		}
+		if err != nil {
+			fail(ScenarioRestart, err)
+		} else {
+			b.logf("%s: SIGUSR2 (restart in place) after %v of %g clicks/s", t.name, o.RecoveryAfter, o.RecoveryRate)
+			rs, err := runRestart(ctx, t, cs, o.RecoveryRate, 256, o.RecoveryAfter, o.CatchUp)
+			tr.Restart = rs
+			if err != nil {
+				fail(ScenarioRestart, err)
+			} else {
+				b.logf("%s: restart: %d of %d clicks failed, new process ready %.2fs after SIGUSR2; check %s: lost %d, double %d", t.name, rs.Failed, rs.Load.Requests,
+					rs.SignalToReady, rs.Check.Status, rs.Check.Lost+rs.Check.TopLost, rs.Check.Double+rs.Check.TopDouble)
 			}
 		}
 	}

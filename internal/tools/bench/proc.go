@@ -121,10 +121,13 @@ type child struct {
 	api    string // host:port
 	ops    string // host:port
 
-	stateMu sync.Mutex // cmd and done: the RSS watchdog reads them while a restart sets them
+	stateMu sync.Mutex // cmd, done and adopted: the RSS watchdog reads them while a restart sets them
 	cmd     *exec.Cmd
 	done    chan struct{}
 	err     error // set before done is closed
+	// adopted is the process that took over from cmd by a restart in place (SIGUSR2): not
+	// the bench's child, so it is signalled and watched by pid.
+	adopted int
 
 	mu    sync.Mutex
 	lines []string
@@ -136,6 +139,7 @@ var readyRE = regexp.MustCompile(`msg="adpulse ready" listen=(\S+) ops=(\S+)`)
 // that took from the exec.
 func (c *child) start(ctx context.Context) (time.Duration, error) {
 	c.starts++
+	c.adopt(0)
 	name := c.name
 	if name == "" {
 		name = "adpulse"
@@ -240,7 +244,37 @@ func (c *child) state() (*exec.Cmd, chan struct{}) {
 	return c.cmd, c.done
 }
 
+// adopt makes pid, the successor of a restart in place, the process the child stands for.
+func (c *child) adopt(pid int) {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	c.adopted = pid
+}
+
+func (c *child) adoptedPID() int {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	return c.adopted
+}
+
+// alive reports whether the process pid exists.
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+// signalAdopted sends sig to the adopted process and waits up to wait for it to exit.
+func signalAdopted(pid int, sig syscall.Signal, wait time.Duration) bool {
+	_ = syscall.Kill(pid, sig)
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if !alive(pid) {
+			return true
+		}
+	}
+	return false
+}
+
 func (c *child) pid() int {
+	if p := c.adoptedPID(); p != 0 {
+		return p
+	}
 	cmd, _ := c.state()
 	if cmd == nil || cmd.Process == nil {
 		return 0
@@ -249,6 +283,9 @@ func (c *child) pid() int {
 }
 
 func (c *child) running() bool {
+	if p := c.adoptedPID(); p != 0 {
+		return alive(p)
+	}
 	_, done := c.state()
 	if done == nil {
 		return false
@@ -263,6 +300,10 @@ func (c *child) running() bool {
 
 // kill sends SIGKILL and waits for the exit.
 func (c *child) kill() {
+	if p := c.adoptedPID(); p != 0 {
+		signalAdopted(p, syscall.SIGKILL, 30*time.Second)
+		return
+	}
 	cmd, done := c.state()
 	if !c.running() {
 		return
@@ -276,6 +317,13 @@ func (c *child) kill() {
 
 // stop sends SIGTERM and waits up to a minute, then kills.
 func (c *child) stop() error {
+	if p := c.adoptedPID(); p != 0 {
+		if !signalAdopted(p, syscall.SIGTERM, time.Minute) {
+			signalAdopted(p, syscall.SIGKILL, 30*time.Second)
+			return errors.New("adpulse did not stop within a minute of SIGTERM; killed")
+		}
+		return nil
+	}
 	cmd, done := c.state()
 	if !c.running() {
 		return nil

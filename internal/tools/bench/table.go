@@ -39,6 +39,7 @@ type TargetResult struct {
 	History     *HistoryStats   `json:"history,omitempty"`
 	Queries     *QueryStats     `json:"queries,omitempty"`
 	Recovery    *RecoveryStats  `json:"recovery,omitempty"`
+	Restart     *RestartStats   `json:"restart,omitempty"`
 
 	// From /proc of the serving process (adpulse) or the backing server (baselines; see
 	// ResourceNote). Zero when unknown.
@@ -251,6 +252,18 @@ func specs(res *Result) []rowSpec {
 			}
 			return exact(&tr.Recovery.Check)
 		}},
+		{"restart_failed", "clicks failed during a rolling restart", "count", "lower", &goal{"<=", 0}, func(tr *TargetResult) (float64, float64, bool) {
+			if tr.Restart == nil {
+				return 0, 0, false
+			}
+			return float64(tr.Restart.Failed), tr.Restart.Load1, true
+		}},
+		{"restart_exact", "acknowledged clicks lost or doubled across a rolling restart", "count", "lower", &goal{"<=", 0}, func(tr *TargetResult) (float64, float64, bool) {
+			if tr.Restart == nil {
+				return 0, 0, false
+			}
+			return exact(&tr.Restart.Check)
+		}},
 	}
 }
 
@@ -461,6 +474,10 @@ func (res *Result) WriteTable(w io.Writer) {
 		}
 		if r := t.Recovery; r != nil {
 			notes = append(notes, fmt.Sprintf("recovery: killed after %.1fs of load (%d clicks acknowledged), data dir %s, ready %.2fs after the kill; check %s %s", r.KilledAfter, r.LoadBeforeKill.OK, fmtBytes(r.DataDirBytes), r.KillToReady, r.Check.Status, r.Check.Reason))
+		}
+		if r := t.Restart; r != nil {
+			notes = append(notes, fmt.Sprintf("restart: SIGUSR2 after %.1fs of load, %d of %d clicks failed (%v), new process ready %.2fs after the signal; check %s %s",
+				r.SignalledAfter, r.Failed, r.Load.Requests, errorsOf(r.Load.Status), r.SignalToReady, r.Check.Status, r.Check.Reason))
 		}
 		if t.ResourceNote != "" {
 			notes = append(notes, "RSS and CPU: "+t.ResourceNote)
