@@ -59,8 +59,9 @@ func OpenPebble(dir string, o PebbleOptions) (*Pebble, error) {
 	// CPU per click). A Bloom filter of 10 bits per key answers "not here" for 99% of tables.
 	// It only saves work while it stays cached, so tables stay small (Pebble's default
 	// doubles them per level, to 128 MiB in L6, whose filter block would be about 2 MiB) and
-	// the cache is larger than Pebble's 8 MiB default, whose shards are 1 MiB. Tables written
-	// without a filter still read correctly and gain one when compacted.
+	// the cache is larger than Pebble's 8 MiB default, split in 4 shards per core (1 MiB each
+	// on two cores). Tables written without a filter still read correctly and gain one when
+	// compacted.
 	cache := pebble.NewCache(32 << 20)
 	defer cache.Unref()
 	po.Cache = cache
