@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/adpulse/adpulse/internal/pebbleutil"
 	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/bloom"
 	"github.com/cockroachdb/pebble/vfs"
 )
 
@@ -47,11 +49,32 @@ func OpenPebble(dir string, o PebbleOptions) (*Pebble, error) {
 	if err := pebbleutil.CreateDir(o.FS, dir, "billing"); err != nil {
 		return nil, err
 	}
-	db, err := pebble.Open(dir, &pebble.Options{
+	po := &pebble.Options{
 		FS:                 o.FS,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             pebbleutil.Logger(o.Logger, "billing-pebble"),
-	})
+	}
+	// Almost every click's ledger key is new, and a point lookup of a missing key without a
+	// filter reads and decompresses a block of every table it might be in (most of billing's
+	// CPU per click). A Bloom filter of 10 bits per key answers "not here" for 99% of tables.
+	// It only saves work while it stays cached, so tables stay small (Pebble's default
+	// doubles them per level, to 128 MiB in L6, whose filter block would be about 2 MiB) and
+	// the cache is larger than Pebble's 8 MiB default, split in 4 shards per core (1 MiB each
+	// on two cores). Tables written without a filter still read correctly and gain one when
+	// compacted.
+	cache := pebble.NewCache(32 << 20)
+	defer cache.Unref()
+	po.Cache = cache
+	po.Levels = make([]pebble.LevelOptions, 7)
+	for i := range po.Levels {
+		po.Levels[i] = pebble.LevelOptions{
+			FilterPolicy:   bloom.FilterPolicy(10),
+			FilterType:     pebble.TableFilter,
+			TargetFileSize: 2 << 20 << min(i, 1),
+		}
+	}
+	po.Comparer = ledgerComparer()
+	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("open billing database in %q: %w", dir, err)
 	}
@@ -152,25 +175,47 @@ func (s *Pebble) Claim(ctx context.Context, partitions []int32) ([]Claim, error)
 	return out, nil
 }
 
-// pebbleTx reads the database directly: the mutex keeps every other writer out.
-type pebbleTx struct{ db *pebble.DB }
-
-func (t pebbleTx) Entries(ctx context.Context, keys []string, _ bool) (map[string]Entry, error) {
-	return entries(t.db, keys)
+// pebbleTx reads the database directly: the mutex keeps every other writer out. It remembers
+// the ledger keys its Entries found missing, so Update need not look them up again before
+// inserting them: nothing else writes while the mutex is held.
+type pebbleTx struct {
+	db     *pebble.DB
+	absent map[string]struct{}
 }
 
-func entries(r pebble.Reader, keys []string) (map[string]Entry, error) {
+func (t *pebbleTx) Entries(ctx context.Context, keys []string, _ bool) (map[string]Entry, error) {
+	return entries(t.db, keys, t.absent)
+}
+
+// entries reads the ledger entries among keys; the keys it does not find are added to absent
+// unless it is nil. One iterator serves every key: a prefix seek with L6 filters consults each
+// table's Bloom filter first, so a missing key (almost every click's) costs a few filter
+// probes instead of a data block read per table (pebble.DB.Get skips the filters of L6, where
+// most of the ledger lives).
+func entries(r pebble.Reader, keys []string, absent map[string]struct{}) (map[string]Entry, error) {
 	out := make(map[string]Entry)
+	if len(keys) == 0 {
+		return out, nil
+	}
+	l, err := newLookup(r)
+	if err != nil {
+		return nil, err
+	}
+	defer l.close()
+	var kb []byte
 	for _, k := range keys {
-		v, closer, err := r.Get(ledgerKey(k))
-		if errors.Is(err, pebble.ErrNotFound) {
-			continue
-		}
+		kb = appendLedgerKey(kb[:0], k)
+		v, ok, err := l.get(kb)
 		if err != nil {
 			return nil, fmt.Errorf("read ledger: %w", err)
 		}
+		if !ok {
+			if absent != nil {
+				absent[k] = struct{}{}
+			}
+			continue
+		}
 		e, err := decodeLedger(v)
-		closer.Close()
 		if err != nil {
 			return nil, err
 		}
@@ -180,7 +225,40 @@ func entries(r pebble.Reader, keys []string) (map[string]Entry, error) {
 	return out, nil
 }
 
-func (t pebbleTx) LockSpend(ctx context.Context, days []SpendKey) (map[SpendKey]int64, map[string]int64, error) {
+// lookup answers point lookups of whole keys through one iterator (see entries).
+type lookup struct{ it *pebble.Iterator }
+
+func newLookup(r pebble.Reader) (lookup, error) {
+	it, err := r.NewIter(&pebble.IterOptions{UseL6Filters: true})
+	if err != nil {
+		return lookup{}, fmt.Errorf("read ledger: %w", err)
+	}
+	return lookup{it}, nil
+}
+
+// get returns key's value, valid until the next get or close.
+func (l lookup) get(key []byte) ([]byte, bool, error) {
+	// The comparer's prefix of a key is the whole key (ledgerComparer), so a prefix seek
+	// finds key itself or nothing.
+	if !l.it.SeekPrefixGE(key) || !bytes.Equal(l.it.Key(), key) {
+		return nil, false, l.it.Error()
+	}
+	v, err := l.it.ValueAndErr()
+	return v, err == nil, err
+}
+
+func (l lookup) close() { l.it.Close() }
+
+// ledgerComparer is Pebble's default comparer (same order, same name, so existing databases
+// open as they are) with a Split that makes the whole key the prefix: point lookups by prefix
+// seek then consult the tables' Bloom filters, which hold whole keys.
+func ledgerComparer() *pebble.Comparer {
+	c := *pebble.DefaultComparer
+	c.Split = func(key []byte) int { return len(key) }
+	return &c
+}
+
+func (t *pebbleTx) LockSpend(ctx context.Context, days []SpendKey) (map[SpendKey]int64, map[string]int64, error) {
 	return spend(t.db, days)
 }
 
@@ -210,7 +288,8 @@ func (s *Pebble) Update(ctx context.Context, fn func(context.Context, Tx) (*Writ
 	defer s.mu.Unlock()
 	res := Result{Attempts: 1}
 	err := s.use(func(db *pebble.DB) error {
-		w, err := fn(ctx, pebbleTx{db})
+		tx := &pebbleTx{db: db, absent: make(map[string]struct{})}
+		w, err := fn(ctx, tx)
 		if err != nil || w == nil || w.empty() {
 			return err
 		}
@@ -227,15 +306,23 @@ func (s *Pebble) Update(ctx context.Context, fn func(context.Context, Tx) (*Writ
 				return err
 			}
 		}
+		// A key this transaction's Entries found missing is still missing (the mutex keeps
+		// other writers out); any other key is looked up.
+		var l lookup
 		for i, list := range [][]Entry{w.Entries, w.Replace} {
 			for j := range list {
 				e := &list[j]
-				_, closer, err := db.Get(ledgerKey(e.Key))
-				exists := err == nil
-				if exists {
-					closer.Close()
-				} else if !errors.Is(err, pebble.ErrNotFound) {
-					return fmt.Errorf("read ledger: %w", err)
+				exists := false
+				if _, known := tx.absent[e.Key]; !known {
+					if l.it == nil {
+						if l, err = newLookup(db); err != nil {
+							return err
+						}
+						defer l.close()
+					}
+					if _, exists, err = l.get(ledgerKey(e.Key)); err != nil {
+						return fmt.Errorf("read ledger: %w", err)
+					}
 				}
 				if exists != (i == 1) {
 					return fmt.Errorf("%w: ledger entry %q exists: %v", ErrInvalid, e.Key, exists)
@@ -381,7 +468,7 @@ func compareViews(a, b ViewCount) int {
 func (s *Pebble) Entries(ctx context.Context, keys []string) (map[string]Entry, error) {
 	var out map[string]Entry
 	err := s.read(func(r pebble.Reader) (err error) {
-		out, err = entries(r, keys)
+		out, err = entries(r, keys, nil)
 		return err
 	})
 	return out, err

@@ -48,7 +48,12 @@ func epochKey(p int32) []byte {
 }
 
 func ledgerKey(clickKey string) []byte {
-	return append([]byte{prefixLedger}, clickKey...)
+	return appendLedgerKey(nil, clickKey)
+}
+
+// appendLedgerKey appends the ledger key of clickKey to dst.
+func appendLedgerKey(dst []byte, clickKey string) []byte {
+	return append(append(dst, prefixLedger), clickKey...)
 }
 
 // dayKey is the key of a campaign's spend on the budget day that starts at start (Unix
