@@ -141,8 +141,11 @@ type RunStats struct {
 	Throughput float64          `json:"ok_per_s"`
 	Late       int64            `json:"late"` // sent more than 5ms after their intended time
 	Unsent     int64            `json:"unsent"`
-	Latency    Latency          `json:"latency_us"`
-	Load1      float64          `json:"load_avg_1m"`
+	// Retried: requests sent again on a new connection because a kept-alive one closed
+	// before any answer, as a browser does (rawConn.get); each still counts once.
+	Retried int64   `json:"retried"`
+	Latency Latency `json:"latency_us"`
+	Load1   float64 `json:"load_avg_1m"`
 	// ClientCPU is the CPU seconds the bench process (the load generator) used meanwhile:
 	// what the server did not get of the shared cores.
 	ClientCPU float64 `json:"client_cpu_s"`
@@ -172,6 +175,7 @@ type workerStats struct {
 	hist     *hdrhistogram.Histogram
 	requests int64
 	ok       int64
+	retried  int64 // rawConn.retried of the worker's connection
 	status   map[int]int64
 }
 
@@ -195,6 +199,7 @@ func merge(ws []*workerStats, elapsed time.Duration) RunStats {
 		h.Merge(w.hist)
 		rs.Requests += w.requests
 		rs.OK += w.ok
+		rs.Retried += w.retried
 		for s, n := range w.status {
 			k := strconv.Itoa(s)
 			if s == 0 {
@@ -231,7 +236,7 @@ func (cs *clickSet) openLoop(ctx context.Context, addrs []string, from int, rate
 		go func() {
 			defer wg.Done()
 			rc := newRawConn(addrs[w%len(addrs)]) // a split deployment's ingest nodes share the load
-			defer rc.close()
+			defer func() { ws[w].retried = rc.retried; rc.close() }()
 			for j := range jobs {
 				status, _, err := rc.get(ctx, cs.paths[j.i], requestTimeout)
 				if err != nil {
@@ -296,7 +301,7 @@ func (cs *clickSet) closedLoop(ctx context.Context, addrs []string, from int, d 
 		go func() {
 			defer wg.Done()
 			rc := newRawConn(addrs[w%len(addrs)]) // a split deployment's ingest nodes share the load
-			defer rc.close()
+			defer func() { ws[w].retried = rc.retried; rc.close() }()
 			for ctx.Err() == nil && time.Now().Before(end) {
 				k := next.Add(1) - 1
 				if k >= int64(len(cs.order)) {

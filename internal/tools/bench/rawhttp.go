@@ -3,11 +3,13 @@ package bench
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -21,6 +23,9 @@ type rawConn struct {
 	c    net.Conn
 	br   *bufio.Reader
 	buf  []byte
+	// retried counts requests sent again because a kept-alive connection closed before any
+	// byte of the answer (see get).
+	retried int64
 }
 
 func newRawConn(addr string) *rawConn {
@@ -31,7 +36,30 @@ const clickUA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like
 
 // get sends GET path and returns the status code and the Location header. A connection that
 // fails is closed and redialled on the next call.
+//
+// When a kept-alive connection turns out closed before any byte of the answer (the server
+// closed it as idle while the request was on its way: a restart's drain, an idle timeout),
+// get sends the request once more on a new connection, as browsers and Go's http.Transport
+// do with an idempotent request (RFC 9112, section 9.3.1). A click is GET /c: a user never
+// sees that failure, so the load should not count it as one.
 func (rc *rawConn) get(ctx context.Context, path string, timeout time.Duration) (int, string, error) {
+	reused := rc.c != nil
+	status, loc, err := rc.try(ctx, path, timeout)
+	if err != nil && reused && ctx.Err() == nil && closedBeforeAnswer(err) {
+		rc.retried++
+		status, loc, err = rc.try(ctx, path, timeout)
+	}
+	return status, loc, err
+}
+
+// closedBeforeAnswer reports whether err means the peer closed the connection before
+// sending anything back: EOF at the first byte (try peeks it), a reset, or a broken pipe on
+// the write. A cut answer is io.ErrUnexpectedEOF, which is not retried.
+func closedBeforeAnswer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+func (rc *rawConn) try(ctx context.Context, path string, timeout time.Duration) (int, string, error) {
 	if rc.c == nil {
 		d := net.Dialer{Timeout: 5 * time.Second}
 		c, err := d.DialContext(ctx, "tcp", rc.addr)
@@ -49,6 +77,12 @@ func (rc *rawConn) get(ctx context.Context, path string, timeout time.Duration) 
 	b = append(b, "\r\nUser-Agent: "+clickUA+"\r\n\r\n"...)
 	rc.buf = b
 	if _, err := rc.c.Write(b); err != nil {
+		rc.close()
+		return 0, "", err
+	}
+	// The first byte apart, so that a connection closed before any answer shows as such
+	// (ReadResponse turns that EOF into io.ErrUnexpectedEOF, as it does a cut answer).
+	if _, err := rc.br.Peek(1); err != nil {
 		rc.close()
 		return 0, "", err
 	}

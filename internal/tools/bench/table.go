@@ -476,8 +476,8 @@ func (res *Result) WriteTable(w io.Writer) {
 			notes = append(notes, fmt.Sprintf("recovery: killed after %.1fs of load (%d clicks acknowledged), data dir %s, ready %.2fs after the kill; check %s %s", r.KilledAfter, r.LoadBeforeKill.OK, fmtBytes(r.DataDirBytes), r.KillToReady, r.Check.Status, r.Check.Reason))
 		}
 		if r := t.Restart; r != nil {
-			notes = append(notes, fmt.Sprintf("restart: SIGUSR2 after %.1fs of load, %d of %d clicks failed (%v), new process ready %.2fs after the signal; check %s %s",
-				r.SignalledAfter, r.Failed, r.Load.Requests, errorsOf(r.Load.Status), r.SignalToReady, r.Check.Status, r.Check.Reason))
+			notes = append(notes, fmt.Sprintf("restart: SIGUSR2 after %.1fs of load, %d of %d clicks failed (%v), %d sent again on a new connection after a kept-alive one closed unanswered (as browsers do), new process ready %.2fs after the signal; check %s %s",
+				r.SignalledAfter, r.Failed, r.Load.Requests, errorsOf(r.Load.Status), r.Load.Retried, r.SignalToReady, r.Check.Status, r.Check.Reason))
 		}
 		if t.ResourceNote != "" {
 			notes = append(notes, "RSS and CPU: "+t.ResourceNote)
