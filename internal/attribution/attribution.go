@@ -199,7 +199,7 @@ type Stage struct {
 	next        []int64
 	journalNext uint64
 	applied     uint64
-	clock       int64     // the latest append time seen, Unix microseconds
+	clock       int64     // the latest append time seen in the log (not the touches topic), Unix microseconds
 	lagAt       time.Time // when lag was last read (at most once a second: Kafka asks the brokers)
 	refs        []msgRef
 	got         [][]eventlog.Message

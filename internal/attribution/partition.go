@@ -67,8 +67,9 @@ func (m *sharedMode) wants(i int, next int64) bool { return !m.replaying || next
 // trim cuts what a round read: while replaying, at the limits; and to the earliest last
 // append time among the sources that returned messages, so that one source cannot run
 // ahead of the other in time (the touches topic holds far fewer bytes per second than the
-// log, and the clock that forgets touches is the latest append time processed). The source
-// with that earliest time keeps everything it returned, so every round progresses.
+// log, so its reads reach further ahead in time, and a conversion should meet the touches
+// that reached the log before it). The source with that earliest time keeps everything it
+// returned, so every round progresses.
 func (m *sharedMode) trim(got [][]eventlog.Message) {
 	if m.replaying {
 		for i, msgs := range got {
@@ -216,11 +217,6 @@ func (s *Stage) commitShared(ctx context.Context, r *round) error {
 			if err := s.o.Metrics.Apply(ctx, c); err != nil {
 				return applyError{fmt.Errorf("attribution: commit to the metric store: %w", err)}
 			}
-			dbgMu.Lock()
-			for _, l := range r.dbg {
-				dbgLines = append(dbgLines, fmt.Sprintf("%s ep=%d clock=%d", l, s.sh.epoch, s.clock))
-			}
-			dbgMu.Unlock()
 		}
 	}
 	if err := r.b.Commit(pebble.NoSync); err != nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/event"
@@ -28,12 +27,7 @@ type round struct {
 	ranges map[int]int64
 	deltas []metricstore.Delta
 	st     Stats // this round's counts, added to the stage's after the commit
-	dbg    []string
 }
-
-var dbgMu sync.Mutex
-var dbgLines []string
-
 
 func (s *Stage) round(ctx context.Context) (int, error) {
 	start := time.Now()
@@ -80,7 +74,12 @@ func (s *Stage) round(ctx context.Context) (int, error) {
 			return 0, err
 		}
 		r.ranges[ref.part] = m.Offset + 1
-		clock = max(clock, m.Time.UnixMicro())
+		if s.src[ref.part].only != takeTouches {
+			// The touches topic's append times are when a touch was republished, which
+			// may be long after it reached the log (a republisher that lags or restarts):
+			// they would forget touches that conversions not yet read still need.
+			clock = max(clock, m.Time.UnixMicro())
+		}
 	}
 	n := len(s.refs)
 	for p := range s.got {
@@ -256,8 +255,16 @@ func (s *Stage) reconsider(r *round, user, catalog string, t int64, ts []Touch) 
 		if err != nil {
 			return fmt.Errorf("attribution: conversion %q: %w", ck, err)
 		}
-		i, reason := s.o.Policy.Choose(c.Time, ts)
-		same := (i < 0 && !c.Credited) || (i >= 0 && c.Credited && ts[i].Key == c.Touch.Key)
+		// The credited touch competes even if it was forgotten since: adding a touch to the
+		// set can only move the credit to that touch, and a late touch (in shared
+		// processing, one republished late) must not take the credit from a touch it does
+		// not beat just because that one is no longer remembered.
+		cand := ts
+		if c.Credited && !slices.ContainsFunc(ts, func(x Touch) bool { return x.Key == c.Touch.Key }) {
+			cand = append(slices.Clip(ts), c.Touch)
+		}
+		i, reason := s.o.Policy.Choose(c.Time, cand)
+		same := (i < 0 && !c.Credited) || (i >= 0 && c.Credited && cand[i].Key == c.Touch.Key)
 		if same {
 			continue
 		}
@@ -266,7 +273,7 @@ func (s *Stage) reconsider(r *round, user, catalog string, t int64, ts []Touch) 
 		}
 		c.Credited, c.Reason, c.Touch, c.Touches = i >= 0, reason, Touch{}, len(ts)
 		if i >= 0 {
-			c.Touch = ts[i]
+			c.Touch = cand[i]
 			r.credit(&c, +1)
 		}
 		c.Revisions++
@@ -335,7 +342,6 @@ func (r *round) credit(c *Conversion, sign int64) {
 			r.st.CreditedClick++
 		}
 	}
-	r.dbg = append(r.dbg, fmt.Sprintf("%s %s %d %d kind=%d", c.Key, c.Touch.Key, sign, c.Touch.Time, c.Touch.Kind))
 	minute := c.Time / 60e6
 	for _, x := range [...]struct {
 		l  metricstore.Level

@@ -192,3 +192,41 @@ func TestJournalGapStops(t *testing.T) {
 		t.Fatalf("Run = %v, want ErrJournalGap", err)
 	}
 }
+
+// TestLateTouchKeepsForgottenCredit: a touch that arrives after the touch credited with a
+// conversion was forgotten (in shared processing, a touch the republisher copied late) moves
+// the credit only if it beats the credited touch: a late view does not take an order from
+// the click it was credited to.
+func TestLateTouchKeepsForgottenCredit(t *testing.T) {
+	h := newHarness(t, 2, t0, Options{})
+	h.append(click("imp-1", "ad1", "u1", t0))
+	h.clock.Advance(6 * 24 * time.Hour)
+	h.append(order("o1", "u1", 10_000_000, t0.Add(6*24*time.Hour)))
+	h.sync()
+	if c := h.conversion("o1"); !c.Credited || c.Touch.AdID != "ad1" || c.Touch.Kind != KindClick {
+		t.Fatalf("first decision: %+v", c)
+	}
+	// The log moves on past the click's horizon: the click is forgotten.
+	h.clock.Advance(26 * time.Hour)
+	h.append(view("imp-9", "ad9", "u2", h.clock.Now()))
+	h.sync()
+	if st := h.s.Stats(); st.TouchesExpired == 0 {
+		t.Fatalf("the click was not forgotten: %+v", st)
+	}
+	h.append(view("imp-2", "ad2", "u1", t0.Add(6*24*time.Hour-time.Hour)))
+	h.sync()
+	if c := h.conversion("o1"); !c.Credited || c.Touch.AdID != "ad1" || c.Touch.Kind != KindClick {
+		t.Fatalf("after the late view: %+v", c)
+	}
+	got := h.totals(metricstore.LevelAd, t0, t0.Add(8*24*time.Hour), "ad1", "ad2")
+	want := metricstore.Counts{Conversions: 1, ConversionValueMicros: 10_000_000}
+	if ad1, ad2 := got["ad1"], got["ad2"]; !ad2.IsZero() || !ad1.Equal(&want) {
+		t.Fatalf("counts: %v", got)
+	}
+	// A late click that beats the forgotten one still takes the credit.
+	h.append(click("imp-3", "ad3", "u1", t0.Add(6*24*time.Hour-time.Minute)))
+	h.sync()
+	if c := h.conversion("o1"); !c.Credited || c.Touch.AdID != "ad3" {
+		t.Fatalf("after the late click: %+v", c)
+	}
+}
