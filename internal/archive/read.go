@@ -62,12 +62,9 @@ func ListFiles(ctx context.Context, t Target, from, to time.Time) ([]File, error
 // ReadFile calls fn for each row of the data file key, in offset order. fn must not keep
 // the row past its return.
 func ReadFile(ctx context.Context, t Target, key string, fn func(*Row) error) error {
-	b, err := t.Get(ctx, key)
+	b, err := GetAtMost(ctx, t, key, MaxReadFileBytes)
 	if err != nil {
 		return fmt.Errorf("archive: read %s: %w", key, err)
-	}
-	if len(b) > MaxReadFileBytes {
-		return fmt.Errorf("archive: %s is %d bytes, more than %d", key, len(b), MaxReadFileBytes)
 	}
 	var r *parquet.GenericReader[Row]
 	if err := parquetSafe(key, func() error {

@@ -121,3 +121,22 @@ func (t *s3Target) DeleteAll(ctx context.Context, prefix string) error {
 	}
 	return ctx.Err()
 }
+
+func (t *s3Target) getAtMost(ctx context.Context, key string, limit int64) ([]byte, error) {
+	obj, err := t.c.GetObject(ctx, t.bucket, t.prefix+key, minio.GetObjectOptions{})
+	if err == nil {
+		defer obj.Close()
+		var b []byte
+		b, err = io.ReadAll(io.LimitReader(obj, limit+1))
+		if err == nil {
+			if int64(len(b)) > limit {
+				return nil, fmt.Errorf("%w: %s is more than %d bytes", ErrTooLarge, key, limit)
+			}
+			return b, nil
+		}
+	}
+	if minio.ToErrorResponse(err).Code == minio.NoSuchKey {
+		return nil, fmt.Errorf("archive: get %s: %w", key, fs.ErrNotExist)
+	}
+	return nil, fmt.Errorf("archive: get %s: %w", key, err)
+}

@@ -1,6 +1,9 @@
 package archive
 
 import (
+	"context"
+	"errors"
+	"io/fs"
 	"math/rand/v2"
 	"net/http/httptest"
 	"strings"
@@ -74,4 +77,32 @@ func TestCrashS3(t *testing.T) {
 		t.Fatal(err)
 	}
 	crashTest(t, base, func(k *killer) Target { return &faultTarget{Target: base, k: k} })
+}
+
+// TestGetAtMost: an object over the limit is refused with ErrTooLarge on the directory and
+// S3 targets alike (both read at most one byte past the limit), one at the limit is read.
+func TestGetAtMost(t *testing.T) {
+	ctx := context.Background()
+	dir, err := NewDirTarget(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3, err := NewS3Target("archive", "p/", fakeS3(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tg := range map[string]Target{"dir": dir, "s3": s3} {
+		if err := tg.Put(ctx, "f/ten", []byte("0123456789")); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := GetAtMost(ctx, tg, "f/ten", 10); err != nil || string(b) != "0123456789" {
+			t.Errorf("%s: at the limit: %q, %v", name, b, err)
+		}
+		if b, err := GetAtMost(ctx, tg, "f/ten", 9); !errors.Is(err, ErrTooLarge) || b != nil {
+			t.Errorf("%s: over the limit: %q, %v; want ErrTooLarge", name, b, err)
+		}
+		if _, err := GetAtMost(ctx, tg, "f/none", 9); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s: missing: %v; want fs.ErrNotExist", name, err)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -225,4 +226,46 @@ func (t *dirTarget) DeleteAll(ctx context.Context, prefix string) error {
 		return fmt.Errorf("archive: %w", err)
 	}
 	return t.syncDir(filepath.Dir(filepath.Clean(path)))
+}
+
+// ErrTooLarge: an object is larger than the reader accepts (GetAtMost).
+var ErrTooLarge = errors.New("archive: object too large")
+
+// sizedGetter is a Target that can refuse an object by its size before reading it.
+type sizedGetter interface {
+	getAtMost(ctx context.Context, key string, limit int64) ([]byte, error)
+}
+
+// GetAtMost is Get of an object of at most limit bytes: a larger one fails with an error
+// wrapping ErrTooLarge, and the directory and S3 targets refuse it by its size, before
+// reading it into memory.
+func GetAtMost(ctx context.Context, t Target, key string, limit int64) ([]byte, error) {
+	if sg, ok := t.(sizedGetter); ok {
+		return sg.getAtMost(ctx, key, limit)
+	}
+	b, err := t.Get(ctx, key)
+	if err == nil && int64(len(b)) > limit {
+		return nil, fmt.Errorf("%w: %s is %d bytes, more than %d", ErrTooLarge, key, len(b), limit)
+	}
+	return b, err
+}
+
+func (t *dirTarget) getAtMost(ctx context.Context, key string, limit int64) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(t.path(key))
+	if err != nil {
+		return nil, fmt.Errorf("archive: %w", err)
+	}
+	defer f.Close()
+	// Read one byte past the limit rather than trusting a size that may grow meanwhile.
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("archive: read %s: %w", key, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%w: %s is more than %d bytes", ErrTooLarge, key, limit)
+	}
+	return b, nil
 }

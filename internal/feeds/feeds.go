@@ -263,15 +263,15 @@ func (l *Loader) read(ctx context.Context, def *feedDef, version string, rawMani
 		if err != nil {
 			return nil, len(m.Files), reject("%s: not .csv, .ndjson, .jsonl or .parquet", f.Path)
 		}
-		data, err := l.o.Location.Get(ctx, prefix+f.Path)
+		data, err := archive.GetAtMost(ctx, l.o.Location, prefix+f.Path, l.o.MaxFileBytes)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, len(m.Files), reject("%s: listed in the manifest but missing", f.Path)
 		}
+		if errors.Is(err, archive.ErrTooLarge) {
+			return nil, len(m.Files), reject("%s: more than the limit of %d bytes", f.Path, l.o.MaxFileBytes)
+		}
 		if err != nil {
 			return nil, len(m.Files), err
-		}
-		if int64(len(data)) > l.o.MaxFileBytes {
-			return nil, len(m.Files), reject("%s: %d bytes, more than the limit of %d", f.Path, len(data), l.o.MaxFileBytes)
 		}
 		sum := sha256.Sum256(data)
 		if got := hex.EncodeToString(sum[:]); got != f.SHA256 {

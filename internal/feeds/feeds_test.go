@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -343,5 +344,24 @@ func TestClickPrice(t *testing.T) {
 		if got := b.ClickPrice(c.ad); got != c.want {
 			t.Errorf("ClickPrice(%+v) = %d, want %d", c.ad, got, c.want)
 		}
+	}
+}
+
+// TestFileOverTheLimitRejected: a file larger than MaxFileBytes rejects its version, naming
+// the file and the limit, without being read into memory whole.
+func TestFileOverTheLimitRejected(t *testing.T) {
+	_, s := openStore(t, catalog.Options{Dialect: catalog.DialectSQLite, DSN: filepath.Join(t.TempDir(), "catalog.db")})
+	loc := dirTarget(t)
+	l := newLoader(t, loc, s, func(o *Options) { o.MaxFileBytes = 40 })
+	small := csvFile("a.csv", bidHeader, "a1,1")
+	big := csvFile("b.csv", bidHeader, "a2,2", "a3,3", "a4,4", "a5,5", "a6,6")
+	drop(t, loc, AutoCPC, "v1", manifestOf(small, big), small, big)
+	poll(t, l)
+	v := versionOf(t, s, AutoCPC, "v1")
+	if v.State != StateRejected || !strings.Contains(v.Reason, "b.csv: more than the limit of 40 bytes") {
+		t.Fatalf("%s %q, want rejected for b.csv's size", v.State, v.Reason)
+	}
+	if got := active(t, s, AutoCPC); got != "" {
+		t.Errorf("active %q, want none", got)
 	}
 }
