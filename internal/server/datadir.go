@@ -27,7 +27,7 @@ import (
 //	ivt/        the behavioural invalid-traffic stage: verdicts, credits, offsets (Pebble)
 //	attribution/ touches and conversion decisions (Pebble)
 //	snapshots/  in-memory state written with the log offsets it reflects, so a start reads
-//	            only the log after them (dedup-keys); deleting them is safe (rebuilt from the log)
+//	            only the log after them (dedup); deleting them is safe (rebuilt from the log)
 type dataDir struct {
 	root string
 	lock *os.File
@@ -44,7 +44,7 @@ func (d dataDir) attribution() string { return filepath.Join(d.root, "attributio
 func (d dataDir) ivt() string         { return filepath.Join(d.root, "ivt") }
 func (d dataDir) snapshots() string   { return filepath.Join(d.root, "snapshots") }
 func (d dataDir) dedupSnapshot() string {
-	return filepath.Join(d.snapshots(), "dedup-keys")
+	return filepath.Join(d.snapshots(), "dedup")
 }
 
 // openDataDir creates the dir if needed and takes its lock, so a second process on the same
