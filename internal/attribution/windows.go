@@ -2,10 +2,10 @@ package attribution
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/catalog"
 	"github.com/adpulse/adpulse/internal/event"
 )
 
@@ -34,10 +34,10 @@ func ParseWindows(spec string, maxWindow time.Duration) (map[string]Windows, err
 		}
 		var w Windows
 		var err error
-		if w.Click, err = parseWindow(cs, maxWindow); err != nil {
+		if w.Click, err = catalog.ParseWindowAtMost(cs, maxWindow); err != nil {
 			return nil, fmt.Errorf("attribution windows: %s: click window: %w", id, err)
 		}
-		if w.View, err = parseWindow(vs, maxWindow); err != nil {
+		if w.View, err = catalog.ParseWindowAtMost(vs, maxWindow); err != nil {
 			return nil, fmt.Errorf("attribution windows: %s: view window: %w", id, err)
 		}
 		if _, dup := out[id]; dup {
@@ -46,26 +46,6 @@ func ParseWindows(spec string, maxWindow time.Duration) (map[string]Windows, err
 		out[id] = w
 	}
 	return out, nil
-}
-
-func parseWindow(s string, maxWindow time.Duration) (time.Duration, error) {
-	var d time.Duration
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.ParseUint(days, 10, 16)
-		if err != nil {
-			return 0, fmt.Errorf("%q: want a duration such as 36h or whole days such as 14d", s)
-		}
-		d = time.Duration(n) * 24 * time.Hour
-	} else {
-		var err error
-		if d, err = time.ParseDuration(s); err != nil {
-			return 0, fmt.Errorf("%q: want a duration such as 36h or whole days such as 14d", s)
-		}
-	}
-	if d < 0 || d > maxWindow {
-		return 0, fmt.Errorf("%q: must be from 0 to %v", s, maxWindow)
-	}
-	return d, nil
 }
 
 // NewLastTouch returns the LastTouch policy of a deployment: defaults for every advertiser,

@@ -34,6 +34,16 @@ type WindowChange struct {
 // ParseWindow parses an attribution window: a Go duration ("36h", "90m") or whole days
 // ("14d"), from 0 (never credited) to MaxAttributionWindow.
 func ParseWindow(s string) (time.Duration, error) {
+	d, err := ParseWindowAtMost(s, MaxAttributionWindow)
+	if err == nil && d%time.Second != 0 {
+		return 0, fmt.Errorf("%q: must be a whole number of seconds", s)
+	}
+	return d, err
+}
+
+// ParseWindowAtMost is ParseWindow with its own bound (the flags' windows are bounded by
+// the policy's horizon).
+func ParseWindowAtMost(s string, limit time.Duration) (time.Duration, error) {
 	var d time.Duration
 	if days, ok := strings.CutSuffix(s, "d"); ok {
 		n, err := strconv.ParseUint(days, 10, 16)
@@ -47,11 +57,11 @@ func ParseWindow(s string) (time.Duration, error) {
 			return 0, fmt.Errorf("%q: want a duration such as 36h or whole days such as 14d", s)
 		}
 	}
-	if d < 0 || d > MaxAttributionWindow {
-		return 0, fmt.Errorf("%q: must be from 0 to %dd", s, MaxAttributionWindow/(24*time.Hour))
-	}
-	if d%time.Second != 0 {
-		return 0, fmt.Errorf("%q: must be a whole number of seconds", s)
+	if d < 0 || d > limit {
+		if limit%(24*time.Hour) == 0 {
+			return 0, fmt.Errorf("%q: must be from 0 to %dd", s, limit/(24*time.Hour))
+		}
+		return 0, fmt.Errorf("%q: must be from 0 to %v", s, limit)
 	}
 	return d, nil
 }
