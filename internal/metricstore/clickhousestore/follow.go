@@ -169,7 +169,7 @@ func (s *Store) Follow(ctx context.Context, cur Cursor, fn func(d *metricstore.D
 // scanDeltas runs q, whose rows are (level, id, minute, impressions, clicks, spend), and
 // calls fn with each as a delta.
 func (s *Store) scanDeltas(ctx context.Context, q string, fn func(d *metricstore.Delta) error) error {
-	rows, err := s.conn.Query(ctx, q)
+	rows, err := s.query(ctx, q)
 	if err != nil {
 		return err
 	}
@@ -199,7 +199,7 @@ func (s *Store) expireChanges(ctx context.Context) error {
 	cutoff := s.opts.Now().Unix()/86400 - ChangesRetention
 	cctx, cancel := s.call(ctx)
 	defer cancel()
-	rows, err := s.conn.Query(cctx, "SELECT DISTINCT partition FROM system.parts WHERE database = "+quote(s.db)+" AND table = 'changes' AND active")
+	rows, err := s.query(cctx, "SELECT DISTINCT partition FROM system.parts WHERE database = "+quote(s.db)+" AND table = 'changes' AND active")
 	if err != nil {
 		return fmt.Errorf("expire changes: %w", err)
 	}

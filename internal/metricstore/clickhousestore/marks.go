@@ -113,7 +113,7 @@ func (s *Store) readMarks(ctx context.Context, lo, hi int64, heads map[string]ui
 	}
 	ctx, cancel := s.call(ctx)
 	defer cancel()
-	rows, err := s.conn.Query(ctx, "SELECT hour, mark, consumer, seq, snap_consumers, snap_seqs FROM "+s.db+".hour_marks WHERE hour >= "+
+	rows, err := s.query(ctx, "SELECT hour, mark, consumer, seq, snap_consumers, snap_seqs FROM "+s.db+".hour_marks WHERE hour >= "+
 		strconv.FormatInt(lo, 10)+" AND hour <= "+strconv.FormatInt(hi, 10)+
 		" AND (consumer, seq, token) NOT IN (SELECT consumer, seq, token FROM "+s.db+".aborted)")
 	if err != nil {

@@ -204,7 +204,7 @@ func maps[K comparable](m map[K]int64) map[K]int64 {
 func (s *Store) readHeads(ctx context.Context) (map[string]uint64, time.Time, error) {
 	ctx, cancel := s.call(ctx)
 	defer cancel()
-	rows, err := s.conn.Query(ctx, "SELECT consumer, max(seq), argMax(final_before, version) FROM "+s.db+".heads GROUP BY consumer")
+	rows, err := s.query(ctx, "SELECT consumer, max(seq), argMax(final_before, version) FROM "+s.db+".heads GROUP BY consumer")
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("read heads: %w", err)
 	}
@@ -263,7 +263,7 @@ func (s *Store) readCounts(ctx context.Context, level metricstore.Level, ids []s
 
 	ctx, cancel := s.call(ctx)
 	defer cancel()
-	rows, err := s.conn.Query(ctx, sb.String())
+	rows, err := s.query(ctx, sb.String())
 	if err != nil {
 		return fmt.Errorf("query %s counts: %w", level, err)
 	}

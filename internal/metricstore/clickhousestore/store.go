@@ -88,13 +88,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -346,7 +349,7 @@ func (s *Store) readHead(ctx context.Context, consumer string) (head, error) {
 	h := head{offsets: make(map[int32]int64)}
 	ctx, cancel := s.call(ctx)
 	defer cancel()
-	rows, err := s.conn.Query(ctx, "SELECT seq, epoch, partitions, offsets, final_before FROM "+s.db+".heads WHERE consumer = "+quote(consumer)+" ORDER BY version DESC LIMIT 1")
+	rows, err := s.query(ctx, "SELECT seq, epoch, partitions, offsets, final_before FROM "+s.db+".heads WHERE consumer = "+quote(consumer)+" ORDER BY version DESC LIMIT 1")
 	if err != nil {
 		return h, fmt.Errorf("read head of %s: %w", consumer, err)
 	}
@@ -558,7 +561,7 @@ func (s *Store) competitors(ctx context.Context, consumer string, seq, token, ep
 	ctx, cancel := s.call(ctx)
 	defer cancel()
 	key := "consumer = " + quote(consumer) + " AND seq = " + strconv.FormatUint(seq, 10)
-	rows, err := s.conn.Query(ctx, "SELECT token, epoch, toInt64(now()) - toInt64(at) FROM "+s.db+".intents WHERE "+key+
+	rows, err := s.query(ctx, "SELECT token, epoch, toInt64(now()) - toInt64(at) FROM "+s.db+".intents WHERE "+key+
 		" AND token != "+strconv.FormatUint(token, 10)+" AND token NOT IN (SELECT token FROM "+s.db+".aborted WHERE "+key+")")
 	if err != nil {
 		return 0, nil, false, fmt.Errorf("read intents: %w", err)
@@ -710,7 +713,7 @@ func (s *Store) Expire(ctx context.Context) error {
 	cutoffDay := (s.opts.Now().Unix()/60 - s.minuteRet) / 1440 // days below it are wholly expired
 	cctx, cancel := s.call(ctx)
 	defer cancel()
-	rows, err := s.conn.Query(cctx, "SELECT DISTINCT partition FROM system.parts WHERE database = "+quote(s.db)+" AND table = 'counts' AND active")
+	rows, err := s.query(cctx, "SELECT DISTINCT partition FROM system.parts WHERE database = "+quote(s.db)+" AND table = 'counts' AND active")
 	if err != nil {
 		return fmt.Errorf("expire: list partitions: %w", err)
 	}
@@ -793,4 +796,21 @@ func quote(s string) string {
 	}
 	b.WriteByte('\'')
 	return b.String()
+}
+
+// query runs a read, once more on another connection if the first failed on a connection
+// that was already closed (the driver can hand out a pooled connection that a timeout or the
+// server closed; seen as "use of closed network connection"). A read is safe to repeat.
+func (s *Store) query(ctx context.Context, q string, args ...any) (driver.Rows, error) {
+	rows, err := s.conn.Query(ctx, q, args...)
+	if err != nil && ctx.Err() == nil && brokenConn(err) {
+		rows, err = s.conn.Query(ctx, q, args...)
+	}
+	return rows, err
+}
+
+// brokenConn reports whether err is a connection that was closed under the query.
+func brokenConn(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || strings.Contains(err.Error(), "use of closed network connection")
 }
