@@ -67,6 +67,7 @@ type SoakInterval struct {
 	Late       int64            `json:"late"` // sent more than 5ms after their intended time
 	Latency    Latency          `json:"latency_us"`
 	RSS        int64            `json:"rss_bytes"`
+	CPU        float64          `json:"cpu_s"` // adpulse's CPU seconds in the interval
 }
 
 // SoakResult is the soak's report.
@@ -79,6 +80,13 @@ type SoakResult struct {
 	// RSSFirst and RSSLast are the medians of the first and last three intervals' RSS: flat
 	// memory means RSSLast is close to RSSFirst.
 	RSSFirst, RSSLast, RSSMax int64
+	// RSSPerClick is the slope of RSS against clicks acknowledged, fitted over the intervals
+	// after the first minute (bytes per click): what the server keeps per click for its
+	// windows (dedup keys, stream filters, invalid-traffic rules). RSS is flat once the run is
+	// longer than the longest window; before that it grows by this much per click.
+	RSSPerClick float64 `json:"rss_bytes_per_click"`
+	// CPUPerMillion is adpulse's CPU seconds per million clicks acknowledged over the run.
+	CPUPerMillion float64 `json:"cpu_s_per_million_clicks"`
 }
 
 type soakJob struct {
@@ -135,15 +143,20 @@ func (b *runner) runSoak(ctx context.Context, t *target, lay layout, keys *click
 	// RSS and progress, once per interval.
 	rssDone := make(chan struct{})
 	rss := make([]int64, n+1)
+	cpu := make([]float64, n+1)
 	start := time.Now().Add(10 * time.Millisecond)
 	go func() {
 		defer close(rssDone)
+		var lastCPU float64
+		if p := b.proc(ctx, t); p != nil {
+			lastCPU = p.CPU
+		}
 		for i := 0; i <= n; i++ {
 			if sleepCtx(ctx, time.Until(start.Add(time.Duration(i+1)*so.Interval))) != nil {
 				return
 			}
 			if p := b.proc(ctx, t); p != nil {
-				rss[i] = p.RSS
+				rss[i], cpu[i], lastCPU = p.RSS, p.CPU-lastCPU, p.CPU
 			}
 			s := &slots[i]
 			s.mu.Lock()
@@ -210,7 +223,7 @@ func (b *runner) runSoak(ctx context.Context, t *target, lay layout, keys *click
 			target *= so.Spike
 		}
 		iv := SoakInterval{At: (from + so.Interval).Seconds(), TargetRate: target, Sent: s.sent, OK: s.ok, Late: s.late,
-			Latency: latencyOf(s.hist), RSS: rss[i]}
+			Latency: latencyOf(s.hist), RSS: rss[i], CPU: cpu[i]}
 		if len(s.errors) > 0 {
 			iv.Errors = s.errors
 		}
@@ -228,7 +241,39 @@ func (b *runner) runSoak(ctx context.Context, t *target, lay layout, keys *click
 		res.RSSFirst = median3(res.Intervals[0].RSS, res.Intervals[1].RSS, res.Intervals[2].RSS)
 		res.RSSLast = median3(res.Intervals[k-3].RSS, res.Intervals[k-2].RSS, res.Intervals[k-1].RSS)
 	}
+	res.RSSPerClick = rssSlope(res.Intervals, time.Minute)
+	var cpuTotal float64
+	for _, iv := range res.Intervals {
+		cpuTotal += iv.CPU
+	}
+	if res.OK > 0 {
+		res.CPUPerMillion = cpuTotal / float64(res.OK) * 1e6
+	}
 	return res
+}
+
+// rssSlope fits RSS against the clicks acknowledged so far by least squares over the
+// intervals after warmup (the first ones hold the start-up allocations) and returns bytes
+// per click, 0 when there is too little to fit.
+func rssSlope(ivs []SoakInterval, warmup time.Duration) float64 {
+	var n, sx, sy, sxx, sxy, ok float64
+	for _, iv := range ivs {
+		ok += float64(iv.OK)
+		if iv.At <= warmup.Seconds() || iv.RSS == 0 {
+			continue
+		}
+		x, y := ok, float64(iv.RSS)
+		n++
+		sx += x
+		sy += y
+		sxx += x * x
+		sxy += x * y
+	}
+	den := n*sxx - sx*sx
+	if n < 3 || den == 0 {
+		return 0
+	}
+	return (n*sxy - sx*sy) / den
 }
 
 func median3(a, b, c int64) int64 { return max(min(a, b), min(max(a, b), c)) }
@@ -237,13 +282,13 @@ func median3(a, b, c int64) int64 { return max(min(a, b), min(max(a, b), c)) }
 func (r *SoakResult) WriteSoak(w io.Writer) {
 	fmt.Fprintf(w, "\nsoak: %v at %g clicks/s, %gx for %v from %v (open model, %d in flight at most)\n",
 		r.Options.Duration, r.Options.Rate, r.Options.Spike, r.Options.SpikeFor, r.Options.SpikeAt, r.Options.Conns)
-	fmt.Fprintf(w, "%8s %9s %9s %9s %7s %9s %9s %9s %9s  %s\n", "at", "target/s", "sent/s", "ok/s", "late", "p50", "p99", "max", "RSS", "errors")
+	fmt.Fprintf(w, "%8s %9s %9s %9s %7s %9s %9s %9s %9s %6s  %s\n", "at", "target/s", "sent/s", "ok/s", "late", "p50", "p99", "max", "RSS", "cpu", "errors")
 	for _, iv := range r.Intervals {
 		secs := r.Options.Interval.Seconds()
-		fmt.Fprintf(w, "%7.0fs %9.0f %9.0f %9.0f %7d %9s %9s %9s %9s  %v\n", iv.At, iv.TargetRate, float64(iv.Sent)/secs, float64(iv.OK)/secs, iv.Late,
-			fmtUS(iv.Latency.P50), fmtUS(iv.Latency.P99), fmtUS(iv.Latency.Max), fmtBytes(iv.RSS), iv.Errors)
+		fmt.Fprintf(w, "%7.0fs %9.0f %9.0f %9.0f %7d %9s %9s %9s %9s %6.2f  %v\n", iv.At, iv.TargetRate, float64(iv.Sent)/secs, float64(iv.OK)/secs, iv.Late,
+			fmtUS(iv.Latency.P50), fmtUS(iv.Latency.P99), fmtUS(iv.Latency.Max), fmtBytes(iv.RSS), iv.CPU/secs, iv.Errors)
 	}
-	fmt.Fprintf(w, "total: %d sent, %d ok, errors %v; latency p50 %s p99 %s p99.9 %s max %s; RSS first %s, last %s, max %s\n",
+	fmt.Fprintf(w, "total: %d sent, %d ok, errors %v; latency p50 %s p99 %s p99.9 %s max %s; RSS first %s, last %s, max %s, %.0f bytes per click; CPU %.1f s per million clicks\n",
 		r.Sent, r.OK, r.Errors, fmtUS(r.Total.P50), fmtUS(r.Total.P99), fmtUS(r.Total.P999), fmtUS(r.Total.Max),
-		fmtBytes(r.RSSFirst), fmtBytes(r.RSSLast), fmtBytes(r.RSSMax))
+		fmtBytes(r.RSSFirst), fmtBytes(r.RSSLast), fmtBytes(r.RSSMax), r.RSSPerClick, r.CPUPerMillion)
 }
