@@ -4,14 +4,16 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/eventlog/locallog"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // statsCollector turns the engines' plain Stats structs into Prometheus metrics at scrape
 // time, so the engines stay free of a metrics dependency and nothing is counted twice.
 type statsCollector struct {
-	a     *App
-	descs map[string]*prometheus.Desc
+	a          *App
+	descs      map[string]*prometheus.Desc
+	appendWait *prometheus.Desc
 }
 
 type metricDef struct {
@@ -139,7 +141,9 @@ var collectorDefs = []metricDef{
 }
 
 func newStatsCollector(a *App) *statsCollector {
-	c := &statsCollector{a: a, descs: make(map[string]*prometheus.Desc)}
+	c := &statsCollector{a: a, descs: make(map[string]*prometheus.Desc),
+		appendWait: prometheus.NewDesc("adpulse_eventlog_append_wait_seconds",
+			"How long an append to the local log waited for its group commit, queue and fdatasync included.", nil, nil)}
 	for _, d := range collectorDefs {
 		c.descs[d.name] = prometheus.NewDesc(d.name, d.help, d.labels, nil)
 	}
@@ -150,6 +154,7 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs {
 		ch <- d
 	}
+	ch <- c.appendWait
 }
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
@@ -168,6 +173,15 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	emit("adpulse_eventlog_sync_seconds_total", ls.SyncTime.Seconds())
 	emit("adpulse_eventlog_segments_deleted_total", float64(ls.SegmentsDeleted))
 	emit("adpulse_eventlog_rollbacks_total", float64(ls.Rollbacks))
+	if h := ls.AppendWait; len(h.Counts) > 0 {
+		buckets := make(map[float64]uint64, len(locallog.AppendWaitBounds))
+		var cum uint64
+		for i, bound := range locallog.AppendWaitBounds {
+			cum += uint64(h.Counts[i])
+			buckets[bound.Seconds()] = cum
+		}
+		ch <- prometheus.MustNewConstHistogram(c.appendWait, cum+uint64(h.Counts[len(h.Counts)-1]), h.Sum.Seconds(), buckets)
+	}
 	for p, ps := range ls.Partitions {
 		part := strconv.Itoa(p)
 		emit("adpulse_eventlog_end_offset", float64(ps.End), part)

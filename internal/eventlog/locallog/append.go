@@ -32,6 +32,7 @@ func (l *Log) Append(ctx context.Context, msgs []eventlog.Message) error {
 			return eventlog.NotAppended(fmt.Errorf("locallog: append: value of %d bytes exceeds %d", n, MaxValueBytes))
 		}
 	}
+	start := time.Now()
 	req := l.reqs.Get().(*request)
 	req.msgs, req.taken, req.err = msgs, false, nil
 	l.mu.Lock()
@@ -74,9 +75,17 @@ func (l *Log) Append(ctx context.Context, msgs []eventlog.Message) error {
 		l.mu.Unlock()
 		<-req.done // taken: the records may become durable, so the outcome is owed
 	}
+	l.observeWait(time.Since(start))
 	err := req.err
 	l.putRequest(req)
 	return err
+}
+
+// observeWait adds one taken Append's wait to Stats.AppendWait.
+func (l *Log) observeWait(d time.Duration) {
+	i, _ := slices.BinarySearch(AppendWaitBounds[:], d) // the first bound >= d
+	l.stats.waitCounts[i].Add(1)
+	l.stats.waitNanos.Add(int64(d))
 }
 
 // refusedAfter is the error of an Append refused because the log failed: its records were

@@ -114,7 +114,26 @@ type Stats struct {
 	Syncs            int64         // fdatasync calls on segment files
 	SyncTime         time.Duration // time spent in those calls, summed (they overlap across partitions)
 	SegmentsDeleted  int64         // segments deleted by retention
-	Partitions       []PartitionStats
+	// AppendWait counts the Appends the committer took by how long each waited, from the
+	// call to its outcome: the queue before a round plus the round's write and sync. It is
+	// what the log adds to a click's latency.
+	AppendWait Histogram
+	Partitions []PartitionStats
+}
+
+// AppendWaitBounds are the upper bounds of Stats.AppendWait's buckets.
+var AppendWaitBounds = [...]time.Duration{
+	500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond,
+	250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2500 * time.Millisecond,
+}
+
+// Histogram is a distribution of durations over AppendWaitBounds.
+type Histogram struct {
+	// Counts[i] counts the values at most AppendWaitBounds[i] and above the bound before
+	// it; the last element counts those above every bound (not cumulative).
+	Counts []int64
+	Sum    time.Duration
 }
 
 // PartitionStats describe one partition as readers see it.
@@ -160,6 +179,8 @@ type Log struct {
 
 	stats struct {
 		msgs, bytes, commits, rollbacks, syncs, syncNanos, deleted atomic.Int64
+		waitNanos                                                  atomic.Int64
+		waitCounts                                                 [len(AppendWaitBounds) + 1]atomic.Int64
 	}
 }
 

@@ -769,3 +769,40 @@ func TestAppendedNotifies(t *testing.T) {
 		t.Fatal("Close does not wake waiters")
 	}
 }
+
+// TestAppendWaitHistogram: every Append the committer took is counted once in
+// Stats.AppendWait, in the bucket of its wait, which includes the round's sync.
+func TestAppendWaitHistogram(t *testing.T) {
+	const syncPause = 30 * time.Millisecond
+	fs := newFaultFS()
+	fs.setInject(func(op faultOp, _ string) (error, bool) {
+		if op == opSync {
+			time.Sleep(syncPause)
+		}
+		return nil, false
+	})
+	l := mustOpen(t, Options{Dir: testDir(t), Partitions: 2, FS: fs})
+	const appends = 5
+	for i := range appends {
+		if err := l.Append(context.Background(), []eventlog.Message{{Partition: int32(i % 2), Value: []byte("click")}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := l.Stats().AppendWait
+	if len(h.Counts) != len(AppendWaitBounds)+1 {
+		t.Fatalf("%d buckets, want %d", len(h.Counts), len(AppendWaitBounds)+1)
+	}
+	var total int64
+	for i, n := range h.Counts {
+		total += n
+		if n > 0 && i < len(AppendWaitBounds) && AppendWaitBounds[i] < syncPause {
+			t.Errorf("%d appends at most %v, but each waited for a sync of %v", n, AppendWaitBounds[i], syncPause)
+		}
+	}
+	if total != appends {
+		t.Errorf("histogram counts %d appends, want %d", total, appends)
+	}
+	if h.Sum < appends*syncPause {
+		t.Errorf("Sum = %v, want at least %v", h.Sum, appends*syncPause)
+	}
+}

@@ -141,7 +141,10 @@ func (l *Log) Read(ctx context.Context, partition int, offset int64, maxBytes in
 			return out, nil // at the end, or retention overtook a read that has messages
 		}
 		if out == nil {
-			out = make([]eventlog.Message, 0, min(budget/64+1, 1024))
+			// Sized by what is readable, not only by the budget: a consumer woken by each
+			// group commit reads a few records, and a budget-sized slice (64 KiB) per wake-up
+			// would cost the click path more in allocation and GC than the read itself.
+			out = make([]eventlog.Message, 0, min(end-next, int64(budget/64+1), 1024))
 		}
 		var full bool
 		out, next, full, err = p.readSegment(v, next, budget, &used, out, l.crc)

@@ -98,7 +98,11 @@ func (l *Log) Stats() Stats {
 		Syncs:            l.stats.syncs.Load(),
 		SyncTime:         time.Duration(l.stats.syncNanos.Load()),
 		SegmentsDeleted:  l.stats.deleted.Load(),
+		AppendWait:       Histogram{Counts: make([]int64, len(l.stats.waitCounts)), Sum: time.Duration(l.stats.waitNanos.Load())},
 		Partitions:       make([]PartitionStats, len(l.parts)),
+	}
+	for i := range l.stats.waitCounts {
+		st.AppendWait.Counts[i] = l.stats.waitCounts[i].Load()
 	}
 	for i, p := range l.parts {
 		p.mu.RLock()
