@@ -24,10 +24,12 @@ import (
 // fingerprint that would read as an empty slot is folded into a neighbour, which changes
 // nothing measurable.)
 //
-// Memory is about 20 to 30 bytes per key (BenchmarkMemoryBytesPerKey): each of 256 shards is
+// Memory is about 18 to 22 bytes per key (BenchmarkMemoryBytesPerKey): each of 256 shards is
 // an open-addressing table of 16-byte slots (fingerprint and expiry, no pointers, so the
-// collector never scans it) at most 4/5 full, grown by half of itself one shard at a time, so
-// growing never pauses more than one shard. Deletion shifts entries back (no tombstones), so a
+// collector never scans it) at most 90% full, grown by a quarter one shard at a time, so
+// growing never pauses more than one shard. Robin Hood order (along a run of slots, entries
+// stay sorted by home) keeps probes short at that load, and lets a miss stop at the first
+// entry nearer its home than the key. Deletion shifts entries back (no tombstones), so a
 // table that sweeps as many keys as it takes never fills with dead slots.
 type Memory struct {
 	window  time.Duration
@@ -97,16 +99,26 @@ func (s *memShard) home(k memKey) int {
 	return int(hi)
 }
 
+// dist is how far slot i lies past home, cyclically.
+func (s *memShard) dist(i, home int) int {
+	if d := i - home; d >= 0 {
+		return d
+	}
+	return i - home + len(s.slots)
+}
+
 // find returns the index of k's slot and whether it holds k; when it does not, the index is
-// the empty slot where k would go. The table must not be empty.
+// where k belongs: an empty slot, or the first entry nearer its home than k would be (Robin
+// Hood order keeps entries sorted by home along a run, so k cannot lie past it). The table
+// must not be empty.
 func (s *memShard) find(k memKey) (int, bool) {
 	i := s.home(k)
-	for {
+	for d := 0; ; d++ {
 		e := &s.slots[i]
 		if e.key() == k {
 			return i, true
 		}
-		if e.key() == (memKey{}) {
+		if e.key() == (memKey{}) || s.dist(i, s.home(e.key())) < d {
 			return i, false
 		}
 		if i++; i == len(s.slots) {
@@ -126,25 +138,49 @@ func (s *memShard) lookup(k memKey) (uint32, bool) {
 
 // put sets k's expiry and reports whether k is new.
 func (s *memShard) put(k memKey, exp uint32) bool {
-	if (s.used+1)*5 > len(s.slots)*4 {
+	if (s.used+1)*10 > len(s.slots)*9 {
 		s.grow()
 	}
 	i, ok := s.find(k)
-	s.slots[i] = memSlot{k.lo, k.hi, exp}
-	if !ok {
-		s.used++
+	if ok {
+		s.slots[i].exp = exp
+		return false
 	}
-	return !ok
+	s.insertAt(i, memSlot{k.lo, k.hi, exp})
+	s.used++
+	return true
 }
 
-// grow makes the table half as large again (16 slots at first).
+// insertAt places e at slot i, where find stopped, and moves each entry from there on one
+// slot further until one lands in an empty slot (an entry further from its home than the
+// one in a slot takes that slot, and the displaced one goes on).
+func (s *memShard) insertAt(i int, e memSlot) {
+	d := s.dist(i, s.home(e.key()))
+	for {
+		cur := s.slots[i]
+		if cur.key() == (memKey{}) {
+			s.slots[i] = e
+			return
+		}
+		if cd := s.dist(i, s.home(cur.key())); cd < d {
+			s.slots[i], e, d = e, cur, cd
+		}
+		if i++; i == len(s.slots) {
+			i = 0
+		}
+		d++
+	}
+}
+
+// grow makes the table a quarter larger (16 slots at first), so it stays between 72% and
+// 90% full as it grows.
 func (s *memShard) grow() {
 	old := s.slots
-	s.slots = make([]memSlot, max(16, len(old)+len(old)/2))
+	s.slots = make([]memSlot, max(16, len(old)+len(old)/4))
 	for _, e := range old {
 		if e.key() != (memKey{}) {
 			i, _ := s.find(e.key())
-			s.slots[i] = e
+			s.insertAt(i, e)
 		}
 	}
 }
@@ -159,25 +195,21 @@ func (s *memShard) delete(k memKey) {
 	}
 }
 
-// remove empties slot i by shifting back the entries after it that probed past it, so probes
-// need no tombstones. Only entries after i (in probe order, up to the next empty slot) move.
+// remove empties slot i by shifting back one slot the entries after it that are not at their
+// home, so probes need no tombstones. Only entries after i (in probe order, up to the next
+// empty slot or entry at its home) move.
 func (s *memShard) remove(i int) {
-	n := len(s.slots)
-	j := i
 	for {
-		if j++; j == n {
+		j := i + 1
+		if j == len(s.slots) {
 			j = 0
 		}
 		e := s.slots[j]
-		if e.key() == (memKey{}) {
+		if e.key() == (memKey{}) || s.home(e.key()) == j {
 			break
 		}
-		// Move j back to i unless its home lies cyclically in (i, j].
-		home := s.home(e.key())
-		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
-			s.slots[i] = e
-			i = j
-		}
+		s.slots[i] = e
+		i = j
 	}
 	s.slots[i] = memSlot{}
 	s.used--
