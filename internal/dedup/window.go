@@ -26,12 +26,13 @@ import "math"
 //   - a FIFO of (hash, receive time) in arrival order, in chunks of 1024 events, so it grows
 //     without copying and wastes at most one chunk. A chunk stores receive times as 32-bit
 //     offsets from its first one (12 bytes an event); a chunk whose events spread over more
-//     than ±35 minutes, which only a partition with a few events a second can produce,
-//     switches to full 64-bit times;
+//     than ±35 minutes (a partition with fewer than one event every two seconds) switches
+//     to full 64-bit times;
 //   - an open-addressing table, at most half full, of 32-bit FIFO positions (the low bits
-//     of the position; positions held span less than 2^32) of each key's occurrence with the
-//     latest receive time, the only one the rule needs. The key's hash is read from the FIFO
-//     when a probe meets an entry, so the table holds 4 bytes a slot instead of 16.
+//     of the position, plus one so that 0 marks an empty slot; positions held span less than
+//     2^32, and the FIFO skips the one position whose low bits would read as empty) of each
+//     key's occurrence with the latest receive time, the only one the rule needs. The key's
+//     hash is read from the FIFO when a probe meets an entry, so a slot is 4 bytes, not 16.
 //
 // It is hand-rolled because it runs once per event at millions of events a second: a Go map
 // costs three hashed operations per event (look up, insert, evict), the table a few probes.
