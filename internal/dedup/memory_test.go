@@ -2,6 +2,8 @@ package dedup_test
 
 import (
 	"fmt"
+	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
@@ -46,4 +48,31 @@ func BenchmarkMemoryReserveCommit(b *testing.B) {
 			_ = m.Commit(b.Context(), keys, now)
 		}
 	})
+}
+
+// BenchmarkMemoryBytesPerKey reports the heap a Memory holds per committed key.
+func BenchmarkMemoryBytesPerKey(b *testing.B) {
+	const keys = 1 << 20
+	const batchSize = 1000
+	now := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		m := dedup.NewMemory(24 * time.Hour)
+		batch := make([]string, 0, batchSize)
+		out := make([]dedup.Status, batchSize)
+		for i := 0; i < keys; i += batchSize {
+			batch = batch[:0]
+			for j := i; j < min(i+batchSize, keys); j++ {
+				batch = append(batch, "c:"+strconv.Itoa(j))
+			}
+			_ = m.Reserve(b.Context(), batch, now, out[:len(batch)])
+			_ = m.Commit(b.Context(), batch, now)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/keys, "B/key")
+		runtime.KeepAlive(m)
+	}
 }

@@ -13,7 +13,9 @@ import (
 // ends, shard by shard. Keys in flight are left out: whether their events are durable is not
 // known yet, and the log after the snapshot's offsets says it on the next start.
 
-// snapEntry is one key on disk: fingerprint (16 bytes) and expiry minute (4 bytes).
+// snapEntry is one key on disk: fingerprint (16 bytes, of which the store keeps 96 bits: the
+// low 32 bits of the second word are written as zero and ignored on reading) and expiry
+// minute (4 bytes).
 const snapEntry = 20
 
 // Window is the dedup window the store was made with.
@@ -26,11 +28,11 @@ func (m *Memory) Entries(now time.Time, fn func(fp [2]uint64, expiryMinute uint3
 	for i := range m.shards {
 		s := &m.shards[i]
 		s.mu.Lock()
-		for fp, exp := range s.m {
-			if _, inFlight := s.pending[fp]; inFlight || exp <= nowMin {
+		for _, e := range s.slots {
+			if _, inFlight := s.pending[e.key()]; inFlight || e.key() == (memKey{}) || e.exp <= nowMin {
 				continue
 			}
-			fn(fp, exp)
+			fn(e.key().fingerprint(), e.exp)
 		}
 		s.mu.Unlock()
 	}
@@ -38,7 +40,7 @@ func (m *Memory) Entries(now time.Time, fn func(fp [2]uint64, expiryMinute uint3
 
 // InFlightSet is the set of keys that were reserved and neither committed nor released at one
 // moment.
-type InFlightSet struct{ fps []fingerprint }
+type InFlightSet struct{ fps []memKey }
 
 // InFlightKeys returns the keys in flight now.
 func (m *Memory) InFlightKeys() *InFlightSet {
@@ -46,8 +48,8 @@ func (m *Memory) InFlightKeys() *InFlightSet {
 	for i := range m.shards {
 		s := &m.shards[i]
 		s.mu.Lock()
-		for fp := range s.pending {
-			f.fps = append(f.fps, fp)
+		for k := range s.pending {
+			f.fps = append(f.fps, k)
 		}
 		s.mu.Unlock()
 	}
@@ -61,10 +63,10 @@ func (f *InFlightSet) Len() int { return len(f.fps) }
 // released since; a key reserved again meanwhile counts as still in flight, which only makes
 // the caller wait longer).
 func (m *Memory) Settled(f *InFlightSet) bool {
-	for _, fp := range f.fps {
-		s := m.shard(fp)
+	for _, k := range f.fps {
+		s := &m.shards[k.lo%memShards]
 		s.mu.Lock()
-		_, inFlight := s.pending[fp]
+		_, inFlight := s.pending[k]
 		s.mu.Unlock()
 		if inFlight {
 			return false
@@ -83,13 +85,14 @@ func (m *Memory) WriteKeys(w io.Writer, now time.Time) (n int64, err error) {
 		s := &m.shards[i]
 		buf = append(buf[:0], 0, 0, 0, 0)
 		s.mu.Lock()
-		for fp, exp := range s.m {
-			if _, inFlight := s.pending[fp]; inFlight || exp <= nowMin {
+		for _, e := range s.slots {
+			if _, inFlight := s.pending[e.key()]; inFlight || e.key() == (memKey{}) || e.exp <= nowMin {
 				continue
 			}
+			fp := e.key().fingerprint()
 			buf = binary.LittleEndian.AppendUint64(buf, fp[0])
 			buf = binary.LittleEndian.AppendUint64(buf, fp[1])
-			buf = binary.LittleEndian.AppendUint32(buf, exp)
+			buf = binary.LittleEndian.AppendUint32(buf, e.exp)
 		}
 		s.mu.Unlock()
 		count := (len(buf) - 4) / snapEntry
@@ -114,9 +117,9 @@ func (m *Memory) ReadKeys(r io.Reader, now time.Time) (n int64, err error) {
 			return n, fmt.Errorf("shard %d: %w", i, noEOF(err))
 		}
 		left := int(binary.LittleEndian.Uint32(cnt[:]))
-		if len(s.m) == 0 {
+		if len(s.slots) == 0 && left > 0 {
 			// A hint only, bounded: a corrupt count is found by the checksum, not by memory.
-			s.m = make(map[fingerprint]uint32, min(left, 1<<18))
+			s.slots = make([]memSlot, min(left, 1<<18)*5/4+16)
 		}
 		for left > 0 {
 			k := min(left, len(buf)/snapEntry)
@@ -133,10 +136,9 @@ func (m *Memory) ReadKeys(r io.Reader, now time.Time) (n int64, err error) {
 				if exp <= nowMin {
 					continue
 				}
-				if _, ok := s.m[fp]; !ok {
+				if s.put(fp.key(), exp) {
 					n++
 				}
-				s.m[fp] = exp
 			}
 			left -= k
 		}

@@ -1,5 +1,7 @@
 package dedup
 
+import "math"
+
 // Window is the stream's second line of defence against duplicates: the stages after the log
 // (aggregation, user views) pass every event of one log partition through it, in offset order,
 // and skip the ones it calls repeats. The first line (Store, before the log) keeps a key out
@@ -19,43 +21,88 @@ package dedup
 // events appended since (the append time of its last consumed event) - Span - 2*Slack; see
 // ReplayFrom. Decisions are therefore the same with or without crashes.
 //
-// Memory is 48 to 80 bytes per event of the last Span (BenchmarkWindowBytesPerKey): a FIFO of (hash, receive time) in
-// arrival order, and an open-addressing table of hash -> the FIFO position of its occurrence
-// with the latest receive time (the only one the rule needs), at most half full. It is hand-rolled because it runs once per event at millions
-// of events a second: a Go map costs three hashed operations per event (look up, insert,
-// evict), the table a few probes of one cache line.
+// Memory is 20 to 28 bytes per event of the last Span (BenchmarkWindowBytesPerKey), since one
+// Window per partition per stage holds a day of events at the default window:
+//   - a FIFO of (hash, receive time) in arrival order, in chunks of 1024 events, so it grows
+//     without copying and wastes at most one chunk. A chunk stores receive times as 32-bit
+//     offsets from its first one (12 bytes an event); a chunk whose events spread over more
+//     than ±35 minutes (a partition with fewer than one event every two seconds) switches
+//     to full 64-bit times;
+//   - an open-addressing table, at most half full, of 32-bit FIFO positions (the low bits
+//     of the position, plus one so that 0 marks an empty slot; positions held span less than
+//     2^32, and the FIFO skips the one position whose low bits would read as empty) of each
+//     key's occurrence with the latest receive time, the only one the rule needs. The key's
+//     hash is read from the FIFO when a probe meets an entry, so a slot is 4 bytes, not 16.
+//
+// It is hand-rolled because it runs once per event at millions of events a second: a Go map
+// costs three hashed operations per event (look up, insert, evict), the table a few probes.
 type Window struct {
 	span, slack int64 // micros
 	maxRecv     int64
 
-	// fifo holds the events seen, oldest first: positions head..head+n-1, stored at
-	// pos & fifoMask.
-	fifo     []windowSlot
-	fifoMask int64
-	head, n  int64
+	// The FIFO holds the events seen, oldest first: positions head..head+n-1. Position p is
+	// slot p&chunkMask of chunks[p>>chunkBits - firstChunk].
+	chunks     []*windowChunk
+	firstChunk int64
+	spare      *windowChunk // the last chunk dropped, reused by the next one needed
+	head, n    int64
 
-	tab  []windowEnt // hash -> FIFO position of its occurrence received last; hash 0 = empty
+	tab  []uint32 // hash -> uint32(FIFO position)+1 of its occurrence received last; 0 = empty
 	mask uint64
 	keys int
 }
 
-type windowSlot struct {
-	hash uint64
-	recv int64
+const (
+	chunkBits = 10
+	chunkLen  = 1 << chunkBits
+	chunkMask = chunkLen - 1
+
+	// emptyPos is the one uint32(position) the FIFO never hands out to a key, so that
+	// uint32(position)+1 is never 0, the table's empty slot.
+	emptyPos = math.MaxUint32
+)
+
+// windowChunk holds chunkLen consecutive FIFO slots. A slot's hash 0 marks an event that
+// decides nothing (see Observe).
+type windowChunk struct {
+	hash [chunkLen]uint64
+	rel  [chunkLen]int32 // receive time - base, unless wide is set
+	base int64
+	wide []int64 // receive times in full, once one did not fit rel
 }
 
-type windowEnt struct {
-	hash uint64
-	pos  int64
+func (c *windowChunk) recv(i int64) int64 {
+	if c.wide != nil {
+		return c.wide[i]
+	}
+	return c.base + int64(c.rel[i])
+}
+
+func (c *windowChunk) set(i int64, h uint64, recv int64) {
+	c.hash[i] = h
+	if c.wide == nil {
+		d := recv - c.base
+		if d == int64(int32(d)) {
+			c.rel[i] = int32(d)
+			return
+		}
+		c.wide = make([]int64, chunkLen)
+		for j := range i {
+			c.wide[j] = c.base + int64(c.rel[j])
+		}
+	}
+	c.wide[i] = recv
 }
 
 // NewWindow returns an empty filter. span is how long a key is remembered (--dedup-window);
 // slack how far receive times may be out of order within a partition.
-func NewWindow(span, slack int64) *Window {
-	w := &Window{span: span, slack: slack}
-	w.fifo = make([]windowSlot, 1024)
-	w.fifoMask = 1023
-	w.tab = make([]windowEnt, 2048)
+func NewWindow(span, slack int64) *Window { return newWindowAt(span, slack, 0) }
+
+// newWindowAt is NewWindow with the FIFO's positions starting at first, so tests reach the
+// positions where their low 32 bits wrap.
+func newWindowAt(span, slack, first int64) *Window {
+	w := &Window{span: span, slack: slack, head: first}
+	w.tab = make([]uint32, 2048)
 	w.mask = 2047
 	return w
 }
@@ -71,7 +118,7 @@ func ReplayFrom(lastAppend, span, slack int64) int64 {
 // whether it repeats an earlier one.
 func (w *Window) Observe(h uint64, recv int64) bool {
 	if h == 0 {
-		h = 1 // 0 marks an empty slot
+		h = 1 // 0 marks a FIFO slot that decides nothing
 	}
 	if recv > w.maxRecv {
 		w.maxRecv = recv
@@ -80,7 +127,7 @@ func (w *Window) Observe(h uint64, recv int64) bool {
 	ti, found := w.find(h)
 	dup := false
 	if found {
-		prev := w.fifo[w.tab[ti].pos&w.fifoMask].recv
+		prev := w.recvAt(w.posOf(w.tab[ti]))
 		dup = recv-prev <= w.span
 		if recv < prev {
 			// The key's latest receive time stays what decides; this event only has to
@@ -97,27 +144,56 @@ func (w *Window) Observe(h uint64, recv int64) bool {
 		}
 		w.keys++
 	}
-	w.tab[ti] = windowEnt{h, pos}
+	w.tab[ti] = uint32(pos) + 1
 	return dup
 }
 
 // Len is the number of distinct keys held.
 func (w *Window) Len() int { return w.keys }
 
-// push appends to the FIFO, doubling it when full, and returns the new position.
+func (w *Window) chunk(pos int64) *windowChunk { return w.chunks[pos>>chunkBits-w.firstChunk] }
+
+func (w *Window) hashAt(pos int64) uint64 { return w.chunk(pos).hash[pos&chunkMask] }
+
+func (w *Window) recvAt(pos int64) int64 { return w.chunk(pos).recv(pos & chunkMask) }
+
+// posOf is the FIFO position a table entry names: the one in head..head+2^32-1 with those low
+// bits.
+func (w *Window) posOf(v uint32) int64 {
+	return w.head + int64((v-1)-uint32(w.head))
+}
+
+// push appends to the FIFO and returns the new position.
 func (w *Window) push(h uint64, recv int64) int64 {
-	if w.n == int64(len(w.fifo)) {
-		bigger := make([]windowSlot, 2*len(w.fifo))
-		newMask := int64(len(bigger) - 1)
-		for p := w.head; p < w.head+w.n; p++ {
-			bigger[p&newMask] = w.fifo[p&w.fifoMask]
-		}
-		w.fifo, w.fifoMask = bigger, newMask
-	}
 	pos := w.head + w.n
-	w.fifo[pos&w.fifoMask] = windowSlot{h, recv}
-	w.n++
+	if uint32(pos) == emptyPos {
+		// Skip the position the table cannot name with a slot that decides nothing.
+		w.pushAt(pos, 0, recv)
+		pos++
+	}
+	w.pushAt(pos, h, recv)
 	return pos
+}
+
+func (w *Window) pushAt(pos int64, h uint64, recv int64) {
+	if w.n >= 1<<32-chunkLen {
+		// posOf names positions within 2^32 of head: 48 GiB of events in one partition's span.
+		panic("dedup: a Window holds 2^32 events")
+	}
+	if pos&chunkMask == 0 || len(w.chunks) == 0 {
+		c := w.spare
+		w.spare = nil
+		if c == nil {
+			c = new(windowChunk)
+		}
+		c.base, c.wide = recv, nil
+		if len(w.chunks) == 0 {
+			w.firstChunk = pos >> chunkBits
+		}
+		w.chunks = append(w.chunks, c)
+	}
+	w.chunk(pos).set(pos&chunkMask, h, recv)
+	w.n++
 }
 
 // evict drops events received before maxRecv - span - slack from the front of the FIFO.
@@ -126,18 +202,26 @@ func (w *Window) push(h uint64, recv int64) int64 {
 func (w *Window) evict() {
 	limit := w.maxRecv - w.span - w.slack
 	for w.n > 0 {
-		s := w.fifo[w.head&w.fifoMask]
-		if s.recv >= limit {
+		c := w.chunk(w.head)
+		i := w.head & chunkMask
+		if c.recv(i) >= limit {
 			return
 		}
-		if s.hash == 0 {
+		if h := c.hash[i]; h == 0 {
 			// A slot that decides nothing (see Observe).
-		} else if ti, ok := w.find(s.hash); ok && w.tab[ti].pos == w.head {
+		} else if ti, ok := w.find(h); ok && w.posOf(w.tab[ti]) == w.head {
 			w.remove(ti)
 			w.keys--
 		}
 		w.head++
 		w.n--
+		if w.head&chunkMask == 0 {
+			// The front chunk is spent; keep it for the next one needed.
+			w.spare = w.chunks[0]
+			w.chunks[0] = nil
+			w.chunks = w.chunks[1:]
+			w.firstChunk++
+		}
 	}
 }
 
@@ -145,12 +229,12 @@ func (w *Window) evict() {
 func (w *Window) find(h uint64) (int, bool) {
 	i := h & w.mask
 	for {
-		e := &w.tab[i]
-		if e.hash == h {
-			return int(i), true
-		}
-		if e.hash == 0 {
+		v := w.tab[i]
+		if v == 0 {
 			return int(i), false
+		}
+		if w.hashAt(w.posOf(v)) == h {
+			return int(i), true
 		}
 		i = (i + 1) & w.mask
 	}
@@ -161,29 +245,29 @@ func (w *Window) remove(i int) {
 	j := i
 	for {
 		j = (j + 1) & int(w.mask)
-		h := w.tab[j].hash
-		if h == 0 {
+		v := w.tab[j]
+		if v == 0 {
 			break
 		}
 		// Move j back to i unless its home lies cyclically in (i, j].
-		home := int(h & w.mask)
+		home := int(w.hashAt(w.posOf(v)) & w.mask)
 		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
-			w.tab[i] = w.tab[j]
+			w.tab[i] = v
 			i = j
 		}
 	}
-	w.tab[i] = windowEnt{}
+	w.tab[i] = 0
 }
 
 // grow doubles the table.
 func (w *Window) grow() {
 	old := w.tab
-	w.tab = make([]windowEnt, 2*len(old))
+	w.tab = make([]uint32, 2*len(old))
 	w.mask = uint64(len(w.tab) - 1)
-	for _, e := range old {
-		if e.hash != 0 {
-			i, _ := w.find(e.hash)
-			w.tab[i] = e
+	for _, v := range old {
+		if v != 0 {
+			i, _ := w.find(w.hashAt(w.posOf(v)))
+			w.tab[i] = v
 		}
 	}
 }

@@ -122,3 +122,80 @@ func BenchmarkWindowBytesPerKey(b *testing.B) {
 		runtime.KeepAlive(w)
 	}
 }
+
+// TestWindowModel checks Window against a Go map of each key's latest receive time (the rule
+// needs nothing else) over long random streams: bursts that grow the table and quiet spells
+// that empty it, receive times out of order by up to slack, gaps wider than a chunk's 32-bit
+// offsets, the hash 0, keys whose homes collide, and FIFO positions whose low 32 bits wrap.
+func TestWindowModel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 11))
+	const minute = int64(time.Minute / time.Microsecond)
+	for round := range 24 {
+		span := 1 + rng.Int64N(3*minute)
+		if round%4 == 3 {
+			span = 1 + rng.Int64N(200)
+		}
+		slack := rng.Int64N(span/4 + 1)
+		first := int64(0)
+		if round%2 == 1 {
+			// Start just before a wrap of the positions' low 32 bits.
+			first = 1<<32 - int64(rng.IntN(5000)) + int64(rng.IntN(3))<<32
+		}
+		w := newWindowAt(span, slack, first)
+		latest := map[uint64]int64{}
+		universe := 1 + rng.IntN(50_000)
+		var clock int64
+		for o := range 60_000 {
+			switch r := rng.IntN(1000); {
+			case r == 0:
+				clock += 40 * minute // wider than a chunk's ±35 minutes of offsets
+			case r < 5:
+				clock += span + slack + 1 // everything held expires
+			case r < 400:
+				clock += rng.Int64N(span/50 + 1)
+			}
+			recv := clock - rng.Int64N(slack+1)
+			h := uint64(rng.IntN(universe))
+			switch round % 3 {
+			case 1:
+				h = h<<44 | uint64(rng.IntN(4)) // homes collide
+			case 2:
+				h *= 0x9E3779B97F4A7C15
+			}
+			key := h
+			if key == 0 {
+				key = 1 // Observe's documented alias
+			}
+			prev, seen := latest[key]
+			want := seen && recv-prev <= span
+			if got := w.Observe(h, recv); got != want {
+				t.Fatalf("round %d (span %d, slack %d, first %d) event %d key %#x recv %d (latest %d, seen %v): repeat %v, want %v",
+					round, span, slack, first, o, h, recv, prev, seen, got, want)
+			}
+			if !seen || recv > prev {
+				latest[key] = recv
+			}
+			if w.Len() > len(latest) {
+				t.Fatalf("round %d event %d: %d keys held, %d exist", round, o, w.Len(), len(latest))
+			}
+		}
+	}
+}
+
+// TestWindowAcrossPositionWrap checks every key stays found when the FIFO's positions pass the
+// one whose low 32 bits the table cannot store.
+func TestWindowAcrossPositionWrap(t *testing.T) {
+	for first := int64(1<<32 - 4); first <= 1<<32; first++ {
+		w := newWindowAt(1000, 0, first)
+		for k := uint64(1); k <= 8; k++ {
+			if w.Observe(k, int64(k)) {
+				t.Fatalf("first %d: new key %d called a repeat", first, k)
+			}
+		}
+		for k := uint64(1); k <= 8; k++ {
+			if !w.Observe(k, 10) {
+				t.Fatalf("first %d: key %d not found again", first, k)
+			}
+		}
+	}
+}

@@ -39,7 +39,7 @@ import (
 
 const (
 	keySnapshotKind    = "dedup-keys"
-	keySnapshotVersion = 1
+	keySnapshotVersion = 2 // 2: fingerprints of 96 bits (the low 32 bits of the second word zero)
 	// maxSnapshotPartitions bounds the partition count read from a snapshot.
 	maxSnapshotPartitions = 1 << 16
 )

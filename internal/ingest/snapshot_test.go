@@ -14,6 +14,7 @@ import (
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/eventlog/eventlogtest"
+	"github.com/adpulse/adpulse/internal/snapfile"
 	"github.com/adpulse/adpulse/internal/testseed"
 	"github.com/cockroachdb/pebble/vfs"
 )
@@ -149,6 +150,7 @@ func TestKeySnapshotUnusableFallsBack(t *testing.T) {
 		{"truncated", func(e *snapEnv) { spoilFile(t, e.fs, func(b []byte) []byte { return b[:len(b)-5] }) }},
 		{"empty", func(e *snapEnv) { spoilFile(t, e.fs, func([]byte) []byte { return nil }) }},
 		{"other window", func(e *snapEnv) { e.window *= 2 }},
+		{"version 1 (128-bit fingerprints)", func(e *snapEnv) { rewriteVersion(t, e.fs, 1) }},
 		{"clock before the snapshot", func(e *snapEnv) { e.now = e.now.Add(-time.Hour) }},
 		{"log replaced", func(e *snapEnv) {
 			old := e.log
@@ -175,6 +177,26 @@ func TestKeySnapshotUnusableFallsBack(t *testing.T) {
 			}
 			sameKeys(t, "fallback", entriesOf(ld.Keys, e.now), e.rebuilt(), e.now)
 		})
+	}
+}
+
+// rewriteVersion rewrites the snapshot whole (checksum included) as of another version.
+func rewriteVersion(t *testing.T, fs vfs.FS, version uint32) {
+	t.Helper()
+	var body []byte
+	err := snapfile.Read(fs, "dedup-keys", keySnapshotKind, keySnapshotVersion, func(r io.Reader) (err error) {
+		body, err = io.ReadAll(r)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = snapfile.Write(fs, "dedup-keys", keySnapshotKind, version, func(w io.Writer) error {
+		_, err := w.Write(body)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
