@@ -23,9 +23,10 @@
 //
 // Restart cost: opening the store replays the write-ahead log written since the last memtable
 // flush. The memtables are large (128 MiB, for write throughput), so left to itself Pebble
-// would replay up to several hundred MiB after a kill -9, growing with how busy the store was.
-// Run therefore flushes every FlushInterval once MaxUnflushedWAL bytes are waiting: the replay
-// is bounded by about one interval of writes, whatever the memtable size.
+// would replay a memtable or more (128 MiB each) after a kill -9, growing with how busy the
+// store was. Run therefore checks every FlushInterval and flushes once MaxUnflushedWAL bytes
+// are waiting: the replay is bounded by about MaxUnflushedWAL plus one interval of writes,
+// whatever the memtable size.
 package pebblestore
 
 import (
