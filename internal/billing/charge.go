@@ -46,6 +46,9 @@ type ownedPartition struct {
 	epoch int64
 	next  int64         // next offset to consume, as committed
 	dups  *dedup.Window // the impressions' duplicate filter; nil when off
+	// dupsPending: dups is still to be built from the log (by buildViewDups) before the
+	// partition's first message is processed.
+	dupsPending bool
 }
 
 type spendKey = ledger.SpendKey
@@ -157,6 +160,9 @@ type msgRef struct {
 func (w *writer) round(ctx context.Context) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if err := w.buildViewDups(ctx); err != nil {
+		return 0, err
+	}
 	w.refs = w.refs[:0]
 	defer clear(w.got) // let the messages go
 	for p, op := range w.parts {
@@ -210,6 +216,30 @@ func (w *writer) round(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	return n, nil
+}
+
+// buildViewDups builds the duplicate filters of the partitions assigned since the last round.
+// Their committed offsets have not moved since the claim (only a round moves them), so each
+// filter is the one the claim would have built. Called with w.mu held.
+func (w *writer) buildViewDups(ctx context.Context) error {
+	start := time.Now()
+	var built []int32
+	for p, op := range w.parts {
+		if !op.dupsPending {
+			continue
+		}
+		dups, err := w.newViewDups(ctx, p, op.next)
+		if err != nil {
+			return err
+		}
+		op.dups, op.dupsPending = dups, false
+		built = append(built, p)
+	}
+	if len(built) > 0 {
+		slices.Sort(built)
+		w.o.Logger.Info("billing: impression windows rebuilt from the log", "partitions", built, "took", time.Since(start).Round(time.Millisecond))
+	}
+	return nil
 }
 
 // fenced drops partitions another owner claimed. The round's other partitions stay owned,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/adpulse/adpulse/internal/eventlog"
 )
@@ -42,6 +43,7 @@ func (c *Charger) Assign(ctx context.Context, partitions []int32) error {
 			return fmt.Errorf("billing: partition %d: the log has %d", p, n)
 		}
 	}
+	start := time.Now()
 	claims, err := c.store.Claim(ctx, ps)
 	if err != nil {
 		return fmt.Errorf("billing: claim partitions %v: %w", ps, err)
@@ -65,11 +67,10 @@ func (c *Charger) Assign(ctx context.Context, partitions []int32) error {
 		if next > end {
 			return fmt.Errorf("billing: partition %d: committed offset %d is past the log's end %d (was the log replaced?): %w", p, next, end, eventlog.ErrOffsetOutOfRange)
 		}
-		dups, err := c.w.newViewDups(ctx, cl.Partition, next)
-		if err != nil {
-			return err
-		}
-		owned[cl.Partition] = &ownedPartition{epoch: cl.Epoch, next: next, dups: dups}
+		// The impression window is rebuilt by the first round that reads the partition
+		// (buildViewDups), not here: it reads the log back over the dedup span, which takes
+		// seconds, and an embedded Charger assigns in Open, on the process's path to ready.
+		owned[cl.Partition] = &ownedPartition{epoch: cl.Epoch, next: next, dupsPending: true}
 	}
 	c.w.mu.Lock()
 	for p, op := range owned {
@@ -80,7 +81,7 @@ func (c *Charger) Assign(ctx context.Context, partitions []int32) error {
 	c.mu.Lock()
 	c.stats.Claims += int64(len(owned))
 	c.mu.Unlock()
-	c.opts.Logger.Info("billing: partitions assigned", "partitions", ps)
+	c.opts.Logger.Info("billing: partitions assigned", "partitions", ps, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

@@ -54,6 +54,7 @@ func (a *App) openMetricStore(ctx context.Context) (*metricsSeam, error) {
 			},
 		}, nil
 	}
+	start := time.Now()
 	s, err := pebblestore.Open(a.dir.metrics(), pebblestore.Options{
 		MinuteRetention: a.cfg.MinuteRetention,
 		Now:             a.now,
@@ -62,6 +63,9 @@ func (a *App) openMetricStore(ctx context.Context) (*metricsSeam, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open metric store: %w", err)
 	}
+	// The open replays the write-ahead log written since the last flush: this line shows
+	// what that costs a restart.
+	logger.Info("metric store opened", "took", time.Since(start).Round(time.Millisecond))
 	return &metricsSeam{
 		store: s, scanner: s, run: s.Run,
 		stats: func() metricsStats {

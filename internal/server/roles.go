@@ -315,10 +315,12 @@ func (a *App) openBilling(ctx context.Context, bo billing.Options) (*billing.Cha
 		bo.Ledger, bo.Group = l, true
 		bo.Node = nodeName(a.cfg)
 	}
+	start := time.Now()
 	c, err := billing.Open(ctx, bo)
 	if err != nil {
 		return nil, fmt.Errorf("open billing: %w", err)
 	}
+	bo.Logger.Info("billing opened", "took", time.Since(start).Round(time.Millisecond))
 	return c, nil
 }
 

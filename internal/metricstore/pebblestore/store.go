@@ -20,6 +20,13 @@
 //   - Query reads from one iterator, so all series of a result are one consistent snapshot,
 //     and the consumer offsets it reports (Query.OffsetsOf) are exactly that snapshot's.
 //   - Lock order: Store.life before Store.mu.
+//
+// Restart cost: opening the store replays the write-ahead log written since the last memtable
+// flush. The memtables are large (128 MiB, for write throughput), so left to itself Pebble
+// would replay a memtable or more (128 MiB each) after a kill -9, growing with how busy the
+// store was. Run therefore checks every FlushInterval and flushes once MaxUnflushedWAL bytes
+// are waiting: the replay is bounded by about MaxUnflushedWAL plus one interval of writes,
+// whatever the memtable size.
 package pebblestore
 
 import (
@@ -50,6 +57,11 @@ type Options struct {
 	HourRetention time.Duration
 	// ExpireInterval is how often Run drops expired buckets (default 10 minutes).
 	ExpireInterval time.Duration
+	// FlushInterval is how often Run checks the write-ahead log a restart would replay
+	// (default 5 s); MaxUnflushedWAL is the size from which it then flushes the memtables
+	// (default 8 MiB). Together they bound the replay: see the package comment.
+	FlushInterval   time.Duration
+	MaxUnflushedWAL uint64
 	// CacheBytes is the size of the block cache (default 128 MiB).
 	CacheBytes int64
 	// FS is the file system; nil means the operating system's. Crash tests use
@@ -69,6 +81,12 @@ func (o *Options) setDefaults() {
 	}
 	if o.ExpireInterval <= 0 {
 		o.ExpireInterval = 10 * time.Minute
+	}
+	if o.FlushInterval <= 0 {
+		o.FlushInterval = 5 * time.Second
+	}
+	if o.MaxUnflushedWAL == 0 {
+		o.MaxUnflushedWAL = 8 << 20
 	}
 	if o.CacheBytes <= 0 {
 		o.CacheBytes = 128 << 20
@@ -92,6 +110,8 @@ type Stats struct {
 	ExpiredRanges    int64 // partition ranges dropped by retention
 	DiskBytes        uint64
 	MemtableBytes    uint64
+	UnflushedWAL     uint64 // write-ahead log bytes an open after a crash would replay
+	Flushes          int64  // memtable flushes started by Run to bound UnflushedWAL
 	BlockCacheHits   int64
 	BlockCacheMisses int64
 	Compactions      int64
@@ -120,6 +140,7 @@ type Store struct {
 
 	applies, conflicts, deltas, applyNanos, lastApply, queries, expired atomic.Int64
 	buildNanos, commitNanos, stallNanos, syncNanos                      atomic.Int64
+	flushes                                                             atomic.Int64
 }
 
 type checkpoint struct {
@@ -506,24 +527,48 @@ func (s *Store) finalBeforeLocked() int64 {
 	return fb
 }
 
-// Run drops expired buckets every ExpireInterval until ctx is done. It returns nil when ctx
-// is done and the error of a failed expiry otherwise.
+// Run drops expired buckets every ExpireInterval and bounds the write-ahead log a restart
+// would replay (flushIfLarge, every FlushInterval) until ctx is done. It returns nil when ctx
+// ends or the store is closed, and the first error otherwise.
 func (s *Store) Run(ctx context.Context) error {
-	t := time.NewTicker(s.opts.ExpireInterval)
-	defer t.Stop()
-	for {
-		if err := s.Expire(ctx); err != nil {
-			if ctx.Err() != nil || errors.Is(err, metricstore.ErrClosed) {
-				return nil
-			}
-			return err
-		}
+	expire := time.NewTicker(s.opts.ExpireInterval)
+	defer expire.Stop()
+	flush := time.NewTicker(s.opts.FlushInterval)
+	defer flush.Stop()
+	err := s.Expire(ctx)
+	for err == nil {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-expire.C:
+			err = s.Expire(ctx)
+		case <-flush.C:
+			err = s.flushIfLarge()
 		}
 	}
+	if ctx.Err() != nil || errors.Is(err, metricstore.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// flushIfLarge starts a flush of the memtables when a restart would otherwise replay
+// MaxUnflushedWAL bytes or more of write-ahead log. It does not wait for the flush: Pebble
+// writes the memtables out in the background and drops the log files they covered.
+func (s *Store) flushIfLarge() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return metricstore.ErrClosed
+	}
+	if s.db.Metrics().WAL.Size < s.opts.MaxUnflushedWAL {
+		return nil
+	}
+	if _, err := s.db.AsyncFlush(); err != nil {
+		return fmt.Errorf("flush metric store memtables: %w", err)
+	}
+	s.flushes.Add(1)
+	return nil
 }
 
 // Expire drops the key partitions of every resolution that lie wholly before now minus its
@@ -586,6 +631,8 @@ func (s *Store) Stats() Stats {
 		m := s.db.Metrics()
 		st.DiskBytes = m.DiskSpaceUsage()
 		st.MemtableBytes = m.MemTable.Size
+		st.UnflushedWAL = m.WAL.Size
+		st.Flushes = s.flushes.Load()
 		st.BlockCacheHits, st.BlockCacheMisses = m.BlockCache.Hits, m.BlockCache.Misses
 		st.Compactions, st.CompactionTime = m.Compact.Count, m.Compact.Duration
 		for _, l := range m.Levels {

@@ -320,3 +320,82 @@ func countKeys(t testing.TB, s *Store, res int) int {
 	}
 	return n
 }
+
+// TestRunBoundsWALReplay: Run flushes the memtables once MaxUnflushedWAL bytes of log wait,
+// so a restart after a crash replays little, and what the flush wrote is all there after it.
+// Without the flush the log only grows until a 128 MiB memtable fills.
+func TestRunBoundsWALReplay(t *testing.T) {
+	seed := testseed.Seed(t)
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 7))
+	fs := vfs.NewStrictMem()
+	ctx := context.Background()
+	const bound = 64 << 10
+	opts := Options{FS: fs, FlushInterval: 10 * time.Millisecond, MaxUnflushedWAL: bound}
+	s, err := Open("db", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := time.Now().Unix()/60 - 100
+	var committed, clicks int64
+	for s.Stats().UnflushedWAL < 4*bound {
+		n := 1 + rng.Int64N(200)
+		var ds []metricstore.Delta
+		for i := range n {
+			c := 1 + rng.Int64N(5)
+			clicks += c
+			ds = append(ds, metricstore.Delta{Level: metricstore.LevelAd, ID: "a", Minute: m + (committed+i)%50, Counts: metricstore.Counts{Clicks: c}})
+		}
+		if err := s.Apply(ctx, &metricstore.Commit{Consumer: "agg", Ranges: []metricstore.OffsetRange{{Partition: 0, From: committed, To: committed + n}}, Deltas: ds}); err != nil {
+			t.Fatal(err)
+		}
+		committed += n
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for s.Stats().UnflushedWAL >= bound {
+		if time.Now().After(deadline) {
+			t.Fatalf("seed %d: %d bytes of write-ahead log still unflushed after 20 s, want < %d", seed, s.Stats().UnflushedWAL, bound)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Flushes == 0 {
+		t.Errorf("stats Flushes 0 after a bounding flush")
+	}
+	// Crash, then reopen: everything committed is there.
+	fs.SetIgnoreSyncs(true)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fs.ResetToSyncedState()
+	fs.SetIgnoreSyncs(false)
+	s, err = Open("db", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cp, err := s.Checkpoint(ctx, "agg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp.Offsets[0] != committed {
+		t.Fatalf("seed %d: offset %d after crash, want %d", seed, cp.Offsets[0], committed)
+	}
+	r, err := s.Query(ctx, metricstore.Query{Level: metricstore.LevelAd, IDs: []string{"a"}, Start: time.Unix(m*60, 0), End: time.Unix((m+50)*60, 0), Interval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, p := range r.Series[0].Points {
+		sum += p.Clicks
+	}
+	if sum != clicks {
+		t.Fatalf("seed %d: %d clicks after crash, want %d", seed, sum, clicks)
+	}
+}
