@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net/http/httptest"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -295,11 +297,18 @@ func TestBenchSmoke(t *testing.T) {
 }
 
 // TestBenchChild runs the default mode (adpulse started as a child, RSS/CPU from /proc,
-// kill -9 recovery) when ADPULSE_BENCH_BINARY names an adpulse binary.
+// kill -9 recovery, the check against the restarted process's new ports) on the adpulse
+// binary ADPULSE_BENCH_BINARY names, else on one it builds.
 func TestBenchChild(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts adpulse; skipped with -short")
+	}
 	bin := os.Getenv("ADPULSE_BENCH_BINARY")
 	if bin == "" {
-		t.Skip("set ADPULSE_BENCH_BINARY to an adpulse binary to test the child-process mode and kill -9 recovery")
+		bin = filepath.Join(t.TempDir(), "adpulse")
+		if out, err := exec.Command("go", "build", "-o", bin, "github.com/adpulse/adpulse/cmd/adpulse").CombinedOutput(); err != nil {
+			t.Fatalf("go build: %v\n%s", err, out)
+		}
 	}
 	o := tinyOptions()
 	o.Binary = bin

@@ -50,7 +50,7 @@ func runRecovery(ctx context.Context, t *target, cs *clickSet, rate float64, con
 	}
 	rs.RestartToReady = d.Seconds()
 	rs.KillToReady = time.Since(killed).Seconds()
-	t.base, t.ops = "http://"+t.proc.api, "http://"+t.proc.ops
+	t.moveTo(t.proc.api, t.proc.ops)
 	e := newExpectation("clicks", cs.lay.prefix)
 	e.from, e.to = from, time.Now().Add(2*time.Minute).Truncate(time.Minute)
 	cs.addExpected(e)

@@ -62,6 +62,14 @@ func (t *target) apiClient() (*client.Client, error) {
 
 func (t *target) addr() string { return strings.TrimPrefix(t.base, "http://") }
 
+// moveTo points the target at a restarted process's listeners (new ports) and drops the API
+// client made for the old ones.
+func (t *target) moveTo(api, ops string) {
+	t.apiMu.Lock()
+	defer t.apiMu.Unlock()
+	t.base, t.ops, t.api = "http://"+api, "http://"+ops, nil
+}
+
 // ingestAddrs are the host:port the click loops spread their connections over.
 func (t *target) ingestAddrs() []string {
 	if len(t.ingest) == 0 {
