@@ -346,3 +346,36 @@ func TestMemorySweepRacesReserve(t *testing.T) {
 		t.Fatalf("Len %d, tables hold %d", m.Len(), held)
 	}
 }
+
+// TestMemoryGrowthDuringBatch reserves batches of thousands of keys into a new store, so each
+// shard's table grows several times within one batch, with keys repeated inside the batch
+// and across batches, and requires the reference store's statuses.
+func TestMemoryGrowthDuringBatch(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testSeed(t), 29))
+	now := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+	got, ref := NewMemory(time.Hour), newRefMemory(time.Hour)
+	for round := range 6 {
+		keys := make([]string, 1000+rng.IntN(20_000))
+		for i := range keys {
+			keys[i] = "g" + strconv.Itoa(rng.IntN(3*len(keys)))
+		}
+		out, want := make([]Status, len(keys)), make([]Status, len(keys))
+		_ = got.Reserve(t.Context(), keys, now, out)
+		_ = ref.Reserve(t.Context(), keys, now, want)
+		for i := range keys {
+			if out[i] != want[i] {
+				t.Fatalf("round %d: key %d (%q) of %d: %v, reference %v", round, i, keys[i], len(keys), out[i], want[i])
+			}
+		}
+		if round%2 == 0 {
+			_ = got.Commit(t.Context(), keys, now)
+			_ = ref.Commit(t.Context(), keys, now)
+		} else {
+			_ = got.Release(t.Context(), keys[:len(keys)/2])
+			_ = ref.Release(t.Context(), keys[:len(keys)/2])
+		}
+		if got.Len() != ref.Len() {
+			t.Fatalf("round %d: Len %d, reference %d", round, got.Len(), ref.Len())
+		}
+	}
+}
