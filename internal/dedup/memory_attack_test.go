@@ -30,7 +30,7 @@ func TestMemoryMatchesReference(t *testing.T) {
 		got, ref := NewMemory(window), newRefMemory(window)
 		universe := 1 + rng.IntN(20_000)
 		clock := base
-		for op := range 15_000 {
+		for op := range 6000 {
 			clock = clock.Add(time.Duration(rng.IntN(int(window/time.Millisecond)/50+1)) * time.Millisecond)
 			now := clock.Add(-time.Duration(rng.Int64N(int64(window)/4 + 1)))
 			switch rng.IntN(200) {
