@@ -13,6 +13,8 @@ import (
 	"github.com/cespare/xxhash/v2"
 )
 
+// refWindow is Window with 16-byte FIFO slots (full receive times) and 16-byte table entries
+// (hash and 64-bit position).
 type refWindow struct {
 	span, slack int64 // micros
 	maxRecv     int64
@@ -170,6 +172,7 @@ func (w *refWindow) grow() {
 	}
 }
 
+// refMemory is Memory with a Go map per shard of 128-bit fingerprints.
 type refMemory struct {
 	window  time.Duration
 	shards  [refShards]refShard
