@@ -352,3 +352,54 @@ func TestKeySnapshotCrash(t *testing.T) {
 		}
 	}
 }
+
+// TestKeySnapshotVersion2RoundTrip: a key snapshot is written as version 2, is not readable
+// as version 1, and the store loaded from it answers "duplicate" for every committed key whose
+// window has not ended and "reserved" for a key never seen.
+func TestKeySnapshotVersion2RoundTrip(t *testing.T) {
+	e := newSnapEnv(t, testseed.Seed(t), vfs.NewMem())
+	e.ingest(1500)
+	if _, err := e.snap().Write(context.Background(), e.live, e.now); err != nil {
+		t.Fatal(err)
+	}
+	read := func(r io.Reader) error { _, err := io.Copy(io.Discard, r); return err }
+	if err := snapfile.Read(e.fs, "dedup-keys", keySnapshotKind, 2, read); err != nil {
+		t.Fatalf("read as version 2: %v", err)
+	}
+	if err := snapfile.Read(e.fs, "dedup-keys", keySnapshotKind, 1, read); err == nil {
+		t.Fatal("a version 2 snapshot was read as version 1")
+	}
+	ld, err := e.snap().Load(context.Background(), e.window, e.now)
+	if err != nil || ld.Offsets == nil {
+		t.Fatalf("Load: %v (%s)", err, ld.Why)
+	}
+	live := entriesOf(e.live, e.now)
+	if got := entriesOf(ld.Keys, e.now); len(got) != len(live) {
+		t.Fatalf("loaded %d keys, live store holds %d", len(got), len(live))
+	}
+	var keys []string
+	for id := range e.ids {
+		ev := event.Event{Type: event.TypeClick, ImpressionID: fmt.Sprintf("imp-%d", id), AdID: fmt.Sprintf("ad-%d", id%7)}
+		keys = append(keys, ev.Key())
+	}
+	keys = append(keys, "never-seen")
+	want, got := make([]dedup.Status, len(keys)), make([]dedup.Status, len(keys))
+	if err := e.live.Reserve(context.Background(), keys, e.now, want); err != nil {
+		t.Fatal(err)
+	}
+	if err := ld.Keys.Reserve(context.Background(), keys, e.now, got); err != nil {
+		t.Fatal(err)
+	}
+	dups := 0
+	for i := range keys {
+		if got[i] != want[i] {
+			t.Fatalf("key %q: %v from the snapshot, %v live", keys[i], got[i], want[i])
+		}
+		if got[i] == dedup.Duplicate {
+			dups++
+		}
+	}
+	if dups == 0 || got[len(got)-1] != dedup.Reserved {
+		t.Fatalf("%d duplicates, new key %v: the test checks nothing", dups, got[len(got)-1])
+	}
+}
