@@ -1,0 +1,65 @@
+package sivt
+
+import (
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/event"
+	"github.com/adpulse/adpulse/internal/ivt/ivtgen"
+)
+
+// heldBytesPerClick feeds ten minutes of generated traffic (people, floods and drip fraud,
+// each event decoded from its log encoding as the stage reads it, so no two clicks share a
+// string) to the rules and returns the live heap the rules' state holds per valid click.
+// Every click is within the many_ads window of the last, so every one is held. Impressions
+// are left out unless withImps (they cost the same per impression before and after).
+func heldBytesPerClick(tb testing.TB, humans int, withImps bool) (perClick float64, clicks int) {
+	evs := ivtgen.Generate(ivtgen.Config{Seed: 1, Duration: 10 * time.Minute, Humans: humans, Floods: 4, DatacenterBots: 0, Drips: 5})
+	encoded := make([][]byte, len(evs))
+	for i := range evs {
+		encoded[i] = evs[i].AppendBinary(nil)
+	}
+	evs = nil
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	st := newState(DefaultRules())
+	for _, b := range encoded {
+		ev := new(event.Event)
+		if err := ev.Decode(b); err != nil {
+			tb.Fatal(err)
+		}
+		switch ev.Type {
+		case event.TypeImpression:
+			if withImps {
+				st.impression(ev)
+			}
+		case event.TypeClick:
+			clicks++
+			st.click(ev, false, true)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(st)
+	runtime.KeepAlive(encoded)
+	return float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(clicks), clicks
+}
+
+// BenchmarkHeldBytesPerClick reports the heap the rules hold per click (held-B/click).
+func BenchmarkHeldBytesPerClick(b *testing.B) {
+	for _, withImps := range []bool{false, true} {
+		name := "clicks"
+		if withImps {
+			name = "clicks+impressions"
+		}
+		b.Run(name, func(b *testing.B) {
+			var per float64
+			for b.Loop() {
+				per, _ = heldBytesPerClick(b, 20000, withImps)
+			}
+			b.ReportMetric(per, "held-B/click")
+		})
+	}
+}
