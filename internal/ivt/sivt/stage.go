@@ -161,8 +161,11 @@ type Stats struct {
 	RefundErrors                        int64
 	JournalNext, JournalApplied         uint64
 	MetricApplyErrors                   int64
-	Sources, Impressions                int // held by the rules
-	Lag                                 int64
+	// Held by the rules: windows (one per source and rule), the receive times and distinct
+	// ads they count and their references to clicks without a verdict (these three as of
+	// the last sweep, each flood window of event time), click keys and impressions.
+	Sources, Times, Ads, PendingClicks, ClickKeys, Impressions int
+	Lag                                                        int64
 }
 
 // Stage is the behavioural invalid-traffic stage. It is safe for concurrent use.
