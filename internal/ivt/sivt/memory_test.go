@@ -1,6 +1,7 @@
 package sivt
 
 import (
+	"fmt"
 	"runtime"
 	"testing"
 	"time"
@@ -20,7 +21,29 @@ func heldBytesPerClick(tb testing.TB, humans int, withImps bool) (perClick float
 	for i := range evs {
 		encoded[i] = evs[i].AppendBinary(nil)
 	}
-	evs = nil
+	return heldBytesPerClickOf(tb, encoded, withImps)
+}
+
+// busySources is ten minutes of n users who each click two ads of their own every 30
+// seconds, below every limit: the clicks, not the sources, fill the windows.
+func busySources(n int) [][]byte {
+	var out [][]byte
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixMicro()
+	for at := int64(0); at < 10*60e6; at += 30e6 {
+		for u := range n {
+			for k := range 2 {
+				e := event.Event{Type: event.TypeClick, Time: start + at + int64(u), RecvTime: start + at + int64(u),
+					AdID: fmt.Sprintf("ad-%d", (u+k)%50), CampaignID: fmt.Sprintf("camp-%d", (u+k)%5), AdvertiserID: fmt.Sprintf("adv-%d", (u+k)%2),
+					ImpressionID: fmt.Sprintf("b%d-%d-%d", u, at, k), UserID: fmt.Sprintf("u-%d", u),
+					SourceIP: fmt.Sprintf("81.1.%d.%d", u/250, u%250), DeviceID: fmt.Sprintf("dev-%d", u)}
+				out = append(out, e.AppendBinary(nil))
+			}
+		}
+	}
+	return out
+}
+
+func heldBytesPerClickOf(tb testing.TB, encoded [][]byte, withImps bool) (perClick float64, clicks int) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -62,4 +85,12 @@ func BenchmarkHeldBytesPerClick(b *testing.B) {
 			b.ReportMetric(per, "held-B/click")
 		})
 	}
+	b.Run("busy-sources", func(b *testing.B) {
+		encoded := busySources(2000)
+		var per float64
+		for b.Loop() {
+			per, _ = heldBytesPerClickOf(b, encoded, false)
+		}
+		b.ReportMetric(per, "held-B/click")
+	})
 }
