@@ -52,11 +52,13 @@ type Evidence struct {
 	// Source is what the rule counted by: "user_id=u1", "ip=203.0.113.9", "device_id=...".
 	Source string `json:"source,omitempty"`
 	// Window, Limit and Count: Count clicks (or distinct ads, for many_ads) within Window,
-	// more than Limit.
+	// more than Limit. Count is exact up to 4×Limit; a count of 4×Limit means at least that
+	// many (the rules keep no more of one source: see the package's Memory).
 	Window string `json:"window,omitempty"`
 	Limit  int    `json:"limit,omitempty"`
 	Count  int    `json:"count,omitempty"`
-	// FirstClickTime is the receive time of the oldest click counted.
+	// FirstClickTime is the receive time of the oldest click counted (when Count is 4×Limit,
+	// the oldest of the 4×Limit newest clicks).
 	FirstClickTime string `json:"first_click_time,omitempty"`
 	// ImpressionTime and DelayMillis: the click's impression and how long after it the click
 	// came (too_fast).
