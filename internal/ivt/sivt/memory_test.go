@@ -43,6 +43,19 @@ func busySources(n int) [][]byte {
 	return out
 }
 
+// oneSourceFlood is n clicks of one user, address and device within one minute, on 50 ads.
+func oneSourceFlood(n int) [][]byte {
+	var out [][]byte
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixMicro()
+	for i := range n {
+		at := start + int64(i)*60e6/int64(n)
+		e := event.Event{Type: event.TypeClick, Time: at, RecvTime: at, AdID: fmt.Sprintf("ad-%d", i%50), CampaignID: fmt.Sprintf("camp-%d", i%5),
+			AdvertiserID: fmt.Sprintf("adv-%d", i%2), ImpressionID: fmt.Sprintf("f-%d", i), UserID: "bot", SourceIP: "81.2.3.4", DeviceID: "bot"}
+		out = append(out, e.AppendBinary(nil))
+	}
+	return out
+}
+
 func heldBytesPerClickOf(tb testing.TB, encoded [][]byte, withImps bool) (perClick float64, clicks int) {
 	var before, after runtime.MemStats
 	runtime.GC()
@@ -85,6 +98,14 @@ func BenchmarkHeldBytesPerClick(b *testing.B) {
 			b.ReportMetric(per, "held-B/click")
 		})
 	}
+	b.Run("one-source-flood", func(b *testing.B) {
+		encoded := oneSourceFlood(100_000)
+		var per float64
+		for b.Loop() {
+			per, _ = heldBytesPerClickOf(b, encoded, false)
+		}
+		b.ReportMetric(per*float64(len(encoded)), "held-B")
+	})
 	b.Run("busy-sources", func(b *testing.B) {
 		encoded := busySources(2000)
 		var per float64
