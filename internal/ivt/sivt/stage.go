@@ -44,8 +44,9 @@
 // 4×limit ads clicked last (24 bytes each), and both the source's clicks without a verdict,
 // which a late verdict may still flag: a 48-byte record and its key per click, shared by its
 // windows (ads, campaigns and advertisers are interned). Once a source is over a flood limit
-// each of its clicks gets its verdict on arrival and keeps no record, so a flood of a million
-// clicks holds what a source at its limit holds: O(limit), not O(clicks). (Without the flood
+// each of its clicks gets its verdict on arrival and keeps no record, so the windows of a
+// flood of a million clicks hold what those of a source at its limit hold: O(limit), not
+// O(clicks) (the repeat check below still keeps each click's key hash for the span). (Without the flood
 // rule of its many_ads source, a source clicking few ads keeps the record of every click in
 // the many_ads window.) A source within the limits holds its clicks' records until they leave
 // the longest window (many_ads, 10 minutes by default): BenchmarkHeldBytesPerClick measures
