@@ -296,6 +296,10 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 		emit("adpulse_ivt_lag_messages", float64(vs.Lag))
 		emit("adpulse_ivt_journal_unapplied", float64(vs.JournalNext-vs.JournalApplied))
 		emit("adpulse_ivt_held", float64(vs.Sources), "sources")
+		emit("adpulse_ivt_held", float64(vs.Times), "click_times")
+		emit("adpulse_ivt_held", float64(vs.Ads), "ads")
+		emit("adpulse_ivt_held", float64(vs.PendingClicks), "pending_clicks")
+		emit("adpulse_ivt_held", float64(vs.ClickKeys), "click_keys")
 		emit("adpulse_ivt_held", float64(vs.Impressions), "impressions")
 	}
 	if p.serving != nil {

@@ -49,6 +49,8 @@ func checkRebuild(t *testing.T, evs []event.Event, cuts []int) {
 		reason  event.Reason
 		late    bool
 		trigger string
+		count   int
+		first   string
 	}
 	var want []decision
 	for i := range evs {
@@ -57,7 +59,7 @@ func checkRebuild(t *testing.T, evs []event.Event, cuts []int) {
 				t.Fatalf("event %d: click %s judged twice", i, v.ClickKey)
 			}
 			flagged[v.ClickKey] = v.Reason
-			want = append(want, decision{i, v.ClickKey, v.Reason, v.Late, v.TriggeredBy})
+			want = append(want, decision{i, v.ClickKey, v.Reason, v.Late, v.TriggeredBy, v.Evidence.Count, v.Evidence.FirstClickTime})
 		}
 	}
 	span := tinyRules.span().Microseconds()
@@ -93,7 +95,7 @@ func checkRebuild(t *testing.T, evs []event.Event, cuts []int) {
 		for i := cut; i < len(evs); i++ {
 			for _, v := range step(st, &evs[i], before) {
 				before[v.ClickKey] = v.Reason
-				got = append(got, decision{i, v.ClickKey, v.Reason, v.Late, v.TriggeredBy})
+				got = append(got, decision{i, v.ClickKey, v.Reason, v.Late, v.TriggeredBy, v.Evidence.Count, v.Evidence.FirstClickTime})
 			}
 		}
 		var tail []decision
@@ -130,6 +132,55 @@ func TestRebuildDecidesTheSame(t *testing.T) {
 		evs := streamFrom(b)
 		cuts := []int{1 + r.IntN(len(evs)-1), 1 + r.IntN(len(evs)-1), len(evs) - 1}
 		checkRebuild(t, evs, cuts)
+	}
+}
+
+// floodStream is one user clicking far above every limit (n clicks 20ms apart, on ever new
+// ads, from one address and device) amid a few people clicking now and then.
+func floodStream(r *rand.Rand, n int) []event.Event {
+	var out []event.Event
+	now := int64(1_700_000_000_000_000)
+	for i := range n {
+		now += 20_000
+		u, ip := "bot", "81.0.0.200"
+		if r.IntN(10) == 0 {
+			u, ip = fmt.Sprint("u", r.IntN(5)), fmt.Sprint("81.0.0.", r.IntN(5))
+		}
+		out = append(out, event.Event{Type: event.TypeClick, AdID: fmt.Sprint("ad-", i%50), ImpressionID: fmt.Sprint("i", i),
+			UserID: u, SourceIP: ip, DeviceID: u, Time: now, RecvTime: now})
+	}
+	return out
+}
+
+// TestRebuildDuringAFlood: a flood hundreds of times over the limits, cut in its middle,
+// decides the same (evidence included) after a rebuild, and the windows hold what the rules
+// can use, not the flood.
+func TestRebuildDuringAFlood(t *testing.T) {
+	r := rand.New(rand.NewPCG(testseed.Seed(t), 4))
+	evs := floodStream(r, 3000) // a minute: 3000 clicks, 2700 of them one user's
+	checkRebuild(t, evs, []int{700, 1500 + r.IntN(1000), len(evs) - 1})
+
+	st := newState(tinyRules)
+	flagged := map[string]event.Reason{}
+	for i := range evs {
+		for _, v := range step(st, &evs[i], flagged) {
+			flagged[v.ClickKey] = v.Reason
+		}
+	}
+	for i, ws := range st.floods {
+		limit := st.floodLimit(i)
+		for src, w := range ws {
+			if len(w.times) > keepPerLimit*limit || len(w.pending) > limit {
+				t.Errorf("flood window %d of %s holds %d times and %d clicks, limit %d", i, src, len(w.times), len(w.pending), limit)
+			}
+		}
+	}
+	w := st.sources["bot"]
+	if keep := keepPerLimit * tinyRules.MaxAdsPerSource; len(w.times) > keep || len(w.ads) > keep || len(w.pending) > tinyRules.MaxAdsPerSource {
+		t.Errorf("the flood's many_ads window holds %d times, %d ads and %d clicks", len(w.times), len(w.ads), len(w.pending))
+	}
+	if n := len(flagged); n < 2600 {
+		t.Errorf("%d clicks flagged, want the flood's", n)
 	}
 }
 

@@ -3,11 +3,13 @@ package sivt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"math/rand/v2"
 	"testing"
 	"time"
 
+	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/ivt/ivtgen"
 	"github.com/adpulse/adpulse/internal/metricstore"
 	"github.com/adpulse/adpulse/internal/testseed"
@@ -80,15 +82,62 @@ func TestDeterministicAcrossRestarts(t *testing.T) {
 	seed := testseed.Seed(t)
 	rng := rand.New(rand.NewPCG(seed, 7))
 	gen := ivtgen.Generate(ivtgen.Config{Seed: seed, Start: t0, Duration: 4 * time.Minute, Humans: 300, Floods: 3, DatacenterBots: 0, Drips: 3})
-	p := newPipeline(t, t0, DefaultRules())
+	evs := make([]event.Event, len(gen))
+	for i := range gen {
+		evs[i] = gen[i].Event
+	}
+	restartedDecidesTheSame(t, rng, evs, DefaultRules(), 200)
+}
+
+// TestDeterministicAcrossRestartsInAFlood: one user clicking six times over the flood limit
+// for longer than the rules' span (a click a second for 12 minutes, on ever other ads) amid
+// people, with restarts in the middle of the flood: the windows hold only the newest of its
+// clicks (60 a minute, 40 kept), and a rebuild starts from within the flood.
+func TestDeterministicAcrossRestartsInAFlood(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testseed.Seed(t), 8))
+	var evs []event.Event
+	for i := range 720 {
+		at := t0.Add(time.Duration(i) * time.Second)
+		user, ip := "bot", "81.0.0.200"
+		if rng.IntN(10) == 0 {
+			user, ip = fmt.Sprint("u", rng.IntN(30)), fmt.Sprint("81.0.1.", rng.IntN(30))
+		}
+		imp := fmt.Sprint("f", i)
+		ad := fmt.Sprint("ad-", i%50)
+		evs = append(evs, impEv(at, ad, imp, user, ip, user), clickEv(at.Add(1500*time.Millisecond), ad, imp, user, ip, user))
+	}
+	sortByTime(evs)
+	restartedDecidesTheSame(t, rng, evs, DefaultRules(), 60)
+}
+
+// allCredits returns every credit of an advertiser, newest first.
+func allCredits(t *testing.T, s *Stage, adv string) []Credit {
+	var all []Credit
+	for before := uint64(0); ; {
+		page, next, err := s.Credits(adv, MaxCreditsPage, before)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, page...)
+		if next == 0 {
+			return all
+		}
+		before = next
+	}
+}
+
+// restartedDecidesTheSame sends evs to a stage that never stops and to one restarted once in
+// about restartOneIn events, and fails unless both decide the same.
+func restartedDecidesTheSame(t *testing.T, rng *rand.Rand, gen []event.Event, rules Rules, restartOneIn int) {
+	p := newPipeline(t, t0, rules)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	p.runStage(ctx)
 	defer func() { p.stageCancel(); <-p.stageDone; p.stage.Close() }()
 	restarts := 0
 	for i := range gen {
-		p.send(gen[i].Event)
-		if rng.IntN(200) == 0 {
+		p.send(gen[i])
+		if rng.IntN(restartOneIn) == 0 {
 			if rng.IntN(2) == 0 {
 				time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
 			}
@@ -110,7 +159,8 @@ func TestDeterministicAcrossRestarts(t *testing.T) {
 		t.Fatal("no verdicts: the traffic does not exercise the rules")
 	}
 	if !maps.EqualFunc(want, got, func(a, b verdictRecord) bool {
-		return a.Reason == b.Reason && a.Late == b.Late && a.TriggeredBy == b.TriggeredBy && a.DecidedAt == b.DecidedAt && a.Evidence.Source == b.Evidence.Source && a.Evidence.Count == b.Evidence.Count
+		return a.Reason == b.Reason && a.Late == b.Late && a.TriggeredBy == b.TriggeredBy && a.DecidedAt == b.DecidedAt && a.Evidence.Source == b.Evidence.Source && a.Evidence.Count == b.Evidence.Count &&
+			a.Evidence.FirstClickTime == b.Evidence.FirstClickTime
 	}) {
 		for k, v := range want {
 			if g, ok := got[k]; !ok || g.Reason != v.Reason || g.Late != v.Late || g.TriggeredBy != v.TriggeredBy {
@@ -127,14 +177,7 @@ func TestDeterministicAcrossRestarts(t *testing.T) {
 	// The same credits: the first stage's are billing's refunds, the restarted one's are
 	// billing's answers "already refunded" with the same amounts.
 	for _, adv := range []string{"adv-0", "adv-1"} {
-		a, _, err := p.firstStage().Credits(adv, MaxCreditsPage, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _, err := p.stage.Credits(adv, MaxCreditsPage, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
+		a, b := allCredits(t, p.firstStage(), adv), allCredits(t, p.stage, adv)
 		sum := func(cs []Credit) (n int64) {
 			for _, c := range cs {
 				if c.Status != "credited" {

@@ -2,6 +2,7 @@ package sivt
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/event"
@@ -51,11 +52,13 @@ type Evidence struct {
 	// Source is what the rule counted by: "user_id=u1", "ip=203.0.113.9", "device_id=...".
 	Source string `json:"source,omitempty"`
 	// Window, Limit and Count: Count clicks (or distinct ads, for many_ads) within Window,
-	// more than Limit.
+	// more than Limit. Count is exact up to 4×Limit; a count of 4×Limit means at least that
+	// many (the rules keep no more of one source: see the package's Memory).
 	Window string `json:"window,omitempty"`
 	Limit  int    `json:"limit,omitempty"`
 	Count  int    `json:"count,omitempty"`
-	// FirstClickTime is the receive time of the oldest click counted.
+	// FirstClickTime is the receive time of the oldest click counted (when Count is 4×Limit,
+	// the oldest of the 4×Limit newest clicks).
 	FirstClickTime string `json:"first_click_time,omitempty"`
 	// ImpressionTime and DelayMillis: the click's impression and how long after it the click
 	// came (too_fast).
@@ -81,47 +84,155 @@ type Verdict struct {
 	Click     *click
 }
 
-// click is a valid click held by the rules' windows.
+// click is a valid click without a verdict yet, held by the windows a later click may fire
+// on. A click with a verdict needs no record: its windows keep only its receive time.
 type click struct {
-	key, id                  string // idempotency key; id as the API shows it (impression id or event_id)
-	ad, campaign, advertiser string
-	time, recv               int64
-	flagged                  bool
+	key        string // idempotency key; clickID(key) is its id
+	ad         *adRef
+	time, recv int64
+	flagged    bool
 }
+
+// id is the click's id as the API shows it.
+func (c *click) id() string { return clickID(c.key) }
+
+// adRef is a click's ad with its campaign and advertiser, interned (state.adRefs): the clicks
+// of one ad share one.
+type adRef struct{ ad, campaign, advertiser string }
 
 // clickID is the id GET /api/v1/clicks/{id} takes for a click key ("c:imp" or "e:event").
 func clickID(key string) string { return key[min(2, len(key)):] }
 
-// window is one source's clicks in arrival order; entries with recv <= maxRecv - span are
-// dropped as it is touched.
+// keepPerLimit bounds what one source's window holds: the newest keepPerLimit*limit receive
+// times (and, for many_ads, distinct ads). A rule only asks whether more than limit are in
+// its window, so counts up to the bound are exact and a bigger one is reported as the bound.
+const keepPerLimit = 4
+
+// window is one source's recent clicks for one rule.
+//
+// times are the newest receive times of the source's clicks (at most keep, ascending) and ads
+// the ads it clicked with their latest receive time (many_ads only; at most keep, ascending
+// by time then ad). Both keep the greatest elements of the set of clicks seen, so they do
+// not depend on the order the clicks came in, and they count exactly up to keep. pending
+// are the source's clicks without a verdict (a late verdict may flag them); while a source
+// is over its limit every click gets its verdict on arrival, so pending stays within about
+// limit per window length.
 type window struct {
-	clicks []*click
-	ads    map[string]int // distinct ads of clicks held (many_ads windows only)
+	times   []int64
+	pending []*click
 }
 
-func (w *window) prune(cutoff int64, countAds bool) {
-	n := 0
-	for n < len(w.clicks) && w.clicks[n].recv <= cutoff {
-		if countAds {
-			w.dropAd(w.clicks[n].ad)
-		}
-		n++
+// adsWindow is a many_ads window: a window and the ads its source clicked.
+type adsWindow struct {
+	window
+	ads []adSeen
+}
+
+type adSeen struct {
+	ad   string
+	last int64
+}
+
+func (a adSeen) before(b adSeen) bool { return a.last < b.last || a.last == b.last && a.ad < b.ad }
+
+// addTime adds a receive time, dropping the oldest beyond keep.
+func (w *window) addTime(recv int64, keep int) {
+	i := len(w.times)
+	for i > 0 && w.times[i-1] > recv {
+		i--
 	}
-	if n == 0 {
+	if len(w.times) >= keep {
+		if i == 0 {
+			return
+		}
+		copy(w.times[:i-1], w.times[1:i])
+		w.times[i-1] = recv
 		return
 	}
-	// Receive times run slightly out of order: an older entry behind a newer one stays
-	// until it reaches the front, and counting checks each entry's time itself.
-	w.clicks = append(w.clicks[:0], w.clicks[n:]...)
+	w.times = slices.Insert(w.times, i, recv)
 }
 
-func (w *window) dropAd(ad string) {
-	if w.ads[ad] <= 1 {
-		delete(w.ads, ad)
-	} else {
-		w.ads[ad]--
+// addAd records a click of ad at recv, keeping the keep ads clicked last.
+func (w *adsWindow) addAd(ad string, recv int64, keep int) {
+	i := slices.IndexFunc(w.ads, func(a adSeen) bool { return a.ad == ad })
+	switch {
+	case i >= 0:
+		if recv <= w.ads[i].last {
+			return
+		}
+		w.ads[i].last = recv
+	case len(w.ads) < keep:
+		w.ads = append(w.ads, adSeen{ad, recv})
+		i = len(w.ads) - 1
+	default:
+		n := adSeen{ad, recv}
+		if !w.ads[0].before(n) {
+			return
+		}
+		w.ads[0] = n
+		i = 0
+	}
+	// Move the changed entry to its place: it only grew.
+	for ; i+1 < len(w.ads) && w.ads[i+1].before(w.ads[i]); i++ {
+		w.ads[i], w.ads[i+1] = w.ads[i+1], w.ads[i]
+	}
+	for ; i > 0 && w.ads[i].before(w.ads[i-1]); i-- {
+		w.ads[i], w.ads[i-1] = w.ads[i-1], w.ads[i]
 	}
 }
+
+// count returns how many held times are after cutoff and the oldest of them (or def).
+func (w *window) count(cutoff, def int64) (n int, first int64) {
+	i, _ := slices.BinarySearch(w.times, cutoff+1)
+	if i < len(w.times) {
+		def = min(def, w.times[i])
+	}
+	return len(w.times) - i, def
+}
+
+// distinctAds returns how many held ads were clicked after cutoff.
+func (w *adsWindow) distinctAds(cutoff int64) int {
+	n := 0
+	for _, a := range w.ads {
+		if a.last > cutoff {
+			n++
+		}
+	}
+	return n
+}
+
+// prune drops what is at or before cutoff, and the pending clicks that have a verdict.
+func (w *window) prune(cutoff int64) {
+	i, _ := slices.BinarySearch(w.times, cutoff+1)
+	if i > 0 {
+		w.times = append(w.times[:0], w.times[i:]...)
+	}
+	w.pending = slices.DeleteFunc(w.pending, func(c *click) bool { return c.flagged || c.recv <= cutoff })
+	if len(w.times) == 0 {
+		w.times = nil
+	}
+	if len(w.pending) == 0 {
+		w.pending = nil
+	}
+}
+
+func (w *window) empty() bool { return len(w.times) == 0 && len(w.pending) == 0 }
+
+func (w *adsWindow) prune(cutoff int64) {
+	w.window.prune(cutoff)
+	i := 0
+	for i < len(w.ads) && w.ads[i].last <= cutoff {
+		i++
+	}
+	if i > 0 {
+		w.ads = append(w.ads[:0], w.ads[i:]...)
+	}
+	if len(w.ads) == 0 {
+		w.ads = nil
+	}
+}
+
+func (w *adsWindow) empty() bool { return w.window.empty() && len(w.ads) == 0 }
 
 type impression struct{ time, recv int64 }
 
@@ -133,12 +244,19 @@ type state struct {
 	maxRecv int64
 
 	floods  [3]map[string]*window // by user, address, device
-	sources map[string]*window    // many_ads, by user else address
+	sources map[string]*adsWindow // many_ads, by user else address
+	adRefs  map[adRef]*adRef      // interned ads of pending clicks
 	imps    map[uint64]impression // by hash of impression id
 	impFIFO []impFIFOEntry
 	adLast  map[string]int64 // ad -> receive time of its latest impression
-	held    map[string]int64 // click key -> latest receive time, so a click reaching the log twice counts once
-	swept   int64            // maxRecv at the last sweep of empty windows
+	// held: hash of click key -> latest receive time, so a click reaching the log twice
+	// counts once. Two keys of one span colliding in 64 bits (about n²/2⁶⁵: 4·10⁻⁶ for the
+	// 12 million keys of 20 minutes at 10,000 clicks/s) would make the later click a repeat:
+	// not judged, the same on every replay.
+	held map[uint64]int64
+	// floodSwept and swept are maxRecv at the last sweep of the flood windows and of the rest.
+	floodSwept, swept int64
+	counted           heldSizes // as of the last sweep of the flood windows
 }
 
 type impFIFOEntry struct {
@@ -147,7 +265,7 @@ type impFIFOEntry struct {
 }
 
 func newState(r Rules) *state {
-	s := &state{r: r, sources: map[string]*window{}, imps: map[uint64]impression{}, adLast: map[string]int64{}, held: map[string]int64{}}
+	s := &state{r: r, sources: map[string]*adsWindow{}, adRefs: map[adRef]*adRef{}, imps: map[uint64]impression{}, adLast: map[string]int64{}, held: map[uint64]int64{}}
 	for i := range s.floods {
 		s.floods[i] = map[string]*window{}
 	}
@@ -178,26 +296,37 @@ func (s *state) advance(recv int64) {
 	if n > 0 {
 		s.impFIFO = append(s.impFIFO[:0], s.impFIFO[n:]...)
 	}
+	if s.maxRecv-s.floodSwept > s.r.FloodWindow.Microseconds() {
+		s.sweepFloods()
+	}
 	if s.maxRecv-s.swept > s.r.span().Microseconds() {
 		s.sweep()
 	}
+}
+
+// sweepFloods drops what the flood windows hold from before their window. The flood window
+// is the shortest, so it is swept more often than the rest.
+func (s *state) sweepFloods() {
+	s.floodSwept = s.maxRecv
+	fc := s.maxRecv - s.r.FloodWindow.Microseconds()
+	for i := range s.floods {
+		for k, w := range s.floods[i] {
+			if w.prune(fc); w.empty() {
+				delete(s.floods[i], k)
+			}
+		}
+	}
+	s.countWindows()
 }
 
 // sweep drops windows and ads whose every entry is older than their window: memory only,
 // since every decision checks times.
 func (s *state) sweep() {
 	s.swept = s.maxRecv
-	fc := s.maxRecv - s.r.FloodWindow.Microseconds()
-	for i := range s.floods {
-		for k, w := range s.floods[i] {
-			if w.prune(fc, false); len(w.clicks) == 0 {
-				delete(s.floods[i], k)
-			}
-		}
-	}
+	s.sweepFloods()
 	mc := s.maxRecv - s.r.ManyAdsWindow.Microseconds()
 	for k, w := range s.sources {
-		if w.prune(mc, true); len(w.clicks) == 0 {
+		if w.prune(mc); w.empty() {
 			delete(s.sources, k)
 		}
 	}
@@ -213,15 +342,43 @@ func (s *state) sweep() {
 			delete(s.adLast, ad)
 		}
 	}
+	// Keep the interned ads pending clicks still use.
+	refs := make(map[adRef]*adRef, len(s.adRefs))
+	keep := func(w *window) {
+		for _, c := range w.pending {
+			refs[*c.ad] = c.ad
+		}
+	}
+	for i := range s.floods {
+		for _, w := range s.floods[i] {
+			keep(w)
+		}
+	}
+	for _, w := range s.sources {
+		keep(&w.window)
+	}
+	s.adRefs = refs
+}
+
+// intern returns the shared adRef of an ad.
+func (s *state) intern(ad, campaign, advertiser string) *adRef {
+	k := adRef{ad, campaign, advertiser}
+	if r, ok := s.adRefs[k]; ok {
+		return r
+	}
+	r := &k
+	s.adRefs[k] = r
+	return r
 }
 
 // repeat records an occurrence of click key and reports whether an earlier one was received
 // within the rules' span before it. Like dedup.Window, it does not chain on decisions: a
 // rebuild that sees the occurrences of the span before its first event decides the same.
 func (s *state) repeat(key string, recv int64) bool {
-	last, ok := s.held[key]
+	h := hashKey(key)
+	last, ok := s.held[h]
 	if recv > last {
-		s.held[key] = recv
+		s.held[h] = recv
 	}
 	return ok && recv-last <= s.r.span().Microseconds() && recv >= last-s.r.span().Microseconds()
 }
@@ -260,9 +417,7 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 		// and judged once already.
 		return nil
 	}
-	c := &click{key: key, ad: ev.AdID, campaign: ev.CampaignID, advertiser: ev.AdvertiserID,
-		time: ev.Time, recv: ev.RecvTime, flagged: flagged}
-	c.id = clickID(c.key)
+	c := &click{key: key, time: ev.Time, recv: ev.RecvTime, flagged: flagged}
 	var out []Verdict
 	own := func(v Verdict) {
 		if !c.flagged && decide {
@@ -271,18 +426,20 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 			out = append(out, v)
 		}
 	}
-	// late flags the held clicks of w a rule just fired on.
-	late := func(w *window, cutoff int64, reason event.Reason, ev Evidence) {
+	// late flags the pending clicks of w a rule just fired on.
+	late := func(w *window, cutoff int64, reason event.Reason, evd Evidence) {
 		if !decide {
 			return
 		}
-		for _, o := range w.clicks {
+		for _, o := range w.pending {
 			if o.recv > cutoff && !o.flagged && o != c {
 				o.flagged = true
-				out = append(out, Verdict{ClickKey: o.key, Reason: reason, Late: true, TriggeredBy: c.id, DecidedAt: c.recv, Evidence: ev, Click: o})
+				out = append(out, Verdict{ClickKey: o.key, Reason: reason, Late: true, TriggeredBy: c.id(), DecidedAt: c.recv, Evidence: evd, Click: o})
 			}
 		}
 	}
+	// Windows hold the click itself only while it has no verdict: they get it at the end.
+	var touched [4]*window
 
 	// Floods: the click's own verdict comes from the first rule that fires, in the order
 	// user, address, device; every rule that fires still flags its earlier clicks.
@@ -301,16 +458,10 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 			w = &window{}
 			s.floods[i][by] = w
 		}
-		w.prune(fcut, false)
-		w.clicks = append(w.clicks, c)
-		n, first := 0, c.recv
-		for _, o := range w.clicks {
-			if o.recv > fcut {
-				n++
-				first = min(first, o.recv)
-			}
-		}
-		if n > limit {
+		w.prune(fcut)
+		w.addTime(c.recv, keepPerLimit*limit)
+		touched[i] = w
+		if n, first := w.count(fcut, c.recv); n > limit {
 			evd := Evidence{Source: floodFields[i] + by, Window: s.r.FloodWindow.String(), Limit: limit, Count: n,
 				FirstClickTime: micros(first)}
 			own(Verdict{Reason: floodReasons[i], Evidence: evd})
@@ -344,27 +495,31 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 		mcut := s.maxRecv - s.r.ManyAdsWindow.Microseconds()
 		w := s.sources[src]
 		if w == nil {
-			w = &window{ads: map[string]int{}}
+			w = &adsWindow{}
 			s.sources[src] = w
 		}
-		w.prune(mcut, true)
-		w.clicks = append(w.clicks, c)
-		w.ads[c.ad]++
-		if len(w.ads) > s.r.MaxAdsPerSource {
-			// w.ads may still count a straggler older than the window: count exactly.
-			ads := make(map[string]struct{}, len(w.ads))
-			first := c.recv
-			for _, o := range w.clicks {
-				if o.recv > mcut {
-					ads[o.ad] = struct{}{}
-					first = min(first, o.recv)
-				}
-			}
-			if len(ads) > s.r.MaxAdsPerSource {
-				evd := Evidence{Source: field + src, Window: s.r.ManyAdsWindow.String(), Limit: s.r.MaxAdsPerSource,
-					Count: len(ads), FirstClickTime: micros(first)}
-				own(Verdict{Reason: event.ReasonManyAds, Evidence: evd})
-				late(w, mcut, event.ReasonManyAds, evd)
+		w.prune(mcut)
+		keep := keepPerLimit * s.r.MaxAdsPerSource
+		w.addTime(c.recv, keep)
+		w.addAd(s.intern(ev.AdID, ev.CampaignID, ev.AdvertiserID).ad, c.recv, keep)
+		touched[3] = &w.window
+		if ads := w.distinctAds(mcut); ads > s.r.MaxAdsPerSource {
+			_, first := w.count(mcut, c.recv)
+			evd := Evidence{Source: field + src, Window: s.r.ManyAdsWindow.String(), Limit: s.r.MaxAdsPerSource,
+				Count: ads, FirstClickTime: micros(first)}
+			own(Verdict{Reason: event.ReasonManyAds, Evidence: evd})
+			late(&w.window, mcut, event.ReasonManyAds, evd)
+		}
+	}
+	if !c.flagged || len(out) > 0 {
+		// A flagged click's verdict (out) still needs its ad; an unflagged one waits in
+		// its windows for a later click.
+		c.ad = s.intern(ev.AdID, ev.CampaignID, ev.AdvertiserID)
+	}
+	if !c.flagged {
+		for _, w := range touched {
+			if w != nil {
+				w.pending = append(w.pending, c)
 			}
 		}
 	}
@@ -388,10 +543,38 @@ func Countable(ip string) bool {
 
 func micros(t int64) string { return time.UnixMicro(t).UTC().Format(time.RFC3339Nano) }
 
-// sizes reports how much the state holds, for Stats.
-func (s *state) sizes() (sources, impressions int) {
-	for i := range s.floods {
-		sources += len(s.floods[i])
+// sizes reports how much the state holds, for Stats: the windows' contents as of the last
+// sweep of the flood windows (counting them is a walk over every window), the rest now.
+func (s *state) sizes() heldSizes {
+	z := s.counted
+	z.sources = len(s.floods[0]) + len(s.floods[1]) + len(s.floods[2]) + len(s.sources)
+	z.keys, z.impressions = len(s.held), len(s.imps)
+	return z
+}
+
+// countWindows counts the windows' contents for sizes.
+func (s *state) countWindows() {
+	var z heldSizes
+	count := func(w *window) {
+		z.times += len(w.times)
+		z.pending += len(w.pending)
 	}
-	return sources + len(s.sources), len(s.imps)
+	for i := range s.floods {
+		for _, w := range s.floods[i] {
+			count(w)
+		}
+	}
+	for _, w := range s.sources {
+		count(&w.window)
+		z.ads += len(w.ads)
+	}
+	s.counted = z
+}
+
+// heldSizes is what the rules hold: windows (one per source and rule), the receive times and
+// distinct ads they count, their references to clicks without a verdict (kept for late
+// verdicts; a click is in up to four windows), the click keys of the duplicate check, and
+// impressions.
+type heldSizes struct {
+	sources, times, ads, pending, keys, impressions int
 }

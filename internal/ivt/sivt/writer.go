@@ -162,12 +162,12 @@ func (s *Stage) record(r *round, v *Verdict) error {
 	if err := setJSON(r.batch, verdictKey(v.ClickKey), rec); err != nil {
 		return err
 	}
-	cr := Credit{Seq: seq, ClickID: c.id, AdID: c.ad, CampaignID: c.campaign, AdvertiserID: c.advertiser,
+	cr := Credit{Seq: seq, ClickID: c.id(), AdID: c.ad.ad, CampaignID: c.ad.campaign, AdvertiserID: c.ad.advertiser,
 		EventTime: micros(c.time), Reason: reason, Late: v.Late, DecidedAt: rec.DecidedAt, Status: "pending"}
-	if err := setJSON(r.batch, creditKey(c.advertiser, seq), cr); err != nil {
+	if err := setJSON(r.batch, creditKey(c.ad.advertiser, seq), cr); err != nil {
 		return err
 	}
-	if err := setJSON(r.batch, seqKey(prefixPending, seq), pendingCredit{Advertiser: c.advertiser, Seq: seq, ClickID: c.id, Reason: uint8(v.Reason)}); err != nil {
+	if err := setJSON(r.batch, seqKey(prefixPending, seq), pendingCredit{Advertiser: c.ad.advertiser, Seq: seq, ClickID: c.id(), Reason: uint8(v.Reason)}); err != nil {
 		return err
 	}
 	r.credits++
@@ -179,7 +179,7 @@ func (s *Stage) record(r *round, v *Verdict) error {
 		return nil
 	}
 	minute := c.time / 60e6
-	for l, id := range [3]string{c.ad, c.campaign, c.advertiser} {
+	for l, id := range [3]string{c.ad.ad, c.ad.campaign, c.ad.advertiser} {
 		if id == "" {
 			continue
 		}
@@ -233,7 +233,7 @@ func (s *Stage) commit(r *round) error {
 	}
 	s.journalNext = journalNext
 	s.journalPub.Store(journalNext)
-	sources, imps := s.st.sizes()
+	held := s.st.sizes()
 	s.mu.Lock()
 	st := &s.stats
 	st.EventsConsumed += r.consumed
@@ -245,7 +245,7 @@ func (s *Stage) commit(r *round) error {
 	for reason, n := range r.flagged {
 		st.Flagged[reason] += n
 	}
-	st.Sources, st.Impressions = sources, imps
+	st.Sources, st.Times, st.Ads, st.PendingClicks, st.ClickKeys, st.Impressions = held.sources, held.times, held.ads, held.pending, held.keys, held.impressions
 	s.mu.Unlock()
 	if len(r.deltas) > 0 {
 		kick(s.kickPub)
