@@ -200,7 +200,7 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.DurationVar(&c.MaxLateness, "max-lateness", c.MaxLateness, "oldest event_time accepted by POST /events")
 	fs.DurationVar(&c.MaxClockSkew, "max-clock-skew", c.MaxClockSkew, "how far in the future an event_time may be")
 	fs.DurationVar(&c.DedupWindow, "dedup-window", c.DedupWindow, "how long an idempotency key is remembered")
-	fs.DurationVar(&c.StreamDedupWindow, "stream-dedup-window", c.StreamDedupWindow, "how long aggregation and user views remember a key to drop an event that reached the log twice (0: --dedup-window; negative: off; about 48 bytes per event per stage)")
+	fs.DurationVar(&c.StreamDedupWindow, "stream-dedup-window", c.StreamDedupWindow, "how long aggregation and user views remember a key to drop an event that reached the log twice (0: --dedup-window; negative: off; 20-28 bytes per event per stage)")
 	fs.Int64Var(&c.MaxBody, "max-body", c.MaxBody, "largest POST /events body in bytes")
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most events in one POST /events body")
 	fs.IntVar(&c.Partitions, "partitions", c.Partitions, "event log partitions (fixed when the data dir is created)")

@@ -73,7 +73,7 @@ type Options struct {
 	// ingest clocks may trail this one (default 5s). The watermark is held back by it.
 	Slack time.Duration
 	// DedupSpan is how long the duplicate filter remembers a key: ingest's --dedup-window
-	// (default 24h; about 48 bytes per event received in it; negative turns the filter off).
+	// (default 24h; 20-28 bytes per event received in it; negative turns the filter off).
 	// An event is dropped when the partition holds an earlier event with the same key
 	// received at most DedupSpan before it, so a retry whose first attempt reached the log
 	// with an unknown outcome counts once however long after it comes.

@@ -34,7 +34,7 @@ type Config struct {
 	MaxClockSkew time.Duration
 	DedupWindow  time.Duration
 	// StreamDedupWindow is how long the stages after the log remember a key to drop an event
-	// that reached the log twice (0: DedupWindow; negative: off). About 48 bytes per event
+	// that reached the log twice (0: DedupWindow; negative: off). 20-28 bytes per event
 	// received within it, per stage.
 	StreamDedupWindow time.Duration
 	MaxBody           int64
