@@ -26,7 +26,8 @@
 //     received within the longest window of the latest one (plus which of them have a
 //     verdict), never of the order they came in: a restarted stage rebuilds it by reading the
 //     log again from that far back (and the duplicate filter's span), and decides as a stage
-//     that never stopped would.
+//     that never stopped would. A new stage starts at the rules' span before the clock and
+//     commits that point before judging, so a restart never moves it.
 //   - Each click is judged once and moved once. A round's verdicts, credits, metric journal
 //     entry and consumed offsets are one Pebble batch committed with sync; a click whose key
 //     has a verdict is never flagged again. Clicks that reached the log twice are dropped by
