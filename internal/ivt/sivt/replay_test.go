@@ -1,11 +1,13 @@
 package sivt
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -129,6 +131,13 @@ func allCredits(t *testing.T, s *Stage, adv string) []Credit {
 // restartedDecidesTheSame sends evs to a stage that never stops and to one restarted once in
 // about restartOneIn events, and fails unless both decide the same.
 func restartedDecidesTheSame(t *testing.T, rng *rand.Rand, gen []event.Event, rules Rules, restartOneIn int) {
+	restartedDecidesTheSameAppended(t, rng, gen, nil, rules, restartOneIn)
+}
+
+// restartedDecidesTheSameAppended is restartedDecidesTheSame with the append time of each
+// event (ascending; nil: its receive time), which may follow its receive time by up to the
+// slack, as when ingest holds events.
+func restartedDecidesTheSameAppended(t *testing.T, rng *rand.Rand, gen []event.Event, appendAt []int64, rules Rules, restartOneIn int) {
 	p := newPipeline(t, t0, rules)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -136,7 +145,11 @@ func restartedDecidesTheSame(t *testing.T, rng *rand.Rand, gen []event.Event, ru
 	defer func() { p.stageCancel(); <-p.stageDone; p.stage.Close() }()
 	restarts := 0
 	for i := range gen {
-		p.send(gen[i])
+		if appendAt == nil {
+			p.send(gen[i])
+		} else {
+			p.sendAt(time.UnixMicro(appendAt[i]), gen[i])
+		}
 		if rng.IntN(restartOneIn) == 0 {
 			if rng.IntN(2) == 0 {
 				time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
@@ -194,5 +207,106 @@ func restartedDecidesTheSame(t *testing.T, rng *rand.Rand, gen []event.Event, ru
 		if c := p.counts(metricstore.LevelAdvertiser, adv, t0); c.InvalidClicks != 2*int64(len(a)) {
 			t.Errorf("%s: %d invalid clicks in the store, want twice %d", adv, c.InvalidClicks, len(a))
 		}
+	}
+}
+
+// TestDeterministicAcrossRestartsInAShortFlood: a flood window of a few seconds, one user
+// clicking 20 times a second amid people, and a restart every 150 events or so: a rebuild
+// starts with the flood window full of the flooder's clicks.
+func TestDeterministicAcrossRestartsInAShortFlood(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testseed.Seed(t), 9))
+	var evs []event.Event
+	for i := range 1200 {
+		at := t0.Add(time.Duration(i) * 50 * time.Millisecond)
+		user, ip := "bot", "81.0.0.200"
+		if rng.IntN(10) == 0 {
+			user, ip = fmt.Sprint("u", rng.IntN(30)), fmt.Sprint("81.0.1.", rng.IntN(30))
+		}
+		imp := fmt.Sprint("f", i)
+		ad := fmt.Sprint("ad-", i%50)
+		evs = append(evs, impEv(at, ad, imp, user, ip, user), clickEv(at.Add(1500*time.Millisecond), ad, imp, user, ip, user))
+	}
+	sortByTime(evs)
+	rules := DefaultRules()
+	rules.FloodWindow, rules.ImpressionWindow, rules.ManyAdsWindow = 10*time.Second, 10*time.Second, 10*time.Second
+	restartedDecidesTheSame(t, rng, evs, rules, 150)
+}
+
+// TestDeterministicAcrossRestartsInAShortHeldFlood is the short flood with receive times up
+// to 4 s before the append times, in any order within that.
+func TestDeterministicAcrossRestartsInAShortHeldFlood(t *testing.T) {
+	rng := rand.New(rand.NewPCG(testseed.Seed(t), 10))
+	type timed struct {
+		ev event.Event
+		at int64
+	}
+	var tev []timed
+	for i := range 600 {
+		at := t0.Add(time.Duration(i) * 50 * time.Millisecond)
+		user, ip := "bot", "81.0.0.200"
+		if rng.IntN(10) == 0 {
+			user, ip = fmt.Sprint("u", rng.IntN(30)), fmt.Sprint("81.0.1.", rng.IntN(30))
+		}
+		imp := fmt.Sprint("f", i)
+		ad := fmt.Sprint("ad-", i%50)
+		for _, e := range []event.Event{impEv(at, ad, imp, user, ip, user), clickEv(at.Add(1500*time.Millisecond), ad, imp, user, ip, user)} {
+			held := time.Duration(rng.IntN(4000)) * time.Millisecond
+			tev = append(tev, timed{e, e.RecvTime + held.Microseconds()})
+		}
+	}
+	slices.SortStableFunc(tev, func(a, b timed) int { return cmp.Compare(a.at, b.at) })
+	evs, ats := make([]event.Event, len(tev)), make([]int64, len(tev))
+	for i := range tev {
+		evs[i], ats[i] = tev[i].ev, tev[i].at
+	}
+	rules := DefaultRules()
+	rules.FloodWindow, rules.ImpressionWindow, rules.ManyAdsWindow = 10*time.Second, 10*time.Second, 10*time.Second
+	restartedDecidesTheSameAppended(t, rng, evs, ats, rules, 150)
+}
+
+// TestRestartBeforeTheFirstRound: a new stage starts judging from the rules' span before the
+// clock; stopped before it committed a round and opened again a span later, it still starts
+// there, and judges every click a stage that never stopped judges.
+func TestRestartBeforeTheFirstRound(t *testing.T) {
+	rules := DefaultRules()
+	rules.FloodWindow, rules.ImpressionWindow, rules.ManyAdsWindow = 10*time.Second, 10*time.Second, 10*time.Second
+	p := newPipeline(t, t0, rules)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	open := func() *Stage {
+		s, err := Open(ctx, Options{Dir: "ivt2", FS: p.fs, Log: p.log, Metrics: p.metrics, Refunder: BillingRefunder(p.charger),
+			Consumer: "ivt2", Rules: rules, Now: p.clk.Now, PollInterval: 2 * time.Millisecond, RefundInterval: 5 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if err := open().Close(); err != nil { // never ran a round
+		t.Fatal(err)
+	}
+	for i := range 500 { // 25 s of a flood at 20 clicks a second
+		at := t0.Add(time.Duration(i) * 50 * time.Millisecond)
+		p.send(clickEv(at, fmt.Sprint("ad-", i%50), fmt.Sprint("r", i), "bot", "81.0.0.200", "bot"))
+	}
+	p.stage = open()
+	sctx, scancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	p.stageCancel, p.stageDone = scancel, done
+	go func() {
+		defer close(done)
+		if err := p.stage.Run(sctx); err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("stage: %v", err)
+		}
+	}()
+	defer func() { scancel(); <-done; p.stage.Close() }()
+	p.clk.Set(p.clk.Now().Add(2 * time.Second))
+	eventually(t, "both stages to catch up", func() bool {
+		a, b := p.firstStage().Stats(), p.stage.Stats()
+		return a.Lag == 0 && b.Lag == 0 && a.EventsConsumed > 0 && b.EventsConsumed > 0
+	})
+	time.Sleep(50 * time.Millisecond) // Lag is measured at the start of a round
+	want, got := verdicts(t, p.firstStage()), verdicts(t, p.stage)
+	if len(want) != 500 || len(got) != len(want) {
+		t.Fatalf("%d clicks flagged by the stage that never stopped (want 500), %d by the one restarted before its first round", len(want), len(got))
 	}
 }

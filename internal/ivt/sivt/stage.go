@@ -26,7 +26,8 @@
 //     received within the longest window of the latest one (plus which of them have a
 //     verdict), never of the order they came in: a restarted stage rebuilds it by reading the
 //     log again from that far back (and the duplicate filter's span), and decides as a stage
-//     that never stopped would.
+//     that never stopped would. A new stage starts at the rules' span before the clock and
+//     commits that point before judging, so a restart never moves it.
 //   - Each click is judged once and moved once. A round's verdicts, credits, metric journal
 //     entry and consumed offsets are one Pebble batch committed with sync; a click whose key
 //     has a verdict is never flagged again. Clicks that reached the log twice are dropped by
@@ -249,6 +250,8 @@ func (s *Stage) load(ctx context.Context) error {
 		return err
 	}
 	s.journalPub.Store(s.journalNext)
+	started := s.db.NewBatch()
+	defer started.Close()
 	for p := range parts {
 		start, end, err := s.opts.Log.Offsets(ctx, p)
 		if err != nil {
@@ -267,11 +270,22 @@ func (s *Stage) load(ctx context.Context) error {
 				return fmt.Errorf("sivt: partition %d: %w", p, err)
 			}
 			next = uint64(max(off, start))
+			// The starting point depends on the clock: commit it before judging anything,
+			// or a stage restarted before its first round would start later (and never
+			// judge the clicks in between) instead of deciding as one that never stopped.
+			if err := setUint(started, offsetKey(p), next); err != nil {
+				return err
+			}
 		}
 		if int64(next) < start || int64(next) > end {
 			return fmt.Errorf("sivt: partition %d: committed offset %d is outside the log's [%d, %d]: %w", p, next, start, end, eventlog.ErrOffsetOutOfRange)
 		}
 		s.next[p] = int64(next)
+	}
+	if !started.Empty() {
+		if err := started.Commit(pebble.Sync); err != nil {
+			return fmt.Errorf("commit ivt starting offsets: %w", err)
+		}
 	}
 	if err := s.rebuild(ctx); err != nil {
 		return err

@@ -243,3 +243,12 @@ func (p *pipeline) closeLedgers() {
 func sortByTime(evs []event.Event) {
 	slices.SortStableFunc(evs, func(a, b event.Event) int { return cmp.Compare(a.RecvTime, b.RecvTime) })
 }
+
+// sendAt appends an event at append time at (the clock moves there).
+func (p *pipeline) sendAt(at time.Time, e event.Event) {
+	p.clk.Set(at)
+	part := int32(xxhash.Sum64String(e.AdID) % 4)
+	if err := p.log.Append(context.Background(), []eventlog.Message{{Partition: part, Value: e.AppendBinary(nil)}}); err != nil {
+		p.t.Fatal(err)
+	}
+}
