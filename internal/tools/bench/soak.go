@@ -76,7 +76,10 @@ type SoakResult struct {
 	Intervals []SoakInterval `json:"intervals"`
 	Total     Latency        `json:"latency_us"`
 	Sent, OK  int64
-	Errors    map[string]int64 `json:"errors"`
+	// Unsent is how many clicks were scheduled but never sent because the server fell behind
+	// (the client keeps at most Conns in flight); 0 when it kept up.
+	Unsent int64            `json:"unsent"`
+	Errors map[string]int64 `json:"errors"`
 	// RSSFirst and RSSLast are the medians of the first and last three intervals' RSS: flat
 	// memory means RSSLast is close to RSSFirst.
 	RSSFirst, RSSLast, RSSMax int64
@@ -171,18 +174,24 @@ func (b *runner) runSoak(ctx context.Context, t *target, lay layout, keys *click
 	end := start.Add(so.Duration)
 	at := start
 	for k := 0; at.Before(end); k++ {
-		rate := so.Rate
-		if el := at.Sub(start); el >= so.SpikeAt && el < so.SpikeAt+so.SpikeFor {
-			rate *= so.Spike
-		}
+		rate := soakRate(so, at.Sub(start))
 		if wait := time.Until(at); wait > 200*time.Microsecond {
 			if sleepCtx(ctx, wait) != nil {
 				break
 			}
 		}
-		slot := int(at.Sub(start) / so.Interval)
-		s := &slots[slot]
 		now := time.Now()
+		if !now.Before(end) {
+			// The server fell behind the schedule: the run still ends on time, and what was
+			// scheduled but never sent is reported, not sent late.
+			for ; at.Before(end); at = at.Add(time.Duration(float64(time.Second) / soakRate(so, at.Sub(start)))) {
+				res.Unsent++
+			}
+			break
+		}
+		// Intervals are wall-clock time (as RSS and CPU are); latency is from the intended time.
+		slot := min(int(now.Sub(start)/so.Interval), n)
+		s := &slots[slot]
 		late := now.Sub(at) > 5*time.Millisecond
 		tok, err := keys.Sign(clicktoken.Claims{AdID: lay.adID(z.pick(rng.Float64())), ImpressionID: lay.prefix + "-" + b.runID + "-s" + strconv.Itoa(k),
 			UserID: "su" + strconv.Itoa(rng.IntN(so.Users)), IssuedAt: issued})
@@ -276,6 +285,14 @@ func rssSlope(ivs []SoakInterval, warmup time.Duration) float64 {
 	return (n*sxy - sx*sy) / den
 }
 
+// soakRate is the scheduled rate el into the run.
+func soakRate(so SoakOptions, el time.Duration) float64 {
+	if el >= so.SpikeAt && el < so.SpikeAt+so.SpikeFor {
+		return so.Rate * so.Spike
+	}
+	return so.Rate
+}
+
 func median3(a, b, c int64) int64 { return max(min(a, b), min(max(a, b), c)) }
 
 // WriteSoak prints the soak's intervals as a table.
@@ -287,6 +304,9 @@ func (r *SoakResult) WriteSoak(w io.Writer) {
 		secs := r.Options.Interval.Seconds()
 		fmt.Fprintf(w, "%7.0fs %9.0f %9.0f %9.0f %7d %9s %9s %9s %9s %6.2f  %v\n", iv.At, iv.TargetRate, float64(iv.Sent)/secs, float64(iv.OK)/secs, iv.Late,
 			fmtUS(iv.Latency.P50), fmtUS(iv.Latency.P99), fmtUS(iv.Latency.Max), fmtBytes(iv.RSS), iv.CPU/secs, iv.Errors)
+	}
+	if r.Unsent > 0 {
+		fmt.Fprintf(w, "not kept up: %d scheduled clicks not sent (at most %d in flight)\n", r.Unsent, r.Options.Conns)
 	}
 	fmt.Fprintf(w, "total: %d sent, %d ok, errors %v; latency p50 %s p99 %s p99.9 %s max %s; RSS first %s, last %s, max %s, %.0f bytes per click; CPU %.1f s per million clicks\n",
 		r.Sent, r.OK, r.Errors, fmtUS(r.Total.P50), fmtUS(r.Total.P99), fmtUS(r.Total.P999), fmtUS(r.Total.Max),
