@@ -40,7 +40,9 @@
 //     half the lease, see 5), and are marked aborted;
 //  4. inserts the counts rows tagged (C, S+1, T);
 //  5. gives up (marking itself aborted) if steps 2-4 took more than half the lease;
-//  6. inserts the head row (C, S+1, T, new offsets, FinalBefore): the commit point.
+//  6. inserts the head row (C, S+1, T, new offsets, FinalBefore): the commit point. If that
+//     INSERT meets a connection closed under it, the same row is sent once more on another
+//     connection, still within half the lease: two equal head rows are one commit.
 //
 // A reader counts a row only if its seq is at most its consumer's head seq and its (consumer,
 // seq, token) is not aborted. Hence:
@@ -833,8 +835,9 @@ func quote(s string) string {
 }
 
 // query runs a read, once more on another connection if the first failed on a connection
-// that was already closed (the driver can hand out a pooled connection that a timeout or the
-// server closed; seen as "use of closed network connection"). A read is safe to repeat.
+// that was already closed (the driver can hand out a pooled connection that the server or a
+// late context watchdog closed, see batchCall; seen as "use of closed network connection").
+// A read is safe to repeat.
 func (s *Store) query(ctx context.Context, q string, args ...any) (driver.Rows, error) {
 	rows, err := s.conn.Query(ctx, q, args...)
 	if err != nil && ctx.Err() == nil && brokenConn(err) {
