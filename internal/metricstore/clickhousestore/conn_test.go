@@ -152,3 +152,62 @@ func TestBrokenConnClassifies(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchLeavesPooledConnOpen: a batch INSERT's context must not be cancelled as the
+// call returns. The driver's Send watches that context from a goroutine that closes the
+// connection, and in a busy process that goroutine may first run after Send has put the
+// connection back in the pool; cancelling then closed a pooled connection now and again,
+// and the next call on it failed with "use of closed network connection". Many short
+// goroutines keep the scheduler's queues long, as in a node that rebuilds partitions. A
+// miss cannot make this test fail falsely, only pass on a machine too idle to show it.
+func TestBatchLeavesPooledConnOpen(t *testing.T) {
+	s := open(t, testOptions(t))
+	defer s.Close()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				done := make(chan struct{})
+				go func() {
+					x := 0
+					for i := range 20000 {
+						x += i
+					}
+					_ = x
+					close(done)
+				}()
+				<-done
+			}
+		}()
+	}
+	ctx := context.Background()
+	const n = 300
+	failed := 0
+	for i := range n {
+		if err := s.insertMarkers(ctx, "aborted", "x", uint64(i), uint64(i)|1); err != nil {
+			failed++
+			t.Log(err)
+			continue
+		}
+		qctx, cancel := s.call(ctx)
+		var c uint64
+		// The driver's call, not s.query: a read must not need its retry here.
+		if err := s.conn.QueryRow(qctx, "SELECT count() FROM "+s.db+".aborted").Scan(&c); err != nil {
+			failed++
+			t.Log(err)
+		}
+		cancel()
+	}
+	if failed > 0 {
+		t.Fatalf("%d of %d calls after a batch INSERT met a closed connection", failed, n)
+	}
+}
