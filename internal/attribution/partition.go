@@ -25,7 +25,8 @@ import (
 //     id, the partition the user's conversions are in), then commits the offset it reached;
 //   - the partition stage ("attribute/p<p>") reads the conversions of log partition p and the
 //     touches of touches partition p (range 0 and range 1 of its commits) and commits each
-//     round's credits to the metric store with the offsets they came from, in one Apply.
+//     round's credits to the metric store with the offsets they came from, in one Apply
+//     that names both ranges (an empty one too, so that the fence checks both).
 //
 // A crash between the republisher's append and its commit copies the same touches again:
 // the stage keeps a touch key once, so a copy changes nothing. The partition stage keeps its
@@ -206,17 +207,22 @@ func (s *Stage) replayWindow(k sourceKind) time.Duration {
 // state. The database is rebuilt on every start, so it need not be synced; if the Apply
 // fails the round is dropped and read again.
 func (s *Stage) commitShared(ctx context.Context, r *round) error {
-	if !s.sh.replaying {
+	if !s.sh.replaying && len(r.ranges) > 0 {
+		// Every source's range, empty ones too: the store's fence checks only the ranges a
+		// commit names, and a round decided without what another writer committed of the
+		// other source since this stage read the checkpoint (a previous owner's last write,
+		// landing after the claim) must conflict, not land beside it; the stage then
+		// rebuilds with that write in.
 		c := &metricstore.Commit{Consumer: s.sh.consumer, Epoch: s.sh.epoch, Deltas: mergeDeltas(r.deltas)}
 		for i := range s.next {
-			if to, ok := r.ranges[i]; ok {
-				c.Ranges = append(c.Ranges, metricstore.OffsetRange{Partition: int32(i), From: s.next[i], To: to})
+			to, ok := r.ranges[i]
+			if !ok {
+				to = s.next[i]
 			}
+			c.Ranges = append(c.Ranges, metricstore.OffsetRange{Partition: int32(i), From: s.next[i], To: to})
 		}
-		if len(c.Ranges) > 0 {
-			if err := s.o.Metrics.Apply(ctx, c); err != nil {
-				return applyError{fmt.Errorf("attribution: commit to the metric store: %w", err)}
-			}
+		if err := s.o.Metrics.Apply(ctx, c); err != nil {
+			return applyError{fmt.Errorf("attribution: commit to the metric store: %w", err)}
 		}
 	}
 	if err := r.b.Commit(pebble.NoSync); err != nil {

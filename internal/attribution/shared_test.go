@@ -2,6 +2,7 @@ package attribution
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -404,5 +405,83 @@ func TestSharedTouchesTopicTimesDoNotForget(t *testing.T) {
 	}
 	if c, err := s.Conversion("o1"); err != nil || !c.Credited || c.Touch.Key != k.Key() {
 		t.Fatalf("o1: %+v, %v; want credited to %s", c, err, k.Key())
+	}
+}
+
+// TestSharedLateWriteOfPreviousOwner: the previous owner of a partition commits a round
+// after the new owner read the checkpoint and before the new owner's first commit (its
+// last Apply landing late; the epoch fence only refuses it once the new owner has
+// committed). The previous owner's round has the order only, decided without the click that
+// wins it; the new owner's first round has that click only (the order's append time is
+// later, so the round is trimmed before it). The new owner's commit must conflict and the
+// stage rebuild with the previous owner's round in, so that the click takes the credit;
+// landing beside it would leave the order uncredited for good (the rebuilt stage replays
+// both and emits nothing).
+func TestSharedLateWriteOfPreviousOwner(t *testing.T) {
+	logClock := &testClock{t: t0.Add(2 * time.Hour)}
+	topicClock := &testClock{t: t0.Add(time.Hour)}
+	log := eventlogtest.NewMemLog(1, logClock.Now)
+	touches := eventlogtest.NewMemLog(1, topicClock.Now)
+	store, err := pebblestore.Open(t.TempDir(), pebblestore.Options{MinuteRetention: -1, HourRetention: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx := context.Background()
+	fs := vfs.NewMem()
+	open := func(dir string, epoch uint64) *Stage {
+		s, err := openPartition(ctx, Options{Dir: dir, FS: fs, Log: log, Metrics: store}, touches, 0, "attribute/p0", epoch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	old := open("old", 1)
+	defer old.Close()
+	next := open("next", 2) // the claim: epoch 2 reads the checkpoint
+
+	o := order("o1", "u1", 10_000_000, t0.Add(90*time.Minute))
+	if err := log.Append(ctx, []eventlog.Message{{Value: o.AppendBinary(nil)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.round(ctx); err != nil { // the previous owner's late write
+		t.Fatal(err)
+	}
+	k := click("imp-1", "ad1", "u1", t0.Add(30*time.Minute))
+	if err := touches.Append(ctx, []eventlog.Message{{Value: k.AppendBinary(nil)}}); err != nil {
+		t.Fatal(err)
+	}
+	// The new owner runs as runStage does: rebuilt from the store after a conflict.
+	for i := 0; ; i++ {
+		if i > 20 {
+			t.Fatal("the new owner did not catch up")
+		}
+		n, err := next.round(ctx)
+		if errors.Is(err, metricstore.ErrConflict) {
+			next.Close()
+			next = open("next", 2)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 && !next.sh.replaying {
+			break
+		}
+	}
+	defer next.Close()
+	if c, err := next.Conversion("o1"); err != nil || !c.Credited || c.Touch.Key != k.Key() {
+		t.Fatalf("o1 in the new owner: %+v, %v; want credited to %s", c, err, k.Key())
+	}
+	res, err := store.Query(ctx, metricstore.Query{Level: metricstore.LevelCampaign, IDs: []string{"c-ad1"}, Start: t0, End: t0.Add(3 * time.Hour), Interval: 3 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got metricstore.Counts
+	for _, p := range res.Series[0].Points {
+		got.Add(&p.Counts)
+	}
+	if got.Conversions != 1 || got.ConversionValueMicros != 10_000_000 {
+		t.Fatalf("c-ad1 in the store: %d conversions, %d value; want 1 and 10000000", got.Conversions, got.ConversionValueMicros)
 	}
 }

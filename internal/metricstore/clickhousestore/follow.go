@@ -58,8 +58,8 @@ func (s *Store) insertChanges(ctx context.Context, consumer string, seq, token u
 		levels[j], ids[j], minutes[j] = rows.level[i], rows.id[i], rows.bucket[i]
 		impr[j], clicks[j], spend[j] = rows.impressions[i], rows.clicks[i], rows.spend[i]
 	}
-	ctx, cancel := s.call(ctx)
-	defer cancel()
+	ctx, done := s.batchCall(ctx)
+	defer done()
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".changes (consumer, seq, token, level, id, minute, impressions, clicks, spend_micros)")
 	if err != nil {
 		return err

@@ -89,8 +89,8 @@ func (s *Store) insertMarks(ctx context.Context, consumer string, seq, token uin
 	for i := range n {
 		consumers[i], seqs[i], tokens[i] = consumer, seq, token
 	}
-	ctx, cancel := s.call(ctx)
-	defer cancel()
+	ctx, done := s.batchCall(ctx)
+	defer done()
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".hour_marks (hour, mark, consumer, seq, token, snap_consumers, snap_seqs)")
 	if err != nil {
 		return err

@@ -143,8 +143,8 @@ func (s *Store) insertCounts(ctx context.Context, consumer string, seq, token ui
 	for i := range n {
 		consumers[i], seqs[i], tokens[i] = consumer, seq, token
 	}
-	ctx, cancel := s.call(ctx)
-	defer cancel()
+	ctx, done := s.batchCall(ctx)
+	defer done()
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".counts (level, id, res, bucket, consumer, seq, token, impressions, clicks, invalid_clicks, spend_micros, reasons, reason_counts, interactions, interaction_counts, conversions, conversion_value_micros, view_conversions, view_conversion_value_micros)")
 	if err != nil {
 		return err

@@ -40,7 +40,9 @@
 //     half the lease, see 5), and are marked aborted;
 //  4. inserts the counts rows tagged (C, S+1, T);
 //  5. gives up (marking itself aborted) if steps 2-4 took more than half the lease;
-//  6. inserts the head row (C, S+1, T, new offsets, FinalBefore): the commit point.
+//  6. inserts the head row (C, S+1, T, new offsets, FinalBefore): the commit point. If that
+//     INSERT meets a connection closed under it, the same row is sent once more on another
+//     connection, still within half the lease: two equal head rows are one commit.
 //
 // A reader counts a row only if its seq is at most its consumer's head seq and its (consumer,
 // seq, token) is not aborted. Hence:
@@ -194,6 +196,8 @@ type Store struct {
 	// failAfter, when set by a test, makes Apply stop after the given step (1-5) as if the
 	// process had died there.
 	failAfter int
+	// beforeHead, when set by a test, runs just before the head row is written.
+	beforeHead func()
 }
 
 var _ metricstore.Store = (*Store)(nil)
@@ -329,6 +333,24 @@ func (s *Store) addConversionColumns(ctx context.Context) error {
 func (s *Store) call(ctx context.Context) (context.Context, context.CancelFunc) {
 	s.calls.Add(1)
 	return context.WithTimeout(ctx, s.opts.Timeout)
+}
+
+// batchCall bounds one batch INSERT by the Timeout, like call, but does not cancel its
+// context when the INSERT returns: done stops passing ctx's cancellation on and leaves the
+// context to expire at its deadline. The driver's Batch.Send watches its context from a
+// goroutine that closes the TCP connection when the context is done, and it may look only
+// after Send has put the connection back in the pool. A context cancelled as the call
+// returns (defer cancel) then wins that race now and again, and the next call to take the
+// connection from the pool meets "use of closed network connection"; a deadline a Timeout
+// away leaves that goroutine the whole Timeout to see that Send is over.
+func (s *Store) batchCall(ctx context.Context) (context.Context, func()) {
+	s.calls.Add(1)
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
+	stop := context.AfterFunc(ctx, cancel) // the caller's cancellation still interrupts the INSERT
+	return bctx, func() {
+		stop()
+		time.AfterFunc(s.opts.Timeout, cancel)
+	}
 }
 
 func (s *Store) exec(ctx context.Context, q string) error {
@@ -547,7 +569,21 @@ func (s *Store) applyOnce(ctx context.Context, c *metricstore.Commit, rows *coun
 	}
 	// The commit point. A failure here is ambiguous (the row may have landed), so it is not
 	// marked aborted: the next attempt reads the head and finds out.
-	if err := s.insertHead(ctx, c.Consumer, seq, token, c.Epoch, next, fb); err != nil {
+	if s.beforeHead != nil {
+		s.beforeHead()
+	}
+	err = s.insertHead(ctx, c.Consumer, seq, token, c.Epoch, next, fb)
+	// A head write that met a connection closed under it is sent once more on another
+	// connection, as the same row: written twice, the two rows are equal (same seq, token,
+	// epoch and version), so whichever landed, readers see the one commit; and this attempt
+	// still holds seq S+1 (no other writer of this epoch declares it dead before the lease,
+	// and one of a later epoch wins by version whatever this writer does). Only within half
+	// the lease of the intent, as for the first write (step 5).
+	if err != nil && ctx.Err() == nil && brokenConn(err) && time.Since(t0) <= s.opts.Lease/2 {
+		s.opts.Logger.Info("metric store writes a commit head again on another connection", "consumer", c.Consumer, "seq", seq, "err", err)
+		err = s.insertHead(ctx, c.Consumer, seq, token, c.Epoch, next, fb)
+	}
+	if err != nil {
 		return fmt.Errorf("commit %s seq %d: write head: %w", c.Consumer, seq, err)
 	}
 	return nil
@@ -596,8 +632,8 @@ func (s *Store) competitors(ctx context.Context, consumer string, seq, token, ep
 }
 
 func (s *Store) insertIntent(ctx context.Context, consumer string, seq, token, epoch uint64) error {
-	ctx, cancel := s.call(ctx)
-	defer cancel()
+	ctx, done := s.batchCall(ctx)
+	defer done()
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".intents (consumer, seq, token, epoch)")
 	if err != nil {
 		return fmt.Errorf("insert intent: %w", err)
@@ -613,8 +649,8 @@ func (s *Store) insertIntent(ctx context.Context, consumer string, seq, token, e
 }
 
 func (s *Store) insertMarkers(ctx context.Context, table, consumer string, seq uint64, tokens ...uint64) error {
-	ctx, cancel := s.call(ctx)
-	defer cancel()
+	ctx, done := s.batchCall(ctx)
+	defer done()
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+"."+table+" (consumer, seq, token)")
 	if err != nil {
 		return fmt.Errorf("insert %s: %w", table, err)
@@ -641,8 +677,8 @@ func (s *Store) insertHead(ctx context.Context, consumer string, seq, token, epo
 	for i, p := range parts {
 		offs[i] = offsets[p]
 	}
-	ctx, cancel := s.call(ctx)
-	defer cancel()
+	ctx, done := s.batchCall(ctx)
+	defer done()
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".heads (consumer, seq, token, partitions, offsets, final_before, epoch, version)")
 	if err != nil {
 		return err
@@ -799,8 +835,9 @@ func quote(s string) string {
 }
 
 // query runs a read, once more on another connection if the first failed on a connection
-// that was already closed (the driver can hand out a pooled connection that a timeout or the
-// server closed; seen as "use of closed network connection"). A read is safe to repeat.
+// that was already closed (the driver can hand out a pooled connection that the server or a
+// late context watchdog closed, see batchCall; seen as "use of closed network connection").
+// A read is safe to repeat.
 func (s *Store) query(ctx context.Context, q string, args ...any) (driver.Rows, error) {
 	rows, err := s.conn.Query(ctx, q, args...)
 	if err != nil && ctx.Err() == nil && brokenConn(err) {
