@@ -56,6 +56,13 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, looku
 	fs.StringVar(&o.AdminKey, "admin-key", "", "admin key of --target")
 	fs.StringVar(&o.ClickSecret, "click-secret", "", "click secret (keyring) of --target, to sign click tokens")
 	fs.StringVar(&dataDir, "data-dir", "", "data dir of --target, to read its admin key and click secret from")
+	fs.Func("serve-flag", "a flag for the started `adpulse serve`, such as --serve-flag=--dedup-window=20m (repeat for more)", func(v string) error {
+		if !strings.HasPrefix(v, "-") {
+			return fmt.Errorf("%q: a flag, such as --dedup-window=20m", v)
+		}
+		o.ServeArgs = append(o.ServeArgs, v)
+		return nil
+	})
 	fs.StringVar(&scenarios, "scenarios", strings.Join(o.Scenarios, ","), "scenarios to run: "+strings.Join(AllScenarios, ","))
 	fs.StringVar(&baselines, "baseline", "", "baselines to run the same scenarios against: bare (token check, fsynced append, 302: the physical reference of the click rows), clickhouse, redis")
 	fs.StringVar(&o.ClickHouseAddr, "clickhouse-addr", o.ClickHouseAddr, "ClickHouse native protocol address of the clickhouse baseline")

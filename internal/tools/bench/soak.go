@@ -88,6 +88,10 @@ type SoakResult struct {
 	// windows (dedup keys, stream filters, invalid-traffic rules). RSS is flat once the run is
 	// longer than the longest window; before that it grows by this much per click.
 	RSSPerClick float64 `json:"rss_bytes_per_click"`
+	// RSSPerClickLate is the same slope over the second half of the run only: once the run
+	// outlasts the server's windows (such as a short --dedup-window) it is about 0, and a
+	// leak shows as a slope that stays.
+	RSSPerClickLate float64 `json:"rss_bytes_per_click_late"`
 	// CPUPerMillion is adpulse's CPU seconds per million clicks acknowledged over the run.
 	CPUPerMillion float64 `json:"cpu_s_per_million_clicks"`
 }
@@ -251,6 +255,7 @@ func (b *runner) runSoak(ctx context.Context, t *target, lay layout, keys *click
 		res.RSSLast = median3(res.Intervals[k-3].RSS, res.Intervals[k-2].RSS, res.Intervals[k-1].RSS)
 	}
 	res.RSSPerClick = rssSlope(res.Intervals, time.Minute)
+	res.RSSPerClickLate = rssSlope(res.Intervals[len(res.Intervals)/2:], 0)
 	var cpuTotal float64
 	for _, iv := range res.Intervals {
 		cpuTotal += iv.CPU
@@ -308,7 +313,7 @@ func (r *SoakResult) WriteSoak(w io.Writer) {
 	if r.Unsent > 0 {
 		fmt.Fprintf(w, "not kept up: %d scheduled clicks not sent (at most %d in flight)\n", r.Unsent, r.Options.Conns)
 	}
-	fmt.Fprintf(w, "total: %d sent, %d ok, errors %v; latency p50 %s p99 %s p99.9 %s max %s; RSS first %s, last %s, max %s, %.0f bytes per click; CPU %.1f s per million clicks\n",
+	fmt.Fprintf(w, "total: %d sent, %d ok, errors %v; latency p50 %s p99 %s p99.9 %s max %s; RSS first %s, last %s, max %s, %.0f bytes per click (%.0f over the second half); CPU %.1f s per million clicks\n",
 		r.Sent, r.OK, r.Errors, fmtUS(r.Total.P50), fmtUS(r.Total.P99), fmtUS(r.Total.P999), fmtUS(r.Total.Max),
-		fmtBytes(r.RSSFirst), fmtBytes(r.RSSLast), fmtBytes(r.RSSMax), r.RSSPerClick, r.CPUPerMillion)
+		fmtBytes(r.RSSFirst), fmtBytes(r.RSSLast), fmtBytes(r.RSSMax), r.RSSPerClick, r.RSSPerClickLate, r.CPUPerMillion)
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"math"
+	"slices"
 	"testing"
 	"time"
 )
@@ -27,6 +28,13 @@ func TestRSSSlope(t *testing.T) {
 	}
 	if got := rssSlope(ivs, time.Minute); math.Abs(got-120) > 0.01 {
 		t.Fatalf("slope %.3f bytes per click, want 120", got)
+	}
+	flat := slices.Clone(ivs)
+	for i := 15; i < len(flat); i++ {
+		flat[i].RSS = flat[14].RSS + int64(i%2)<<20 // the windows full: RSS only wobbles
+	}
+	if got := rssSlope(flat[len(flat)/2:], 0); math.Abs(got) > 5 {
+		t.Fatalf("slope once flat: %.3f bytes per click, want about 0", got)
 	}
 	if got := rssSlope(ivs[:7], time.Minute); got != 0 {
 		t.Fatalf("slope from one interval after the warmup: %.3f, want 0 (too little to fit)", got)

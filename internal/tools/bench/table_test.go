@@ -241,4 +241,7 @@ func TestCommandRejectsBadFlags(t *testing.T) {
 	if err := Command(t.Context(), []string{"--serve-baseline", "redis", "--baseline-id", "a/b"}, &out, &errOut, noEnv); err == nil {
 		t.Error("bad baseline id accepted")
 	}
+	if err := Command(t.Context(), []string{"--serve-flag", "dedup-window=20m"}, &out, &errOut, noEnv); err == nil || !strings.Contains(err.Error(), "dedup-window") {
+		t.Errorf("--serve-flag without its dashes: %v", err)
+	}
 }
