@@ -171,11 +171,11 @@ func TestRebuildDuringAFlood(t *testing.T) {
 		limit := st.floodLimit(i)
 		for src, w := range ws {
 			if len(w.times) > keepPerLimit*limit || len(w.pending) > limit {
-				t.Errorf("flood window %d of %s holds %d times and %d clicks, limit %d", i, src, len(w.times), len(w.pending), limit)
+				t.Errorf("flood window %d of source %x holds %d times and %d clicks, limit %d", i, src, len(w.times), len(w.pending), limit)
 			}
 		}
 	}
-	w := st.sources["bot"]
+	w := st.sources[sourceHash("bot")]
 	if keep := keepPerLimit * tinyRules.MaxAdsPerSource; len(w.times) > keep || len(w.ads) > keep || len(w.pending) > tinyRules.MaxAdsPerSource {
 		t.Errorf("the flood's many_ads window holds %d times, %d ads and %d clicks", len(w.times), len(w.ads), len(w.pending))
 	}
