@@ -80,8 +80,8 @@ func (s *state) compact() {
 		remap[i] = dead
 	}
 	s.eachWindow(func(w *window) {
-		for _, i := range w.pending {
-			remap[i] = 0
+		for k := range w.pendingLen() {
+			remap[w.pendingAt(k)] = 0
 		}
 	})
 	var live int
@@ -108,8 +108,8 @@ func (s *state) compact() {
 		remap[i] = ns.add(string(s.slab.keys[r.keyOff:r.keyOff+r.keyLen]), r.time, r.recv, id, r.flagged)
 	}
 	s.eachWindow(func(w *window) {
-		for k, i := range w.pending {
-			w.pending[k] = remap[i]
+		for k := range w.pendingLen() {
+			w.buf[int(w.nt)+k] = int64(remap[w.pendingAt(k)])
 		}
 	})
 	s.slab, s.refIDs, s.refTab = ns, refIDs, refTab
@@ -117,7 +117,8 @@ func (s *state) compact() {
 	adIDs := make(map[string]uint32)
 	var adNames []string
 	for _, w := range s.sources {
-		for k, a := range w.ads {
+		for k := range w.adsLen() {
+			a := w.adAt(k)
 			name := s.adNames[a.ad]
 			id, ok := adIDs[name]
 			if !ok {
@@ -125,7 +126,7 @@ func (s *state) compact() {
 				adIDs[name] = id
 				adNames = append(adNames, name)
 			}
-			w.ads[k].ad = id
+			w.setAd(k, adSeen{id, a.last})
 		}
 	}
 	s.adIDs, s.adNames = adIDs, adNames

@@ -2,7 +2,6 @@ package sivt
 
 import (
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/event"
@@ -88,136 +87,6 @@ type Verdict struct {
 // times (and, for many_ads, distinct ads). A rule only asks whether more than limit are in
 // its window, so counts up to the bound are exact and a bigger one is reported as the bound.
 const keepPerLimit = 4
-
-// window is one source's recent clicks for one rule.
-//
-// times are the newest receive times of the source's clicks (at most keep, ascending) and ads
-// the ads it clicked with their latest receive time (many_ads only; at most keep, ascending
-// by time then ad). Both keep the greatest elements of the set of clicks seen, so they do
-// not depend on the order the clicks came in, and they count exactly up to keep. pending
-// are the source's clicks without a verdict (a late verdict may flag them); while a source
-// is over its limit every click gets its verdict on arrival, so pending stays within about
-// limit per window length.
-type window struct {
-	times   []int64
-	pending []uint32 // indexes into state.slab.recs
-}
-
-// adsWindow is a many_ads window: a window and the ads its source clicked.
-type adsWindow struct {
-	window
-	ads []adSeen
-}
-
-type adSeen struct {
-	ad   uint32 // index into state.adNames
-	last int64
-}
-
-// before orders by time, then by the ad's id (its name, not its interned index, which
-// depends on what else the state held).
-func (a adSeen) before(b adSeen, names []string) bool {
-	return a.last < b.last || a.last == b.last && names[a.ad] < names[b.ad]
-}
-
-// addTime adds a receive time, dropping the oldest beyond keep.
-func (w *window) addTime(recv int64, keep int) {
-	i := len(w.times)
-	for i > 0 && w.times[i-1] > recv {
-		i--
-	}
-	if len(w.times) >= keep {
-		if i == 0 {
-			return
-		}
-		copy(w.times[:i-1], w.times[1:i])
-		w.times[i-1] = recv
-		return
-	}
-	w.times = slices.Insert(w.times, i, recv)
-}
-
-// addAd records a click of ad at recv, keeping the keep ads clicked last.
-func (w *adsWindow) addAd(ad uint32, recv int64, keep int, names []string) {
-	i := slices.IndexFunc(w.ads, func(a adSeen) bool { return a.ad == ad })
-	switch {
-	case i >= 0:
-		if recv <= w.ads[i].last {
-			return
-		}
-		w.ads[i].last = recv
-	case len(w.ads) < keep:
-		w.ads = append(w.ads, adSeen{ad, recv})
-		i = len(w.ads) - 1
-	default:
-		n := adSeen{ad, recv}
-		if !w.ads[0].before(n, names) {
-			return
-		}
-		w.ads[0] = n
-		i = 0
-	}
-	// Move the changed entry to its place: it only grew.
-	for ; i+1 < len(w.ads) && w.ads[i+1].before(w.ads[i], names); i++ {
-		w.ads[i], w.ads[i+1] = w.ads[i+1], w.ads[i]
-	}
-	for ; i > 0 && w.ads[i].before(w.ads[i-1], names); i-- {
-		w.ads[i], w.ads[i-1] = w.ads[i-1], w.ads[i]
-	}
-}
-
-// count returns how many held times are after cutoff and the oldest of them (or def).
-func (w *window) count(cutoff, def int64) (n int, first int64) {
-	i, _ := slices.BinarySearch(w.times, cutoff+1)
-	if i < len(w.times) {
-		def = min(def, w.times[i])
-	}
-	return len(w.times) - i, def
-}
-
-// distinctAds returns how many held ads were clicked after cutoff.
-func (w *adsWindow) distinctAds(cutoff int64) int {
-	n := 0
-	for _, a := range w.ads {
-		if a.last > cutoff {
-			n++
-		}
-	}
-	return n
-}
-
-// prune drops what is at or before cutoff, and the pending clicks that have a verdict.
-func (w *window) prune(cutoff int64, recs []clickRec) {
-	i, _ := slices.BinarySearch(w.times, cutoff+1)
-	if i > 0 {
-		w.times = append(w.times[:0], w.times[i:]...)
-	}
-	w.pending = slices.DeleteFunc(w.pending, func(i uint32) bool { return recs[i].flagged || recs[i].recv <= cutoff })
-	if len(w.times) == 0 {
-		w.times = nil
-	}
-	if len(w.pending) == 0 {
-		w.pending = nil
-	}
-}
-
-func (w *window) empty() bool { return len(w.times) == 0 && len(w.pending) == 0 }
-
-func (w *adsWindow) prune(cutoff int64, recs []clickRec) {
-	w.window.prune(cutoff, recs)
-	i := 0
-	for i < len(w.ads) && w.ads[i].last <= cutoff {
-		i++
-	}
-	if i > 0 {
-		w.ads = append(w.ads[:0], w.ads[i:]...)
-	}
-	if len(w.ads) == 0 {
-		w.ads = nil
-	}
-}
-
-func (w *adsWindow) empty() bool { return w.window.empty() && len(w.ads) == 0 }
 
 type impression struct{ time, recv int64 }
 
@@ -325,8 +194,8 @@ func (s *state) live() int {
 	seen := make([]bool, len(s.slab.recs))
 	n := 0
 	s.eachWindow(func(w *window) {
-		for _, i := range w.pending {
-			if !seen[i] {
+		for k := range w.pendingLen() {
+			if i := w.pendingAt(k); !seen[i] {
 				seen[i] = true
 				n++
 			}
@@ -427,7 +296,8 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 		if !decide {
 			return
 		}
-		for _, o := range w.pending {
+		for k := range w.pendingLen() {
+			o := w.pendingAt(k)
 			if r := &s.slab.recs[o]; r.recv > cutoff && !r.flagged {
 				r.flagged = true
 				out = append(out, Verdict{ClickKey: s.slab.key(o), Reason: reason, Late: true, TriggeredBy: c.id(), DecidedAt: c.recv, Evidence: evd, Click: s.verdictClick(o)})
@@ -518,7 +388,7 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 				if !held {
 					i, held = s.slab.add(key, c.time, c.recv, s.internRef(ref), false), true
 				}
-				w.pending = append(w.pending, i)
+				w.appendPending(i)
 			}
 		}
 	}
@@ -555,8 +425,8 @@ func (s *state) sizes() heldSizes {
 func (s *state) countWindows() {
 	var z heldSizes
 	count := func(w *window) {
-		z.times += len(w.times)
-		z.pending += len(w.pending)
+		z.times += int(w.nt)
+		z.pending += int(w.np)
 	}
 	for i := range s.floods {
 		for _, w := range s.floods[i] {
@@ -565,7 +435,7 @@ func (s *state) countWindows() {
 	}
 	for _, w := range s.sources {
 		count(&w.window)
-		z.ads += len(w.ads)
+		z.ads += w.adsLen()
 	}
 	s.counted = z
 }
