@@ -109,7 +109,7 @@ func (s *state) compact() {
 	}
 	s.eachWindow(func(w *window) {
 		for k := range w.pendingLen() {
-			w.buf[int(w.nt)+k] = int64(remap[w.pendingAt(k)])
+			w.setPending(k, remap[w.pendingAt(k)])
 		}
 	})
 	s.slab, s.refIDs, s.refTab = ns, refIDs, refTab

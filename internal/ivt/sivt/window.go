@@ -17,7 +17,7 @@ import "slices"
 // sources have a click or two.
 type window struct {
 	buf    []int64
-	nt, np uint32 // buf[:nt] are the times, buf[nt:nt+np] the pending record indexes, the rest ad pairs (id, last)
+	nt, np uint32 // buf[:nt] are the times, then (np+1)/2 cells of two pending record indexes each, then the ad pairs (id, last)
 }
 
 // adsWindow is a many_ads window: a window whose buffer also holds the ads its source clicked.
@@ -36,16 +36,42 @@ func (a adSeen) before(b adSeen, names []string) bool {
 
 func (w *window) times() []int64 { return w.buf[:w.nt] }
 
-func (w *window) pendingLen() int       { return int(w.np) }
-func (w *window) pendingAt(k int) uint32 { return uint32(w.buf[int(w.nt)+k]) }
+func (w *window) pendingLen() int { return int(w.np) }
+
+// pendingAt returns the k-th pending record index: the low half of a cell for even k, the
+// high half for odd k.
+func (w *window) pendingAt(k int) uint32 {
+	return uint32(uint64(w.buf[int(w.nt)+k/2]) >> (32 * (k % 2)))
+}
+
+func (w *window) setPending(k int, i uint32) {
+	c := &w.buf[int(w.nt)+k/2]
+	shift := 32 * (k % 2)
+	*c = int64(uint64(*c)&^(0xffffffff<<shift) | uint64(i)<<shift)
+}
 
 // appendPending adds a record index to pending.
 func (w *window) appendPending(i uint32) {
-	w.buf = slices.Insert(w.buf, int(w.nt+w.np), int64(i))
+	if w.np%2 == 0 {
+		w.buf = insert(w.buf, int(w.nt+w.np/2), int64(i))
+	} else {
+		w.setPending(int(w.np), i)
+	}
 	w.np++
 }
 
-func (w *window) adsOff() int { return int(w.nt + w.np) }
+// insert inserts v at i, growing a small buffer only to the allocator's next size class
+// rather than doubling it: most windows hold a click or two and never grow again.
+func insert(buf []int64, i int, v ...int64) []int64 {
+	if n := len(buf) + len(v); n > cap(buf) && n <= 16 {
+		nb := slices.Grow([]int64(nil), n)[:len(buf)]
+		copy(nb, buf)
+		buf = nb
+	}
+	return slices.Insert(buf, i, v...)
+}
+
+func (w *window) adsOff() int { return int(w.nt + (w.np+1)/2) }
 func (w *window) adsLen() int { return (len(w.buf) - w.adsOff()) / 2 }
 func (w *window) adAt(k int) adSeen {
 	o := w.adsOff() + 2*k
@@ -71,7 +97,7 @@ func (w *window) addTime(recv int64, keep int) {
 		times[i-1] = recv
 		return
 	}
-	w.buf = slices.Insert(w.buf, i, recv)
+	w.buf = insert(w.buf, i, recv)
 	w.nt++
 }
 
@@ -92,7 +118,7 @@ func (w *adsWindow) addAd(ad uint32, recv int64, keep int, names []string) {
 		}
 		w.setAd(i, adSeen{ad, recv})
 	case n < keep:
-		w.buf = append(w.buf, int64(ad), recv)
+		w.buf = insert(w.buf, len(w.buf), int64(ad), recv)
 		i = n
 		n++
 	default:
@@ -145,16 +171,19 @@ func (w *window) prune(cutoff int64, recs []clickRec) {
 		w.buf = slices.Delete(w.buf, 0, i)
 		w.nt -= uint32(i)
 	}
-	p := w.buf[w.nt : w.nt+w.np]
 	kept := 0
-	for _, v := range p {
-		if r := &recs[uint32(v)]; !r.flagged && r.recv > cutoff {
-			p[kept] = v
+	for k := range w.pendingLen() {
+		if i := w.pendingAt(k); !recs[i].flagged && recs[i].recv > cutoff {
+			w.setPending(kept, i)
 			kept++
 		}
 	}
-	if kept < len(p) {
-		w.buf = slices.Delete(w.buf, int(w.nt)+kept, int(w.nt+w.np))
+	if kept < int(w.np) {
+		if kept%2 == 1 {
+			w.setPending(kept, 0)
+		}
+		from, to := int(w.nt)+(kept+1)/2, int(w.nt)+int(w.np+1)/2
+		w.buf = slices.Delete(w.buf, from, to)
 		w.np = uint32(kept)
 	}
 	w.shrink()
