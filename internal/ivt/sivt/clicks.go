@@ -1,5 +1,10 @@
 package sivt
 
+import (
+	"encoding/binary"
+	"math"
+)
+
 // The rules hold every click without a verdict until its windows expire: at 10,000 clicks/s
 // that is millions of clicks. They are kept in slabs without pointers (records in one slice,
 // key bytes in another, ads and sources as integer ids) so that the garbage collector, whose
@@ -9,11 +14,18 @@ package sivt
 // clickRec is a click without a verdict, held by the windows (window.pending) a later click
 // may fire on. A click with a verdict needs no record: its windows keep only its receive time.
 type clickRec struct {
-	time, recv     int64
-	keyOff, keyLen uint32 // the idempotency key's bytes in clickSlab.keys
-	ref            uint32 // its ad, campaign and advertiser: state.refTab[ref]
-	flagged        bool
+	time, recv int64
+	keyOff     uint32 // the idempotency key in clickSlab.keys: its length as a uvarint, then its bytes
+	ref        uint32 // its ad, campaign and advertiser (state.refTab) in the low 31 bits; the top bit is flaggedBit
 }
+
+// flaggedBit in clickRec.ref marks a click that got its verdict (late) while windows still
+// hold it; they drop it when they next prune.
+const flaggedBit = 1 << 31
+
+func (r *clickRec) flagged() bool { return r.ref&flaggedBit != 0 }
+func (r *clickRec) setFlagged()   { r.ref |= flaggedBit }
+func (r *clickRec) adRef() uint32 { return r.ref &^ flaggedBit }
 
 // clickSlab holds the click records and their keys. Records are appended and never moved
 // except by compact, which drops the records no window references any more.
@@ -23,18 +35,30 @@ type clickSlab struct {
 }
 
 // add appends a record and returns its index.
-func (s *clickSlab) add(key string, time, recv int64, ref uint32, flagged bool) uint32 {
+//
+// Offsets are 32 bits: compact rebuilds the arena every span (the longest window), and a
+// span of keys beyond 4 GiB (some 150 million clicks) is far past what one stage holds; add
+// panics rather than wrap.
+func (s *clickSlab) add(key []byte, time, recv int64, ref uint32) uint32 {
 	off := len(s.keys)
+	if uint64(off)+binary.MaxVarintLen64+uint64(len(key)) > math.MaxUint32 || uint64(len(s.recs)) >= math.MaxUint32 || ref >= flaggedBit {
+		panic("sivt: click slab beyond 32-bit offsets")
+	}
+	s.keys = binary.AppendUvarint(s.keys, uint64(len(key)))
 	s.keys = append(s.keys, key...)
-	s.recs = append(s.recs, clickRec{time: time, recv: recv, keyOff: uint32(off), keyLen: uint32(len(key)), ref: ref, flagged: flagged})
+	s.recs = append(s.recs, clickRec{time: time, recv: recv, keyOff: uint32(off), ref: ref})
 	return uint32(len(s.recs) - 1)
 }
 
-// key returns the idempotency key of record i (a new string: verdicts outlive the slab's layout).
-func (s *clickSlab) key(i uint32) string {
-	r := &s.recs[i]
-	return string(s.keys[r.keyOff : r.keyOff+r.keyLen])
+// keyBytes returns the idempotency key of record i, in the arena.
+func (s *clickSlab) keyBytes(i uint32) []byte {
+	b := s.keys[s.recs[i].keyOff:]
+	n, w := binary.Uvarint(b)
+	return b[w : w+int(n)]
 }
+
+// key returns the idempotency key of record i (a new string: verdicts outlive the slab's layout).
+func (s *clickSlab) key(i uint32) string { return string(s.keyBytes(i)) }
 
 // click is a held click as a verdict carries it: its key, ad and times.
 type click struct {
@@ -55,7 +79,7 @@ func clickID(key string) string { return key[min(2, len(key)):] }
 // verdictClick returns record i as a verdict carries it.
 func (s *state) verdictClick(i uint32) *click {
 	r := &s.slab.recs[i]
-	return &click{key: s.slab.key(i), ad: s.refTab[r.ref], time: r.time, recv: r.recv}
+	return &click{key: s.slab.key(i), ad: s.refTab[r.adRef()], time: r.time, recv: r.recv}
 }
 
 // eachWindow calls f with every window of every rule.
@@ -98,14 +122,17 @@ func (s *state) compact() {
 		if remap[i] == dead {
 			continue
 		}
-		ref := s.refTab[r.ref]
+		ref := s.refTab[r.adRef()]
 		id, ok := refIDs[ref]
 		if !ok {
 			id = uint32(len(refTab))
 			refIDs[ref] = id
 			refTab = append(refTab, ref)
 		}
-		remap[i] = ns.add(string(s.slab.keys[r.keyOff:r.keyOff+r.keyLen]), r.time, r.recv, id, r.flagged)
+		remap[i] = ns.add(s.slab.keyBytes(uint32(i)), r.time, r.recv, id)
+		if r.flagged() {
+			ns.recs[remap[i]].setFlagged()
+		}
 	}
 	s.eachWindow(func(w *window) {
 		for k := range w.pendingLen() {

@@ -298,8 +298,8 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 		}
 		for k := range w.pendingLen() {
 			o := w.pendingAt(k)
-			if r := &s.slab.recs[o]; r.recv > cutoff && !r.flagged {
-				r.flagged = true
+			if r := &s.slab.recs[o]; r.recv > cutoff && !r.flagged() {
+				r.setFlagged()
 				out = append(out, Verdict{ClickKey: s.slab.key(o), Reason: reason, Late: true, TriggeredBy: c.id(), DecidedAt: c.recv, Evidence: evd, Click: s.verdictClick(o)})
 			}
 		}
@@ -386,7 +386,7 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 		for _, w := range touched {
 			if w != nil {
 				if !held {
-					i, held = s.slab.add(key, c.time, c.recv, s.internRef(ref), false), true
+					i, held = s.slab.add([]byte(key), c.time, c.recv, s.internRef(ref)), true
 				}
 				w.appendPending(i)
 			}

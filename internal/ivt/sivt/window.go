@@ -173,7 +173,7 @@ func (w *window) prune(cutoff int64, recs []clickRec) {
 	}
 	kept := 0
 	for k := range w.pendingLen() {
-		if i := w.pendingAt(k); !recs[i].flagged && recs[i].recv > cutoff {
+		if i := w.pendingAt(k); !recs[i].flagged() && recs[i].recv > cutoff {
 			w.setPending(kept, i)
 			kept++
 		}
