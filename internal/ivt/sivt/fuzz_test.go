@@ -170,14 +170,14 @@ func TestRebuildDuringAFlood(t *testing.T) {
 	for i, ws := range st.floods {
 		limit := st.floodLimit(i)
 		for src, w := range ws {
-			if len(w.times) > keepPerLimit*limit || len(w.pending) > limit {
-				t.Errorf("flood window %d of %s holds %d times and %d clicks, limit %d", i, src, len(w.times), len(w.pending), limit)
+			if int(w.nt) > keepPerLimit*limit || w.pendingLen() > limit {
+				t.Errorf("flood window %d of source %x holds %d times and %d clicks, limit %d", i, src, w.nt, w.pendingLen(), limit)
 			}
 		}
 	}
-	w := st.sources["bot"]
-	if keep := keepPerLimit * tinyRules.MaxAdsPerSource; len(w.times) > keep || len(w.ads) > keep || len(w.pending) > tinyRules.MaxAdsPerSource {
-		t.Errorf("the flood's many_ads window holds %d times, %d ads and %d clicks", len(w.times), len(w.ads), len(w.pending))
+	w := st.sources[sourceHash("bot")]
+	if keep := keepPerLimit * tinyRules.MaxAdsPerSource; int(w.nt) > keep || w.adsLen() > keep || w.pendingLen() > tinyRules.MaxAdsPerSource {
+		t.Errorf("the flood's many_ads window holds %d times, %d ads and %d clicks", w.nt, w.adsLen(), w.pendingLen())
 	}
 	if n := len(flagged); n < 2600 {
 		t.Errorf("%d clicks flagged, want the flood's", n)

@@ -2,7 +2,6 @@ package sivt
 
 import (
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/event"
@@ -84,155 +83,10 @@ type Verdict struct {
 	Click     *click
 }
 
-// click is a valid click without a verdict yet, held by the windows a later click may fire
-// on. A click with a verdict needs no record: its windows keep only its receive time.
-type click struct {
-	key        string // idempotency key; clickID(key) is its id
-	ad         *adRef
-	time, recv int64
-	flagged    bool
-}
-
-// id is the click's id as the API shows it.
-func (c *click) id() string { return clickID(c.key) }
-
-// adRef is a click's ad with its campaign and advertiser, interned (state.adRefs): the clicks
-// of one ad share one.
-type adRef struct{ ad, campaign, advertiser string }
-
-// clickID is the id GET /api/v1/clicks/{id} takes for a click key ("c:imp" or "e:event").
-func clickID(key string) string { return key[min(2, len(key)):] }
-
 // keepPerLimit bounds what one source's window holds: the newest keepPerLimit*limit receive
 // times (and, for many_ads, distinct ads). A rule only asks whether more than limit are in
 // its window, so counts up to the bound are exact and a bigger one is reported as the bound.
 const keepPerLimit = 4
-
-// window is one source's recent clicks for one rule.
-//
-// times are the newest receive times of the source's clicks (at most keep, ascending) and ads
-// the ads it clicked with their latest receive time (many_ads only; at most keep, ascending
-// by time then ad). Both keep the greatest elements of the set of clicks seen, so they do
-// not depend on the order the clicks came in, and they count exactly up to keep. pending
-// are the source's clicks without a verdict (a late verdict may flag them); while a source
-// is over its limit every click gets its verdict on arrival, so pending stays within about
-// limit per window length.
-type window struct {
-	times   []int64
-	pending []*click
-}
-
-// adsWindow is a many_ads window: a window and the ads its source clicked.
-type adsWindow struct {
-	window
-	ads []adSeen
-}
-
-type adSeen struct {
-	ad   string
-	last int64
-}
-
-func (a adSeen) before(b adSeen) bool { return a.last < b.last || a.last == b.last && a.ad < b.ad }
-
-// addTime adds a receive time, dropping the oldest beyond keep.
-func (w *window) addTime(recv int64, keep int) {
-	i := len(w.times)
-	for i > 0 && w.times[i-1] > recv {
-		i--
-	}
-	if len(w.times) >= keep {
-		if i == 0 {
-			return
-		}
-		copy(w.times[:i-1], w.times[1:i])
-		w.times[i-1] = recv
-		return
-	}
-	w.times = slices.Insert(w.times, i, recv)
-}
-
-// addAd records a click of ad at recv, keeping the keep ads clicked last.
-func (w *adsWindow) addAd(ad string, recv int64, keep int) {
-	i := slices.IndexFunc(w.ads, func(a adSeen) bool { return a.ad == ad })
-	switch {
-	case i >= 0:
-		if recv <= w.ads[i].last {
-			return
-		}
-		w.ads[i].last = recv
-	case len(w.ads) < keep:
-		w.ads = append(w.ads, adSeen{ad, recv})
-		i = len(w.ads) - 1
-	default:
-		n := adSeen{ad, recv}
-		if !w.ads[0].before(n) {
-			return
-		}
-		w.ads[0] = n
-		i = 0
-	}
-	// Move the changed entry to its place: it only grew.
-	for ; i+1 < len(w.ads) && w.ads[i+1].before(w.ads[i]); i++ {
-		w.ads[i], w.ads[i+1] = w.ads[i+1], w.ads[i]
-	}
-	for ; i > 0 && w.ads[i].before(w.ads[i-1]); i-- {
-		w.ads[i], w.ads[i-1] = w.ads[i-1], w.ads[i]
-	}
-}
-
-// count returns how many held times are after cutoff and the oldest of them (or def).
-func (w *window) count(cutoff, def int64) (n int, first int64) {
-	i, _ := slices.BinarySearch(w.times, cutoff+1)
-	if i < len(w.times) {
-		def = min(def, w.times[i])
-	}
-	return len(w.times) - i, def
-}
-
-// distinctAds returns how many held ads were clicked after cutoff.
-func (w *adsWindow) distinctAds(cutoff int64) int {
-	n := 0
-	for _, a := range w.ads {
-		if a.last > cutoff {
-			n++
-		}
-	}
-	return n
-}
-
-// prune drops what is at or before cutoff, and the pending clicks that have a verdict.
-func (w *window) prune(cutoff int64) {
-	i, _ := slices.BinarySearch(w.times, cutoff+1)
-	if i > 0 {
-		w.times = append(w.times[:0], w.times[i:]...)
-	}
-	w.pending = slices.DeleteFunc(w.pending, func(c *click) bool { return c.flagged || c.recv <= cutoff })
-	if len(w.times) == 0 {
-		w.times = nil
-	}
-	if len(w.pending) == 0 {
-		w.pending = nil
-	}
-}
-
-func (w *window) empty() bool { return len(w.times) == 0 && len(w.pending) == 0 }
-
-func (w *adsWindow) prune(cutoff int64) {
-	w.window.prune(cutoff)
-	i := 0
-	for i < len(w.ads) && w.ads[i].last <= cutoff {
-		i++
-	}
-	if i > 0 {
-		w.ads = append(w.ads[:0], w.ads[i:]...)
-	}
-	if len(w.ads) == 0 {
-		w.ads = nil
-	}
-}
-
-func (w *adsWindow) empty() bool { return w.window.empty() && len(w.ads) == 0 }
 
 type impression struct{ time, recv int64 }
 
@@ -243,9 +97,21 @@ type state struct {
 	r       Rules
 	maxRecv int64
 
-	floods  [3]map[string]*window // by user, address, device
-	sources map[string]*adsWindow // many_ads, by user else address
-	adRefs  map[adRef]*adRef      // interned ads of pending clicks
+	// floods (by user, address, device) and sources (many_ads, by user else address) are
+	// keyed by sourceHash of the source. Two sources of one rule colliding in 64 bits (about
+	// n²/2⁶⁵: 3·10⁻¹⁰ for 10⁵ sources) would share a window; the hash is fixed, so that is
+	// the same on every replay. Evidence names the source from the click, not from the key.
+	floods  [3]map[uint64]*window
+	sources map[uint64]*adsWindow
+	// slab holds the clicks without a verdict the windows reference; compacted when at least
+	// half of it is records no window holds any more (checked at each sweep of the floods).
+	slab clickSlab
+	// refTab and adNames intern the ads of held clicks and of the many_ads windows (bounded
+	// by the ads, rebuilt by compact).
+	refIDs  map[adRef]uint32
+	refTab  []adRef
+	adIDs   map[string]uint32
+	adNames []string
 	imps    map[uint64]impression // by hash of impression id
 	impFIFO []impFIFOEntry
 	adLast  map[string]int64 // ad -> receive time of its latest impression
@@ -265,9 +131,10 @@ type impFIFOEntry struct {
 }
 
 func newState(r Rules) *state {
-	s := &state{r: r, sources: map[string]*adsWindow{}, adRefs: map[adRef]*adRef{}, imps: map[uint64]impression{}, adLast: map[string]int64{}, held: map[uint64]int64{}}
+	s := &state{r: r, sources: map[uint64]*adsWindow{}, refIDs: map[adRef]uint32{}, adIDs: map[string]uint32{},
+		imps: map[uint64]impression{}, adLast: map[string]int64{}, held: map[uint64]int64{}}
 	for i := range s.floods {
-		s.floods[i] = map[string]*window{}
+		s.floods[i] = map[uint64]*window{}
 	}
 	return s
 }
@@ -311,12 +178,30 @@ func (s *state) sweepFloods() {
 	fc := s.maxRecv - s.r.FloodWindow.Microseconds()
 	for i := range s.floods {
 		for k, w := range s.floods[i] {
-			if w.prune(fc); w.empty() {
+			if w.prune(fc, s.slab.recs); w.empty() {
 				delete(s.floods[i], k)
 			}
 		}
 	}
 	s.countWindows()
+	if len(s.slab.recs) > 1024 && len(s.slab.recs) > 2*s.live() {
+		s.compact()
+	}
+}
+
+// live counts the records some window holds.
+func (s *state) live() int {
+	seen := make([]bool, len(s.slab.recs))
+	n := 0
+	s.eachWindow(func(w *window) {
+		for k := range w.pendingLen() {
+			if i := w.pendingAt(k); !seen[i] {
+				seen[i] = true
+				n++
+			}
+		}
+	})
+	return n
 }
 
 // sweep drops windows and ads whose every entry is older than their window: memory only,
@@ -326,7 +211,7 @@ func (s *state) sweep() {
 	s.sweepFloods()
 	mc := s.maxRecv - s.r.ManyAdsWindow.Microseconds()
 	for k, w := range s.sources {
-		if w.prune(mc); w.empty() {
+		if w.prune(mc, s.slab.recs); w.empty() {
 			delete(s.sources, k)
 		}
 	}
@@ -342,34 +227,12 @@ func (s *state) sweep() {
 			delete(s.adLast, ad)
 		}
 	}
-	// Keep the interned ads pending clicks still use.
-	refs := make(map[adRef]*adRef, len(s.adRefs))
-	keep := func(w *window) {
-		for _, c := range w.pending {
-			refs[*c.ad] = c.ad
-		}
-	}
-	for i := range s.floods {
-		for _, w := range s.floods[i] {
-			keep(w)
-		}
-	}
-	for _, w := range s.sources {
-		keep(&w.window)
-	}
-	s.adRefs = refs
+	// Drop the records and interned ads no window holds any more.
+	s.compact()
 }
 
-// intern returns the shared adRef of an ad.
-func (s *state) intern(ad, campaign, advertiser string) *adRef {
-	k := adRef{ad, campaign, advertiser}
-	if r, ok := s.adRefs[k]; ok {
-		return r
-	}
-	r := &k
-	s.adRefs[k] = r
-	return r
-}
+// sourceHash is the key of a source's window (see state.floods).
+func sourceHash(src string) uint64 { return xxhash.Sum64String(src) }
 
 // repeat records an occurrence of click key and reports whether an earlier one was received
 // within the rules' span before it. Like dedup.Window, it does not chain on decisions: a
@@ -417,24 +280,27 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 		// and judged once already.
 		return nil
 	}
-	c := &click{key: key, time: ev.Time, recv: ev.RecvTime, flagged: flagged}
+	ref := adRef{ev.AdID, ev.CampaignID, ev.AdvertiserID}
+	c := &click{key: key, ad: ref, time: ev.Time, recv: ev.RecvTime}
 	var out []Verdict
 	own := func(v Verdict) {
-		if !c.flagged && decide {
-			c.flagged = true
+		if !flagged && decide {
+			flagged = true
 			v.ClickKey, v.Click, v.DecidedAt = c.key, c, c.recv
 			out = append(out, v)
 		}
 	}
-	// late flags the pending clicks of w a rule just fired on.
+	// late flags the pending clicks of w a rule just fired on. The click itself is in no
+	// window yet.
 	late := func(w *window, cutoff int64, reason event.Reason, evd Evidence) {
 		if !decide {
 			return
 		}
-		for _, o := range w.pending {
-			if o.recv > cutoff && !o.flagged && o != c {
-				o.flagged = true
-				out = append(out, Verdict{ClickKey: o.key, Reason: reason, Late: true, TriggeredBy: c.id(), DecidedAt: c.recv, Evidence: evd, Click: o})
+		for k := range w.pendingLen() {
+			o := w.pendingAt(k)
+			if r := &s.slab.recs[o]; r.recv > cutoff && !r.flagged() {
+				r.setFlagged()
+				out = append(out, Verdict{ClickKey: s.slab.key(o), Reason: reason, Late: true, TriggeredBy: c.id(), DecidedAt: c.recv, Evidence: evd, Click: s.verdictClick(o)})
 			}
 		}
 	}
@@ -453,12 +319,13 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 		if by == "" || limit <= 0 {
 			continue
 		}
-		w := s.floods[i][by]
+		h := sourceHash(by)
+		w := s.floods[i][h]
 		if w == nil {
 			w = &window{}
-			s.floods[i][by] = w
+			s.floods[i][h] = w
 		}
-		w.prune(fcut)
+		w.prune(fcut, s.slab.recs)
 		w.addTime(c.recv, keepPerLimit*limit)
 		touched[i] = w
 		if n, first := w.count(fcut, c.recv); n > limit {
@@ -493,15 +360,16 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 	}
 	if src != "" && s.r.MaxAdsPerSource > 0 {
 		mcut := s.maxRecv - s.r.ManyAdsWindow.Microseconds()
-		w := s.sources[src]
+		h := sourceHash(src)
+		w := s.sources[h]
 		if w == nil {
 			w = &adsWindow{}
-			s.sources[src] = w
+			s.sources[h] = w
 		}
-		w.prune(mcut)
+		w.prune(mcut, s.slab.recs)
 		keep := keepPerLimit * s.r.MaxAdsPerSource
 		w.addTime(c.recv, keep)
-		w.addAd(s.intern(ev.AdID, ev.CampaignID, ev.AdvertiserID).ad, c.recv, keep)
+		w.addAd(s.internAd(ev.AdID), c.recv, keep, s.adNames)
 		touched[3] = &w.window
 		if ads := w.distinctAds(mcut); ads > s.r.MaxAdsPerSource {
 			_, first := w.count(mcut, c.recv)
@@ -511,15 +379,16 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 			late(&w.window, mcut, event.ReasonManyAds, evd)
 		}
 	}
-	if !c.flagged || len(out) > 0 {
-		// A flagged click's verdict (out) still needs its ad; an unflagged one waits in
-		// its windows for a later click.
-		c.ad = s.intern(ev.AdID, ev.CampaignID, ev.AdvertiserID)
-	}
-	if !c.flagged {
+	if !flagged {
+		// An unflagged click waits in its windows for a later click.
+		var i uint32
+		held := false
 		for _, w := range touched {
 			if w != nil {
-				w.pending = append(w.pending, c)
+				if !held {
+					i, held = s.slab.add([]byte(key), c.time, c.recv, s.internRef(ref)), true
+				}
+				w.appendPending(i)
 			}
 		}
 	}
@@ -556,8 +425,8 @@ func (s *state) sizes() heldSizes {
 func (s *state) countWindows() {
 	var z heldSizes
 	count := func(w *window) {
-		z.times += len(w.times)
-		z.pending += len(w.pending)
+		z.times += int(w.nt)
+		z.pending += int(w.np)
 	}
 	for i := range s.floods {
 		for _, w := range s.floods[i] {
@@ -566,7 +435,7 @@ func (s *state) countWindows() {
 	}
 	for _, w := range s.sources {
 		count(&w.window)
-		z.ads += len(w.ads)
+		z.ads += w.adsLen()
 	}
 	s.counted = z
 }
