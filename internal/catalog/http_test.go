@@ -504,6 +504,13 @@ func TestHTTPKeys(t *testing.T) {
 			t.Errorf("Authorization %q: principal %+v, want %+v", tc.header, seen, tc.want)
 		}
 	}
+	// Anonymous requests keep their context, but never a principal it already carried.
+	req := httptest.NewRequest("GET", "/", nil)
+	req = req.WithContext(httpapi.WithPrincipal(req.Context(), httpapi.Principal{Role: httpapi.RoleAdmin}))
+	h.ServeHTTP(httptest.NewRecorder(), req)
+	if seen != (httpapi.Principal{}) {
+		t.Errorf("no key: principal %+v, want none", seen)
+	}
 }
 
 func TestHTTPBulk(t *testing.T) {

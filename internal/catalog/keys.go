@@ -152,6 +152,13 @@ func (c *Catalog) Middleware(next http.Handler) http.Handler {
 				p = pp
 			}
 		}
+		if p == (httpapi.Principal{}) && httpapi.PrincipalFrom(r.Context()) == p {
+			// Anonymous (every click and pixel): the context already yields the zero
+			// principal, and a copy of the request and a context per click cost more than
+			// the rest of the redirect.
+			next.ServeHTTP(w, r)
+			return
+		}
 		next.ServeHTTP(w, r.WithContext(httpapi.WithPrincipal(r.Context(), p)))
 	})
 }

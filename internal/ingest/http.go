@@ -149,7 +149,7 @@ func (h *Handlers) recordOne(ctx context.Context, e *event.Event, now time.Time)
 // of both. It writes the error response itself and returns ok=false when there is none to
 // record. HEAD requests (link checkers, unfurlers) learn the answer but record nothing.
 func (h *Handlers) recordToken(w http.ResponseWriter, r *http.Request, typ event.Type) (ad Ad, ok bool) {
-	w.Header().Set("Cache-Control", "no-store")
+	w.Header()["Cache-Control"] = noStore
 	tok, err := h.o.Tokens.Verify(r.PathValue("token"))
 	if err != nil {
 		httpapi.WriteError(w, errBadToken)
@@ -190,11 +190,20 @@ func (h *Handlers) clickRedirect(w http.ResponseWriter, r *http.Request) {
 // redirect answers 302 to a landing URL. The URL always comes from the catalog, which only
 // stores absolute http(s) URLs: nothing in the request can choose where a person is sent.
 func redirect(w http.ResponseWriter, landingURL string) {
-	w.Header().Set("Location", landingURL)
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Referrer-Policy", "no-referrer")
+	h := w.Header()
+	h["Location"] = []string{landingURL}
+	h["Cache-Control"] = noStore
+	h["Referrer-Policy"] = noReferrer
 	w.WriteHeader(http.StatusFound)
 }
+
+// Header values shared by every /c and /i response, assigned to the canonical keys directly:
+// Header.Set would canonicalize the key and allocate a new one-element slice per request.
+// Their capacity is their length, so an Add appends to a copy; nothing may write into them.
+var (
+	noStore    = []string{"no-store"}[:1:1]
+	noReferrer = []string{"no-referrer"}[:1:1]
+)
 
 func fill(e *event.Event, adID string, ad Ad, now time.Time) {
 	e.AdID, e.CampaignID, e.AdvertiserID = adID, ad.CampaignID, ad.AdvertiserID

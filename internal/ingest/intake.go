@@ -203,7 +203,10 @@ func (in *Intake) Record(ctx context.Context, evs []event.Event, now time.Time, 
 			b.seen[k] = struct{}{}
 		}
 	}
-	if err := in.reserve(ctx, b, now); err != nil {
+	// The store calls are bounded but not cancelled by the client (see reserve and
+	// appendReserved); one detached context serves all of them.
+	bctx := context.WithoutCancel(ctx)
+	if err := in.reserve(ctx, bctx, b, now); err != nil {
 		in.failures.Add(1)
 		return err
 	}
@@ -232,7 +235,7 @@ func (in *Intake) Record(ctx context.Context, evs []event.Event, now time.Time, 
 		b.reserved = append(b.reserved, b.keys[i])
 	}
 	if len(b.msgs) > 0 {
-		if err := in.appendReserved(ctx, b, now); err != nil {
+		if err := in.appendReserved(bctx, b, now); err != nil {
 			in.failures.Add(1)
 			for i := range evs {
 				if out[i] == Accepted && evs[i].Type == event.TypeClick && evs[i].Invalid != event.ReasonNone {
@@ -253,11 +256,11 @@ func (in *Intake) Record(ctx context.Context, evs []event.Event, now time.Time, 
 // appendReserved appends b.msgs, whose keys b.reserved this request holds, and settles the
 // keys: committed when durable, released when certainly not, handed to the resolver when
 // nobody can tell yet.
-func (in *Intake) appendReserved(ctx context.Context, b *recordBuf, received time.Time) error {
-	// Neither the append nor what follows it may depend on the client still waiting: a
-	// client that hangs up after the log took its events must find them recorded when it
-	// retries.
-	bctx := context.WithoutCancel(ctx)
+//
+// Neither the append nor what follows it may depend on the client still waiting: a client
+// that hangs up after the log took its events must find them recorded when it retries, so
+// bctx is the request's context without its cancellation.
+func (in *Intake) appendReserved(bctx context.Context, b *recordBuf, received time.Time) error {
 	if held := in.now().Sub(received); held > in.maxHold {
 		in.tooSlow.Add(1)
 		in.release(bctx, b.reserved)
@@ -271,9 +274,9 @@ func (in *Intake) appendReserved(ctx context.Context, b *recordBuf, received tim
 		off += n
 	}
 	started := time.Now()
-	actx, cancel := context.WithTimeout(bctx, in.timeout)
+	actx := newBound(bctx, in.timeout)
 	err := in.log.Append(actx, b.msgs)
-	cancel()
+	actx.cancel()
 	switch {
 	case err == nil:
 	case errors.Is(err, eventlog.ErrNotAppended):
@@ -283,8 +286,8 @@ func (in *Intake) appendReserved(ctx context.Context, b *recordBuf, received tim
 		in.maybe.add(b.reserved, b.msgs, started)
 		return fmt.Errorf("%w: append outcome unknown (retry later): %v", ErrUnavailable, err)
 	}
-	cctx, cancel := context.WithTimeout(bctx, in.timeout)
-	defer cancel()
+	cctx := newBound(bctx, in.timeout)
+	defer cctx.cancel()
 	if err := in.keys.Commit(cctx, b.reserved, received); err != nil {
 		// The events are durable, so they are acknowledged; only their keys may expire
 		// early. The stages' duplicate filter (dedup.Window) is the second line of defence.
@@ -308,14 +311,15 @@ func (in *Intake) release(ctx context.Context, keys []string) {
 // after each round, the request keeps only the keys ordered before the first one it found in
 // flight and releases the rest, so every waiting request holds only keys smaller than the one
 // it waits for, and no two requests can wait for each other.
-func (in *Intake) reserve(ctx context.Context, b *recordBuf, now time.Time) error {
+// ctx is the request's, to stop waiting when the client leaves; bctx the same without its
+// cancellation, for the store calls.
+func (in *Intake) reserve(ctx, bctx context.Context, b *recordBuf, now time.Time) error {
 	b.idx = b.idx[:0]
 	for i, st := range b.status {
 		if st == dedup.Reserved {
 			b.idx = append(b.idx, i)
 		}
 	}
-	bctx := context.WithoutCancel(ctx)
 	deadline := time.Now().Add(in.inFlight)
 	wait := 500 * time.Microsecond
 	for len(b.idx) > 0 {
@@ -326,9 +330,9 @@ func (in *Intake) reserve(ctx context.Context, b *recordBuf, now time.Time) erro
 		}
 		// The store call is bounded but not cancelled by the client: a Reserve cut off half
 		// way would leave reservations nobody knows to release.
-		rctx, cancel := context.WithTimeout(bctx, in.timeout)
+		rctx := newBound(bctx, in.timeout)
 		err := in.keys.Reserve(rctx, b.ask, now, b.got)
-		cancel()
+		rctx.cancel()
 		if err != nil {
 			in.releaseHeld(bctx, b)
 			return fmt.Errorf("%w: reserve: %v", ErrUnavailable, err)

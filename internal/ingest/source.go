@@ -3,7 +3,7 @@ package ingest
 import (
 	"net/http"
 	"net/netip"
-	"strconv"
+	"strings"
 
 	"github.com/adpulse/adpulse/internal/event"
 	"github.com/cespare/xxhash/v2"
@@ -30,7 +30,7 @@ func (h *Handlers) setSource(r *http.Request, e *event.Event, deviceID string) {
 		addr = ap.Addr()
 	}
 	if addr.IsValid() {
-		e.SourceIP = addr.Unmap().WithZone("").String()
+		e.SourceIP = ipString(addr.Unmap().WithZone(""), r.RemoteAddr)
 	}
 	if deviceID != "" {
 		e.DeviceID = deviceID
@@ -39,6 +39,21 @@ func (h *Handlers) setSource(r *http.Request, e *event.Event, deviceID string) {
 	if a := addr.Unmap(); a.IsGlobalUnicast() && !a.IsPrivate() && !cgnat.Contains(a) {
 		e.DeviceID = Fingerprint(r.UserAgent(), r.Header.Get("Accept-Language"), e.SourceIP)
 	}
+}
+
+// ipString is a.String(), taken from the peer's address "host:port" when that already spells
+// it the same way (the usual case): a substring costs no allocation.
+func ipString(a netip.Addr, remoteAddr string) string {
+	var buf [64]byte
+	b := a.AppendTo(buf[:0])
+	host := remoteAddr
+	if i := strings.LastIndexByte(host, ':'); i >= 0 {
+		host = strings.TrimSuffix(strings.TrimPrefix(host[:i], "["), "]")
+	}
+	if string(b) == host {
+		return host
+	}
+	return string(b)
 }
 
 // cgnat is the carriers' shared address space (RFC 6598).
@@ -53,8 +68,14 @@ func Fingerprint(userAgent, acceptLanguage, addr string) string {
 	_, _ = d.WriteString(acceptLanguage)
 	_, _ = d.WriteString("\x00")
 	_, _ = d.WriteString(addr)
-	s := strconv.FormatUint(d.Sum64(), 16)
-	return "fp-" + "0000000000000000"[len(s):] + s
+	// Built in one array so that the string is the only allocation.
+	var buf [3 + 16]byte
+	copy(buf[:], "fp-")
+	const hexDigits = "0123456789abcdef"
+	for i, v := len(buf)-1, d.Sum64(); i >= 3; i, v = i-1, v>>4 {
+		buf[i] = hexDigits[v&0xf]
+	}
+	return string(buf[:])
 }
 
 // canonicalIP spells a valid address one way (IPv4-mapped IPv6 as IPv4, IPv6 compressed).

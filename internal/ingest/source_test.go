@@ -1,11 +1,14 @@
 package ingest
 
 import (
+	"fmt"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/adpulse/adpulse/internal/clicktoken"
+	"github.com/cespare/xxhash/v2"
 )
 
 // TestSourceRecorded: every click and impression carries its source address and device, for
@@ -66,5 +69,35 @@ func TestSourceRecorded(t *testing.T) {
 	}
 	if Fingerprint("a", "b", "c") == Fingerprint("a", "b", "d") {
 		t.Error("the fingerprint ignores the address")
+	}
+}
+
+// TestFingerprintSpelling pins the device id to the spelling stored in existing logs: "fp-"
+// and the xxhash of the three fields as 16 zero-padded lower-case hex digits.
+func TestFingerprintSpelling(t *testing.T) {
+	for _, in := range [][3]string{{"a", "b", "c"}, {browserUA, "en-GB", "73.162.14.9"}, {"", "", ""}, {"x", "", "2001:db8::1"}} {
+		d := xxhash.New()
+		_, _ = d.WriteString(in[0] + "\x00" + in[1] + "\x00" + in[2])
+		want := fmt.Sprintf("fp-%016x", d.Sum64())
+		if got := Fingerprint(in[0], in[1], in[2]); got != want {
+			t.Errorf("Fingerprint(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestIPString: the source address is spelled as netip spells it, whether or not the peer's
+// "host:port" already spells it that way.
+func TestIPString(t *testing.T) {
+	for _, c := range []struct{ addr, remote, want string }{
+		{"73.162.14.9", "73.162.14.9:5555", "73.162.14.9"},
+		{"2001:db8::1", "[2001:db8::1]:443", "2001:db8::1"},
+		{"2001:db8::1", "[2001:0db8:0::1]:443", "2001:db8::1"},
+		{"81.2.3.4", "[::ffff:81.2.3.4]:80", "81.2.3.4"},
+		{"81.2.3.4", "10.0.0.1:80", "81.2.3.4"}, // a proxy's peer: the address came from a header
+		{"81.2.3.4", "", "81.2.3.4"},
+	} {
+		if got := ipString(netip.MustParseAddr(c.addr), c.remote); got != c.want {
+			t.Errorf("ipString(%s, %q) = %q", c.addr, c.remote, got)
+		}
 	}
 }

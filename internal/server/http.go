@@ -7,6 +7,7 @@ import (
 	"net/http/pprof"
 	"runtime/debug"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/httpapi"
@@ -18,6 +19,38 @@ import (
 type httpMetrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+
+	// The children of both vectors per route and status, looked up in the vectors once:
+	// WithLabelValues hashes its labels and allocates on every call, which on the click path
+	// is per request.
+	mu      sync.RWMutex
+	byRoute map[routeCode]routeMetrics
+}
+
+type routeCode struct {
+	route string
+	code  int
+}
+
+type routeMetrics struct {
+	requests prometheus.Counter
+	latency  prometheus.Observer
+}
+
+// observe counts one request of route answered with code after d.
+func (m *httpMetrics) observe(route string, code int, d time.Duration) {
+	k := routeCode{route, code}
+	m.mu.RLock()
+	c, ok := m.byRoute[k]
+	m.mu.RUnlock()
+	if !ok {
+		c = routeMetrics{m.requests.WithLabelValues(route, strconv.Itoa(code)), m.latency.WithLabelValues(route)}
+		m.mu.Lock()
+		m.byRoute[k] = c
+		m.mu.Unlock()
+	}
+	c.requests.Inc()
+	c.latency.Observe(d.Seconds())
 }
 
 // registerBuildInfo exports adpulse_build_info: 1, labelled with the version and VCS
@@ -51,6 +84,7 @@ func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
 			Help:    "API request latency by route pattern, including the wait for durability.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"route"}),
+		byRoute: make(map[routeCode]routeMetrics),
 	}
 	reg.MustRegister(m.requests, m.latency)
 	return m
@@ -69,17 +103,24 @@ func (s *statusRecorder) WriteHeader(code int) {
 
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
+// recorders reuses statusRecorders: a handler may not use its ResponseWriter once it has
+// returned, so the recorder is free again when instrument's handler returns.
+var recorders = sync.Pool{New: func() any { return new(statusRecorder) }}
+
 // instrument records latency and status per route, and turns a handler panic into a 500 JSON
 // error instead of a dropped connection (the panic is logged with its stack).
 func instrument(next *http.ServeMux, m *httpMetrics, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-		_, route := next.Handler(r)
-		if route == "" {
-			route = "unmatched"
-		}
+		rec := recorders.Get().(*statusRecorder)
+		*rec = statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		defer func() {
+			// The mux set r.Pattern to the route it chose (empty when none matched) before
+			// calling the handler, so it is known here even after a panic.
+			route := r.Pattern
+			if route == "" {
+				route = "unmatched"
+			}
 			if v := recover(); v != nil {
 				if v == http.ErrAbortHandler {
 					panic(v)
@@ -88,8 +129,9 @@ func instrument(next *http.ServeMux, m *httpMetrics, logger *slog.Logger) http.H
 				httpapi.WriteError(rec, fmt.Errorf("panic"))
 				rec.code = http.StatusInternalServerError
 			}
-			m.requests.WithLabelValues(route, strconv.Itoa(rec.code)).Inc()
-			m.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+			m.observe(route, rec.code, time.Since(start))
+			*rec = statusRecorder{}
+			recorders.Put(rec)
 		}()
 		next.ServeHTTP(rec, r)
 	})
