@@ -274,9 +274,9 @@ func (in *Intake) appendReserved(bctx context.Context, b *recordBuf, received ti
 		off += n
 	}
 	started := time.Now()
-	actx := newBound(bctx, in.timeout)
+	actx, cancel := context.WithTimeout(bctx, in.timeout)
 	err := in.log.Append(actx, b.msgs)
-	actx.cancel()
+	cancel()
 	switch {
 	case err == nil:
 	case errors.Is(err, eventlog.ErrNotAppended):
@@ -286,8 +286,8 @@ func (in *Intake) appendReserved(bctx context.Context, b *recordBuf, received ti
 		in.maybe.add(b.reserved, b.msgs, started)
 		return fmt.Errorf("%w: append outcome unknown (retry later): %v", ErrUnavailable, err)
 	}
-	cctx := newBound(bctx, in.timeout)
-	defer cctx.cancel()
+	cctx, cancel := context.WithTimeout(bctx, in.timeout)
+	defer cancel()
 	if err := in.keys.Commit(cctx, b.reserved, received); err != nil {
 		// The events are durable, so they are acknowledged; only their keys may expire
 		// early. The stages' duplicate filter (dedup.Window) is the second line of defence.
@@ -330,9 +330,9 @@ func (in *Intake) reserve(ctx, bctx context.Context, b *recordBuf, now time.Time
 		}
 		// The store call is bounded but not cancelled by the client: a Reserve cut off half
 		// way would leave reservations nobody knows to release.
-		rctx := newBound(bctx, in.timeout)
+		rctx, cancel := context.WithTimeout(bctx, in.timeout)
 		err := in.keys.Reserve(rctx, b.ask, now, b.got)
-		rctx.cancel()
+		cancel()
 		if err != nil {
 			in.releaseHeld(bctx, b)
 			return fmt.Errorf("%w: reserve: %v", ErrUnavailable, err)
