@@ -12,6 +12,7 @@ import (
 	"io"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -51,6 +52,8 @@ const (
 	DefaultSnapshotInterval = 5 * time.Minute
 
 	maxSnapString = 1 << 16 // longer than any stored string; bounds a corrupt length
+
+	maxSnapHint = 1 << 25 // ads presized for at most (3 x the sizing's 10 million)
 
 	snapshotCheck      = 10 * time.Second // how often Run considers writing one
 	snapshotMinChanges = 10_000
@@ -196,6 +199,7 @@ func (c *Catalog) WriteSnapshot() error {
 func (x *adIndex) writeSnapshot(e *snapEncoder, ncamp uint32) (int, error) {
 	var slots []uint64
 	total := 0
+	e.uvar(uint64(x.len())) // a size hint for the reader
 	for i := range x.shards {
 		sh := &x.shards[i]
 		sh.mu.Lock()
@@ -339,6 +343,8 @@ func (c *Catalog) decodeIndex(d *snapDecoder) error {
 // readSnapshot puts the records written by writeSnapshot into x.
 func (x *adIndex) readSnapshot(d *snapDecoder, ncamp uint32) error {
 	var buf [recHeader + 8 + 2*math.MaxUint8 + maxRecURL]byte
+	// Capped: a corrupt hint, not yet caught by the checksum, must not allocate much.
+	x.reserve(min(d.count(), maxSnapHint))
 	for range adShards {
 		n := d.count()
 		for range n {
@@ -367,6 +373,20 @@ func (x *adIndex) readSnapshot(d *snapDecoder, ncamp uint32) error {
 		}
 	}
 	return d.err
+}
+
+// reserve gives every shard without a table one sized for about n ads in all, so that a load
+// of n ads does not rehash as it grows. The load factor stays within put's bounds.
+func (x *adIndex) reserve(n int) {
+	slots := max(minSlots, (n/adShards+1)*3/2)
+	for i := range x.shards {
+		sh := &x.shards[i]
+		sh.mu.Lock()
+		if sh.tab.Load() == nil {
+			x.publish(sh, nil, &adTable{slots: make([]atomic.Uint64, slots), chunks: make([]*adChunk, 4)})
+		}
+		sh.mu.Unlock()
+	}
 }
 
 // decodeRecView is decodeRec without the copy: tail points into r.
@@ -401,14 +421,16 @@ func (c *Catalog) resetIndex() {
 // runSnapshots keeps the snapshot close to the index until ctx ends. It writes one soon after
 // a start that could not use the snapshot (the next crash then can), after many changes (a
 // quarter of the ads, at least snapshotMinChanges: a bulk load is not re-read from the feed
-// after a crash, and the cost of rewriting stays proportional to what was added), and every
-// interval while anything changed.
+// after a crash, and the cost of rewriting stays proportional to what was added), once at
+// least snapshotMinChanges have stopped coming for a check period (the end of a bulk load),
+// and every interval while anything changed.
 func (c *Catalog) runSnapshots(ctx context.Context) {
 	s := &c.snap
 	t := time.NewTicker(min(s.interval, snapshotCheck))
 	defer t.Stop()
 	last := time.Now()
 	first := !s.used
+	prev := c.feed.appliedSeq.Load()
 	for {
 		select {
 		case <-ctx.Done():
@@ -416,10 +438,13 @@ func (c *Catalog) runSnapshots(ctx context.Context) {
 		case <-t.C:
 		}
 		s.mu.Lock()
-		changed := c.feed.appliedSeq.Load() - s.lastSeq
+		applied := c.feed.appliedSeq.Load()
+		changed := applied - s.lastSeq
 		s.mu.Unlock()
 		many := changed >= max(snapshotMinChanges, int64(c.ads.len())/4)
-		if changed == 0 || !first && !many && time.Since(last) < s.interval {
+		settled := applied == prev && changed >= snapshotMinChanges
+		prev = applied
+		if changed == 0 || !first && !many && !settled && time.Since(last) < s.interval {
 			continue
 		}
 		first, last = false, time.Now()
