@@ -317,3 +317,66 @@ func TestSnapshotModel(t *testing.T) {
 	}
 	t.Logf("%d ads written, %d restarts from a snapshot", len(ads), used)
 }
+
+// TestSnapshotDuringWrites: snapshots taken while ads and campaigns are being written (the
+// periodic writer's situation) still restart into an index equal to a full load.
+func TestSnapshotDuringWrites(t *testing.T) {
+	ctx := context.Background()
+	o := freshSQLite(t, "")
+	path := filepath.Join(t.TempDir(), "catalog.snap")
+	c := openSnap(t, o, path)
+	noErr(t)(c.PutAdvertiser(ctx, Advertiser{ID: "adv", Name: "Acme"}))
+	noErr(t)(c.PutCampaign(ctx, Campaign{ID: "camp0", AdvertiserID: "adv", Name: "C", CPCBidMicros: 1}))
+	done := make(chan error, 1)
+	go func() {
+		for i := range 400 {
+			if i%40 == 0 {
+				if _, err := c.PutCampaign(ctx, Campaign{ID: fmt.Sprint("camp", i/40+1), AdvertiserID: "adv", Name: "C", CPCBidMicros: int64(i)}); err != nil {
+					done <- err
+					return
+				}
+			}
+			if _, err := c.PutAd(ctx, Ad{ID: fmt.Sprint("ad", i%250), CampaignID: fmt.Sprint("camp", i/40+1), LandingURL: fmt.Sprint("https://a.example/", i)}); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	var mid []byte // a snapshot taken in the middle of the writes, restarted from at the end
+	for snaps := 0; ; snaps++ {
+		if err := c.WriteSnapshot(); err != nil {
+			t.Fatal(err)
+		}
+		if snaps == 5 {
+			var err error
+			if mid, err = os.ReadFile(path); err != nil {
+				t.Fatal(err)
+			}
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%d snapshots during the writes", snaps+1)
+			crash(c)
+			if mid == nil {
+				t.Skip("the writes ended before a snapshot in their middle")
+			}
+			if err := os.WriteFile(path, mid, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r := openSnap(t, o, path)
+			if r.Stats().FeedChangesApplied == 0 {
+				t.Error("the snapshot from the middle of the writes needed no change from the feed")
+			}
+			if !r.snap.used {
+				t.Fatal("snapshot not used")
+			}
+			checkSameAsLoad(t, "after snapshots during writes", r)
+			return
+		default:
+		}
+	}
+}
