@@ -5,7 +5,8 @@
 // authentication, never query SQL.
 //
 // Invariants:
-//   - The in-memory index mirrors the database: it is loaded at Open, every write through this
+//   - The in-memory index mirrors the database: it is loaded at Open (from the database, or
+//     from a snapshot and the changes since: snapshot.go), every write through this
 //     process updates it right after its transaction commits, and Run applies the writes of
 //     other processes sharing the database from the change feed (feed.go) within a poll
 //     interval. Writes are serialized across all processes (the feed's lock row), so every
