@@ -204,6 +204,7 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.Int64Var(&c.MaxBody, "max-body", c.MaxBody, "largest POST /events body in bytes")
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most events in one POST /events body")
 	fs.IntVar(&c.Partitions, "partitions", c.Partitions, "event log partitions (fixed when the data dir is created)")
+	fs.DurationVar(&c.CatalogSnapshotInterval, "catalog-snapshot-interval", c.CatalogSnapshotInterval, "how often the catalog index is written to a snapshot in --data-dir (and at shutdown), so a restart loads it instead of reading every ad from the database; 0: off")
 	fs.StringVar(&c.CatalogDSN, "catalog-dsn", c.CatalogDSN, "catalog database: postgres://user@host:5432/db?sslmode=disable, mysql://user:pass@tcp(host:3306)/db, or sqlite:PATH (default: catalog.db in --data-dir)")
 	fs.StringVar(&c.EventLog, "event-log", c.EventLog, "event log: local (segment files in --data-dir) or kafka")
 	fs.Func("kafka-brokers", "comma-separated Kafka seed brokers host:port (with --event-log kafka)", func(v string) error {

@@ -5,7 +5,8 @@
 // authentication, never query SQL.
 //
 // Invariants:
-//   - The in-memory index mirrors the database: it is loaded at Open, every write through this
+//   - The in-memory index mirrors the database: it is loaded at Open (from the database, or
+//     from a snapshot and the changes since: snapshot.go), every write through this
 //     process updates it right after its transaction commits, and Run applies the writes of
 //     other processes sharing the database from the change feed (feed.go) within a poll
 //     interval. Writes are serialized across all processes (the feed's lock row), so every
@@ -36,6 +37,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cockroachdb/pebble/vfs"
+
+	"github.com/adpulse/adpulse/internal/snapfile"
 )
 
 // ErrNotFound is wrapped by the errors of lookups of advertisers, campaigns and ads that do not
@@ -186,6 +191,13 @@ type Options struct {
 	// whole catalog.
 	FeedRetention time.Duration
 	FeedMaxRows   int64
+
+	// SnapshotPath, when not empty, is the file of the index's snapshot (snapshot.go): Open
+	// loads the index from it when it can, Run rewrites it every SnapshotInterval (default
+	// DefaultSnapshotInterval; negative: never) while the catalog changes, and Close writes it
+	// last. Ignored for an in-memory SQLite database.
+	SnapshotPath     string
+	SnapshotInterval time.Duration
 }
 
 // Catalog is the store and its in-memory index. It is safe for concurrent use.
@@ -207,6 +219,7 @@ type Catalog struct {
 	// writer's "commit, update the index" (see feed.go).
 	indexMu sync.Mutex
 	feed    feedState
+	snap    snapState
 
 	ads         *adIndex
 	campaigns   recTable[campaignRec]
@@ -246,6 +259,10 @@ func Open(ctx context.Context, o Options) (*Catalog, error) {
 	if c.feed.maxRows <= 0 {
 		c.feed.maxRows = DefaultFeedMaxRows
 	}
+	c.snap = snapState{path: o.SnapshotPath, interval: o.SnapshotInterval, fs: vfs.Default}
+	if c.snap.interval == 0 {
+		c.snap.interval = DefaultSnapshotInterval
+	}
 	if o.AdminKey != "" {
 		c.adminHash, c.hasAdmin = sha256.Sum256([]byte(o.AdminKey)), true
 	}
@@ -273,9 +290,10 @@ func Open(ctx context.Context, o Options) (*Catalog, error) {
 		}
 	}
 	if err := c.init(ctx); err != nil {
-		c.Close()
+		_ = c.Close() // the error that matters is init's
 		return nil, err
 	}
+	c.snap.loaded = true
 	return c, nil
 }
 
@@ -303,6 +321,20 @@ func (c *Catalog) init(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.snap.path != "" && !c.feed.disabled {
+		if c.snap.identity, err = c.ensureIdentity(ctx); err != nil {
+			return err
+		}
+		seq, err := c.loadSnapshot(ctx, head)
+		if err == nil {
+			return c.catchUp(ctx, start, seq)
+		}
+		if errors.Is(err, snapfile.ErrNotExist) {
+			c.log.Info("no catalog snapshot; loading the catalog from the database", "path", c.snap.path)
+		} else {
+			c.log.Warn("catalog snapshot not used; loading the catalog from the database", "path", c.snap.path, "err", err)
+		}
+	}
 	if err := c.load(ctx); err != nil {
 		return err
 	}
@@ -313,6 +345,24 @@ func (c *Catalog) init(ctx context.Context) error {
 	st := c.Stats()
 	c.log.Info("catalog loaded", "advertisers", st.Advertisers, "campaigns", st.Campaigns, "ads", st.Ads,
 		"keys", st.AdvertiserKeys+st.IngestKeys, "index_bytes", st.IndexBytes, "feed_seq", head, "took", time.Since(start))
+	return nil
+}
+
+// catchUp finishes an Open from a snapshot taken at feed position seq: it applies every
+// change committed since, so that the catalog is as current as after a full load.
+func (c *Catalog) catchUp(ctx context.Context, start time.Time, seq int64) error {
+	loaded := time.Since(start)
+	c.feed.applied = seq
+	c.feed.appliedSeq.Store(seq)
+	c.feed.headSeq.Store(seq)
+	c.snap.lastSeq, c.snap.used = seq, true
+	if err := c.poll(ctx); err != nil {
+		return fmt.Errorf("apply catalog changes after the snapshot: %w", err)
+	}
+	st := c.Stats()
+	c.log.Info("catalog loaded", "from", "snapshot", "advertisers", st.Advertisers, "campaigns", st.Campaigns, "ads", st.Ads,
+		"keys", st.AdvertiserKeys+st.IngestKeys, "index_bytes", st.IndexBytes, "snapshot_seq", seq, "feed_seq", st.FeedSeq,
+		"snapshot_took", loaded, "took", time.Since(start))
 	return nil
 }
 
@@ -530,8 +580,13 @@ func (c *Catalog) indexAd(a Ad) error {
 	return c.ads.put(a.ID, idx, a.LandingURL, a.CatalogID, bid, a.CPCBidMicros != nil)
 }
 
-// Close closes the database if Open opened it.
+// Close writes a snapshot of the index if snapshots are on, then closes the database if Open
+// opened it. A failed snapshot is logged, not returned: the next start loads from the
+// database instead.
 func (c *Catalog) Close() error {
+	if err := c.WriteSnapshot(); err != nil {
+		c.log.Warn("catalog snapshot at close failed", "err", err)
+	}
 	if c.ownDB && c.db != nil {
 		if err := c.db.Close(); err != nil {
 			return fmt.Errorf("close catalog database: %w", err)

@@ -177,6 +177,13 @@ func (d dialect) schema() []string {
 	seq BIGINT NOT NULL,
 	PRIMARY KEY (id)
 )`,
+		// A random token naming this database, so that a snapshot of the index
+		// (snapshot.go) is never loaded against another one.
+		`CREATE TABLE IF NOT EXISTS catalog_identity (
+	id INT NOT NULL,
+	token VARCHAR(64) NOT NULL,
+	PRIMARY KEY (id)
+)`,
 		// Ownership epochs of log partitions per consumer group (epochs.go).
 		`CREATE TABLE IF NOT EXISTS partition_epochs (
 	group_name VARCHAR(128) NOT NULL,

@@ -260,6 +260,14 @@ func (c *Catalog) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
+	if c.snap.path != "" && c.snap.interval > 0 {
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() {
+			defer close(done)
+			c.runSnapshots(ctx)
+		}()
+	}
 	t := time.NewTicker(c.feed.interval)
 	defer t.Stop()
 	nextTrim := time.Now().Add(trimEvery)

@@ -152,6 +152,12 @@ func (b *backends) openCatalog(ctx context.Context, cfg *config.Config, dir *dat
 		AdminKey: cfg.AdminKey,
 		Logger:   logger.With("component", "catalog"),
 	}
+	if cfg.CatalogSnapshotInterval > 0 {
+		if err := mkdirPrivate(dir.snapshots()); err != nil {
+			return fmt.Errorf("create snapshots dir: %w", err)
+		}
+		opts.SnapshotPath, opts.SnapshotInterval = dir.catalogSnapshot(), cfg.CatalogSnapshotInterval
+	}
 	if cfg.CatalogDSN != "" {
 		var err error
 		if opts.Dialect, opts.Driver, opts.DSN, err = catalog.ParseDSN(cfg.CatalogDSN); err != nil {

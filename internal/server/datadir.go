@@ -43,6 +43,9 @@ func (d dataDir) reconcile() string   { return filepath.Join(d.root, "reconcile"
 func (d dataDir) attribution() string { return filepath.Join(d.root, "attribution") }
 func (d dataDir) ivt() string         { return filepath.Join(d.root, "ivt") }
 func (d dataDir) snapshots() string   { return filepath.Join(d.root, "snapshots") }
+func (d dataDir) catalogSnapshot() string {
+	return filepath.Join(d.snapshots(), "catalog")
+}
 func (d dataDir) dedupSnapshot() string {
 	return filepath.Join(d.snapshots(), "dedup")
 }
