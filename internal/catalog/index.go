@@ -5,6 +5,7 @@ import (
 	"errors"
 	"hash/maphash"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -130,16 +131,8 @@ func (x *adIndex) get(id string) (adRec, bool) {
 }
 
 func decodeRec(r []byte) adRec {
-	ul := binary.LittleEndian.Uint16(r[6:8])
-	rec := adRec{campaign: binary.LittleEndian.Uint32(r[0:4]), catLen: int(r[5])}
-	p := recHeader
-	if ul&recHasBid != 0 {
-		rec.hasBid = true
-		rec.bid = int64(binary.LittleEndian.Uint64(r[8:16]))
-		p += 8
-	}
-	p += int(r[4])
-	rec.tail = string(r[p : p+rec.catLen+int(ul&^recHasBid)])
+	rec := decodeRecView(r)
+	rec.tail = strings.Clone(rec.tail)
 	return rec
 }
 
