@@ -679,19 +679,23 @@ type Stats struct {
 	AdvertiserKeys int64
 	IngestKeys     int64
 	IndexBytes     int64 // memory held by the ad index's arenas and slots
+	// SnapshotWrites and SnapshotFailures count snapshots of the index written and failed.
+	SnapshotWrites, SnapshotFailures int64
 	FeedInfo
 }
 
 // Stats returns current counts.
 func (c *Catalog) Stats() Stats {
 	return Stats{
-		Advertisers:    int64(c.advertisers.len()),
-		Campaigns:      int64(c.campaigns.len()),
-		Ads:            int64(c.ads.len()),
-		AdvertiserKeys: c.advertiserKeys.Load(),
-		IngestKeys:     c.ingestKeys.Load(),
-		IndexBytes:     c.ads.bytes.Load(),
-		FeedInfo:       c.feedInfo(),
+		Advertisers:      int64(c.advertisers.len()),
+		Campaigns:        int64(c.campaigns.len()),
+		Ads:              int64(c.ads.len()),
+		AdvertiserKeys:   c.advertiserKeys.Load(),
+		IngestKeys:       c.ingestKeys.Load(),
+		IndexBytes:       c.ads.bytes.Load(),
+		SnapshotWrites:   c.snap.writes.Load(),
+		SnapshotFailures: c.snap.failures.Load(),
+		FeedInfo:         c.feedInfo(),
 	}
 }
 

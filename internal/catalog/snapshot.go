@@ -70,6 +70,10 @@ type snapState struct {
 
 	mu      sync.Mutex // one writer at a time
 	lastSeq int64      // position of the last snapshot written or loaded (guarded by mu)
+
+	// writes and failures count WriteSnapshot's outcomes (Stats), so a writer that keeps
+	// failing shows in the metrics and not only in the log.
+	writes, failures atomic.Int64
 }
 
 // ensureIdentity reads the database's identity token, creating it on first use. Two processes
@@ -97,11 +101,18 @@ func (c *Catalog) ensureIdentity(ctx context.Context) (string, error) {
 
 // WriteSnapshot writes a snapshot of the index to Options.SnapshotPath. It does nothing when
 // snapshots are off or the index did not load.
-func (c *Catalog) WriteSnapshot() error {
+func (c *Catalog) WriteSnapshot() (err error) {
 	s := &c.snap
 	if s.path == "" || !s.loaded || c.feed.disabled {
 		return nil
 	}
+	defer func() {
+		if err != nil {
+			s.failures.Add(1)
+		} else {
+			s.writes.Add(1)
+		}
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := time.Now()
@@ -128,7 +139,7 @@ func (c *Catalog) WriteSnapshot() error {
 	c.indexMu.Unlock()
 
 	var nads int
-	err := snapfile.Write(s.fs, s.path, snapKind, snapVersion, func(w io.Writer) error {
+	err = snapfile.Write(s.fs, s.path, snapKind, snapVersion, func(w io.Writer) error {
 		e := &snapEncoder{w: w}
 		e.str(string(c.d.name))
 		e.str(s.identity)

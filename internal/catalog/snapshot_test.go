@@ -380,3 +380,22 @@ func TestSnapshotDuringWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestSnapshotFailureCounted checks that a snapshot that cannot be written is counted, so a
+// writer that keeps failing shows in the metrics, and that a good one is counted too.
+func TestSnapshotFailureCounted(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "catalog.snap")
+	c := openSnap(t, freshSQLite(t, ""), path)
+	noErr(t)(c.PutAdvertiser(context.Background(), Advertiser{ID: "adv", Name: "Acme"}))
+	if err := c.WriteSnapshot(); err != nil {
+		t.Fatal(err)
+	}
+	c.snap.path = filepath.Join(dir, "catalog.snap", "under-a-file") // a file is not a directory
+	if err := c.WriteSnapshot(); err == nil {
+		t.Fatal("a snapshot under a file was written")
+	}
+	if st := c.Stats(); st.SnapshotWrites != 1 || st.SnapshotFailures != 1 {
+		t.Fatalf("writes %d, failures %d; want 1 and 1", st.SnapshotWrites, st.SnapshotFailures)
+	}
+}

@@ -55,6 +55,8 @@ var collectorDefs = []metricDef{
 	{"adpulse_catalog_feed_changes_applied_total", "Catalog changes made through other processes and applied here.", prometheus.CounterValue, nil},
 	{"adpulse_catalog_feed_reloads_total", "Full catalog reloads after falling behind the trimmed change feed.", prometheus.CounterValue, nil},
 	{"adpulse_catalog_feed_poll_errors_total", "Failed polls of the catalog change feed.", prometheus.CounterValue, nil},
+	{"adpulse_catalog_snapshot_writes_total", "Snapshots of the catalog index written to the data dir.", prometheus.CounterValue, nil},
+	{"adpulse_catalog_snapshot_failures_total", "Snapshots of the catalog index that failed (the next start may load the catalog from the database).", prometheus.CounterValue, nil},
 
 	{"adpulse_aggregate_events_consumed_total", "Log messages the aggregator processed.", prometheus.CounterValue, nil},
 	{"adpulse_aggregate_events_counted_total", "Events counted into metric buckets.", prometheus.CounterValue, nil},
@@ -205,6 +207,8 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	emit("adpulse_catalog_feed_changes_applied_total", float64(cs.FeedChangesApplied))
 	emit("adpulse_catalog_feed_reloads_total", float64(cs.FeedReloads))
 	emit("adpulse_catalog_feed_poll_errors_total", float64(cs.FeedPollErrors))
+	emit("adpulse_catalog_snapshot_writes_total", float64(cs.SnapshotWrites))
+	emit("adpulse_catalog_snapshot_failures_total", float64(cs.SnapshotFailures))
 	c.collectRateLimits(emit)
 	if c.a.ingest != nil {
 		c.collectIngest(emit)
