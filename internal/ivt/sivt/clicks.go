@@ -16,7 +16,7 @@ import (
 type clickRec struct {
 	time, recv int64
 	keyOff     uint32 // the idempotency key in clickSlab.keys: its length as a uvarint, then its bytes
-	ref        uint32 // its ad, campaign and advertiser (state.refTab) in the low 31 bits; the top bit is flaggedBit
+	ref        uint32 // its ad, campaign and advertiser (state.refs) in the low 31 bits; the top bit is flaggedBit
 }
 
 // flaggedBit in clickRec.ref marks a click that got its verdict (late) while windows still
@@ -79,7 +79,7 @@ func clickID(key string) string { return key[min(2, len(key)):] }
 // verdictClick returns record i as a verdict carries it.
 func (s *state) verdictClick(i uint32) *click {
 	r := &s.slab.recs[i]
-	return &click{key: s.slab.key(i), ad: s.refTab[r.adRef()], time: r.time, recv: r.recv}
+	return &click{key: s.slab.key(i), ad: s.refs.vals[r.adRef()], time: r.time, recv: r.recv}
 }
 
 // eachWindow calls f with every window of every rule.
@@ -116,20 +116,12 @@ func (s *state) compact() {
 	}
 	var ns clickSlab
 	ns.recs = make([]clickRec, 0, live)
-	refIDs := make(map[adRef]uint32)
-	var refTab []adRef
+	var refs interner[adRef]
 	for i, r := range s.slab.recs {
 		if remap[i] == dead {
 			continue
 		}
-		ref := s.refTab[r.adRef()]
-		id, ok := refIDs[ref]
-		if !ok {
-			id = uint32(len(refTab))
-			refIDs[ref] = id
-			refTab = append(refTab, ref)
-		}
-		remap[i] = ns.add(s.slab.keyBytes(uint32(i)), r.time, r.recv, id)
+		remap[i] = ns.add(s.slab.keyBytes(uint32(i)), r.time, r.recv, refs.id(s.refs.vals[r.adRef()]))
 		if r.flagged() {
 			ns.recs[remap[i]].setFlagged()
 		}
@@ -139,44 +131,35 @@ func (s *state) compact() {
 			w.setPending(k, remap[w.pendingAt(k)])
 		}
 	})
-	s.slab, s.refIDs, s.refTab = ns, refIDs, refTab
+	s.slab, s.refs = ns, refs
 
-	adIDs := make(map[string]uint32)
-	var adNames []string
+	var ads interner[string]
 	for _, w := range s.sources {
 		for k := range w.adsLen() {
 			a := w.adAt(k)
-			name := s.adNames[a.ad]
-			id, ok := adIDs[name]
-			if !ok {
-				id = uint32(len(adNames))
-				adIDs[name] = id
-				adNames = append(adNames, name)
-			}
-			w.setAd(k, adSeen{id, a.last})
+			w.setAd(k, adSeen{ads.id(s.ads.vals[a.ad]), a.last})
 		}
 	}
-	s.adIDs, s.adNames = adIDs, adNames
+	s.ads = ads
 }
 
-// internRef returns the id of an ad with its campaign and advertiser.
-func (s *state) internRef(r adRef) uint32 {
-	if id, ok := s.refIDs[r]; ok {
-		return id
-	}
-	id := uint32(len(s.refTab))
-	s.refIDs[r] = id
-	s.refTab = append(s.refTab, r)
-	return id
+// interner gives each distinct value a dense uint32 id (its index in vals), so records and
+// windows hold 4 bytes instead of a pointer. Its zero value is ready to use.
+type interner[K comparable] struct {
+	ids  map[K]uint32
+	vals []K
 }
 
-// internAd returns the id of an ad id for the many_ads windows.
-func (s *state) internAd(ad string) uint32 {
-	if id, ok := s.adIDs[ad]; ok {
+// id returns v's id, giving it the next one if it has none.
+func (t *interner[K]) id(v K) uint32 {
+	if id, ok := t.ids[v]; ok {
 		return id
 	}
-	id := uint32(len(s.adNames))
-	s.adIDs[ad] = id
-	s.adNames = append(s.adNames, ad)
+	if t.ids == nil {
+		t.ids = make(map[K]uint32)
+	}
+	id := uint32(len(t.vals))
+	t.ids[v] = id
+	t.vals = append(t.vals, v)
 	return id
 }

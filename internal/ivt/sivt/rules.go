@@ -106,12 +106,10 @@ type state struct {
 	// slab holds the clicks without a verdict the windows reference; compacted when at least
 	// half of it is records no window holds any more (checked at each sweep of the floods).
 	slab clickSlab
-	// refTab and adNames intern the ads of held clicks and of the many_ads windows (bounded
-	// by the ads, rebuilt by compact).
-	refIDs  map[adRef]uint32
-	refTab  []adRef
-	adIDs   map[string]uint32
-	adNames []string
+	// refs and ads intern the ads of held clicks and of the many_ads windows (bounded by the
+	// ads, rebuilt by compact).
+	refs    interner[adRef]
+	ads     interner[string]
 	imps    map[uint64]impression // by hash of impression id
 	impFIFO []impFIFOEntry
 	adLast  map[string]int64 // ad -> receive time of its latest impression
@@ -131,7 +129,7 @@ type impFIFOEntry struct {
 }
 
 func newState(r Rules) *state {
-	s := &state{r: r, sources: map[uint64]*adsWindow{}, refIDs: map[adRef]uint32{}, adIDs: map[string]uint32{},
+	s := &state{r: r, sources: map[uint64]*adsWindow{},
 		imps: map[uint64]impression{}, adLast: map[string]int64{}, held: map[uint64]int64{}}
 	for i := range s.floods {
 		s.floods[i] = map[uint64]*window{}
@@ -369,7 +367,7 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 		w.prune(mcut, s.slab.recs)
 		keep := keepPerLimit * s.r.MaxAdsPerSource
 		w.addTime(c.recv, keep)
-		w.addAd(s.internAd(ev.AdID), c.recv, keep, s.adNames)
+		w.addAd(s.ads.id(ev.AdID), c.recv, keep, s.ads.vals)
 		touched[3] = &w.window
 		if ads := w.distinctAds(mcut); ads > s.r.MaxAdsPerSource {
 			_, first := w.count(mcut, c.recv)
@@ -386,7 +384,7 @@ func (s *state) click(ev *event.Event, flagged, decide bool) []Verdict {
 		for _, w := range touched {
 			if w != nil {
 				if !held {
-					i, held = s.slab.add([]byte(key), c.time, c.recv, s.internRef(ref)), true
+					i, held = s.slab.add([]byte(key), c.time, c.recv, s.refs.id(ref)), true
 				}
 				w.appendPending(i)
 			}

@@ -24,7 +24,7 @@ type window struct {
 type adsWindow struct{ window }
 
 type adSeen struct {
-	ad   uint32 // index into state.adNames
+	ad   uint32 // index into state.ads.vals
 	last int64
 }
 
