@@ -288,7 +288,7 @@ func TestBenchSmoke(t *testing.T) {
 	}
 	var table bytes.Buffer
 	res.WriteTable(&table)
-	for _, id := range []string{"clicks_fixed_p99", "clicks_sat_rate", "clicks_exact", "hot_rate_ratio", "hot_exact", "events_rate", "fresh_p99", "metrics_p99", "top_p99"} {
+	for _, id := range []string{"clicks_fixed_p99", "clicks_sat_rate", "clicks_exact", "hot_rate_ratio", "hot_exact", "events_rate", "fresh_p99", "fresh_ack_p99", "metrics_p99", "top_p99"} {
 		if r := rowByID(t, res.Rows, id); r.Cells[0].Value == nil {
 			t.Errorf("row %s not measured", id)
 		}

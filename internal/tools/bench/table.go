@@ -198,6 +198,18 @@ func specs(res *Result) []rowSpec {
 			}
 			return float64(tr.Freshness.Latency.P99), tr.Freshness.Load1, true
 		}},
+		{"fresh_ack_p50", "acknowledged-to-visible in /metrics, p50", "us", "lower", nil, func(tr *TargetResult) (float64, float64, bool) {
+			if tr.Freshness == nil || tr.Freshness.Samples == 0 {
+				return 0, 0, false
+			}
+			return float64(tr.Freshness.AckToVisible.P50), tr.Freshness.Load1, true
+		}},
+		{"fresh_ack_p99", "acknowledged-to-visible in /metrics, p99", "us", "lower", &goal{"<=", 5_000}, func(tr *TargetResult) (float64, float64, bool) {
+			if tr.Freshness == nil || tr.Freshness.Samples == 0 {
+				return 0, 0, false
+			}
+			return float64(tr.Freshness.AckToVisible.P99), tr.Freshness.Load1, true
+		}},
 		{"history_load", "time to load the history" + histNote, "s", "lower", nil, func(tr *TargetResult) (float64, float64, bool) {
 			if tr.History == nil {
 				return 0, 0, false

@@ -19,7 +19,7 @@ func fakeResult() *Result {
 		ClickCheck:     &CheckResult{Status: "ok", Acknowledged: 600000, Ads: 1000},
 		Events:         &EventsStats{Accepted: 5_000_000, Elapsed: 10, PerSecond: 500_000, BatchLatency: Latency{P99: 90_000}},
 		EventsCheck:    &CheckResult{Status: "ok"},
-		Freshness:      &FreshnessStats{Samples: 50, Latency: Latency{P50: 150_000, P99: 400_000}},
+		Freshness:      &FreshnessStats{Samples: 50, Latency: Latency{P50: 150_000, P99: 400_000}, AckToVisible: Latency{P50: 2_000, P99: 9_000}},
 		History:        &HistoryStats{Ads: 100_000, Events: 200_000, Accepted: 200_000, CatalogSeconds: 2, EventsSeconds: 1},
 		Queries:        &QueryStats{Metrics: Latency{P50: 700, P99: 3000}, Top: Latency{P50: 400, P99: 25_000}},
 		Recovery:       &RecoveryStats{RestartToReady: 2.5, Check: CheckResult{Status: "ok"}},
@@ -57,7 +57,7 @@ func TestBuildRowsGoalsAndRatios(t *testing.T) {
 		id, met string
 	}{
 		{"clicks_fixed_p99", "yes"}, {"clicks_sat_rate", "yes"}, {"clicks_exact", "yes"}, {"events_rate", "no"},
-		{"fresh_p99", "yes"}, {"metrics_p99", "yes"}, {"top_p99", "no"}, {"rss_history", "yes"}, {"recovery_exact", "yes"},
+		{"fresh_p99", "yes"}, {"fresh_ack_p99", "no"}, {"metrics_p99", "yes"}, {"top_p99", "no"}, {"rss_history", "yes"}, {"recovery_exact", "yes"},
 		{"clicks_fixed_p50", ""},
 	} {
 		if got := rowByID(t, rows, tc.id).Met; got != tc.met {
