@@ -159,11 +159,20 @@ func restartedDecidesTheSameAppended(t *testing.T, rng *rand.Rand, gen []event.E
 		}
 	}
 	p.clk.Set(p.clk.Now().Add(2 * time.Second))
-	eventually(t, "both stages to catch up", func() bool {
-		a, b := p.firstStage().Stats(), p.stage.Stats()
+	// The deadline is generous (a -race run on a loaded machine replays slowly) and the
+	// stages' stats are printed when it passes, so a stage that is stuck shows apart from one
+	// that is slow.
+	var a, b Stats
+	caughtUp := func() bool {
+		a, b = p.firstStage().Stats(), p.stage.Stats()
 		return a.Lag == 0 && b.Lag == 0 && a.CreditsPending == 0 && b.CreditsPending == 0 &&
 			a.JournalApplied == a.JournalNext && b.JournalApplied == b.JournalNext && b.EventsConsumed+a.EventsConsumed > 0
-	})
+	}
+	for deadline := time.Now().Add(90 * time.Second); !caughtUp(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for both stages to catch up:\nuninterrupted %+v\nrestarted %+v", a, b)
+		}
+	}
 	// Lag is measured at the start of a round: wait for one more.
 	time.Sleep(50 * time.Millisecond)
 	want, got := verdicts(t, p.firstStage()), verdicts(t, p.stage)
