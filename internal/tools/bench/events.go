@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -174,7 +175,7 @@ func loadHistory(ctx context.Context, t *target, lay layout, runID string, perAd
 			b = fmt.Appendf(b, `{"type":"%s","impression_id":"%s-%s-h%d-%d","ad_id":"%s","event_time":%d}`+"\n", typ, lay.prefix, runID, ad, j/2, lay.adID(ad), ts)
 		}
 		var resp eventsResponse
-		if err := t.doAt(ctx, t.ingestBase(0), http.MethodPost, "/events", "application/x-ndjson", b, &resp); err != nil {
+		if err := postRetrying(ctx, t, b, &resp); err != nil {
 			return err
 		}
 		if resp.Rejected > 0 && len(resp.Errors) > 0 {
@@ -196,6 +197,24 @@ func loadHistory(ctx context.Context, t *target, lay layout, runID string, perAd
 	hs.EventsSeconds = time.Since(t1).Seconds()
 	hs.EventsPerSec = float64(hs.Accepted) / hs.EventsSeconds
 	return hs, nil
+}
+
+// postRetrying posts an NDJSON batch to /events, sending it again after a 503 or 429 (the
+// server shedding load, as a history load on a busy machine can make it), as API clients are
+// told to: the batch is idempotent, so a retry counts nothing twice.
+func postRetrying(ctx context.Context, t *target, batch []byte, resp *eventsResponse) error {
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := t.doAt(ctx, t.ingestBase(0), http.MethodPost, "/events", "application/x-ndjson", batch, resp)
+		var st *errStatus
+		if err == nil || !errors.As(err, &st) || (st.status != http.StatusServiceUnavailable && st.status != http.StatusTooManyRequests) || attempt == 10 {
+			return err
+		}
+		if err := sleepCtx(ctx, backoff); err != nil {
+			return err
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
 
 // queryLatency runs n requests of path() from conns workers, back to back, for at most maxDur,
