@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"sync/atomic"
 	"unsafe"
 )
@@ -29,7 +30,11 @@ import (
 // lookup or a later write relies on: every slot word points at a record lying wholly in the
 // chunk bytes read, records do not overlap, their lengths and campaign indexes are in range,
 // the table has empty slots (a probe stops) and the counts agree. It allocates in proportion
-// to the bytes it has read, so a corrupt count fails on reading instead of allocating.
+// to the bytes it has read (every chunk but a shard's last is nearly full, and there are at
+// most about four slots per ad), so a corrupt count fails on reading instead of allocating.
+
+// maxRecLen bounds a record's length (recLen).
+const maxRecLen = recHeader + 8 + 2*math.MaxUint8 + maxRecURL
 
 // snapSlotsOK reports whether a shard of n ads with a table of nslots slots may be written to
 // and read from a snapshot: the load factor put keeps (at most 0.75) and at most about four
@@ -180,7 +185,10 @@ func (x *adIndex) readSnapshot(d *snapDecoder, ncamp uint32) error {
 			if l == 0 {
 				break
 			}
-			if l > chunkSize || len(chunks) == maxChunks {
+			// The writer moves on to a new chunk only when the next record does not fit, so
+			// every chunk but the last is nearly full: a corrupt file cannot make many 64 KiB
+			// chunks out of a few bytes.
+			if l > chunkSize || len(chunks) == maxChunks || len(used) > 0 && used[len(used)-1] <= chunkSize-maxRecLen {
 				return fmt.Errorf("ad index snapshot: shard %d: chunk %d of %d bytes", i, len(chunks), l)
 			}
 			ch := new(adChunk)

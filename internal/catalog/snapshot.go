@@ -26,8 +26,9 @@ import (
 // million ads the full load takes seconds, reading the snapshot a fraction of that.
 //
 // The snapshot holds what load builds (advertisers and campaigns in their index order, so the
-// campaign indexes inside the ads' records stay valid; the ads' records as the index packs
-// them; the API keys as their hashes) and the change feed position it reflects. Every object
+// campaign indexes inside the ads' records stay valid; the ads as the index's shards hold
+// them, slot words, packed records and hash seed, so loading them is a copy (indexsnap.go);
+// the API keys as their hashes) and the change feed position it reflects. Every object
 // in it is at least as new as that position: the position is read under indexMu together with
 // the advertisers, campaigns and keys, and anything the index gets later belongs to a change
 // after it (see feed.go). Open loads it only if the database is the one it was taken of (an
@@ -40,8 +41,8 @@ import (
 //
 // Writing copies under indexMu only the advertisers' and campaigns' record pointers and the
 // keys; the ads are copied one shard at a time under the shard's lock (its slot words; the
-// records themselves are never modified once published), and the file is written outside
-// every lock.
+// records themselves are never modified once published, so they are read after), and the
+// file is written outside every lock.
 
 const (
 	snapKind = "catalog-index"
