@@ -1,13 +1,15 @@
 package catalog
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
-	"hash/maphash"
 	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/zeebo/xxh3"
 )
 
 // adIndex maps ad ids to compact records for the ingest hot path. It is built for ten million
@@ -31,7 +33,10 @@ import (
 // slots. Tables may share a chunk directory: entries past those a table's slots point into are
 // invisible to its readers. There is no delete, so probing needs no tombstones.
 type adIndex struct {
-	seed   maphash.Seed
+	// seed keys the id hash. It is random per new index, so advertisers cannot pick ids that
+	// collide (hash flooding), and a plain number, so a snapshot can store it and be loaded
+	// with its slots as they are (hash/maphash's seeds cannot be saved).
+	seed   uint64
 	shards [adShards]adShard
 	live   atomic.Int64
 	bytes  atomic.Int64 // chunk, directory and slot bytes of the current tables
@@ -95,7 +100,15 @@ type adRec struct {
 	tail     string
 }
 
-func newAdIndex() *adIndex { return &adIndex{seed: maphash.MakeSeed()} }
+func newAdIndex() *adIndex {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return &adIndex{seed: binary.LittleEndian.Uint64(b[:])}
+}
+
+// hash is the id hash: its low adShardBits bits pick the shard, the next 32 the home slot, the
+// high 32 are the tag.
+func (x *adIndex) hash(id string) uint64 { return xxh3.HashStringSeed(id, x.seed) }
 
 func (x *adIndex) shard(h uint64) *adShard { return &x.shards[h&(adShards-1)] }
 
@@ -108,7 +121,7 @@ func (t *adTable) rec(v uint64) []byte {
 
 // get returns the record of id. It takes no lock.
 func (x *adIndex) get(id string) (adRec, bool) {
-	h := maphash.String(x.seed, id)
+	h := x.hash(id)
 	t := x.shard(h).tab.Load()
 	if t == nil {
 		return adRec{}, false
@@ -163,7 +176,7 @@ func (x *adIndex) put(id string, campaign uint32, landingURL, catalogID string, 
 	if hasBid {
 		need += 8
 	}
-	h := maphash.String(x.seed, id)
+	h := x.hash(id)
 	sh := x.shard(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -283,7 +296,7 @@ func (x *adIndex) rebuild(sh *adShard, old *adTable, nslots int, compact bool) *
 		}
 		j := i
 		if !same {
-			h := maphash.Bytes(x.seed, recID(r))
+			h := x.hash(view(recID(r)))
 			for j = home(h, nslots); nt.slots[j].Load() != 0; {
 				if j++; j == nslots {
 					j = 0

@@ -26,8 +26,9 @@ import (
 // million ads the full load takes seconds, reading the snapshot a fraction of that.
 //
 // The snapshot holds what load builds (advertisers and campaigns in their index order, so the
-// campaign indexes inside the ads' records stay valid; the ads' records as the index packs
-// them; the API keys as their hashes) and the change feed position it reflects. Every object
+// campaign indexes inside the ads' records stay valid; the ads as the index's shards hold
+// them, slot words, packed records and hash seed, so loading them is a copy (indexsnap.go);
+// the API keys as their hashes) and the change feed position it reflects. Every object
 // in it is at least as new as that position: the position is read under indexMu together with
 // the advertisers, campaigns and keys, and anything the index gets later belongs to a change
 // after it (see feed.go). Open loads it only if the database is the one it was taken of (an
@@ -40,20 +41,20 @@ import (
 //
 // Writing copies under indexMu only the advertisers' and campaigns' record pointers and the
 // keys; the ads are copied one shard at a time under the shard's lock (its slot words; the
-// records themselves are never modified once published), and the file is written outside
-// every lock.
+// records themselves are never modified once published, so they are read after), and the
+// file is written outside every lock.
 
 const (
-	snapKind    = "catalog-index"
-	snapVersion = 1
+	snapKind = "catalog-index"
+	// snapVersion 2: the ads as the index's shards hold them, with the hash seed (indexsnap.go).
+	// A file of another version is refused, so the start loads from the database.
+	snapVersion = 2
 
 	// DefaultSnapshotInterval is how often Run writes a snapshot when Options.SnapshotPath is
 	// set and Options.SnapshotInterval is zero.
 	DefaultSnapshotInterval = 5 * time.Minute
 
 	maxSnapString = 1 << 16 // longer than any stored string; bounds a corrupt length
-
-	maxSnapHint = 1 << 25 // ads presized for at most (3 x the sizing's 10 million)
 
 	snapshotCheck      = 10 * time.Second // how often Run considers writing one
 	snapshotMinChanges = 10_000
@@ -203,51 +204,6 @@ func (c *Catalog) WriteSnapshot() (err error) {
 	return nil
 }
 
-// writeSnapshot writes the ads' records, shard by shard: each shard's count, then its records
-// as they are packed. Records naming a campaign at or past ncamp are left out: they were
-// written after the campaigns were copied, so for a change after the snapshot's position,
-// which the feed brings back.
-func (x *adIndex) writeSnapshot(e *snapEncoder, ncamp uint32) (int, error) {
-	var slots []uint64
-	total := 0
-	e.uvar(uint64(x.len())) // a size hint for the reader
-	for i := range x.shards {
-		sh := &x.shards[i]
-		sh.mu.Lock()
-		t := sh.tab.Load()
-		slots = slots[:0]
-		if t != nil {
-			for j := range t.slots {
-				if v := t.slots[j].Load(); v != 0 {
-					slots = append(slots, v)
-				}
-			}
-		}
-		sh.mu.Unlock()
-		// Outside the lock: the records the copied slot words point to are never written
-		// again (see the publication protocol), and neither are their chunks' directory
-		// entries.
-		n := 0
-		for _, v := range slots {
-			if binary.LittleEndian.Uint32(t.rec(v)) < ncamp {
-				n++
-			}
-		}
-		e.uvar(uint64(n))
-		for _, v := range slots {
-			r := t.rec(v)
-			if binary.LittleEndian.Uint32(r) < ncamp {
-				e.raw(r[:recLen(r)])
-			}
-		}
-		total += n
-		if e.err != nil {
-			return total, e.err
-		}
-	}
-	return total, nil
-}
-
 // loadSnapshot loads the index from the snapshot if it can be used with a database whose
 // feed head is head, and returns the feed position it reflects. On any error the index is
 // left empty.
@@ -255,7 +211,7 @@ func (c *Catalog) loadSnapshot(ctx context.Context, head int64) (int64, error) {
 	s := &c.snap
 	var seq int64
 	err := snapfile.Read(s.fs, s.path, snapKind, snapVersion, func(r io.Reader) error {
-		d := &snapDecoder{r: bufio.NewReaderSize(r, 1<<16)}
+		d := newSnapDecoder(r)
 		if dn := d.str(); d.err == nil && dn != string(c.d.name) {
 			return fmt.Errorf("taken of a %s database, not %s", dn, c.d.name)
 		}
@@ -349,55 +305,6 @@ func (c *Catalog) decodeIndex(d *snapDecoder) error {
 		return d.err
 	}
 	return c.ads.readSnapshot(d, uint32(ncamp))
-}
-
-// readSnapshot puts the records written by writeSnapshot into x.
-func (x *adIndex) readSnapshot(d *snapDecoder, ncamp uint32) error {
-	var buf [recHeader + 8 + 2*math.MaxUint8 + maxRecURL]byte
-	// Capped: a corrupt hint, not yet caught by the checksum, must not allocate much.
-	x.reserve(min(d.count(), maxSnapHint))
-	for range adShards {
-		n := d.count()
-		for range n {
-			d.full(buf[:recHeader])
-			if d.err != nil {
-				return d.err
-			}
-			ul := binary.LittleEndian.Uint16(buf[6:8])
-			if int(ul&^recHasBid) > maxRecURL {
-				return errors.New("ad record: landing URL too long")
-			}
-			l := recLen(buf[:])
-			d.full(buf[recHeader:l])
-			if d.err != nil {
-				return d.err
-			}
-			r := buf[:l]
-			rec := decodeRecView(r)
-			if rec.campaign >= ncamp {
-				return fmt.Errorf("ad record names campaign %d of %d", rec.campaign, ncamp)
-			}
-			// The views point into buf; put copies them into the index and keeps none.
-			if err := x.put(view(recID(r)), rec.campaign, rec.tail[rec.catLen:], rec.tail[:rec.catLen], rec.bid, rec.hasBid); err != nil {
-				return err
-			}
-		}
-	}
-	return d.err
-}
-
-// reserve gives every shard without a table one sized for about n ads in all, so that a load
-// of n ads does not rehash as it grows. The load factor stays within put's bounds.
-func (x *adIndex) reserve(n int) {
-	slots := max(minSlots, (n/adShards+1)*3/2)
-	for i := range x.shards {
-		sh := &x.shards[i]
-		sh.mu.Lock()
-		if sh.tab.Load() == nil {
-			x.publish(sh, nil, &adTable{slots: make([]atomic.Uint64, slots), chunks: make([]*adChunk, 4)})
-		}
-		sh.mu.Unlock()
-	}
 }
 
 // decodeRecView is decodeRec without the copy: tail points into r.
@@ -519,8 +426,23 @@ func (e *snapEncoder) dur(d *time.Duration) {
 
 // snapDecoder reads what snapEncoder wrote; the first error sticks and zero values follow.
 type snapDecoder struct {
-	r   *bufio.Reader
+	r   snapReader
 	err error
+}
+
+type snapReader interface {
+	io.Reader
+	io.ByteReader
+}
+
+// newSnapDecoder decodes r, buffering it unless it is buffered already (snapfile's body is:
+// a second buffer would copy every byte of the ads once more).
+func newSnapDecoder(r io.Reader) *snapDecoder {
+	br, ok := r.(snapReader)
+	if !ok {
+		br = bufio.NewReaderSize(r, 1<<16)
+	}
+	return &snapDecoder{r: br}
 }
 
 func (d *snapDecoder) full(p []byte) {

@@ -3,12 +3,16 @@ package catalog
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/vfs"
+
+	"github.com/adpulse/adpulse/internal/snapfile"
 	"github.com/adpulse/adpulse/internal/testseed"
 )
 
@@ -226,6 +230,48 @@ func TestSnapshotFallback(t *testing.T) {
 	crash(b)
 	write(good)
 	reopen("feed trimmed", false)
+}
+
+// TestSnapshotOldVersion: a whole snapshot of another version (here the same body labelled
+// version 1, whose ads were records to re-insert) is never read as this one: the start loads
+// from the database.
+func TestSnapshotOldVersion(t *testing.T) {
+	ctx := context.Background()
+	o := freshSQLite(t, "")
+	path := filepath.Join(t.TempDir(), "catalog.snap")
+	a := openSnap(t, o, path)
+	noErr(t)(a.PutAdvertiser(ctx, Advertiser{ID: "adv", Name: "Acme"}))
+	noErr(t)(a.PutCampaign(ctx, Campaign{ID: "camp", AdvertiserID: "adv", Name: "C", CPCBidMicros: 100}))
+	for i := range 20 {
+		noErr(t)(a.PutAd(ctx, Ad{ID: fmt.Sprint("ad", i), CampaignID: "camp", LandingURL: "https://a.example/"}))
+	}
+	if err := a.WriteSnapshot(); err != nil {
+		t.Fatal(err)
+	}
+	var body []byte
+	err := snapfile.Read(vfs.Default, path, snapKind, snapVersion, func(r io.Reader) (err error) {
+		body, err = io.ReadAll(r)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	crash(a)
+	for _, version := range []uint32{1, snapVersion + 1} {
+		err := snapfile.Write(vfs.Default, path, snapKind, version, func(w io.Writer) error {
+			_, err := w.Write(body)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := openSnap(t, o, path)
+		if c.snap.used {
+			t.Errorf("a snapshot of version %d was used", version)
+		}
+		checkSameAsLoad(t, fmt.Sprint("version ", version), c)
+		crash(c)
+	}
 }
 
 // TestSnapshotModel: random catalog writes, snapshots at random points and crashes; every

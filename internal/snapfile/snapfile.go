@@ -115,7 +115,7 @@ func Write(fs vfs.FS, path, kind string, version uint32, write func(w io.Writer)
 
 // Read opens the snapshot at path and hands its body to read. read must consume the whole
 // body and must not let anything it decoded take effect before Read returns nil: the checksum
-// is only known to match at the end. An error wrapping ErrNotExist means there is no
+// is only known to match at the end. The body reader is buffered and an io.ByteReader. An error wrapping ErrNotExist means there is no
 // snapshot; one wrapping ErrInvalid that it cannot be used.
 func Read(fs vfs.FS, path, kind string, version uint32, read func(r io.Reader) error) error {
 	f, err := fs.Open(path)
@@ -186,9 +186,11 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// limitedReader reads the body only: the reader of a snapshot never sees the trailer.
+// limitedReader reads the body only: the reader of a snapshot never sees the trailer. It is
+// an io.ByteReader too, so that a reader decoding varints needs no buffer of its own (and the
+// body is not copied once more through one).
 type limitedReader struct {
-	r    io.Reader
+	r    *bufio.Reader
 	left int64
 }
 
@@ -205,4 +207,18 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 		err = io.ErrUnexpectedEOF
 	}
 	return n, err
+}
+
+func (l *limitedReader) ReadByte() (byte, error) {
+	if l.left <= 0 {
+		return 0, io.EOF
+	}
+	c, err := l.r.ReadByte()
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if err == nil {
+		l.left--
+	}
+	return c, err
 }
