@@ -39,6 +39,12 @@ type partBatch struct {
 	consumed, dups, corrupt, outOfRange int64
 	lastRecv                            int64 // max receive time of the events that passed the filter
 	done                                chan struct{}
+
+	// fetchGroup's: per event of the group, its key hash, receive time, and whether it has
+	// a key.
+	hs    [fetchGroup]uint64
+	recvs [fetchGroup]int64
+	keyed [fetchGroup]bool
 }
 
 func newPartBatch() *partBatch { return &partBatch{done: make(chan struct{}, 1)} }
@@ -50,6 +56,10 @@ func (r *runner) read(ctx context.Context, p int, from int64, b *partBatch) ([]e
 	}
 	return r.opts.Log.Read(ctx, p, from, r.opts.ReadBytes)
 }
+
+// fetchGroup is how many events fetch decodes before it passes them through the duplicate
+// filter, with their filter slots prefetched (dedup.Window.Prefetch).
+const fetchGroup = 64
 
 // fetch reads one batch of ps from ps.next into ps.batch and passes it through the duplicate
 // filter. It touches only ps's filter and batch, and reads only ps.next and r.opts, so fetches
@@ -65,9 +75,22 @@ func (r *runner) fetch(ctx context.Context, ps *partState) {
 		return
 	}
 	b.n = len(msgs)
+	for len(msgs) > 0 {
+		g := msgs[:min(fetchGroup, len(msgs))]
+		msgs = msgs[len(g):]
+		b.fetchGroup(r, ps, g)
+	}
+}
+
+// fetchGroup decodes the messages g (at most fetchGroup) onto b.evs, then filters them: an
+// event is kept if it is no duplicate and its time is in range. Deciding in a second pass, in
+// the same order, leaves every decision as it was and lets the filter's memory be loaded for
+// the whole group at once.
+func (b *partBatch) fetchGroup(r *runner, ps *partState, g []eventlog.Message) {
+	base, n := len(b.evs), 0
 	e := &b.ev
-	for i := range msgs {
-		m := &msgs[i]
+	for i := range g {
+		m := &g[i]
 		if m.Offset < b.next {
 			continue // never expected: offsets are dense and Read starts where asked
 		}
@@ -78,23 +101,34 @@ func (r *runner) fetch(ctx context.Context, ps *partState) {
 			r.opts.Logger.Warn("skipping undecodable event", "partition", ps.id, "offset", m.Offset, "err", err)
 			continue
 		}
+		b.hs[n], b.recvs[n], b.keyed[n] = 0, e.RecvTime, false
 		if ps.dedup != nil {
-			var h uint64
-			var ok bool
-			h, b.keyBuf, ok = keyHash(e, b.keyBuf)
-			if ok && ps.dedup.Observe(h, e.RecvTime) {
-				b.dups++
-				continue
-			}
-		}
-		b.lastRecv = max(b.lastRecv, e.RecvTime)
-		if e.Time < 0 || e.Time >= maxEventMicros {
-			b.outOfRange++
-			continue
+			b.hs[n], b.keyBuf, b.keyed[n] = keyHash(e, b.keyBuf)
 		}
 		b.evs = append(b.evs, counted{ad: e.AdID, campaign: e.CampaignID, advertiser: e.AdvertiserID, name: e.Name,
 			time: e.Time, typ: e.Type, invalid: e.Invalid})
+		n++
 	}
+	if ps.dedup != nil {
+		ps.dedup.Prefetch(b.hs[:n])
+	}
+	kept := base
+	for i := range n {
+		if b.keyed[i] && ps.dedup.Observe(b.hs[i], b.recvs[i]) {
+			b.dups++
+			continue
+		}
+		b.lastRecv = max(b.lastRecv, b.recvs[i])
+		c := b.evs[base+i]
+		if c.time < 0 || c.time >= maxEventMicros {
+			b.outOfRange++
+			continue
+		}
+		b.evs[kept] = c
+		kept++
+	}
+	clear(b.evs[kept:])
+	b.evs = b.evs[:kept]
 }
 
 // count adds what fetch read of ps to the accumulator and moves ps past it. idleAt is the time
