@@ -96,14 +96,14 @@ func (a *accumulator) grow(n int) {
 // add counts e (whose strings may alias a read buffer) in its minute. It reports false for
 // an event it does not count: an invalid impression or interaction (there is no counter for
 // those).
-func (a *accumulator) add(e *event.Event, minute int64) bool {
+func (a *accumulator) add(e *counted, minute int64) bool {
 	// A conversion has no ad of its own: the attribution stage counts it on the ad it credits.
-	if e.Type == event.TypeConversion || (e.Type != event.TypeClick && e.Invalid != event.ReasonNone) {
+	if e.typ == event.TypeConversion || (e.typ != event.TypeClick && e.invalid != event.ReasonNone) {
 		return false
 	}
 	// Campaign and advertiser follow from the ad almost always, so they are compared but not
 	// hashed.
-	h := xxhash.Sum64String(e.AdID) ^ uint64(minute)*0x9E3779B97F4A7C15
+	h := xxhash.Sum64String(e.ad) ^ uint64(minute)*0x9E3779B97F4A7C15
 	j := h & a.mask
 	var en *accEntry
 	var idx int32
@@ -113,7 +113,7 @@ func (a *accumulator) add(e *event.Event, minute int64) bool {
 			break
 		}
 		k := &a.keys[i-1]
-		if a.hashes[i-1] == h && k.minute == minute && k.ad == e.AdID && k.campaign == e.CampaignID && k.advertiser == e.AdvertiserID {
+		if a.hashes[i-1] == h && k.minute == minute && k.ad == e.ad && k.campaign == e.campaign && k.advertiser == e.advertiser {
 			en, idx = &a.entries[i-1], i-1
 			break
 		}
@@ -127,7 +127,7 @@ func (a *accumulator) add(e *event.Event, minute int64) bool {
 			a.maxMin = minute
 		}
 		// New key: its strings must outlive the read buffer.
-		a.keys = append(a.keys, accKey{minute, strings.Clone(e.AdID), strings.Clone(e.CampaignID), strings.Clone(e.AdvertiserID)})
+		a.keys = append(a.keys, accKey{minute, strings.Clone(e.ad), strings.Clone(e.campaign), strings.Clone(e.advertiser)})
 		a.hashes = append(a.hashes, h)
 		a.entries = append(a.entries, accEntry{})
 		a.tab[j] = int32(len(a.entries))
@@ -141,29 +141,29 @@ func (a *accumulator) add(e *event.Event, minute int64) bool {
 		en.touched = true
 		a.touched = append(a.touched, idx)
 	}
-	switch e.Type {
+	switch e.typ {
 	case event.TypeImpression:
 		en.impressions++
 	case event.TypeClick:
 		switch {
-		case e.Invalid == event.ReasonNone:
+		case e.invalid == event.ReasonNone:
 			en.clicks++
-		case int(e.Invalid) < knownReasons:
-			en.invalid[e.Invalid]++
+		case int(e.invalid) < knownReasons:
+			en.invalid[e.invalid]++
 		default:
 			if en.invalidMore == nil {
 				en.invalidMore = make(map[event.Reason]int64)
 			}
-			en.invalidMore[e.Invalid]++
+			en.invalidMore[e.invalid]++
 		}
 	case event.TypeInteraction:
 		for j := range en.interactions {
-			if en.interactions[j].name == e.Name {
+			if en.interactions[j].name == e.name {
 				en.interactions[j].n++
 				return true
 			}
 		}
-		en.interactions = append(en.interactions, nameCount{strings.Clone(e.Name), 1})
+		en.interactions = append(en.interactions, nameCount{strings.Clone(e.name), 1})
 	}
 	return true
 }

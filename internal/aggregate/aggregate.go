@@ -26,9 +26,10 @@
 //     the offsets it came from, so a query adds it exactly once to a store snapshot; and given
 //     to OnCount once per event. A log that is an eventlog.Notifier wakes Run on each commit.
 //
-// Concurrency: Run's goroutine reads, decodes and accumulates; one committer goroutine turns
-// an accumulator into deltas and applies it while the next one fills, so the two cores work
-// in parallel and commits stay in offset order (at most one is in flight). Queries read both
+// Concurrency: each round of reads fetches (reads, decodes and filters) the partitions on up
+// to GOMAXPROCS goroutines, and Run's goroutine accumulates them in partition order (read.go);
+// one committer goroutine turns an accumulator into deltas and applies it while the next one
+// fills, so commits stay in offset order (at most one is in flight). Queries read both
 // accumulators under live.mu, which the runner holds while it adds a read's events and hands
 // an accumulator over, and the committer while it withdraws the one it applied.
 package aggregate
@@ -43,7 +44,6 @@ import (
 	"time"
 
 	"github.com/adpulse/adpulse/internal/dedup"
-	"github.com/adpulse/adpulse/internal/event"
 	"github.com/adpulse/adpulse/internal/eventlog"
 	"github.com/adpulse/adpulse/internal/metricstore"
 )
@@ -289,6 +289,7 @@ type partState struct {
 	idleSince int64 // micros, when that read was made
 	end       int64
 	dedup     *dedup.Window
+	batch     *partBatch // the partition's last read (read.go)
 }
 
 // job is one commit for the committer.
@@ -311,8 +312,6 @@ type runner struct {
 	parts []partState   // the partitions consumed, in Options.Partitions order
 	index map[int32]int // partition -> index in parts
 
-	ev       event.Event
-	keyBuf   []byte
 	acc      *accumulator
 	spare    *accumulator // the other accumulator, when the committer is idle
 	inflight bool
@@ -367,7 +366,7 @@ func (a *Aggregator) newRunner(ctx context.Context) (*runner, error) {
 			return nil, fmt.Errorf("aggregate: partition %d listed twice", id)
 		}
 		r.index[id] = len(r.parts)
-		r.parts = append(r.parts, partState{id: int(id)})
+		r.parts = append(r.parts, partState{id: int(id), batch: newPartBatch()})
 	}
 	for i := range r.parts {
 		ps := &r.parts[i]
@@ -443,39 +442,6 @@ func (r *runner) replayStart(ctx context.Context, p int, start, next int64) (int
 	return max(start, min(off, next)), nil
 }
 
-// replay feeds offsets [from, to) of partition p to its duplicate filter without counting,
-// so the filter is in the state an uninterrupted run would have at to.
-func (r *runner) replay(ctx context.Context, p int, from, to int64) error {
-	ps := &r.parts[r.index[int32(p)]]
-	for from < to {
-		msgs, err := r.opts.Log.Read(ctx, p, from, r.opts.ReadBytes)
-		if err != nil {
-			return fmt.Errorf("replay partition %d at %d: %w", p, from, err)
-		}
-		if len(msgs) == 0 {
-			return fmt.Errorf("replay partition %d: log ends at %d, before the committed offset %d", p, from, to)
-		}
-		for i := range msgs {
-			m := &msgs[i]
-			if m.Offset >= to {
-				break
-			}
-			from = m.Offset + 1
-			r.replayed++
-			if err := decodeView(m.Value, &r.ev); err != nil {
-				continue
-			}
-			var h uint64
-			var ok bool
-			if h, r.keyBuf, ok = keyHash(&r.ev, r.keyBuf); ok {
-				ps.dedup.Observe(h, r.ev.RecvTime)
-			}
-			ps.lastRecv = max(ps.lastRecv, r.ev.RecvTime)
-		}
-	}
-	return nil
-}
-
 // run is the main loop. rctx is cancelled by Close (abort) or by Run's ctx (orderly stop).
 func (r *runner) run(rctx context.Context) error {
 	var wg sync.WaitGroup
@@ -510,19 +476,12 @@ func (r *runner) run(rctx context.Context) error {
 		if notifier != nil {
 			appended = notifier.Appended()
 		}
-		progressed := false
-		for i := range r.parts {
-			n, err := r.readPartition(rctx, &r.parts[i])
-			if err != nil {
-				if rctx.Err() != nil {
-					break
-				}
-				return err
-			}
-			progressed = progressed || n > 0
-		}
+		progressed, err := r.readRound(rctx)
 		if rctx.Err() != nil {
 			break
+		}
+		if err != nil {
+			return err
 		}
 		if progressed {
 			r.feed()
@@ -564,64 +523,6 @@ func (r *runner) run(rctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// readPartition reads one batch of partition p and counts it.
-func (r *runner) readPartition(ctx context.Context, ps *partState) (int, error) {
-	p := ps.id
-	msgs, err := r.opts.Log.Read(ctx, p, ps.next, r.opts.ReadBytes)
-	if err != nil {
-		return 0, fmt.Errorf("read partition %d at %d: %w", p, ps.next, err)
-	}
-	if len(msgs) == 0 {
-		// Whatever arrives later was received after about now (less Slack): the time of
-		// this read, not of the next commit, since events may be appended in between.
-		ps.caughtUp, ps.idleSince = true, r.opts.Now().UnixMicro()
-		return 0, nil
-	}
-	ps.caughtUp = false
-	// Queries read the accumulator and its offsets under live.mu (live.go).
-	l := &r.a.live
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	defer func() { l.segs[0].to[r.index[int32(p)]] = ps.next }()
-	for i := range msgs {
-		m := &msgs[i]
-		if m.Offset < ps.next {
-			continue // never expected: offsets are dense and Read starts where asked
-		}
-		ps.next = m.Offset + 1
-		r.consumed++
-		if err := decodeView(m.Value, &r.ev); err != nil {
-			r.corrupt++
-			r.opts.Logger.Warn("skipping undecodable event", "partition", p, "offset", m.Offset, "err", err)
-			continue
-		}
-		e := &r.ev
-		if ps.dedup != nil {
-			var h uint64
-			var ok bool
-			h, r.keyBuf, ok = keyHash(e, r.keyBuf)
-			if ok && ps.dedup.Observe(h, e.RecvTime) {
-				r.dups++
-				continue
-			}
-		}
-		ps.lastRecv = max(ps.lastRecv, e.RecvTime)
-		if e.Time < 0 || e.Time >= maxEventMicros {
-			r.outOfRange++
-			continue
-		}
-		if !r.acc.add(e, e.Time/60e6) {
-			r.uncounted++
-			continue
-		}
-		r.counted++
-		if e.Time < r.finalBefore {
-			r.late++
-		}
-	}
-	return len(msgs), nil
 }
 
 // maybeCommit hands the accumulator to the committer when a commit is due (or force) and the

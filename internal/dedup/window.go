@@ -50,6 +50,8 @@ type Window struct {
 	tab  []uint32 // hash -> uint32(FIFO position)+1 of its occurrence received last; 0 = empty
 	mask uint64
 	keys int
+
+	sink uint64 // keeps Prefetch's loads from being optimised away
 }
 
 const (
@@ -270,4 +272,24 @@ func (w *Window) grow() {
 			w.tab[i] = v
 		}
 	}
+}
+
+// Prefetch loads the table slots, and the FIFO entries they name, that Observe of the hashes
+// hs would probe first, and changes nothing. A caller that calls it for a few dozen events
+// before observing them one by one waits for memory once per batch rather than once or twice
+// per event: the loads are independent, so the processor overlaps them (the table and FIFO of
+// a busy partition are tens of megabytes, far larger than the caches).
+func (w *Window) Prefetch(hs []uint64) {
+	var sink uint64
+	for _, h := range hs {
+		if h == 0 {
+			h = 1
+		}
+		if v := w.tab[h&w.mask]; v != 0 {
+			if pos := w.posOf(v); pos >= w.head && pos < w.head+w.n {
+				sink += w.hashAt(pos)
+			}
+		}
+	}
+	w.sink = sink
 }

@@ -1,6 +1,7 @@
 package dedup
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"testing"
@@ -124,9 +125,10 @@ func BenchmarkWindowBytesPerKey(b *testing.B) {
 }
 
 // TestWindowModel checks Window against a Go map of each key's latest receive time (the rule
-// needs nothing else) over long random streams: bursts that grow the table and quiet spells
-// that empty it, receive times out of order by up to slack, gaps wider than a chunk's 32-bit
-// offsets, the hash 0, keys whose homes collide, and FIFO positions whose low 32 bits wrap.
+// needs nothing else), with Prefetch calls in between, over long random streams: bursts that
+// grow the table and quiet spells that empty it, receive times out of order by up to slack,
+// gaps wider than a chunk's 32-bit offsets, the hash 0, keys whose homes collide, and FIFO
+// positions whose low 32 bits wrap.
 func TestWindowModel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(testSeed(t), 11))
 	const minute = int64(time.Minute / time.Microsecond)
@@ -168,6 +170,10 @@ func TestWindowModel(t *testing.T) {
 			}
 			prev, seen := latest[key]
 			want := seen && recv-prev <= span
+			if o%7 == 0 {
+				// Prefetch reads only: it must not change a decision or fail anywhere.
+				w.Prefetch([]uint64{h, 0, h ^ 1, uint64(rng.IntN(universe))})
+			}
 			if got := w.Observe(h, recv); got != want {
 				t.Fatalf("round %d (span %d, slack %d, first %d) event %d key %#x recv %d (latest %d, seen %v): repeat %v, want %v",
 					round, span, slack, first, o, h, recv, prev, seen, got, want)
@@ -197,5 +203,38 @@ func TestWindowAcrossPositionWrap(t *testing.T) {
 				t.Fatalf("first %d: key %d not found again", first, k)
 			}
 		}
+	}
+}
+
+// BenchmarkWindowObserveBatch is BenchmarkWindowObserve fed in batches, with and without
+// Prefetch, at the size of a busy partition (a million keys held).
+func BenchmarkWindowObserveBatch(b *testing.B) {
+	for _, prefetch := range []bool{false, true} {
+		b.Run(fmt.Sprintf("prefetch=%v", prefetch), func(b *testing.B) {
+			w := NewWindow(int64(time.Hour/time.Microsecond), int64(5*time.Second/time.Microsecond))
+			rng := rand.New(rand.NewPCG(1, 2))
+			for i := range 1 << 20 {
+				w.Observe(rng.Uint64(), int64(i))
+			}
+			var hs [64]uint64
+			i := 1 << 20
+			b.ReportAllocs()
+			for b.Loop() {
+				for j := range hs {
+					hs[j] = rng.Uint64()
+					if j%10 == 0 {
+						hs[j] = uint64(i - 5)
+					}
+				}
+				if prefetch {
+					w.Prefetch(hs[:])
+				}
+				for _, h := range hs {
+					w.Observe(h, int64(i))
+					i++
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(hs)), "ns/event")
+		})
 	}
 }

@@ -68,6 +68,7 @@ func Run(t *testing.T, newLog Factory) {
 		{"Closed", testClosed},
 		{"CanceledContext", testCanceledContext},
 		{"NoAliasing", testNoAliasing},
+		{"ReadBuffered", testReadBuffered},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -636,4 +637,43 @@ func testNoAliasing(t *testing.T, newLog Factory) {
 		}
 	}
 	sameMessages(t, readAll(t, l, 0, 0, 1<<20)[:len(want)], want)
+}
+
+// testReadBuffered checks that a BufferedReader's ReadBuffered returns what Read returns, with
+// one buffer reused across reads of different sizes, partitions and offsets. Each result is
+// checked before the next read, which may overwrite it.
+func testReadBuffered(t *testing.T, newLog Factory) {
+	l := open(t, newLog(t, 2))
+	br, ok := l.Log.(eventlog.BufferedReader)
+	if !ok {
+		t.Skip("not an eventlog.BufferedReader")
+	}
+	for i := range 4 {
+		appendOK(t, l, append(msgs(0, fmt.Sprint("a", i), 300, 40+i*30), msgs(1, fmt.Sprint("b", i), 50, 1000)...))
+	}
+	ctx := context.Background()
+	var buf eventlog.ReadBuffer
+	for _, maxBytes := range []int{1, 100, 4000, 1 << 20, 64} {
+		for p := range 2 {
+			want := readAll(t, l, p, 0, maxBytes)
+			for next := int64(0); next < int64(len(want)); {
+				got, err := br.ReadBuffered(ctx, p, next, maxBytes, &buf)
+				if err != nil {
+					t.Fatalf("ReadBuffered(%d, %d, %d): %v", p, next, maxBytes, err)
+				}
+				if len(got) == 0 {
+					t.Fatalf("ReadBuffered(%d, %d, %d) returned nothing before end offset %d", p, next, maxBytes, len(want))
+				}
+				sameMessages(t, got, want[next:next+int64(len(got))])
+				next += int64(len(got))
+			}
+			got, err := br.ReadBuffered(ctx, p, int64(len(want)), maxBytes, &buf)
+			if err != nil || len(got) != 0 {
+				t.Fatalf("ReadBuffered at the end of partition %d: %d messages, %v; want none", p, len(got), err)
+			}
+		}
+	}
+	if _, err := br.ReadBuffered(ctx, 5, 0, 100, &buf); !errors.Is(err, eventlog.ErrBadPartition) {
+		t.Fatalf("ReadBuffered of a bad partition: %v, want ErrBadPartition", err)
+	}
 }

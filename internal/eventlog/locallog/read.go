@@ -121,12 +121,38 @@ func corrupt(p *partition, s *segment, off int64, err error) error {
 // Read returns messages of partition from offset on; see eventlog.Log. It may continue into
 // the next segment to fill maxBytes. Values alias a buffer of their own, never reused.
 func (l *Log) Read(ctx context.Context, partition int, offset int64, maxBytes int) ([]eventlog.Message, error) {
+	return l.read(ctx, partition, offset, maxBytes, nil)
+}
+
+// ReadBuffered implements eventlog.BufferedReader: Read into buf's memory, which holds the
+// file chunks the values alias and the messages, so a consumer that keeps up reads without
+// allocating.
+func (l *Log) ReadBuffered(ctx context.Context, partition int, offset int64, maxBytes int, buf *eventlog.ReadBuffer) ([]eventlog.Message, error) {
+	buf.Data = buf.Data[:0]
+	out, err := l.read(ctx, partition, offset, maxBytes, buf)
+	if cap(out) > cap(buf.Msgs) {
+		buf.Msgs = out[:0]
+	}
+	return out, err
+}
+
+var _ eventlog.BufferedReader = (*Log)(nil)
+
+// read is Read, or ReadBuffered with a non-nil buf.
+func (l *Log) read(ctx context.Context, partition int, offset int64, maxBytes int, buf *eventlog.ReadBuffer) ([]eventlog.Message, error) {
 	p, err := l.partition(ctx, partition)
 	if err != nil {
 		return nil, err
 	}
 	budget := max(maxBytes, 1)
 	var out []eventlog.Message
+	var arena *[]byte
+	if buf != nil {
+		arena = &buf.Data
+		if cap(buf.Msgs) > 0 {
+			out = buf.Msgs[:0]
+		}
+	}
 	used := 0
 	for next := offset; ; {
 		v, start, end, err := p.pin(next, l.crc)
@@ -147,7 +173,7 @@ func (l *Log) Read(ctx context.Context, partition int, offset int64, maxBytes in
 			out = make([]eventlog.Message, 0, min(end-next, int64(budget/64+1), 1024))
 		}
 		var full bool
-		out, next, full, err = p.readSegment(v, next, budget, &used, out, l.crc)
+		out, next, full, err = p.readSegment(v, next, budget, &used, out, l.crc, arena)
 		v.seg.release()
 		if err != nil {
 			if len(out) > 0 {
@@ -163,14 +189,15 @@ func (l *Log) Read(ctx context.Context, partition int, offset int64, maxBytes in
 
 // readSegment appends the records of v from offset from on to out while they fit budget (the
 // first message of a Read always fits). It returns the offset to continue from and whether
-// the budget stopped it.
-func (p *partition) readSegment(v view, from int64, budget int, used *int, out []eventlog.Message, tab *crc32.Table) ([]eventlog.Message, int64, bool, error) {
+// the budget stopped it. Chunks are carved from arena when it is not nil (ReadBuffered).
+func (p *partition) readSegment(v view, from int64, budget int, used *int, out []eventlog.Message, tab *crc32.Table, arena *[]byte) ([]eventlog.Message, int64, bool, error) {
 	e := p.entry(v.seg, from, false, 0)
 	r := recordReader{
 		f:     v.seg.f,
 		limit: v.limit,
 		chunk: min(max(budget+budget/4+indexInterval+headerSize, 16<<10), 4<<20),
 		fresh: true,
+		arena: arena,
 	}
 	pos, off := e.pos, e.off
 	for off < v.endOff {

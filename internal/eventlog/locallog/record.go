@@ -80,7 +80,10 @@ type recordReader struct {
 	chunk int   // preferred size of one read
 	// fresh makes every read use a new buffer, so that slices returned earlier stay valid
 	// (Read hands out values that alias its buffers); scans reuse one buffer instead.
-	fresh  bool
+	fresh bool
+	// arena, if not nil, is where fresh buffers are carved from, one after the other, so
+	// that the memory of one ReadBuffered serves the next.
+	arena  *[]byte
 	buf    []byte
 	bufPos int64 // file position of buf[0]
 }
@@ -97,7 +100,10 @@ func (r *recordReader) at(pos int64, n int) ([]byte, error) {
 	}
 	size := int64(max(r.chunk, n))
 	size = min(size, r.limit-pos)
-	if r.fresh || int64(cap(r.buf)) < size {
+	switch {
+	case r.fresh && r.arena != nil:
+		r.buf = r.carve(int(size))
+	case r.fresh || int64(cap(r.buf)) < size:
 		r.buf = make([]byte, size)
 	}
 	r.buf = r.buf[:size]
@@ -110,6 +116,19 @@ func (r *recordReader) at(pos int64, n int) ([]byte, error) {
 		return nil, fmt.Errorf("read %d bytes at %d: %w", size, pos, err)
 	}
 	return r.buf[:n:n], nil
+}
+
+// carve returns the next n bytes of the arena. When they do not fit, the arena is replaced by
+// a larger one; the old one stays valid for the values already handed out, and is garbage once
+// the reader's caller drops them.
+func (r *recordReader) carve(n int) []byte {
+	a := *r.arena
+	if cap(a)-len(a) < n {
+		a = make([]byte, 0, max(2*cap(a), 2*n))
+	}
+	b := a[len(a) : len(a)+n : len(a)+n]
+	*r.arena = a[:len(a)+n]
+	return b
 }
 
 // header reads and parses the header of the record at pos.
