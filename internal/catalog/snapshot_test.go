@@ -160,15 +160,7 @@ func TestSnapshotFallback(t *testing.T) {
 	o := freshSQLite(t, "")
 	o.FeedMaxRows = 3
 	path := filepath.Join(t.TempDir(), "catalog.snap")
-	a := openSnap(t, o, path)
-	noErr(t)(a.PutAdvertiser(ctx, Advertiser{ID: "adv", Name: "Acme"}))
-	noErr(t)(a.PutCampaign(ctx, Campaign{ID: "camp", AdvertiserID: "adv", Name: "C", CPCBidMicros: 100}))
-	for i := range 50 {
-		noErr(t)(a.PutAd(ctx, Ad{ID: fmt.Sprint("ad", i), CampaignID: "camp", LandingURL: "https://a.example/"}))
-	}
-	if err := a.WriteSnapshot(); err != nil {
-		t.Fatal(err)
-	}
+	a := snapshotOfAds(t, o, path, 50)
 	good, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -236,18 +228,9 @@ func TestSnapshotFallback(t *testing.T) {
 // version 1, whose ads were records to re-insert) is never read as this one: the start loads
 // from the database.
 func TestSnapshotOldVersion(t *testing.T) {
-	ctx := context.Background()
 	o := freshSQLite(t, "")
 	path := filepath.Join(t.TempDir(), "catalog.snap")
-	a := openSnap(t, o, path)
-	noErr(t)(a.PutAdvertiser(ctx, Advertiser{ID: "adv", Name: "Acme"}))
-	noErr(t)(a.PutCampaign(ctx, Campaign{ID: "camp", AdvertiserID: "adv", Name: "C", CPCBidMicros: 100}))
-	for i := range 20 {
-		noErr(t)(a.PutAd(ctx, Ad{ID: fmt.Sprint("ad", i), CampaignID: "camp", LandingURL: "https://a.example/"}))
-	}
-	if err := a.WriteSnapshot(); err != nil {
-		t.Fatal(err)
-	}
+	a := snapshotOfAds(t, o, path, 20)
 	var body []byte
 	err := snapfile.Read(vfs.Default, path, snapKind, snapVersion, func(r io.Reader) (err error) {
 		body, err = io.ReadAll(r)
@@ -444,4 +427,21 @@ func TestSnapshotFailureCounted(t *testing.T) {
 	if st := c.Stats(); st.SnapshotWrites != 1 || st.SnapshotFailures != 1 {
 		t.Fatalf("writes %d, failures %d; want 1 and 1", st.SnapshotWrites, st.SnapshotFailures)
 	}
+}
+
+// snapshotOfAds opens a catalog on o with one advertiser, one campaign and n ads, and writes
+// its snapshot to path.
+func snapshotOfAds(t *testing.T, o Options, path string, n int) *Catalog {
+	t.Helper()
+	ctx := context.Background()
+	a := openSnap(t, o, path)
+	noErr(t)(a.PutAdvertiser(ctx, Advertiser{ID: "adv", Name: "Acme"}))
+	noErr(t)(a.PutCampaign(ctx, Campaign{ID: "camp", AdvertiserID: "adv", Name: "C", CPCBidMicros: 100}))
+	for i := range n {
+		noErr(t)(a.PutAd(ctx, Ad{ID: fmt.Sprint("ad", i), CampaignID: "camp", LandingURL: "https://a.example/"}))
+	}
+	if err := a.WriteSnapshot(); err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
