@@ -46,7 +46,8 @@ type namedComponent struct {
 // have stay zero (and partitions empty).
 type logStats struct {
 	AppendedMessages, AppendedBytes, Commits int64
-	Syncs, SegmentsDeleted, Rollbacks        int64
+	Syncs, Checkpoints, SegmentsDeleted      int64
+	Rollbacks                                int64
 	SyncTime                                 time.Duration
 	AppendWait                               locallog.Histogram // empty for Kafka
 	Partitions                               []logPartitionStats
@@ -91,7 +92,7 @@ func (b *backends) openLog(ctx context.Context, cfg *config.Config, dir *dataDir
 	b.logStats = func() logStats {
 		ls := l.Stats()
 		out := logStats{AppendedMessages: ls.AppendedMessages, AppendedBytes: ls.AppendedBytes, Commits: ls.Commits,
-			Syncs: ls.Syncs, SyncTime: ls.SyncTime, SegmentsDeleted: ls.SegmentsDeleted, Rollbacks: ls.Rollbacks,
+			Syncs: ls.Syncs, Checkpoints: ls.Checkpoints, SyncTime: ls.SyncTime, SegmentsDeleted: ls.SegmentsDeleted, Rollbacks: ls.Rollbacks,
 			AppendWait: ls.AppendWait}
 		for _, ps := range ls.Partitions {
 			out.Partitions = append(out.Partitions, logPartitionStats{Start: ps.Start, End: ps.End, Bytes: ps.Bytes})

@@ -26,7 +26,8 @@ var collectorDefs = []metricDef{
 	{"adpulse_eventlog_appended_messages_total", "Messages made durable in the event log.", prometheus.CounterValue, nil},
 	{"adpulse_eventlog_appended_bytes_total", "Value bytes made durable in the event log.", prometheus.CounterValue, nil},
 	{"adpulse_eventlog_commits_total", "Group commits of the event log.", prometheus.CounterValue, nil},
-	{"adpulse_eventlog_syncs_total", "fdatasync calls on event log segments.", prometheus.CounterValue, nil},
+	{"adpulse_eventlog_syncs_total", "fdatasync calls on event log segments and journal.", prometheus.CounterValue, nil},
+	{"adpulse_eventlog_checkpoints_total", "Journal checkpoints: unsynced segments synced and the journal started afresh.", prometheus.CounterValue, nil},
 	{"adpulse_eventlog_sync_seconds_total", "Time spent in fdatasync on event log segments.", prometheus.CounterValue, nil},
 	{"adpulse_eventlog_segments_deleted_total", "Segments deleted by retention.", prometheus.CounterValue, nil},
 	{"adpulse_eventlog_rollbacks_total", "Group commits that failed (write, fsync, disk full) and were rolled back: nothing of them acknowledged.", prometheus.CounterValue, nil},
@@ -172,6 +173,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	emit("adpulse_eventlog_appended_bytes_total", float64(ls.AppendedBytes))
 	emit("adpulse_eventlog_commits_total", float64(ls.Commits))
 	emit("adpulse_eventlog_syncs_total", float64(ls.Syncs))
+	emit("adpulse_eventlog_checkpoints_total", float64(ls.Checkpoints))
 	emit("adpulse_eventlog_sync_seconds_total", ls.SyncTime.Seconds())
 	emit("adpulse_eventlog_segments_deleted_total", float64(ls.SegmentsDeleted))
 	emit("adpulse_eventlog_rollbacks_total", float64(ls.Rollbacks))

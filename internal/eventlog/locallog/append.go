@@ -123,6 +123,9 @@ func (l *Log) commitLoop() {
 				l.batch[i] = nil
 			}
 			l.batch = l.batch[:0]
+			if j := l.journal; j != nil && j.size >= l.opts.JournalBytes && l.Err() == nil {
+				_ = l.checkpoint() // reported by checkpoint; a failed sync fails the log
+			}
 		}
 	}
 }
@@ -210,27 +213,45 @@ func (p *partition) startChunk(create bool) {
 	c.firstMs, c.lastMs = -1, -1
 }
 
-// commit writes and syncs every dirty partition, in parallel, and then publishes the new
-// records to readers. If any partition fails, it rolls the whole round back and returns an
-// error wrapping eventlog.ErrNotAppended; if the rollback fails too, it fails the log and
-// returns an error of unknown outcome.
+// commit makes every dirty partition durable and then publishes the new records to readers:
+// through one journal frame and one sync when several partitions can share it (see
+// journal.go), else by syncing each dirty segment, in parallel. If any write or sync fails,
+// it rolls the whole round back and returns an error wrapping eventlog.ErrNotAppended; if the
+// rollback fails too, it fails the log and returns an error of unknown outcome.
 func (l *Log) commit() error {
 	if len(l.dirty) == 0 {
 		return nil
 	}
+	journal := l.useJournal()
 	var wg sync.WaitGroup
-	for _, p := range l.dirty[1:] {
-		wg.Go(func() { p.err = l.flush(p) })
+	var writeErrs []error
+	for _, p := range l.dirty {
+		if journal && p.journaled() {
+			p.err = l.flush(p, false) // one write call each; the frame makes them durable
+			writeErrs = append(writeErrs, p.err)
+			continue
+		}
+		wg.Go(func() { p.err = l.flush(p, true) })
 	}
-	l.dirty[0].err = l.flush(l.dirty[0])
+	frameTried := false
+	var frameErr error
+	if journal && errors.Join(writeErrs...) == nil {
+		frameTried = true
+		frameErr = l.writeFrame()
+	}
 	wg.Wait()
-	var errs []error
+	errs := []error{frameErr}
 	for _, p := range l.dirty {
 		errs = append(errs, p.err)
 	}
 	err := errors.Join(errs...)
 	if err == nil {
+		if frameTried {
+			l.journal.size += l.journal.written
+			l.journal.written = 0
+		}
 		for _, p := range l.dirty {
+			p.unsynced = journal && p.journaled()
 			p.publish()
 		}
 		l.notifyAppended()
@@ -242,6 +263,9 @@ func (l *Log) commit() error {
 		var rerrs []error
 		for _, p := range l.dirty {
 			rerrs = append(rerrs, l.rollback(p))
+		}
+		if frameTried {
+			rerrs = append(rerrs, l.rollbackJournal())
 		}
 		if rerr := errors.Join(rerrs...); rerr != nil {
 			err = fmt.Errorf("locallog: commit failed and could not be rolled back (%w): %w", rerr, err)
@@ -259,10 +283,18 @@ func (l *Log) commit() error {
 	return err
 }
 
-// flush writes each of the partition's chunks with one call and syncs it. A roll creates the
-// new segment only after the old one is synced, so a crash can only ever tear the last one.
-func (l *Log) flush(p *partition) error {
+// flush writes each of the partition's chunks with one call and, with sync, syncs it. A roll
+// creates the new segment only after the old one is synced, so a crash can only ever tear the
+// last one. Without sync (a journaled partition) there is exactly one chunk and no roll.
+func (l *Log) flush(p *partition, sync bool) error {
 	created := false
+	if c := &p.chunks[0]; c.create && p.unsynced {
+		// The round rolls first thing: the segment it seals holds records written through
+		// the journal, and a sealed segment must be durable before the next one exists.
+		if err := l.syncFile(p.saved.active.f); err != nil {
+			return fmt.Errorf("locallog: partition %d: sync segment %d: %w", p.id, p.saved.active.base, err)
+		}
+	}
 	for i := range p.chunks[:p.nchunks] {
 		c := &p.chunks[i]
 		if c.create {
@@ -275,11 +307,10 @@ func (l *Log) flush(p *partition) error {
 		if _, err := c.seg.f.WriteAt(c.buf, c.pos); err != nil {
 			return fmt.Errorf("locallog: partition %d: write segment %d: %w", p.id, c.seg.base, err)
 		}
-		start := time.Now()
-		err := c.seg.f.SyncData()
-		l.stats.syncs.Add(1)
-		l.stats.syncNanos.Add(int64(time.Since(start)))
-		if err != nil {
+		if !sync {
+			continue
+		}
+		if err := l.syncFile(c.seg.f); err != nil {
 			return fmt.Errorf("locallog: partition %d: sync segment %d: %w", p.id, c.seg.base, err)
 		}
 	}

@@ -146,7 +146,7 @@ func TestCanceledAppendNeverDurable(t *testing.T) {
 		}
 		return nil, false
 	})
-	opts := Options{Dir: testDir(t), Partitions: 3, SegmentBytes: 4 << 10, FS: fs}
+	opts := Options{Dir: testDir(t), Partitions: 3, SegmentBytes: 4 << 10, JournalBytes: 8 << 10, FS: fs}
 	l := mustOpen(t, opts)
 
 	o := newOutcomes()
@@ -298,6 +298,15 @@ func holdFirstSync(entered, release chan struct{}) func(faultOp, string) (error,
 	}
 }
 
+// randomSizes picks a segment size and a journal size for one run of a crash or fault test:
+// small segments roll in most rounds (each roll syncs its partition), large ones leave most
+// rounds to the journal; a small journal checkpoints every few rounds, a large one never.
+func randomSizes(rng *rand.Rand) (segmentBytes, journalBytes int64) {
+	segs := [...]int64{1 << 10, 2 << 10, 1 << 20}
+	journals := [...]int64{1 << 10, 8 << 10, 1 << 30}
+	return segs[rng.IntN(len(segs))], journals[rng.IntN(len(journals))]
+}
+
 // errCrashed stands for the outcome of an Append that returned after the simulated crash
 // began: whatever it said, only the reopened log can tell.
 var errCrashed = errors.New("returned after the crash")
@@ -345,6 +354,7 @@ func TestCrash(t *testing.T) {
 	o := newOutcomes()
 	const appenders = 6
 	for crash := range 12 {
+		opts.SegmentBytes, opts.JournalBytes = randomSizes(rng)
 		l, err := Open(opts)
 		if err != nil {
 			t.Fatalf("crash %d: reopen: %v", crash, err)
@@ -413,6 +423,7 @@ func TestFaults(t *testing.T) {
 	ctx := context.Background()
 	var rollbacks, failures int
 	for phase := range 14 {
+		opts.SegmentBytes, opts.JournalBytes = randomSizes(rng)
 		l := mustOpen(t, opts)
 		o.check(t, l, true)
 
@@ -487,7 +498,7 @@ func TestFaults(t *testing.T) {
 func TestDiskFull(t *testing.T) {
 	seed := testSeed(t)
 	fs := newFaultFS()
-	opts := Options{Dir: testDir(t), Partitions: 2, SegmentBytes: 2 << 10, FS: fs}
+	opts := Options{Dir: testDir(t), Partitions: 2, SegmentBytes: 2 << 10, JournalBytes: 8 << 10, FS: fs}
 	l := mustOpen(t, opts)
 	o := newOutcomes()
 	ctx := context.Background()

@@ -5,14 +5,19 @@
 // On disk, Dir/META holds the partition count and Dir/p<N>/ holds partition N's segment
 // files, each named by the offset of its first record (00000000000000001234.log). A record is
 // a 16-byte header (value length, CRC32C, append time in unix milliseconds) and its value;
-// offsets are implicit (segment base plus position in the segment).
+// offsets are implicit (segment base plus position in the segment). Dir/journal/ holds the
+// journal (journal.go), which lets one fdatasync make a round over many partitions durable.
 //
 // Invariants:
 //   - Acknowledged means durable. Append returns nil only after its records were written and
 //     fdatasynced (and, for a new segment, after its directory entry was synced). One committer
 //     goroutine does every write: it gathers all pending requests, writes each partition's
-//     records with one write call, syncs the dirty partition files in parallel and then wakes
-//     the waiters, so many concurrent Appends share one sync (group commit).
+//     records with one write call, makes them durable and then wakes the waiters, so many
+//     concurrent Appends share one sync (group commit). A round that touches several
+//     partitions is made durable by one synced journal frame holding the same records; a
+//     round that touches one partition, or rolls a segment, syncs the segment files in
+//     parallel. Either way every acknowledged record is in a synced segment or in a journal
+//     file that Open replays.
 //   - Readers see only durable records. A partition's end offset, and the bytes readers may
 //     read, advance after the sync, never before: a consumer must never count a record that a
 //     crash could still take away.
@@ -24,8 +29,8 @@
 //     reported by Read as ErrCorrupt, never skipped.
 //   - Retention deletes whole sealed segments, oldest first, never the active one.
 //   - A failed round is rolled back, not retried: when a write or sync of any partition
-//     fails, every partition the round wrote is truncated back to its size before the round
-//     (a segment the round created is removed) and synced, and the in-memory state is
+//     fails, every partition the round wrote, and the journal, is truncated back to its size
+//     before the round (a segment the round created is removed) and synced, and the in-memory state is
 //     restored, so the log continues from its last published record. Retrying the sync would
 //     be unsound: after a failed fsync Linux may have dropped the dirty pages, or marked them
 //     clean without writing them, so the page cache no longer says what the disk holds. The
@@ -40,7 +45,8 @@
 //
 // Every file operation goes through Options.FS (a pebble vfs.FS), so tests run the log on file
 // systems that fail or forget. The code follows the log's jobs: open.go opens and recovers,
-// append.go is the committer (group commit and rollback), read.go reads by offset and time,
+// append.go is the committer (group commit and rollback), journal.go the journal that lets one
+// sync cover many partitions (and its checkpoints and replay), read.go reads by offset and time,
 // retention.go deletes old segments and reports stats; segment.go and record.go hold the
 // on-disk formats.
 //
@@ -98,6 +104,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock stamping append times and judging retention. Default time.Now.
 	Now func() time.Time
+	// JournalBytes is the journal size at which the committer syncs the segments written
+	// through the journal and starts an empty one (see journal.go). Default 64 MiB.
+	JournalBytes int64
 	// FS is the file system the log lives in; every file operation goes through it. Default
 	// vfs.Default, the operating system's. Its files must also have a Truncate(size int64)
 	// error method, as vfs.Default's do: recovery cuts a torn tail with it, and a failed
@@ -111,7 +120,8 @@ type Stats struct {
 	AppendedBytes    int64         // value bytes acknowledged by Append
 	Commits          int64         // group commits that acknowledged at least one request
 	Rollbacks        int64         // group commits that failed and were rolled back (or failed the log)
-	Syncs            int64         // fdatasync calls on segment files
+	Syncs            int64         // fdatasync calls on segment and journal files
+	Checkpoints      int64         // journal checkpoints (segments synced, journal emptied)
 	SyncTime         time.Duration // time spent in those calls, summed (they overlap across partitions)
 	SegmentsDeleted  int64         // segments deleted by retention
 	// AppendWait counts the Appends the committer took by how long each waited, from the
@@ -172,15 +182,16 @@ type Log struct {
 	appended chan struct{}
 
 	// Owned by the committer goroutine.
+	journal    *journal // nil while Open replays the journal
 	batch      []*request
 	dirty      []*partition
 	roundMsgs  int64
 	roundBytes int64
 
 	stats struct {
-		msgs, bytes, commits, rollbacks, syncs, syncNanos, deleted atomic.Int64
-		waitNanos                                                  atomic.Int64
-		waitCounts                                                 [len(AppendWaitBounds) + 1]atomic.Int64
+		msgs, bytes, commits, rollbacks, syncs, syncNanos, deleted, checkpoints atomic.Int64
+		waitNanos                                                               atomic.Int64
+		waitCounts                                                              [len(AppendWaitBounds) + 1]atomic.Int64
 	}
 }
 
@@ -209,10 +220,13 @@ type partition struct {
 	lastMs  int64    // last append time assigned, for the monotonic clamp
 	wsize   int64    // bytes written (or being written) to active
 	lastIdx int64    // position of active's last index entry
-	chunks  []chunk  // this round's writes, one per target segment
-	nchunks int
-	err     error     // this round's write error
-	saved   tailState // the fields above as they were before this round, for a rollback
+	// unsynced: active was written through the journal since its last sync; the next
+	// checkpoint syncs it.
+	unsynced bool
+	chunks   []chunk // this round's writes, one per target segment
+	nchunks  int
+	err      error     // this round's write error
+	saved    tailState // the fields above as they were before this round, for a rollback
 }
 
 // tailState is a partition's append position, saved at the start of a round.

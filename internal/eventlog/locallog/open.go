@@ -28,6 +28,9 @@ func Open(opts Options) (*Log, error) {
 	if opts.RetentionCheck <= 0 {
 		opts.RetentionCheck = DefaultRetentionCheck
 	}
+	if opts.JournalBytes <= 0 {
+		opts.JournalBytes = DefaultJournalBytes
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -70,6 +73,9 @@ func Open(opts Options) (*Log, error) {
 	}
 	if err == nil {
 		err = syncDir(l.fs, opts.Dir) // partition directories created above
+	}
+	if err == nil {
+		err = l.openJournal()
 	}
 	if err != nil {
 		l.closeFiles()
@@ -311,6 +317,10 @@ func (l *Log) closeFiles() error {
 		if a := p.active; a != nil && a.f != nil && (len(segs) == 0 || segs[len(segs)-1] != a) {
 			_ = a.f.Close()
 		}
+	}
+	if l.journal != nil {
+		_ = l.journal.f.Close() // every frame in it was synced when its round was acknowledged
+		l.journal = nil
 	}
 	if l.lock == nil {
 		return nil

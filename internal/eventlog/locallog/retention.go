@@ -97,6 +97,7 @@ func (l *Log) Stats() Stats {
 		Rollbacks:        l.stats.rollbacks.Load(),
 		Syncs:            l.stats.syncs.Load(),
 		SyncTime:         time.Duration(l.stats.syncNanos.Load()),
+		Checkpoints:      l.stats.checkpoints.Load(),
 		SegmentsDeleted:  l.stats.deleted.Load(),
 		AppendWait:       Histogram{Counts: make([]int64, len(l.stats.waitCounts)), Sum: time.Duration(l.stats.waitNanos.Load())},
 		Partitions:       make([]PartitionStats, len(l.parts)),
