@@ -84,6 +84,7 @@ var collectorDefs = []metricDef{
 	{"adpulse_billing_refunded_micros_total", "Micros credited back by refunds.", prometheus.CounterValue, nil},
 	{"adpulse_billing_view_duplicates_total", "Impressions already in the log within the dedup window, not counted as user views again.", prometheus.CounterValue, nil},
 	{"adpulse_billing_commit_seconds_total", "Time spent committing the ledger.", prometheus.CounterValue, nil},
+	{"adpulse_billing_commits_total", "Ledger transactions committed (charging rounds and refunds).", prometheus.CounterValue, nil},
 	{"adpulse_billing_lag_messages", "Messages in the log not yet charged, per partition.", prometheus.GaugeValue, []string{"partition"}},
 	{"adpulse_billing_journal_unapplied", "Spend journal entries not yet in the metric store.", prometheus.GaugeValue, nil},
 	{"adpulse_billing_partition_claims_total", "Log partitions this node claimed in the billing ledger.", prometheus.CounterValue, nil},
@@ -279,6 +280,7 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 	emit("adpulse_billing_refunded_micros_total", float64(bs.MicrosRefunded))
 	emit("adpulse_billing_view_duplicates_total", float64(bs.ViewDuplicates))
 	emit("adpulse_billing_commit_seconds_total", bs.TotalCommitLatency.Seconds())
+	emit("adpulse_billing_commits_total", float64(bs.Commits))
 	for _, ps := range bs.Partitions {
 		emit("adpulse_billing_lag_messages", float64(ps.Lag), strconv.Itoa(int(ps.Partition)))
 	}
