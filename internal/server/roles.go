@@ -148,10 +148,10 @@ func (a *App) openProcess(ctx context.Context) error {
 	}
 	store := p.metrics.store
 	if !a.cfg.SharedProcessing() {
-		// The index is rebuilt after the process is ready (see topLoad). Every stage but the
-		// aggregator writes the metric store through the gated store, so the index sees
-		// exactly their committed deltas, once each, in commit order; the aggregator starts
-		// once the index is loaded and feeds it as it counts instead (below).
+		// The index is rebuilt after the process is ready (see topLoad). Every stage writes
+		// the metric store through the gated store, so the rebuild scans a store that does
+		// not move; the index then sees the other stages' committed deltas, once each, in
+		// commit order, and the aggregator's as it counts them (below).
 		p.top = topn.New(topn.Options{Owners: catalogOwners{a.b.catalog}, Now: a.now, Logger: a.logger.With("component", "topn")})
 		p.topLoad = newTopLoad(p.top)
 		store = &gatedStore{Store: p.metrics.store, top: p.topLoad}
@@ -169,10 +169,11 @@ func (a *App) openProcess(ctx context.Context) error {
 	if p.top != nil {
 		// The aggregator feeds the index as it counts, not as it commits, so /metrics/top is
 		// as fresh as /metrics (which adds the aggregator's pending counts itself); its
-		// commits then bypass the gated store, or the index would count them twice. Exact
-		// because the aggregator starts only after the index is loaded (so the load reads a
-		// store it does not move), and a failed aggregator stops this process.
-		aggOpts.Store, aggOpts.OnCount = p.metrics.store, p.top.Add
+		// commits then only wait for the rebuild, or the index would count them twice.
+		// Exact because what it counts before the rebuild is done is kept until then
+		// (topLoad.count), and a failed aggregator stops this process.
+		aggOpts.Store = &gatedStore{Store: p.metrics.store, top: p.topLoad, counted: true}
+		aggOpts.OnCount = p.topLoad.count
 	}
 	var assignees []eventlog.Assignee
 	if a.cfg.SharedProcessing() {
@@ -225,15 +226,7 @@ func (a *App) openProcess(ctx context.Context) error {
 		scanner := p.metrics.scanner
 		g.Go("top-N index", func(ctx context.Context) error { return p.topLoad.run(ctx, scanner, a.logger) })
 	}
-	g.Go("aggregator", func(ctx context.Context) error {
-		if p.topLoad != nil {
-			// See openProcess: the aggregator feeds the index, so it waits for its load.
-			if _, err := p.topLoad.wait(ctx); err != nil {
-				return nil // stopping before the load finished
-			}
-		}
-		return p.aggregator.Run(ctx)
-	})
+	g.Go("aggregator", p.aggregator.Run)
 	g.Go("billing", p.billing.Run)
 	if err := a.openArchive(p, store); err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,10 +22,21 @@ import (
 // rebuild's scan sees a store that does not move and every later commit reaches the index
 // once, through Add, in commit order. /metrics/top waits for the rebuild within its own
 // deadline (an answer from a half-built index would be wrong, not late).
+//
+// The aggregator, which feeds the index as it counts (count), starts at once rather than after
+// the rebuild: its commits wait at the gate like every stage's, and what it counts meanwhile
+// is kept and added to the index when the rebuild is done. So /metrics, which adds the
+// aggregator's pending counts, is fresh as soon as the process is ready, however long the
+// rebuild takes, and the index still holds each count once: the rebuild's scan has the store
+// as the previous run left it, the kept counts everything since.
 type topLoad struct {
 	ix     *topn.Index
 	done   chan struct{} // closed when the rebuild has finished, however it ended
 	loaded atomic.Bool   // the rebuild succeeded: the index may be read and fed
+
+	mu      sync.Mutex
+	settled bool                // the rebuild has finished and early was added
+	early   []metricstore.Delta // counted before the rebuild finished, in the order counted
 }
 
 func newTopLoad(ix *topn.Index) *topLoad { return &topLoad{ix: ix, done: make(chan struct{})} }
@@ -34,12 +46,31 @@ func (t *topLoad) run(ctx context.Context, src topn.MinuteScanner, logger *slog.
 	t0 := time.Now()
 	err := t.ix.Rebuild(ctx, src)
 	t.loaded.Store(err == nil)
+	t.mu.Lock()
+	if err == nil && len(t.early) > 0 {
+		t.ix.Add(t.early)
+	}
+	t.early, t.settled = nil, true
+	t.mu.Unlock()
 	close(t.done)
 	if err != nil {
 		return fmt.Errorf("rebuild top-N index: %w", err)
 	}
 	logger.Info("top-N index rebuilt from the metric store", "took", time.Since(t0).Round(time.Millisecond))
 	return t.ix.Run(ctx)
+}
+
+// count is the aggregator's OnCount: it adds ds to the index, or keeps them until the
+// rebuild is done.
+func (t *topLoad) count(ds []metricstore.Delta) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case !t.settled:
+		t.early = append(t.early, ds...) // OnCount's slice is reused: copy the deltas
+	case t.loaded.Load():
+		t.ix.Add(ds)
+	}
 }
 
 // wait returns once the rebuild has finished (true if it succeeded) or ctx has ended.
@@ -69,6 +100,9 @@ func (t *topLoad) Top(ctx context.Context, q topn.Query) ([]topn.Item, error) {
 type gatedStore struct {
 	metricstore.Store
 	top *topLoad
+	// counted: the writer feeds the index as it counts (topLoad.count), so its commits only
+	// wait for the rebuild and do not reach the index again.
+	counted bool
 }
 
 func (g *gatedStore) Apply(ctx context.Context, c *metricstore.Commit) error {
@@ -79,7 +113,7 @@ func (g *gatedStore) Apply(ctx context.Context, c *metricstore.Commit) error {
 	if err := g.Store.Apply(ctx, c); err != nil {
 		return err
 	}
-	if loaded {
+	if loaded && !g.counted {
 		g.top.ix.Add(c.Deltas)
 	}
 	return nil
