@@ -45,35 +45,59 @@ func (h heldScanner) ScanMinutes(ctx context.Context, from, to int64, fn func(d 
 	return nil
 }
 
-// TestTopLoadGatesCommits: while the top-N index is rebuilt after the process is ready, a
-// commit of a stage waits, and then reaches the store and the index once; /metrics/top waits
-// for the rebuild rather than answer from a half-built index.
-func TestTopLoadGatesCommits(t *testing.T) {
-	now := time.Now()
-	minute := now.Unix()/60 - 1
+// loadingFixture is a metric store holding 5 clicks of ad1 from a previous run, and a top-N
+// index whose rebuild from it has started and is held until held.release is closed.
+type loadingFixture struct {
+	ctx    context.Context
+	minute int64
+	store  *pebblestore.Store
+	tl     *topLoad
+	held   heldScanner
+}
+
+func newLoadingFixture(t *testing.T) *loadingFixture {
+	t.Helper()
 	store, err := pebblestore.Open("m", pebblestore.Options{FS: vfs.NewMem()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
+	t.Cleanup(func() { store.Close() })
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	commit := func(s metricstore.Store, from int64, clicks int64) error {
-		return s.Apply(ctx, &metricstore.Commit{Consumer: "aggregate", Ranges: []metricstore.OffsetRange{{Partition: 0, From: from, To: from + 1}},
-			Deltas: []metricstore.Delta{{Level: metricstore.LevelAd, ID: "ad1", Minute: minute, Counts: metricstore.Counts{Clicks: clicks}}}})
-	}
-	if err := commit(store, 0, 5); err != nil {
+	t.Cleanup(cancel)
+	f := &loadingFixture{ctx: ctx, minute: time.Now().Unix()/60 - 1, store: store}
+	if err := f.commit(store, 0, 5); err != nil {
 		t.Fatal(err)
 	}
-	ix := topn.New(topn.Options{Owners: fixedOwners{}, Now: time.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	tl := newTopLoad(ix)
-	held := heldScanner{src: store, release: make(chan struct{})}
-	go func() { _ = tl.run(ctx, held, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	f.tl = newTopLoad(topn.New(topn.Options{Owners: fixedOwners{}, Now: time.Now, Logger: logger}))
+	f.held = heldScanner{src: store, release: make(chan struct{})}
+	go func() { _ = f.tl.run(ctx, f.held, logger) }()
+	return f
+}
 
+func (f *loadingFixture) clicks(n int64) []metricstore.Delta {
+	return []metricstore.Delta{{Level: metricstore.LevelAd, ID: "ad1", Minute: f.minute, Counts: metricstore.Counts{Clicks: n}}}
+}
+
+// commit commits n clicks of ad1 covering offset from of partition 0 through s.
+func (f *loadingFixture) commit(s metricstore.Store, from int64, n int64) error {
+	return s.Apply(f.ctx, &metricstore.Commit{Consumer: "aggregate", Ranges: []metricstore.OffsetRange{{Partition: 0, From: from, To: from + 1}},
+		Deltas: f.clicks(n)})
+}
+
+func (f *loadingFixture) top(ctx context.Context) ([]topn.Item, error) {
+	return f.tl.Top(ctx, topn.Query{Level: metricstore.LevelAd, Metric: topn.Clicks, From: f.minute, To: f.minute + 1, N: 10})
+}
+
+// TestTopLoadGatesCommits: while the top-N index is rebuilt after the process is ready, a
+// commit of a stage waits, and then reaches the store and the index once; /metrics/top waits
+// for the rebuild rather than answer from a half-built index.
+func TestTopLoadGatesCommits(t *testing.T) {
+	f := newLoadingFixture(t)
 	applied := make(chan error, 1)
-	go func() { applied <- commit(&gatedStore{Store: store, top: tl}, 1, 3) }()
-	qctx, qcancel := context.WithTimeout(ctx, 100*time.Millisecond)
-	_, qerr := tl.Top(qctx, topn.Query{Level: metricstore.LevelAd, Metric: topn.Clicks, From: minute, To: minute + 1, N: 10})
+	go func() { applied <- f.commit(&gatedStore{Store: f.store, top: f.tl}, 1, 3) }()
+	qctx, qcancel := context.WithTimeout(f.ctx, 100*time.Millisecond)
+	_, qerr := f.top(qctx)
 	qcancel()
 	if qerr == nil {
 		t.Fatal("a top-N query answered before the index was rebuilt")
@@ -83,11 +107,11 @@ func TestTopLoadGatesCommits(t *testing.T) {
 		t.Fatalf("a commit reached the store while the index was being rebuilt (%v)", err)
 	default:
 	}
-	close(held.release)
+	close(f.held.release)
 	if err := <-applied; err != nil {
 		t.Fatal(err)
 	}
-	items, err := tl.Top(ctx, topn.Query{Level: metricstore.LevelAd, Metric: topn.Clicks, From: minute, To: minute + 1, N: 10})
+	items, err := f.top(f.ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,46 +125,23 @@ func TestTopLoadGatesCommits(t *testing.T) {
 // rebuild and does not reach the index a second time, and what it counts after goes straight
 // in.
 func TestTopLoadKeepsCountsWhileLoading(t *testing.T) {
-	now := time.Now()
-	minute := now.Unix()/60 - 1
-	store, err := pebblestore.Open("m", pebblestore.Options{FS: vfs.NewMem()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	clicks := func(n int64) []metricstore.Delta {
-		return []metricstore.Delta{{Level: metricstore.LevelAd, ID: "ad1", Minute: minute, Counts: metricstore.Counts{Clicks: n}}}
-	}
-	commit := func(s metricstore.Store, from int64, n int64) error {
-		return s.Apply(ctx, &metricstore.Commit{Consumer: "aggregate", Ranges: []metricstore.OffsetRange{{Partition: 0, From: from, To: from + 1}},
-			Deltas: clicks(n)})
-	}
-	if err := commit(store, 0, 5); err != nil { // the previous run's
-		t.Fatal(err)
-	}
-	ix := topn.New(topn.Options{Owners: fixedOwners{}, Now: time.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	tl := newTopLoad(ix)
-	held := heldScanner{src: store, release: make(chan struct{})}
-	go func() { _ = tl.run(ctx, held, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
-
-	counted := clicks(3)
-	tl.count(counted)
+	f := newLoadingFixture(t)
+	counted := f.clicks(3)
+	f.tl.count(counted)
 	counted[0].Clicks = 1000 // OnCount's caller reuses its slice
 	applied := make(chan error, 1)
-	go func() { applied <- commit(&gatedStore{Store: store, top: tl, counted: true}, 1, 3) }()
+	go func() { applied <- f.commit(&gatedStore{Store: f.store, top: f.tl, counted: true}, 1, 3) }()
 	select {
 	case err := <-applied:
 		t.Fatalf("the aggregator's commit reached the store while the index was being rebuilt (%v)", err)
 	case <-time.After(50 * time.Millisecond):
 	}
-	close(held.release)
+	close(f.held.release)
 	if err := <-applied; err != nil {
 		t.Fatal(err)
 	}
-	tl.count(clicks(2)) // counted after the load, not yet committed
-	items, err := tl.Top(ctx, topn.Query{Level: metricstore.LevelAd, Metric: topn.Clicks, From: minute, To: minute + 1, N: 10})
+	f.tl.count(f.clicks(2)) // counted after the load, not yet committed
+	items, err := f.top(f.ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
