@@ -342,3 +342,58 @@ func procStatus(field string) int64 {
 	}
 	return 0
 }
+
+// flatScanner serves the history adpulse bench loads: every ad clicked once in the day, the
+// ads spread evenly over the minutes, so every window holds a long run of ads tied at one
+// click and the ranking among them is by id.
+type flatScanner struct {
+	ads  int
+	from int64
+	to   int64
+}
+
+func (s *flatScanner) ScanMinutes(ctx context.Context, from, to int64, fn func(d *metricstore.Delta) error) error {
+	for m := max(from, s.from); m < min(to, s.to); m++ {
+		slot := int(m - s.from)
+		lo, hi := slot*s.ads/1440, (slot+1)*s.ads/1440
+		for r := lo; r < hi; r++ {
+			d := metricstore.Delta{Level: metricstore.LevelAd, ID: adID(int32(r), s.ads), Minute: m}
+			d.Clicks, d.Impressions = 1, 1
+			if err := fn(&d); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// BenchmarkTopFlat measures the top 100 ads by clicks over the last 60 minutes on the history
+// adpulse bench loads (-topn.ads ads, each clicked once in the day): thousands of ads tie at
+// one click, so no top set can prove the answer and the query sums the window's blocks and
+// ranks the tied ids by their bytes.
+//
+//	go test -run XXX -bench BenchmarkTopFlat -benchtime 50x ./internal/query/topn
+func BenchmarkTopFlat(b *testing.B) {
+	clk := &clock{t: time.Date(2026, 11, 21, 10, 37, 20, 0, time.UTC)}
+	ix := New(Options{Now: clk.Now})
+	now := ix.nowMinute()
+	t0 := time.Now()
+	if err := ix.Rebuild(context.Background(), &flatScanner{ads: *benchAds, from: now - 1439, to: now + 1}); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("built a day of %d ads in %v", *benchAds, time.Since(t0).Round(time.Millisecond))
+	q := Query{Level: metricstore.LevelAd, Metric: Clicks, N: 100, From: now - 59, To: now + 1}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		items, err := ix.Top(context.Background(), q)
+		lat = append(lat, time.Since(t0))
+		if err != nil || len(items) != q.N || items[0].Value != 1 {
+			b.Fatalf("Top: %d items, %v", len(items), err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(percentile(lat, 0.5).Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "p99-ms")
+}

@@ -68,6 +68,12 @@ func (b *block) size() int { return b.base.entries() + len(b.sealed) + len(b.liv
 // them). Ids in a newer layer shadow older ones.
 func (b *block) each(fn func(id uint32, v *vals)) {
 	it := b.base.iter()
+	if len(b.live) == 0 && len(b.sealed) == 0 { // a settled minute: nothing shadows the base
+		for it.next() {
+			fn(it.id, &it.v)
+		}
+		return
+	}
 	for it.next() {
 		if _, ok := b.live[it.id]; ok {
 			continue

@@ -299,36 +299,6 @@ func (r *run) bruteSize() int {
 	return n
 }
 
-// brute sums every entry of the window's blocks.
-func (r *run) brute(ctx context.Context) error {
-	acc := make(map[uint32]int64, min(r.bruteSize(), 1<<20))
-	m := r.m
-	for i := range r.comps {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		c := &r.comps[i]
-		sum := func(id uint32, v *vals) {
-			if v[m] != 0 {
-				acc[id] += v[m]
-			}
-		}
-		if c.full {
-			c.hour.each(sum)
-			continue
-		}
-		for _, b := range c.direct {
-			b.each(sum)
-		}
-	}
-	for id, s := range acc {
-		if s > 0 && (len(r.best.items) < r.q.N || s >= r.best.items[0].v) && r.pass(id) {
-			r.offer(id, s)
-		}
-	}
-	return nil
-}
-
 // cursor is sorted access to one component's hour top set.
 type cursor struct {
 	items []topItem

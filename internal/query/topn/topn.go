@@ -208,6 +208,7 @@ type Index struct {
 	// Query plan thresholds (bruteEntries, memberDirect by default); tests lower them (-1:
 	// never) to drive every path with little data.
 	bruteLimit, memberLimit int
+	bruteSpare              atomic.Pointer[bruteBuf]
 
 	adds, deltas, dropped, queries, taQueries, fallbacks, bruteQueries, memberQueries atomic.Int64
 	candidates, compactions, compactionNanos, rebuildNanos, rebuildDeltas             atomic.Int64

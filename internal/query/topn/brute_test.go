@@ -1,0 +1,86 @@
+package topn
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/adpulse/adpulse/internal/metricstore"
+)
+
+// TestBruteTies checks brute force where it is needed most, ids tied by the hundred, with the
+// window's ids numbered densely (first seen together) and sparsely (interleaved with ids seen
+// only outside the window), so both ways of adding up (the array over the numbers' range and
+// the radix sort) answer, against a ranking computed directly.
+func TestBruteTies(t *testing.T) {
+	seed := testSeed(t)
+	for _, spread := range []int{1, 9} {
+		t.Run(fmt.Sprintf("spread=%d", spread), func(t *testing.T) {
+			r := rand.New(rand.NewPCG(seed, uint64(spread)))
+			clk := &clock{t: time.Date(2026, 11, 21, 10, 37, 20, 0, time.UTC)}
+			ix := New(Options{Now: clk.Now})
+			ix.bruteLimit = 1 << 30 // every query by brute force
+			now := ix.nowMinute()
+			want := map[string]int64{}
+			var batch []metricstore.Delta
+			for i := range 3000 {
+				for j := range spread - 1 { // seen only two hours ago
+					batch = append(batch, metricstore.Delta{Level: metricstore.LevelAd, ID: "old" + strconv.Itoa(i*spread+j), Minute: now - 120, Counts: metricstore.Counts{Clicks: 1}})
+				}
+				id := "ad" + strconv.Itoa(r.IntN(1_000_000))
+				minute := now - r.Int64N(60)
+				clicks := int64(1)
+				if r.IntN(50) == 0 {
+					clicks = 1 + r.Int64N(3)
+				}
+				if r.IntN(40) == 0 {
+					clicks = -1 // a refund: sums at or below zero are never ranked
+				}
+				batch = append(batch, metricstore.Delta{Level: metricstore.LevelAd, ID: id, Minute: minute, Counts: metricstore.Counts{Clicks: clicks}})
+				want[id] += clicks
+			}
+			ix.Add(batch)
+			ix.Maintain()
+			var ranked []Item
+			for id, v := range want {
+				if v > 0 {
+					ranked = append(ranked, Item{ID: id, Value: v})
+				}
+			}
+			slices.SortFunc(ranked, func(a, b Item) int { return cmp.Or(cmp.Compare(b.Value, a.Value), cmp.Compare(a.ID, b.ID)) })
+			for _, n := range []int{1, 7, 100, 1000, len(ranked), len(ranked) + 5} {
+				got, err := ix.Top(context.Background(), Query{Level: metricstore.LevelAd, Metric: Clicks, N: min(n, MaxN), From: now - 59, To: now + 1})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if exp := ranked[:min(n, MaxN, len(ranked))]; !slices.Equal(got, exp) {
+					t.Fatalf("seed %d: top %d: got %d items, first %v; want %d, first %v", seed, n, len(got), got[:min(3, len(got))], len(exp), exp[:min(3, len(exp))])
+				}
+			}
+		})
+	}
+}
+
+// TestRadixSortByID checks the radix sort against the standard library's over random ids of
+// every width up to 32 bits.
+func TestRadixSortByID(t *testing.T) {
+	seed := testSeed(t)
+	r := rand.New(rand.NewPCG(seed, 1))
+	for _, limit := range []uint32{1, 2, 3, 2048, 2049, 1 << 20, 10_000_000, 1<<32 - 1} {
+		items := make([]topItem, 1+r.IntN(5000))
+		for i := range items {
+			items[i] = topItem{id: r.Uint32N(limit), v: int64(i)}
+		}
+		want := slices.Clone(items)
+		slices.SortStableFunc(want, func(a, b topItem) int { return cmp.Compare(a.id, b.id) })
+		got, _ := radixSortByID(items, make([]topItem, len(items)), limit)
+		if !slices.Equal(got, want) {
+			t.Fatalf("seed %d, limit %d: radix sort differs from a stable sort", seed, limit)
+		}
+	}
+}
