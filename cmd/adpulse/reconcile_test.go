@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestReconcileCommand: bad ranges are usage errors (exit 2); on a data dir whose hours are
@@ -28,8 +29,11 @@ func TestReconcileCommand(t *testing.T) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, errOut.String(), tc.want)
 		}
 	}
+	// The last whole hour: within every bucket's retention whatever the day the test runs.
+	to := time.Now().UTC().Truncate(time.Hour)
+	from := to.Add(-time.Hour)
 	var out, errOut bytes.Buffer
-	code := run([]string{"reconcile", "--data-dir", dir, "--from", "2026-11-21T10:00:00Z", "--to", "2026-11-21T11:00:00Z"}, &out, &errOut)
+	code := run([]string{"reconcile", "--data-dir", dir, "--from", from.Format(time.RFC3339), "--to", to.Format(time.RFC3339)}, &out, &errOut)
 	if code != 1 || !strings.Contains(errOut.String(), "not ready") {
 		t.Errorf("reconcile of an empty data dir: exit %d, stderr %q; want 1 and not ready", code, errOut.String())
 	}

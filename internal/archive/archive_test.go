@@ -123,13 +123,17 @@ type fakeClock struct{ us atomic.Int64 }
 func (c *fakeClock) now() time.Time  { return time.UnixMicro(c.us.Load()) }
 func (c *fakeClock) set(t time.Time) { c.us.Store(t.UnixMicro()) }
 
-// runUntil runs a until cond holds (checked every few ms) or the deadline passes.
-func runUntil(t *testing.T, a *Archiver, timeout time.Duration, cond func(Stats) bool) {
+// runDeadline bounds runUntil. It only ends a run that is stuck: a race-enabled run on two
+// cores shared with the rest of the suite takes close to a minute for the largest logs here.
+const runDeadline = 5 * time.Minute
+
+// runUntil runs a until cond holds (checked every few ms) or runDeadline passes.
+func runUntil(t *testing.T, a *Archiver, cond func(Stats) bool) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(runDeadline)
 	for !cond(a.Stats()) {
 		if time.Now().After(deadline) {
 			cancel()
@@ -175,7 +179,7 @@ func TestArchiveLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	runUntil(t, a, 30*time.Second, caughtUp(l))
+	runUntil(t, a, caughtUp(l))
 	checkExactlyOnce(t, l, tg)
 	s := a.Stats()
 	t.Logf("files %d events %d bytes %d (%.1f bytes/event)", s.FilesWritten, s.EventsArchived, s.BytesWritten, s.BytesPerEvent)
@@ -266,7 +270,7 @@ func TestSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	runUntil(t, a, 30*time.Second, caughtUp(l))
+	runUntil(t, a, caughtUp(l))
 
 	want := []struct{ name, typ string }{
 		{"partition", "required int32 (INT(32,true))"},
@@ -416,7 +420,7 @@ func TestBytesPerEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	runUntil(t, a, 5*time.Minute, caughtUp(l))
+	runUntil(t, a, caughtUp(l))
 	s := a.Stats()
 	t.Logf("%d events in %d files: %d bytes, %.1f bytes/event (the log's encoding: %.1f bytes/event)",
 		s.EventsArchived, s.FilesWritten, s.BytesWritten, s.BytesPerEvent, float64(logBytes)/float64(n))
@@ -445,7 +449,7 @@ func retentionTest(t *testing.T, tg Target) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runUntil(t, a, 30*time.Second, caughtUp(l))
+	runUntil(t, a, caughtUp(l))
 	a.Close()
 	checkExactlyOnce(t, l, tg)
 
@@ -455,7 +459,7 @@ func retentionTest(t *testing.T, tg Target) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	runUntil(t, b, 30*time.Second, func(s Stats) bool { return s.DirsDeleted == 2 })
+	runUntil(t, b, func(s Stats) bool { return s.DirsDeleted == 2 })
 	top, err := tg.List(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)

@@ -54,7 +54,7 @@ func TestHandOverSameFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runUntil(t, a, time.Minute, caughtUp(l))
+	runUntil(t, a, caughtUp(l))
 	a.Close()
 
 	shared, _ := NewDirTarget(t.TempDir())

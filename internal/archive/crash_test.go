@@ -211,7 +211,7 @@ func crashTest(t *testing.T, base Target, wrap func(*killer) Target) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runUntil(t, a, time.Minute, caughtUp(l))
+	runUntil(t, a, caughtUp(l))
 	a.Close()
 	snapshot()
 	orphans += a.Stats().OrphansDeleted

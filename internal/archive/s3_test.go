@@ -49,7 +49,7 @@ func TestArchiveS3(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	runUntil(t, a, 30*time.Second, caughtUp(l))
+	runUntil(t, a, caughtUp(l))
 	checkExactlyOnce(t, l, a.Target())
 	s := a.Stats()
 	if s.EventsArchived != 3000 || s.Errors != 0 {
@@ -64,7 +64,7 @@ func TestArchiveS3(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	runUntil(t, b, 30*time.Second, func(s Stats) bool { return caughtUp(l)(s) })
+	runUntil(t, b, func(s Stats) bool { return caughtUp(l)(s) })
 	if s := b.Stats(); s.FilesWritten != 0 {
 		t.Errorf("resumed archiver wrote %d files", s.FilesWritten)
 	}

@@ -50,13 +50,16 @@ func TestRunAgainstFake(t *testing.T) {
 		name   string
 		flaky  float64
 		mutate func(*Options)
+		// fewBatches: the run sends only a handful of /events batches, too few to be sure
+		// one of them carries a retried or double-clicked line.
+		fewBatches bool
 	}{
-		{"server signs tokens", 0, nil},
-		{"local signing", 0, func(o *Options) { o.ClickSecret = testSecret; o.Model.ExpiredShare = 0.05 }},
+		{"server signs tokens", 0, nil, false},
+		{"local signing", 0, func(o *Options) { o.ClickSecret = testSecret; o.Model.ExpiredShare = 0.05 }, false},
 		// A fixed number of requests, not a time: a loaded machine must not make the run too
 		// small to hold every kind of event.
-		{"closed model", 0, func(o *Options) { o.Rate, o.Concurrency, o.Duration, o.Requests = 0, 8, time.Minute, 600 }},
-		{"flaky server", 0.05, nil},
+		{"closed model", 0, func(o *Options) { o.Rate, o.Concurrency, o.Duration, o.Requests = 0, 8, time.Minute, 600 }, true},
+		{"flaky server", 0.05, nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -70,7 +73,7 @@ func TestRunAgainstFake(t *testing.T) {
 			if tr.Impressions == 0 || tr.Clicks == 0 || tr.InvalidClicks == 0 || tr.AddToCart == 0 || tr.BotImpressions == 0 {
 				t.Errorf("acknowledged %+v: want some of every kind", tr)
 			}
-			if rep.Events.Duplicates == 0 || rep.Events.Accepted == 0 {
+			if rep.Events.Accepted == 0 || rep.Events.Duplicates == 0 && !tc.fewBatches {
 				t.Errorf("events %+v: want accepted lines and duplicates", rep.Events)
 			}
 			if tc.flaky > 0 && (tr.Uncertain == 0 || rep.Errors["503"] == 0) {
