@@ -2,6 +2,7 @@ package pebblestore
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -137,6 +138,80 @@ func benchQuery(b *testing.B, cache int64) {
 	if misses := st.BlockCacheMisses - st0.BlockCacheMisses; true {
 		b.ReportMetric(float64(misses)/float64(b.N), "cache-misses/op")
 	}
+	b.ReportMetric(float64(st.DiskBytes)/(1<<20), "store-MiB")
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+}
+
+var sparseAds = flag.Int("sparse.ads", 200_000, "ads in BenchmarkQuerySparse's store")
+
+// BenchmarkQuerySparse measures GET /metrics at full size: many ads, each with a couple of
+// events in the day, so most rows a query asks for do not exist and most of the store is
+// out of the block cache. One op is 10 random ads over the last 24 hours at 1h (hour rows
+// in the middle, minute rows at the two ends), as `adpulse bench`'s queries scenario asks.
+//
+//	go test -run '^$' -bench QuerySparse -benchtime 3000x ./internal/metricstore/pebblestore -args -sparse.ads=1000000
+func BenchmarkQuerySparse(b *testing.B) {
+	s, err := Open(b.TempDir(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	rng := rand.New(rand.NewPCG(3, 3))
+	ads := *sparseAds
+	now := time.Now().Unix() / 60
+	ctx := context.Background()
+	// Two events per ad at random minutes of the last day, with their campaigns (10 ads
+	// each) and advertisers (10 campaigns each), committed a minute at a time.
+	byMinute := make([][]int32, 1440)
+	for ad := range ads {
+		for range 2 {
+			m := rng.IntN(1440)
+			byMinute[m] = append(byMinute[m], int32(ad))
+		}
+	}
+	for i, adsOf := range byMinute {
+		c := &metricstore.Commit{Consumer: "bench"}
+		m := now - 1440 + int64(i)
+		for _, ad := range adsOf {
+			counts := metricstore.Counts{Impressions: 1, Clicks: rng.Int64N(2)}
+			for l, id := range [...]string{"ad-" + strconv.Itoa(int(ad)), "cmp-" + strconv.Itoa(int(ad)/10), "adv-" + strconv.Itoa(int(ad)/100)} {
+				c.Deltas = append(c.Deltas, metricstore.Delta{Level: metricstore.Level(l + 1), ID: id, Minute: m, Counts: counts})
+			}
+		}
+		if err := s.Apply(ctx, c); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := s.db.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	for s.db.Metrics().Compact.NumInProgress > 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	st0 := s.Stats()
+	lat := make([]time.Duration, 0, b.N)
+	ids := make([]string, 10)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		for j := range ids {
+			ids[j] = "ad-" + strconv.Itoa(rng.IntN(ads))
+		}
+		t0 := time.Now()
+		r, err := s.Query(ctx, metricstore.Query{Level: metricstore.LevelAd, IDs: ids, Start: time.Unix((now-1440)*60, 0), End: time.Unix(now*60, 0), Interval: time.Hour})
+		lat = append(lat, time.Since(t0))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(r.Series) != len(ids) {
+			b.Fatalf("%d series", len(r.Series))
+		}
+	}
+	b.StopTimer()
+	st := s.Stats()
+	b.ReportMetric(float64(st.BlockCacheMisses-st0.BlockCacheMisses)/float64(b.N), "cache-misses/op")
 	b.ReportMetric(float64(st.DiskBytes)/(1<<20), "store-MiB")
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")

@@ -25,6 +25,9 @@ type block struct {
 	// partial hour's bound valid should the sums of some minutes be negative (the metric store
 	// allows negative deltas). Conservative between compactions, exact after one.
 	neg vals
+	// written is set by add and cleared by every Maintain: a cold block whose live layer saw
+	// no write for a whole maintain interval is compacted whatever its size (sealLocked).
+	written bool
 }
 
 func (b *block) get(id uint32) vals {
@@ -53,6 +56,7 @@ func (b *block) add(id uint32, d *vals) vals {
 	}
 	v.add(d)
 	b.live[id] = v
+	b.written = true
 	for m := 0; m < numMetrics; m++ {
 		if v[m] < 0 && -v[m] > b.neg[m] {
 			b.neg[m] = -v[m]

@@ -84,3 +84,58 @@ func TestRadixSortByID(t *testing.T) {
 		}
 	}
 }
+
+// TestQuietColdBlockCompacted checks that a past minute holding a few late updates in its live
+// map is compacted once a maintain interval passes without a write to it, whatever their
+// number, and not while updates keep coming; and that the answers stay the same throughout.
+func TestQuietColdBlockCompacted(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 11, 21, 10, 37, 20, 0, time.UTC)}
+	ix := New(Options{Now: clk.Now})
+	ix.bruteLimit = 1 << 30 // read blocks whole, the path the live map slows
+	now := ix.nowMinute()
+	minute := now - 10
+	var batch []metricstore.Delta
+	for i := range 1000 {
+		batch = append(batch, metricstore.Delta{Level: metricstore.LevelAd, ID: "ad" + strconv.Itoa(i), Minute: minute, Counts: metricstore.Counts{Clicks: int64(1 + i%7)}})
+	}
+	ix.Add(batch)
+	ix.Maintain()
+	b := ix.st.levels[0].minutes[minute]
+	if len(b.live) != 0 || b.base.entries() != 1000 {
+		t.Fatalf("after the first maintain: %d live, %d frozen; want 0, 1000", len(b.live), b.base.entries())
+	}
+	top := func() []Item {
+		t.Helper()
+		got, err := ix.Top(context.Background(), Query{Level: metricstore.LevelAd, Metric: Clicks, N: 5, From: now - 59, To: now + 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	late := func(id string, clicks int64) {
+		ix.Add([]metricstore.Delta{{Level: metricstore.LevelAd, ID: id, Minute: minute, Counts: metricstore.Counts{Clicks: clicks}}})
+	}
+	late("ad3", 100) // ad3 had 4: now first
+	late("late-1", 50)
+	ix.Maintain() // written since the last maintain: below coldMinLive, stays live
+	if len(b.live) != 2 {
+		t.Fatalf("a block written in the last interval: %d live, want 2", len(b.live))
+	}
+	want := []Item{{"ad3", 104}, {"late-1", 50}, {"ad104", 7}, {"ad111", 7}, {"ad118", 7}}
+	if got := top(); !slices.Equal(got, want) {
+		t.Fatalf("with live entries: %v, want %v", got, want)
+	}
+	late("late-2", 60)
+	ix.Maintain()
+	if len(b.live) != 3 {
+		t.Fatalf("written again: %d live, want 3", len(b.live))
+	}
+	ix.Maintain() // a whole interval without a write: compacted
+	if len(b.live) != 0 || b.sealed != nil || b.base.entries() != 1002 {
+		t.Fatalf("a quiet block: %d live, sealed %v, %d frozen; want 0, nil, 1002", len(b.live), b.sealed != nil, b.base.entries())
+	}
+	want = []Item{{"ad3", 104}, {"late-2", 60}, {"late-1", 50}, {"ad104", 7}, {"ad111", 7}}
+	if got := top(); !slices.Equal(got, want) {
+		t.Fatalf("after the compaction: %v, want %v", got, want)
+	}
+}
