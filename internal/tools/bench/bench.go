@@ -717,7 +717,7 @@ func (b *runner) runTarget(ctx context.Context, t *target) *TargetResult {
 
 // settle waits, bounded by CatchUp, until the store has absorbed the history: the history's
 // clicks on a sample of ads stop changing and, when the bench can read the server's CPU
-// time, the server has gone (nearly) idle, as the aggregator, billing and compactions finish
+// time (cpuSeconds), the server has gone (nearly) idle, as the aggregator, billing and compactions finish
 // their backlog. It returns how long it waited and whether it settled.
 func (b *runner) settle(ctx context.Context, t *target, lay layout) (time.Duration, bool) {
 	t0 := time.Now()
@@ -742,24 +742,39 @@ func (b *runner) settle(ctx context.Context, t *target, lay layout) (time.Durati
 	if !stable {
 		return time.Since(t0), false
 	}
-	last := b.proc(ctx, t)
-	if last == nil {
+	last, ok := b.cpuSeconds(ctx, t)
+	if !ok {
 		return time.Since(t0), true
 	}
 	const idle = 0.15 // cores
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		_ = sleepCtx(ctx, time.Second)
-		cur := b.proc(ctx, t)
-		if cur == nil {
+		cur, ok := b.cpuSeconds(ctx, t)
+		if !ok {
 			return time.Since(t0), false
 		}
-		busy := cur.CPU - last.CPU
+		busy := cur - last
 		last = cur
 		if busy < idle {
 			return time.Since(t0), true
 		}
 	}
 	return time.Since(t0), false
+}
+
+// cpuSeconds is the CPU time the target's processes have used: from /proc when the bench
+// knows their pids, else from the ops listener's process_cpu_seconds_total (a --target
+// server), so that settling waits for a server the bench did not start too. ok is false
+// when neither can be read.
+func (b *runner) cpuSeconds(ctx context.Context, t *target) (float64, bool) {
+	if st := b.proc(ctx, t); st != nil {
+		return st.CPU, true
+	}
+	if t.ops == "" {
+		return 0, false
+	}
+	v, found, err := opsSum(ctx, t, "process_cpu_seconds_total")
+	return v, err == nil && found
 }
 
 func (b *runner) proc(ctx context.Context, t *target) *procStat {

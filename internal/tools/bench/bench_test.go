@@ -283,6 +283,12 @@ func TestBenchSmoke(t *testing.T) {
 	if tr.Recovery != nil || tr.RSSPeak != 0 {
 		t.Errorf("--target mode measured what it cannot: recovery %+v, rss %d", tr.Recovery, tr.RSSPeak)
 	}
+	// Settling before the queries waits for a --target server to go idle, read from its ops
+	// listener as the bench cannot see its process.
+	ops := &target{ops: o.OpsURL, client: newAPIClient(1)}
+	if cpu, ok := (&runner{o: o}).cpuSeconds(ctx, ops); !ok || cpu <= 0 {
+		t.Errorf("the target's CPU time from its ops listener: %v, %v", cpu, ok)
+	}
 	if tr.ProfileEvents == "" {
 		t.Errorf("no events profile:\n%s", progress.String())
 	}

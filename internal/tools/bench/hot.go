@@ -119,10 +119,10 @@ func sampleLag(ctx context.Context, t *target, total, part *int64) {
 // lagOf reads adpulse_aggregate_lag_messages from the ops listener: the sum over partitions
 // and the largest.
 func lagOf(ctx context.Context, t *target) (sum, most int64, err error) {
-	err = scrape(ctx, t, func(name string, v int64) {
+	err = scrape(ctx, t, func(name string, v float64) {
 		if name == "adpulse_aggregate_lag_messages" {
-			sum += v
-			most = max(most, v)
+			sum += int64(v)
+			most = max(most, int64(v))
 		}
 	})
 	return sum, most, err
@@ -130,17 +130,23 @@ func lagOf(ctx context.Context, t *target) (sum, most int64, err error) {
 
 // opsMetric reads one unlabelled metric from the ops listener.
 func opsMetric(ctx context.Context, t *target, metric string) (int64, error) {
-	var out int64
-	err := scrape(ctx, t, func(name string, v int64) {
+	v, _, err := opsSum(ctx, t, metric)
+	return int64(v), err
+}
+
+// opsSum sums the samples of metric on the ops listener and says whether it had any.
+func opsSum(ctx context.Context, t *target, metric string) (sum float64, found bool, err error) {
+	err = scrape(ctx, t, func(name string, v float64) {
 		if name == metric {
-			out += v
+			sum += v
+			found = true
 		}
 	})
-	return out, err
+	return sum, found, err
 }
 
 // scrape calls fn with every sample of the ops listener's Prometheus text.
-func scrape(ctx context.Context, t *target, fn func(name string, v int64)) error {
+func scrape(ctx context.Context, t *target, fn func(name string, v float64)) error {
 	if t.ops == "" {
 		return fmt.Errorf("no ops listener")
 	}
@@ -177,7 +183,7 @@ func scrape(ctx context.Context, t *target, fn func(name string, v int64)) error
 		if err != nil {
 			continue
 		}
-		fn(name, int64(f))
+		fn(name, f)
 	}
 	return sc.Err()
 }
