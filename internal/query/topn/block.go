@@ -68,11 +68,14 @@ func (b *block) add(id uint32, d *vals) vals {
 // size is an upper bound of the number of ids with an entry.
 func (b *block) size() int { return b.base.entries() + len(b.sealed) + len(b.live) }
 
+// settled reports whether the frozen layer holds the whole block: nothing newer shadows it.
+func (b *block) settled() bool { return len(b.live) == 0 && len(b.sealed) == 0 }
+
 // each calls fn with the totals of every id of the block (zeros included when a layer holds
 // them). Ids in a newer layer shadow older ones.
 func (b *block) each(fn func(id uint32, v *vals)) {
 	it := b.base.iter()
-	if len(b.live) == 0 && len(b.sealed) == 0 { // a settled minute: nothing shadows the base
+	if b.settled() { // nothing shadows the base
 		for it.next() {
 			fn(it.id, &it.v)
 		}

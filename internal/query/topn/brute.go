@@ -15,7 +15,8 @@ import (
 // decided by id. So brute force is built for that case, in passes that each stream through
 // memory instead of one hash-map update and one id comparison per entry:
 //
-//  1. gather every (number, value) of the window's blocks into one slice;
+//  1. gather every (number, value) of the window's blocks into one slice, decoding a settled
+//     block's frozen layer in place (frozen.appendMetric);
 //  2. add up each number's values, keeping positive sums that pass the filter: in an array
 //     over the numbers' range when they are dense, else by sorting the slice by number (a
 //     radix sort: two or three passes) and adding up each number's run;
@@ -56,17 +57,28 @@ func (r *run) brute(ctx context.Context) error {
 			lo, hi = min(lo, id), max(hi, id)
 		}
 	}
+	gatherBlock := func(b *block) {
+		if !b.settled() {
+			b.each(gather)
+			return
+		}
+		n := len(all)
+		all = b.base.appendMetric(all, m)
+		if len(all) > n { // in number order: the first and the last are the block's range
+			lo, hi = min(lo, all[n].id), max(hi, all[len(all)-1].id)
+		}
+	}
 	for i := range r.comps {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		c := &r.comps[i]
 		if c.full {
-			c.hour.each(gather)
+			gatherBlock(&c.hour.block)
 			continue
 		}
 		for _, b := range c.direct {
-			b.each(gather)
+			gatherBlock(b)
 		}
 	}
 	buf.a = all[:0]

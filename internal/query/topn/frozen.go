@@ -1,6 +1,9 @@
 package topn
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"math/bits"
+)
 
 // vals are the three ranked counters of one id in one block, indexed by Metric.
 type vals [numMetrics]int64
@@ -128,6 +131,55 @@ func (it *frozenIter) next() bool {
 		}
 	}
 	return true
+}
+
+// appendMetric appends the number and metric m of every entry whose metric m is not zero, in
+// number order. It is brute force's gather, the loop a top query over many tied ids spends
+// its time in, so it decodes in place: one varint for the header, the other metrics skipped
+// by their continuation bits, no call per entry.
+func (f *frozen) appendMetric(out []topItem, m int) []topItem {
+	if f == nil {
+		return out
+	}
+	data := f.data
+	bit := uint64(1) << m
+	below := bit - 1 // the metrics written before m
+	for c, start := range f.off {
+		p, end := int(start), len(data)
+		if c+1 < len(f.off) {
+			end = int(f.off[c+1])
+		}
+		cur := f.first[c]
+		for p < end {
+			h, k := binary.Uvarint(data[p:])
+			p += k
+			cur += uint32(h >> numMetrics)
+			if h&bit == 0 {
+				for n := bits.OnesCount64(h & (1<<numMetrics - 1)); n > 0; n-- {
+					p = skipVarint(data, p)
+				}
+				continue
+			}
+			for n := bits.OnesCount64(h & below); n > 0; n-- {
+				p = skipVarint(data, p)
+			}
+			x, k := binary.Varint(data[p:])
+			p += k
+			out = append(out, topItem{id: cur, v: x})
+			for n := bits.OnesCount64(h &^ (below | bit) & (1<<numMetrics - 1)); n > 0; n-- {
+				p = skipVarint(data, p)
+			}
+		}
+	}
+	return out
+}
+
+// skipVarint returns the offset after the varint at p.
+func skipVarint(data []byte, p int) int {
+	for data[p] >= 0x80 {
+		p++
+	}
+	return p + 1
 }
 
 // frozenBuilder builds a frozen block from entries added in increasing number order.
