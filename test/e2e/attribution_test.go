@@ -85,11 +85,14 @@ func TestAttributionExactUnderKill(t *testing.T) {
 		adCatalog[ad.id] = ad.catalog
 	}
 	now := time.Now().Unix()
+	// Events go back up to three hours, but not past today's UTC midnight: a campaign's lifetime
+	// performance counts from its creation day, and the campaigns were created just now.
+	back := min(3*3600, now%86400+1)
 	var touches, orders, all []*attrLine
 	for i := range 1200 {
 		ad := ads[rng.IntN(len(ads))]
 		l := &attrLine{Type: "impression", AdID: ad.id, ImpressionID: fmt.Sprintf("at-imp-%d", i), UserID: fmt.Sprintf("at-u%d", rng.IntN(25)),
-			EventTime: now - rng.Int64N(3*3600)}
+			EventTime: now - rng.Int64N(back)}
 		if rng.IntN(3) == 0 {
 			l.Type = "click"
 		}
@@ -98,7 +101,7 @@ func TestAttributionExactUnderKill(t *testing.T) {
 	}
 	for i := range 300 {
 		l := &attrLine{Type: "order", EventID: fmt.Sprintf("at-order-%d", i), UserID: fmt.Sprintf("at-u%d", rng.IntN(25)),
-			CatalogID: []string{"at-cat1", "at-cat2"}[rng.IntN(2)], EventTime: now - rng.Int64N(3*3600), ValueMicros: 1_000_000 * (1 + rng.Int64N(100))}
+			CatalogID: []string{"at-cat1", "at-cat2"}[rng.IntN(2)], EventTime: now - rng.Int64N(back), ValueMicros: 1_000_000 * (1 + rng.Int64N(100))}
 		orders = append(orders, l)
 		all = append(all, l)
 	}
