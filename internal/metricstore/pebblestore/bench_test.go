@@ -106,12 +106,7 @@ func benchQuery(b *testing.B, cache int64) {
 		}
 	}
 	// Let flushes and compactions settle: measure reads, not reads racing a compaction.
-	if err := s.db.Flush(); err != nil {
-		b.Fatal(err)
-	}
-	for s.db.Metrics().Compact.NumInProgress > 0 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	settleStore(b, s)
 	st0 := s.Stats()
 	lat := make([]time.Duration, 0, b.N)
 	b.ReportAllocs()
@@ -134,14 +129,7 @@ func benchQuery(b *testing.B, cache int64) {
 		_ = i
 	}
 	b.StopTimer()
-	st := s.Stats()
-	if misses := st.BlockCacheMisses - st0.BlockCacheMisses; true {
-		b.ReportMetric(float64(misses)/float64(b.N), "cache-misses/op")
-	}
-	b.ReportMetric(float64(st.DiskBytes)/(1<<20), "store-MiB")
-	slices.Sort(lat)
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	reportQueries(b, s, st0, lat)
 }
 
 var sparseAds = flag.Int("sparse.ads", 200_000, "ads in BenchmarkQuerySparse's store")
@@ -184,12 +172,7 @@ func BenchmarkQuerySparse(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	if err := s.db.Flush(); err != nil {
-		b.Fatal(err)
-	}
-	for s.db.Metrics().Compact.NumInProgress > 0 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	settleStore(b, s)
 	st0 := s.Stats()
 	lat := make([]time.Duration, 0, b.N)
 	ids := make([]string, 10)
@@ -210,6 +193,23 @@ func BenchmarkQuerySparse(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	reportQueries(b, s, st0, lat)
+}
+
+// settleStore flushes s and waits for its compactions, so a benchmark measures reads, not
+// reads racing a compaction.
+func settleStore(b *testing.B, s *Store) {
+	if err := s.db.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	for s.db.Metrics().Compact.NumInProgress > 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// reportQueries reports a query benchmark's block cache misses per query (since st0), the
+// store's size and the latency percentiles of lat.
+func reportQueries(b *testing.B, s *Store, st0 Stats, lat []time.Duration) {
 	st := s.Stats()
 	b.ReportMetric(float64(st.BlockCacheMisses-st0.BlockCacheMisses)/float64(b.N), "cache-misses/op")
 	b.ReportMetric(float64(st.DiskBytes)/(1<<20), "store-MiB")
