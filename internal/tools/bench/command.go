@@ -52,7 +52,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, looku
 	fs.StringVar(&o.WorkDir, "work-dir", "", "data dir and logs of the started adpulse (default: a temp dir, removed after)")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the work dir")
 	fs.StringVar(&o.Target, "target", "", "use this running adpulse (loopback URL) instead of starting one; RSS, CPU and recovery rows are skipped")
-	fs.StringVar(&o.OpsURL, "ops-url", "", "ops listener of --target, for CPU profiles")
+	fs.StringVar(&o.OpsURL, "ops-url", "", "ops listener of --target, for CPU profiles and to wait for it to go idle before the query rows")
 	fs.StringVar(&o.AdminKey, "admin-key", "", "admin key of --target")
 	fs.StringVar(&o.ClickSecret, "click-secret", "", "click secret (keyring) of --target, to sign click tokens")
 	fs.StringVar(&dataDir, "data-dir", "", "data dir of --target, to read its admin key and click secret from")
