@@ -139,7 +139,7 @@ type Options struct {
 
 	CatchUp        time.Duration // how long the checks wait for /metrics to catch up
 	MaxRSS         int64         // kill the adpulse child above this RSS (a shared machine must not swap)
-	ProfileDir     string        // write CPU profiles of adpulse during clicks-sat and events here
+	ProfileDir     string        // write CPU profiles of adpulse (clicks-sat, events, top queries) and its settled heap here
 	ProfileSeconds int
 
 	Size     string // name of the preset, for the report
@@ -638,6 +638,7 @@ func (b *runner) runTarget(ctx context.Context, t *target) *TargetResult {
 			b.logf("%s: settled %v after %.1fs", t.name, ok, d.Seconds())
 			b.sampleRSS(ctx, t, tr)
 			tr.RSSWithHistory = tr.RSSNow
+			tr.ProfileHeap = b.heapProfile(ctx, t)
 			load := loadAvg()
 			metricsPath := func(r *rand.Rand) string {
 				ids := make([]string, o.MetricsAds)
@@ -852,18 +853,31 @@ func cpuPerMillion(before, after *procStat, n int64) float64 {
 // profile fetches a CPU profile of adpulse over the next d (at most ProfileSeconds) into
 // ProfileDir; the returned func waits for it and returns the file path ("" if none).
 func (b *runner) profile(ctx context.Context, t *target, name string, d time.Duration) func() string {
-	if b.o.ProfileDir == "" || t.ops == "" || t.name != "adpulse" {
-		return func() string { return "" }
-	}
 	secs := min(b.o.ProfileSeconds, int(d.Seconds())-1)
 	if secs < 1 {
+		return func() string { return "" }
+	}
+	return b.fetchProfile(ctx, t, name, "profile?seconds="+strconv.Itoa(secs), time.Duration(secs)*time.Second)
+}
+
+// heapProfile writes adpulse's live heap (after a GC) into ProfileDir and returns the file
+// path ("" if none): where the resident memory of a settled server goes.
+func (b *runner) heapProfile(ctx context.Context, t *target) string {
+	return b.fetchProfile(ctx, t, "heap", "heap?gc=1", 0)()
+}
+
+// fetchProfile fetches /debug/pprof/<query> from adpulse's ops listener into
+// ProfileDir/adpulse-<name>.pprof in the background; the returned func waits for it and
+// returns the path ("" if ProfileDir is unset or the fetch failed, which is logged).
+func (b *runner) fetchProfile(ctx context.Context, t *target, name, query string, d time.Duration) func() string {
+	if b.o.ProfileDir == "" || t.ops == "" || t.name != "adpulse" {
 		return func() string { return "" }
 	}
 	done := make(chan string, 1)
 	go func() {
 		path := filepath.Join(b.o.ProfileDir, "adpulse-"+name+".pprof")
-		c := &http.Client{Timeout: time.Duration(secs+30) * time.Second}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.ops+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), nil)
+		c := &http.Client{Timeout: d + 30*time.Second}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.ops+"/debug/pprof/"+query, nil)
 		resp, err := c.Do(req)
 		if err != nil {
 			b.logf("profile %s: %v", name, err)

@@ -289,8 +289,8 @@ func TestBenchSmoke(t *testing.T) {
 	if cpu, ok := (&runner{o: o}).cpuSeconds(ctx, ops); !ok || cpu <= 0 {
 		t.Errorf("the target's CPU time from its ops listener: %v, %v", cpu, ok)
 	}
-	if tr.ProfileEvents == "" {
-		t.Errorf("no events profile:\n%s", progress.String())
+	if tr.ProfileEvents == "" || tr.ProfileHeap == "" {
+		t.Errorf("events profile %q, heap profile %q:\n%s", tr.ProfileEvents, tr.ProfileHeap, progress.String())
 	}
 	var table bytes.Buffer
 	res.WriteTable(&table)

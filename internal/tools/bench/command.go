@@ -97,7 +97,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer, looku
 	fs.DurationVar(&o.RecoveryAfter, "recovery-after", o.RecoveryAfter, "how long into the load the kill -9 (or SIGUSR2, scenario restart) comes")
 	fs.DurationVar(&o.CatchUp, "catch-up", o.CatchUp, "how long the checks wait for /metrics to count what was acknowledged")
 	fs.Int64Var(&o.MaxRSS, "max-rss", o.MaxRSS, "kill the started adpulse if its RSS passes this many bytes (protects a shared machine)")
-	fs.StringVar(&o.ProfileDir, "profile-dir", "", "write CPU profiles of adpulse during clicks-sat and events here")
+	fs.StringVar(&o.ProfileDir, "profile-dir", "", "write CPU profiles of adpulse during clicks-sat, events and the top queries, and its heap once the history settled, here")
 	fs.IntVar(&o.ProfileSeconds, "profile-seconds", o.ProfileSeconds, "length of each CPU profile")
 	fs.DurationVar(&o.Soak.Duration, "soak-duration", 10*time.Minute, "duration of the soak scenario (--scenarios soak)")
 	fs.Float64Var(&o.Soak.Rate, "soak-rate", 10_000, "clicks/s of the soak outside its spike (open model)")

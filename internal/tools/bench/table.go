@@ -54,6 +54,7 @@ type TargetResult struct {
 	ProfileClicks string   `json:"profile_clicks,omitempty"`
 	ProfileEvents string   `json:"profile_events,omitempty"`
 	ProfileTop    string   `json:"profile_top,omitempty"`
+	ProfileHeap   string   `json:"profile_heap,omitempty"` // live heap once the history settled
 	Errors        []string `json:"errors,omitempty"`
 }
 
@@ -494,7 +495,7 @@ func (res *Result) WriteTable(w io.Writer) {
 		if t.ResourceNote != "" {
 			notes = append(notes, "RSS and CPU: "+t.ResourceNote)
 		}
-		for _, pth := range []string{t.ProfileClicks, t.ProfileEvents, t.ProfileTop} {
+		for _, pth := range []string{t.ProfileClicks, t.ProfileEvents, t.ProfileTop, t.ProfileHeap} {
 			if pth != "" {
 				notes = append(notes, "profile: go tool pprof -top "+pth)
 			}
