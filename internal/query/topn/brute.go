@@ -1,10 +1,8 @@
 package topn
 
 import (
-	"bytes"
 	"context"
 	"math"
-	"math/bits"
 	"slices"
 )
 
@@ -18,22 +16,23 @@ import (
 //  1. gather every (number, value) of the window's blocks into one slice, decoding a settled
 //     block's frozen layer in place (frozen.appendMetric);
 //  2. add up each number's values, keeping positive sums that pass the filter: in an array
-//     over the numbers' range when they are dense, else by sorting the slice by number (a
-//     radix sort: two or three passes) and adding up each number's run;
+//     over the numbers' range when they are dense, else split by the numbers' high bits into
+//     buckets whose range fits a small array in the processor's cache (sumSparse);
 //  3. find the N-th highest value T with a heap of values alone;
 //  4. every sum above T is in; among the sums equal to T, the ids that sort first by their
-//     bytes fill the rest. Ids are numbered in the order they were first seen, and the
-//     arena holds their bytes in that order, so reading the tied ids in number order walks
-//     the arena forward instead of jumping through it.
+//     bytes fill the rest, compared by the level's byte-order rank where it has one
+//     (rank.go) and by their bytes otherwise.
 
 // bruteBuf is brute force's scratch. The index keeps one between queries (an hour's window of
 // ten million ads gathers a few hundred thousand entries: megabytes a query otherwise); a
 // sync.Pool would drop it at every garbage collection, which a busy server runs often.
 type bruteBuf struct {
-	a, b  []topItem
-	dense []int64
-	vals  []int64
-	ids   []uint32
+	a, b   []topItem
+	dense  []int64
+	bucket []int64 // sumSparse's array, all zeros between calls
+	counts []int
+	vals   []int64
+	ids    []uint32
 }
 
 // takeBruteBuf returns the kept scratch, or a new one while another query holds it.
@@ -112,47 +111,84 @@ func (r *run) brute(ctx context.Context) error {
 }
 
 // sumByID returns the positive sums per number of all (numbers in [lo, hi]) that pass the
-// filter, in number order, in all's memory. When the numbers are dense (ids first seen close
-// together in time, as the ads of a window usually are) they are added up in an array
-// spanning [lo, hi], an update a sequential walk; otherwise all is sorted by number first.
+// filter, in all's memory. When the numbers are dense (ids first seen close together in
+// time) they are added up in one array spanning [lo, hi], an update a sequential walk, and
+// come out in number order; otherwise by sumSparse.
 func (r *run) sumByID(buf *bruteBuf, all []topItem, lo, hi uint32) []topItem {
 	if len(all) == 0 {
 		return all
 	}
-	if span := int(hi-lo) + 1; span <= 4*len(all) {
-		acc := slices.Grow(buf.dense[:0], span)[:span]
-		clear(acc)
-		for _, it := range all {
-			acc[it.id-lo] += it.v
+	span := int(hi-lo) + 1
+	if span > 4*len(all) {
+		return r.sumSparse(buf, all, lo, hi)
+	}
+	acc := slices.Grow(buf.dense[:0], span)[:span]
+	clear(acc)
+	for _, it := range all {
+		acc[it.id-lo] += it.v
+	}
+	buf.dense = acc[:0]
+	out := all[:0]
+	for i, s := range acc {
+		if id := lo + uint32(i); s > 0 && r.pass(id) {
+			out = append(out, topItem{id: id, v: s})
 		}
-		buf.dense = acc[:0]
-		out := all[:0]
-		for i, s := range acc {
-			if id := lo + uint32(i); s > 0 && r.pass(id) {
-				out = append(out, topItem{id: id, v: s})
-			}
-		}
-		return out
+	}
+	return out
+}
+
+// bucketBits is the width of sumSparse's buckets: 2^15 numbers, whose array of sums (256 KiB)
+// stays in the processor's cache.
+const bucketBits = 15
+
+// sumSparse adds up all's values per number when the numbers spread over a range too wide for
+// one array (a window's ids first seen at any time): one counting pass splits all by the
+// numbers' high bits into buckets (in buf.b), then each bucket is added up in one small array
+// (buf.bucket, all zeros between calls) and its sums read out in the order the bucket's
+// entries come, each once. Sums come out bucket by bucket, unordered within one.
+func (r *run) sumSparse(buf *bruteBuf, all []topItem, lo, hi uint32) []topItem {
+	nb := int((hi-lo)>>bucketBits) + 1
+	next := slices.Grow(buf.counts[:0], nb)[:nb]
+	clear(next)
+	for _, it := range all {
+		next[(it.id-lo)>>bucketBits]++
+	}
+	start := 0
+	for b, n := range next {
+		next[b], start = start, start+n
 	}
 	if cap(buf.b) < len(all) {
 		buf.b = make([]topItem, len(all), cap(all))
 	}
-	sorted, spare := radixSortByID(all, buf.b[:len(all)], hi+1)
-	buf.a, buf.b = sorted[:0], spare[:0]
-	return r.sumRuns(sorted)
-}
-
-// sumRuns adds up the values of each number in items (sorted by number) in place and returns
-// the positive sums that pass the filter, in number order.
-func (r *run) sumRuns(items []topItem) []topItem {
-	out := items[:0]
-	for i := 0; i < len(items); {
-		id, s := items[i].id, items[i].v
-		for i++; i < len(items) && items[i].id == id; i++ {
-			s += items[i].v
+	split := buf.b[:len(all)]
+	for _, it := range all {
+		b := (it.id - lo) >> bucketBits
+		split[next[b]] = it
+		next[b]++
+	}
+	buf.counts = next[:0] // next[b] is now where bucket b ends
+	if len(buf.bucket) != 1<<bucketBits {
+		buf.bucket = make([]int64, 1<<bucketBits)
+	}
+	acc := buf.bucket
+	out := all[:0]
+	from := 0
+	for b, end := range next {
+		base := lo + uint32(b)<<bucketBits
+		part := split[from:end]
+		from = end
+		for _, it := range part {
+			acc[it.id-base] += it.v
 		}
-		if s > 0 && r.pass(id) {
-			out = append(out, topItem{id: id, v: s})
+		for _, it := range part {
+			s := acc[it.id-base]
+			if s == 0 { // zero, or read out at an earlier entry of the number
+				continue
+			}
+			acc[it.id-base] = 0
+			if s > 0 && r.pass(it.id) {
+				out = append(out, topItem{id: it.id, v: s})
+			}
 		}
 	}
 	return out
@@ -193,34 +229,6 @@ func pushTopValue(h []int64, v int64, n int) []int64 {
 	return h
 }
 
-// firstByBytes returns the k numbers of ids whose ids sort first by bytes (all of them when
-// there are no more than k), reordering ids. It keeps a max-heap of the k best in ids[:k]
-// and compares every other id with the heap's root only, whose bytes it holds.
-func (r *run) firstByBytes(ids []uint32, k int) []uint32 {
-	if k <= 0 {
-		return nil
-	}
-	if len(ids) <= k {
-		return ids
-	}
-	t := r.lv.ids
-	after := func(a, b uint32) bool { return bytes.Compare(t.bytes(a), t.bytes(b)) > 0 }
-	h := ids[:k]
-	for i := k/2 - 1; i >= 0; i-- {
-		siftDownU32(h, i, after)
-	}
-	root := t.bytes(h[0])
-	for _, id := range ids[k:] {
-		if bytes.Compare(t.bytes(id), root) >= 0 {
-			continue
-		}
-		h[0] = id
-		siftDownU32(h, 0, after)
-		root = t.bytes(h[0])
-	}
-	return h
-}
-
 // siftDownU32 restores the heap property of h (every parent greater than its children by
 // greater) from i down.
 func siftDownU32(h []uint32, i int, greater func(a, b uint32) bool) {
@@ -238,35 +246,4 @@ func siftDownU32(h []uint32, i int, greater func(a, b uint32) bool) {
 		h[i], h[c] = h[c], h[i]
 		i = c
 	}
-}
-
-// radixSortByID sorts items by id, every id below limit, with an LSD radix sort of at most 11
-// bits a pass (a pass's counts stay in the first-level cache), using tmp (of the same length)
-// as the other buffer. It returns the sorted slice and the other one, each an argument.
-func radixSortByID(items, tmp []topItem, limit uint32) (sorted, spare []topItem) {
-	width := bits.Len32(max(limit, 1) - 1)
-	passes := (width + 10) / 11
-	if passes == 0 {
-		return items, tmp
-	}
-	digit := (width + passes - 1) / passes
-	mask := uint32(1)<<digit - 1
-	var count [1 << 11]int
-	for shift := 0; shift < width; shift += digit {
-		clear(count[:mask+1])
-		for _, it := range items {
-			count[it.id>>shift&mask]++
-		}
-		sum := 0
-		for d := range count[:mask+1] {
-			count[d], sum = sum, sum+count[d]
-		}
-		for _, it := range items {
-			d := it.id >> shift & mask
-			tmp[count[d]] = it
-			count[d]++
-		}
-		items, tmp = tmp, items
-	}
-	return items, tmp
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -16,7 +17,9 @@ import (
 // TestBruteTies checks brute force where it is needed most, ids tied by the hundred, with the
 // window's ids numbered densely (first seen together) and sparsely (interleaved with ids seen
 // only outside the window), so both ways of adding up (the array over the numbers' range and
-// the radix sort) answer, against a ranking computed directly.
+// the buckets of sumSparse) answer, against a ranking computed directly; and the tied ids
+// ordered by their bytes, by a byte-order rank of every id, and by a rank of some of them
+// (ids first seen after it was built).
 func TestBruteTies(t *testing.T) {
 	seed := testSeed(t)
 	for _, spread := range []int{1, 9} {
@@ -25,62 +28,163 @@ func TestBruteTies(t *testing.T) {
 			clk := &clock{t: time.Date(2026, 11, 21, 10, 37, 20, 0, time.UTC)}
 			ix := New(Options{Now: clk.Now})
 			ix.bruteLimit = 1 << 30 // every query by brute force
+			ix.rankMinTies = -1     // by bytes until the second step
 			now := ix.nowMinute()
 			want := map[string]int64{}
-			var batch []metricstore.Delta
-			for i := range 3000 {
-				for j := range spread - 1 { // seen only two hours ago
-					batch = append(batch, metricstore.Delta{Level: metricstore.LevelAd, ID: "old" + strconv.Itoa(i*spread+j), Minute: now - 120, Counts: metricstore.Counts{Clicks: 1}})
+			add := func(prefix string, events int) {
+				var batch []metricstore.Delta
+				for i := range events {
+					for j := range spread - 1 { // seen only two hours ago
+						batch = append(batch, metricstore.Delta{Level: metricstore.LevelAd, ID: "old" + prefix + strconv.Itoa(i*spread+j), Minute: now - 120, Counts: metricstore.Counts{Clicks: 1}})
+					}
+					id := prefix + strconv.Itoa(r.IntN(1_000_000))
+					minute := now - r.Int64N(60)
+					clicks := int64(1)
+					if r.IntN(50) == 0 {
+						clicks = 1 + r.Int64N(3)
+					}
+					if r.IntN(40) == 0 {
+						clicks = -1 // a refund: sums at or below zero are never ranked
+					}
+					batch = append(batch, metricstore.Delta{Level: metricstore.LevelAd, ID: id, Minute: minute, Counts: metricstore.Counts{Clicks: clicks}})
+					want[id] += clicks
 				}
-				id := "ad" + strconv.Itoa(r.IntN(1_000_000))
-				minute := now - r.Int64N(60)
-				clicks := int64(1)
-				if r.IntN(50) == 0 {
-					clicks = 1 + r.Int64N(3)
-				}
-				if r.IntN(40) == 0 {
-					clicks = -1 // a refund: sums at or below zero are never ranked
-				}
-				batch = append(batch, metricstore.Delta{Level: metricstore.LevelAd, ID: id, Minute: minute, Counts: metricstore.Counts{Clicks: clicks}})
-				want[id] += clicks
+				ix.Add(batch)
+				ix.Maintain()
 			}
-			ix.Add(batch)
-			ix.Maintain()
-			var ranked []Item
-			for id, v := range want {
-				if v > 0 {
-					ranked = append(ranked, Item{ID: id, Value: v})
+			check := func(step string) {
+				t.Helper()
+				var ranked []Item
+				for id, v := range want {
+					if v > 0 {
+						ranked = append(ranked, Item{ID: id, Value: v})
+					}
+				}
+				slices.SortFunc(ranked, func(a, b Item) int { return cmp.Or(cmp.Compare(b.Value, a.Value), cmp.Compare(a.ID, b.ID)) })
+				for _, n := range []int{1, 7, 100, 1000, len(ranked), len(ranked) + 5} {
+					got, err := ix.Top(context.Background(), Query{Level: metricstore.LevelAd, Metric: Clicks, N: min(n, MaxN), From: now - 59, To: now + 1})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if exp := ranked[:min(n, MaxN, len(ranked))]; !slices.Equal(got, exp) {
+						t.Fatalf("seed %d, %s: top %d: got %d items, first %v; want %d, first %v", seed, step, n, len(got), got[:min(3, len(got))], len(exp), exp[:min(3, len(exp))])
+					}
 				}
 			}
-			slices.SortFunc(ranked, func(a, b Item) int { return cmp.Or(cmp.Compare(b.Value, a.Value), cmp.Compare(a.ID, b.ID)) })
-			for _, n := range []int{1, 7, 100, 1000, len(ranked), len(ranked) + 5} {
-				got, err := ix.Top(context.Background(), Query{Level: metricstore.LevelAd, Metric: Clicks, N: min(n, MaxN), From: now - 59, To: now + 1})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if exp := ranked[:min(n, MaxN, len(ranked))]; !slices.Equal(got, exp) {
-					t.Fatalf("seed %d: top %d: got %d items, first %v; want %d, first %v", seed, n, len(got), got[:min(3, len(got))], len(exp), exp[:min(3, len(exp))])
-				}
+			add("ad", 3000)
+			check("by bytes")
+			ix.rankMinTies = 1
+			check("starting a rank")
+			ix.rankWG.Wait()
+			if ix.st.levels[0].rank.cur.Load() == nil {
+				t.Fatal("no rank was built")
 			}
+			check("by rank")
+			add("a", 40) // new ids, some sorting before every ranked one: fewer than an eighth
+			check("partly by rank")
+			ix.rankWG.Wait()
+			if st := ix.Stats(); st.RankBuilds != 1 {
+				t.Fatalf("%d rank builds, want 1 (the new ids are too few for another)", st.RankBuilds)
+			}
+			add("b", 3000)
+			check("new ids, a new rank starting")
+			ix.rankWG.Wait()
+			if st := ix.Stats(); st.RankBuilds != 2 {
+				t.Fatalf("%d rank builds, want 2", st.RankBuilds)
+			}
+			check("by the merged rank")
 		})
 	}
 }
 
-// TestRadixSortByID checks the radix sort against the standard library's over random ids of
-// every width up to 32 bits.
-func TestRadixSortByID(t *testing.T) {
+// TestBuildRank checks byte-order ranks, built at once and in steps (merging new ids into a
+// previous rank), against a sort of the ids, for ids that share long prefixes, ids that are
+// prefixes of others, and ids equal in their 8 bytes after the common prefix.
+func TestBuildRank(t *testing.T) {
+	seed := testSeed(t)
+	r := rand.New(rand.NewPCG(seed, 3))
+	tab := newInternTable()
+	var ids []string
+	intern := func(id string) {
+		if _, added := tab.intern(id); added {
+			ids = append(ids, id)
+		}
+	}
+	var rk *byteRank
+	for step := range 6 {
+		for range 1 + r.IntN(2000) {
+			switch r.IntN(4) {
+			case 0:
+				intern("campaign-000-ad-" + strconv.Itoa(r.IntN(100000)))
+			case 1:
+				intern("campaign-000-ad-" + strconv.Itoa(r.IntN(100)) + "-variant-" + strconv.Itoa(r.IntN(30)))
+			case 2:
+				intern("campaign-000-ad-" + strconv.Itoa(r.IntN(10))[:1])
+			default:
+				id := strconv.FormatUint(r.Uint64(), 36)
+				intern(id[:1+r.IntN(len(id))])
+			}
+		}
+		if step%2 == 0 {
+			rk = buildRank(rk, tab.recs, tab.arena)
+		} else {
+			rk = buildRank(nil, tab.recs, tab.arena)
+		}
+		order := make([]int, len(ids))
+		for i := range order {
+			order[i] = i
+		}
+		slices.SortFunc(order, func(a, b int) int { return cmp.Compare(ids[a], ids[b]) })
+		if int(rk.n) != len(ids) {
+			t.Fatalf("seed %d, step %d: rank covers %d ids, want %d", seed, step, rk.n, len(ids))
+		}
+		for pos, num := range order {
+			if rk.rank[num] != uint32(pos) {
+				t.Fatalf("seed %d, step %d: %q ranked %d, want %d", seed, step, ids[num], rk.rank[num], pos)
+			}
+		}
+	}
+}
+
+// TestSumSparse checks the bucketed sum against a map over random numbers of every spread up
+// to 32 bits, with repeats, negative values and sums of zero.
+func TestSumSparse(t *testing.T) {
 	seed := testSeed(t)
 	r := rand.New(rand.NewPCG(seed, 1))
-	for _, limit := range []uint32{1, 2, 3, 2048, 2049, 1 << 20, 10_000_000, 1<<32 - 1} {
+	ix := New(Options{})
+	run := &run{ix: ix, st: ix.st, lv: ix.st.levels[0]}
+	buf := &bruteBuf{}
+	for _, limit := range []uint32{1, 2, 1 << bucketBits, 1<<bucketBits + 1, 1 << 20, 10_000_000, 1<<32 - 1} {
+		lo := uint32(r.Uint64N(1<<32 - uint64(limit)))
 		items := make([]topItem, 1+r.IntN(5000))
+		want := map[uint32]int64{}
 		for i := range items {
-			items[i] = topItem{id: r.Uint32N(limit), v: int64(i)}
+			id := lo
+			if i > 0 && r.IntN(3) == 0 {
+				id = items[r.IntN(i)].id // a repeat
+			} else if limit > 1 {
+				id += r.Uint32N(limit)
+			}
+			items[i] = topItem{id: id, v: r.Int64N(5) - 1}
+			want[id] += items[i].v
 		}
-		want := slices.Clone(items)
-		slices.SortStableFunc(want, func(a, b topItem) int { return cmp.Compare(a.id, b.id) })
-		got, _ := radixSortByID(items, make([]topItem, len(items)), limit)
-		if !slices.Equal(got, want) {
-			t.Fatalf("seed %d, limit %d: radix sort differs from a stable sort", seed, limit)
+		hi := lo
+		for _, it := range items {
+			hi = max(hi, it.id)
+		}
+		got := map[uint32]int64{}
+		for _, it := range run.sumSparse(buf, slices.Clone(items), lo, hi) {
+			if _, dup := got[it.id]; dup {
+				t.Fatalf("seed %d, limit %d: number %d summed twice", seed, limit, it.id)
+			}
+			got[it.id] = it.v
+		}
+		maps.DeleteFunc(want, func(_ uint32, v int64) bool { return v <= 0 })
+		if !maps.Equal(got, want) {
+			t.Fatalf("seed %d, limit %d: %d sums, want %d", seed, limit, len(got), len(want))
+		}
+		if slices.ContainsFunc(buf.bucket, func(v int64) bool { return v != 0 }) {
+			t.Fatalf("seed %d, limit %d: the bucket array was left dirty", seed, limit)
 		}
 	}
 }

@@ -2,10 +2,13 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/adpulse/adpulse/client"
 )
 
 // bound is the range a count must lie in: Lo was certainly acknowledged, Hi adds what may have
@@ -105,6 +108,14 @@ func check(ctx context.Context, t *target, e *expectation, catchUp time.Duration
 
 	const n = 1000
 	items, err := t.top(ctx, e.metric, n, e.from, e.to)
+	// A restarted server answers 503 while its top-N index is rebuilt (the contract says
+	// retry): ask again until the same deadline.
+	for ae := (*client.APIError)(nil); errors.As(err, &ae) && ae.Temporary() && time.Now().Before(deadline); {
+		if sleepCtx(ctx, 500*time.Millisecond) != nil {
+			break
+		}
+		items, err = t.top(ctx, e.metric, n, e.from, e.to)
+	}
 	if err != nil {
 		r.Status, r.Reason = "error", "top: "+err.Error()
 		return r
