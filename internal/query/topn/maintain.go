@@ -46,8 +46,8 @@ const (
 	resolveBatch = 4096
 )
 
-// Maintain applies queued deltas, evicts expired hours, retries unresolved owners and
-// compacts blocks that are due. The merging runs without the lock; only the swaps take it.
+// Maintain applies queued deltas, evicts expired hours, retries unresolved owners, starts
+// byte-order rank builds that are due (rank.go) and compacts blocks that are due. The merging runs without the lock; only the swaps take it.
 func (ix *Index) Maintain() {
 	ix.maintMu.Lock()
 	defer ix.maintMu.Unlock()
@@ -57,6 +57,9 @@ func (ix *Index) Maintain() {
 	ix.applyPendingLocked()
 	ix.evictLocked(now)
 	ix.retryOwnersLocked()
+	for _, lv := range ix.st.levels { // every id may tie: rank a large level before a query waits for it
+		ix.needRank(lv, lv.ids.len())
+	}
 	jobs := ix.sealLocked(now)
 	ix.mu.Unlock()
 

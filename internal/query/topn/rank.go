@@ -18,11 +18,13 @@ import (
 // seen in an order unrelated to the window. A byteRank holds, per number, its position in byte
 // order among the numbers below n, so such a comparison is one load from a dense array.
 //
-// The rank is built off the query path: a brute-force query that meets at least rankMinTies
-// tied ids, with no rank or too many numbers past its n, starts a build in the background and
-// answers by bytes meanwhile. A build sorts only the numbers added since the previous rank and
-// merges them into its order, so keeping up with new ids costs a merge, not a sort. Numbers at
-// or past n (interned since) are compared by bytes, so a rank is never wrong, only partial.
+// The rank is built off the query path, in the background, for a level of at least
+// rankMinTies ids that has none or too many numbers past its n: Maintain starts it (so it is
+// usually ready before a query needs it), as does a brute-force query that meets that many
+// tied ids (which answers by bytes meanwhile). A build sorts only the numbers added since the
+// previous rank and merges them into its order, so keeping up with new ids costs a merge, not
+// a sort. Numbers at or past n (interned since) are compared by bytes, so a rank is never
+// wrong, only partial. It costs 4 bytes per id.
 //
 // Concurrency: a build reads the intern table's records below n and their arena bytes, which
 // interning never changes (it only appends), through slices taken under the index's read
@@ -34,7 +36,7 @@ type byteRank struct {
 	rank []uint32 // per number below n: its position in byte order
 }
 
-// rankMinTies is how many tied ids make a query start a rank build.
+// rankMinTies is how many ids (a level's, or a query's tied ones) make a rank build worth it.
 const rankMinTies = 4096
 
 // ranking is a level's rank state.
@@ -43,8 +45,9 @@ type ranking struct {
 	building atomic.Bool
 }
 
-// needRank starts a rank build for lv's ids if ties tied ids warrant one and none runs. The
-// caller holds ix.mu for reading (the table's records below its length are immutable).
+// needRank starts a rank build for lv's ids if ties ids that may tie warrant one, the level's
+// rank is missing or behind by more than an eighth, and no build runs. The caller holds ix.mu
+// (for reading at least: the table's records below its length are then immutable).
 func (ix *Index) needRank(lv *level, ties int) {
 	if least := ix.rankMinTies; least < 0 || ties < least {
 		return

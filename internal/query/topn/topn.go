@@ -47,8 +47,9 @@
 //     than Retention+Slack ago; floor (the oldest minute still complete) only grows, and
 //     Add drops deltas below it.
 //   - Ids are never forgotten: an id keeps its number (about 40 bytes with its bytes, hash
-//     slot and ownership group) for the life of the index, so memory grows with the number of distinct ids ever seen. A
-//     Rebuild (a restart) starts over.
+//     slot and ownership group, 4 more for its byte-order rank) for the life of the index,
+//     so memory grows with the number of distinct ids ever seen. A Rebuild (a restart)
+//     starts over.
 //
 // Concurrency: Add only appends to a pending queue (its own mutex), so the aggregator's commit
 // path never waits for a query. The queue is applied under the write lock by Top (before it
