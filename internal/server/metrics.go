@@ -142,8 +142,8 @@ var collectorDefs = []metricDef{
 	{"adpulse_reconcile_next_hour_timestamp_seconds", "The next hour the hourly reconciliation will check.", prometheus.GaugeValue, nil},
 	{"adpulse_topn_bytes", "Estimated heap of the top-N index.", prometheus.GaugeValue, nil},
 	{"adpulse_topn_queries_total", "Top-N queries by how they were answered.", prometheus.CounterValue, []string{"method"}},
-	{"adpulse_topn_rank_builds_total", "Byte-order ranks of the ids built for brute force's ties.", prometheus.CounterValue, nil},
-	{"adpulse_topn_rank_build_seconds_total", "Time the byte-order rank builds took.", prometheus.CounterValue, nil},
+	{"adpulse_topn_id_order_builds_total", "Byte orders of the ids built for brute force's ties.", prometheus.CounterValue, nil},
+	{"adpulse_topn_id_order_build_seconds_total", "Time the byte order builds took.", prometheus.CounterValue, nil},
 }
 
 func newStatsCollector(a *App) *statsCollector {
@@ -388,6 +388,6 @@ func (c *statsCollector) collectQuery(emit func(name string, v float64, labels .
 	emit("adpulse_topn_queries_total", float64(ts.TAQueries), "threshold")
 	emit("adpulse_topn_queries_total", float64(ts.BruteQueries), "brute_force")
 	emit("adpulse_topn_queries_total", float64(ts.MemberQueries), "members")
-	emit("adpulse_topn_rank_builds_total", float64(ts.RankBuilds))
-	emit("adpulse_topn_rank_build_seconds_total", float64(ts.RankNanos)/1e9)
+	emit("adpulse_topn_id_order_builds_total", float64(ts.OrderBuilds))
+	emit("adpulse_topn_id_order_build_seconds_total", float64(ts.OrderNanos)/1e9)
 }

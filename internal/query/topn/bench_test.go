@@ -19,7 +19,7 @@ import (
 
 var (
 	benchAds   = flag.Int("topn.ads", 10_000_000, "ads in the synthetic load of the benchmarks")
-	benchRank  = flag.Bool("topn.rank", true, "BenchmarkTopFlat*: order tied ids by their byte-order rank (false: by their bytes alone, the reference)")
+	benchOrder = flag.Bool("topn.order", true, "BenchmarkTopFlat*: pick among tied ids by the byte order of ids (false: by their bytes alone, the reference)")
 	benchHours = flag.Int("topn.hours", 2, "hours of synthetic load the query benchmarks build")
 )
 
@@ -390,10 +390,10 @@ func (s *flatScanner) ScanMinutes(ctx context.Context, from, to int64, fn func(d
 // BenchmarkTopFlat measures the top 100 ads by clicks over the last 60 minutes on the history
 // adpulse bench loads (-topn.ads ads, each clicked once in the day): thousands of ads tie at
 // one click, so no top set can prove the answer and the query sums the window's blocks and
-// ranks the tied ids by their bytes. BenchmarkTopFlatScattered is the same history with the
+// picks among the tied ids by their bytes. BenchmarkTopFlatScattered is the same history with the
 // window's ads spread over the number range (flatScanner.scattered), as end to end.
 //
-//	go test -run XXX -bench BenchmarkTopFlat -benchtime 50x ./internal/query/topn [-args -topn.rank=false]
+//	go test -run XXX -bench BenchmarkTopFlat -benchtime 50x ./internal/query/topn [-args -topn.order=false]
 func BenchmarkTopFlat(b *testing.B) { benchTopFlat(b, false) }
 
 func BenchmarkTopFlatScattered(b *testing.B) { benchTopFlat(b, true) }
@@ -408,17 +408,17 @@ func benchTopFlat(b *testing.B, scattered bool) {
 	}
 	b.Logf("built a day of %d ads in %v", *benchAds, time.Since(t0).Round(time.Millisecond))
 	q := Query{Level: metricstore.LevelAd, Metric: Clicks, N: 100, From: now - 59, To: now + 1}
-	if !*benchRank {
-		ix.rankMinTies = -1
+	if !*benchOrder {
+		ix.orderMinTies = -1
 	}
-	// The first query starts the ids' byte-order rank; the timed ones run once it is built,
+	// The first query starts the ids' byte order; the timed ones run once it is built,
 	// as on a server that has answered such a query before.
 	if _, err := ix.Top(context.Background(), q); err != nil {
 		b.Fatal(err)
 	}
-	ix.rankWG.Wait()
-	if st := ix.Stats(); st.RankBuilds > 0 {
-		b.Logf("ranked the ids in %v", time.Duration(st.RankNanos).Round(time.Millisecond))
+	ix.orderWG.Wait()
+	if st := ix.Stats(); st.OrderBuilds > 0 {
+		b.Logf("ordered the ids by bytes in %v", time.Duration(st.OrderNanos).Round(time.Millisecond))
 	}
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()

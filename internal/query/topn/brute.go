@@ -3,6 +3,7 @@ package topn
 import (
 	"context"
 	"math"
+	"math/bits"
 	"slices"
 )
 
@@ -20,19 +21,22 @@ import (
 //     buckets whose range fits a small array in the processor's cache (sumSparse);
 //  3. find the N-th highest value T with a heap of values alone;
 //  4. every sum above T is in; among the sums equal to T, the ids that sort first by their
-//     bytes fill the rest, compared by the level's byte-order rank where it has one
-//     (rank.go) and by their bytes otherwise.
+//     bytes fill the rest, found by walking the level's byte order of ids where it has one
+//     (order.go) and by a heap comparing their bytes otherwise.
 
 // bruteBuf is brute force's scratch. The index keeps one between queries (an hour's window of
 // ten million ads gathers a few hundred thousand entries: megabytes a query otherwise); a
 // sync.Pool would drop it at every garbage collection, which a busy server runs often.
 type bruteBuf struct {
-	a, b   []topItem
-	dense  []int64
-	bucket []int64 // sumSparse's array, all zeros between calls
-	counts []int
-	vals   []int64
-	ids    []uint32
+	a, b    []topItem
+	dense   []int64
+	bucket  []int64                      // sumSparse's sums, all zeros between calls
+	touched [1 << bucketBits / 64]uint64 // sumSparse's numbers with an entry, zeros between calls
+	marks   []uint64                     // firstByOrder's tied numbers, zeros between calls
+	best    []uint32
+	counts  []int
+	vals    []int64
+	ids     []uint32
 }
 
 // takeBruteBuf returns the kept scratch, or a new one while another query holds it.
@@ -104,16 +108,16 @@ func (r *run) brute(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	for _, id := range r.firstByBytes(ties, r.q.N-len(r.best.items)) {
+	for _, id := range r.firstByBytes(buf, ties, r.q.N-len(r.best.items)) {
 		r.offer(id, t)
 	}
 	return nil
 }
 
 // sumByID returns the positive sums per number of all (numbers in [lo, hi]) that pass the
-// filter, in all's memory. When the numbers are dense (ids first seen close together in
-// time) they are added up in one array spanning [lo, hi], an update a sequential walk, and
-// come out in number order; otherwise by sumSparse.
+// filter, in all's memory, in number order. When the numbers are dense (ids first seen close
+// together in time) they are added up in one array spanning [lo, hi], an update a sequential
+// walk; otherwise by sumSparse.
 func (r *run) sumByID(buf *bruteBuf, all []topItem, lo, hi uint32) []topItem {
 	if len(all) == 0 {
 		return all
@@ -144,8 +148,8 @@ const bucketBits = 15
 // sumSparse adds up all's values per number when the numbers spread over a range too wide for
 // one array (a window's ids first seen at any time): one counting pass splits all by the
 // numbers' high bits into buckets (in buf.b), then each bucket is added up in one small array
-// (buf.bucket, all zeros between calls) and its sums read out in the order the bucket's
-// entries come, each once. Sums come out bucket by bucket, unordered within one.
+// (buf.bucket) while a bitmap marks the numbers seen, and the sums are read out by the bitmap,
+// in number order.
 func (r *run) sumSparse(buf *bruteBuf, all []topItem, lo, hi uint32) []topItem {
 	nb := int((hi-lo)>>bucketBits) + 1
 	next := slices.Grow(buf.counts[:0], nb)[:nb]
@@ -170,7 +174,7 @@ func (r *run) sumSparse(buf *bruteBuf, all []topItem, lo, hi uint32) []topItem {
 	if len(buf.bucket) != 1<<bucketBits {
 		buf.bucket = make([]int64, 1<<bucketBits)
 	}
-	acc := buf.bucket
+	acc, touched := buf.bucket, &buf.touched
 	out := all[:0]
 	from := 0
 	for b, end := range next {
@@ -178,16 +182,25 @@ func (r *run) sumSparse(buf *bruteBuf, all []topItem, lo, hi uint32) []topItem {
 		part := split[from:end]
 		from = end
 		for _, it := range part {
-			acc[it.id-base] += it.v
+			i := it.id - base
+			acc[i] += it.v
+			touched[i/64] |= 1 << (i % 64)
 		}
-		for _, it := range part {
-			s := acc[it.id-base]
-			if s == 0 { // zero, or read out at an earlier entry of the number
+		// Read the sums out in number order, as the dense path does: the tied ids then come
+		// in number order, and their ranks (order.go) are read in a forward sweep the
+		// processor prefetches instead of at random.
+		for w, word := range touched {
+			if word == 0 {
 				continue
 			}
-			acc[it.id-base] = 0
-			if s > 0 && r.pass(it.id) {
-				out = append(out, topItem{id: it.id, v: s})
+			touched[w] = 0
+			for ; word != 0; word &= word - 1 {
+				i := uint32(w*64 + bits.TrailingZeros64(word))
+				s := acc[i]
+				acc[i] = 0
+				if id := base + i; s > 0 && r.pass(id) {
+					out = append(out, topItem{id: id, v: s})
+				}
 			}
 		}
 	}

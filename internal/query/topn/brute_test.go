@@ -18,7 +18,7 @@ import (
 // window's ids numbered densely (first seen together) and sparsely (interleaved with ids seen
 // only outside the window), so both ways of adding up (the array over the numbers' range and
 // the buckets of sumSparse) answer, against a ranking computed directly; and the tied ids
-// ordered by their bytes, by a byte-order rank of every id, and by a rank of some of them
+// ordered by their bytes, by the byte order of every id, and by an order of some of them
 // (ids first seen after it was built).
 func TestBruteTies(t *testing.T) {
 	seed := testSeed(t)
@@ -28,7 +28,7 @@ func TestBruteTies(t *testing.T) {
 			clk := &clock{t: time.Date(2026, 11, 21, 10, 37, 20, 0, time.UTC)}
 			ix := New(Options{Now: clk.Now})
 			ix.bruteLimit = 1 << 30 // every query by brute force
-			ix.rankMinTies = -1     // by bytes until the second step
+			ix.orderMinTies = -1    // by bytes until the second step
 			now := ix.nowMinute()
 			want := map[string]int64{}
 			add := func(prefix string, events int) {
@@ -73,34 +73,34 @@ func TestBruteTies(t *testing.T) {
 			}
 			add("ad", 3000)
 			check("by bytes")
-			ix.rankMinTies = 1
-			check("starting a rank")
-			ix.rankWG.Wait()
-			if ix.st.levels[0].rank.cur.Load() == nil {
-				t.Fatal("no rank was built")
+			ix.orderMinTies = 1
+			check("starting an order")
+			ix.orderWG.Wait()
+			if ix.st.levels[0].order.cur.Load() == nil {
+				t.Fatal("no byte order was built")
 			}
-			check("by rank")
+			check("by the order")
 			add("a", 40) // new ids, some sorting before every ranked one: fewer than an eighth
-			check("partly by rank")
-			ix.rankWG.Wait()
-			if st := ix.Stats(); st.RankBuilds != 1 {
-				t.Fatalf("%d rank builds, want 1 (the new ids are too few for another)", st.RankBuilds)
+			check("partly by the order")
+			ix.orderWG.Wait()
+			if st := ix.Stats(); st.OrderBuilds != 1 {
+				t.Fatalf("%d order builds, want 1 (the new ids are too few for another)", st.OrderBuilds)
 			}
 			add("b", 3000)
-			check("new ids, a new rank starting")
-			ix.rankWG.Wait()
-			if st := ix.Stats(); st.RankBuilds != 2 {
-				t.Fatalf("%d rank builds, want 2", st.RankBuilds)
+			check("new ids, a new order starting")
+			ix.orderWG.Wait()
+			if st := ix.Stats(); st.OrderBuilds != 2 {
+				t.Fatalf("%d order builds, want 2", st.OrderBuilds)
 			}
-			check("by the merged rank")
+			check("by the merged order")
 		})
 	}
 }
 
-// TestBuildRank checks byte-order ranks, built at once and in steps (merging new ids into a
-// previous rank), against a sort of the ids, for ids that share long prefixes, ids that are
+// TestBuildOrder checks the byte order of ids, built at once and in steps (merging new ids
+// into a previous order), against a sort of the ids, for ids that share long prefixes, ids that are
 // prefixes of others, and ids equal in their 8 bytes after the common prefix.
-func TestBuildRank(t *testing.T) {
+func TestBuildOrder(t *testing.T) {
 	seed := testSeed(t)
 	r := rand.New(rand.NewPCG(seed, 3))
 	tab := newInternTable()
@@ -110,7 +110,7 @@ func TestBuildRank(t *testing.T) {
 			ids = append(ids, id)
 		}
 	}
-	var rk *byteRank
+	var ord *byteOrder
 	for step := range 6 {
 		for range 1 + r.IntN(2000) {
 			switch r.IntN(4) {
@@ -126,28 +126,71 @@ func TestBuildRank(t *testing.T) {
 			}
 		}
 		if step%2 == 0 {
-			rk = buildRank(rk, tab.recs, tab.arena)
+			ord = buildOrder(ord, tab.recs, tab.arena)
 		} else {
-			rk = buildRank(nil, tab.recs, tab.arena)
+			ord = buildOrder(nil, tab.recs, tab.arena)
 		}
-		order := make([]int, len(ids))
-		for i := range order {
-			order[i] = i
+		want := make([]uint32, len(ids))
+		for i := range want {
+			want[i] = uint32(i)
 		}
-		slices.SortFunc(order, func(a, b int) int { return cmp.Compare(ids[a], ids[b]) })
-		if int(rk.n) != len(ids) {
-			t.Fatalf("seed %d, step %d: rank covers %d ids, want %d", seed, step, rk.n, len(ids))
+		slices.SortFunc(want, func(a, b uint32) int { return cmp.Compare(ids[a], ids[b]) })
+		if int(ord.n) != len(ids) || !slices.Equal(ord.order, want) {
+			t.Fatalf("seed %d, step %d: order of %d ids differs from a sort of %d", seed, step, ord.n, len(ids))
 		}
-		for pos, num := range order {
-			if rk.rank[num] != uint32(pos) {
-				t.Fatalf("seed %d, step %d: %q ranked %d, want %d", seed, step, ids[num], rk.rank[num], pos)
+	}
+}
+
+// TestFirstByOrder checks the walk of the byte order against a sort: random ties, ties that
+// come last in the order (the walk gives up, and the caller falls back to a heap), and that
+// the bitmap is left clean either way.
+func TestFirstByOrder(t *testing.T) {
+	seed := testSeed(t)
+	r := rand.New(rand.NewPCG(seed, 4))
+	const n = 5000
+	ord := &byteOrder{n: n, order: make([]uint32, n)}
+	pos := make([]int, n)
+	for i, num := range r.Perm(n) {
+		ord.order[i], pos[num] = uint32(num), i
+	}
+	buf := &bruteBuf{}
+	for _, c := range []struct {
+		name    string
+		ties, k int
+		last    bool
+	}{{"random", 2000, 100, false}, {"random, k near ties", 4000, 3000, false}, {"last in the order", 300, 10, true}} {
+		var ids []uint32
+		if c.last {
+			ids = slices.Clone(ord.order[n-c.ties:])
+		} else {
+			for _, num := range r.Perm(n)[:c.ties] {
+				ids = append(ids, uint32(num))
 			}
+		}
+		want := slices.Clone(ids)
+		slices.SortFunc(want, func(a, b uint32) int { return cmp.Compare(pos[a], pos[b]) })
+		got, ok := firstByOrder(buf, ids, c.k, ord)
+		if c.last {
+			if ok {
+				t.Fatalf("seed %d, %s: the walk did not give up", seed, c.name)
+			}
+		} else {
+			if !ok {
+				t.Fatalf("seed %d, %s: the walk gave up", seed, c.name)
+			}
+			if !slices.Equal(got, want[:c.k]) {
+				t.Fatalf("seed %d, %s: got %v..., want %v...", seed, c.name, got[:3], want[:3])
+			}
+		}
+		if slices.ContainsFunc(buf.marks, func(w uint64) bool { return w != 0 }) {
+			t.Fatalf("seed %d, %s: the bitmap was left dirty", seed, c.name)
 		}
 	}
 }
 
 // TestSumSparse checks the bucketed sum against a map over random numbers of every spread up
-// to 32 bits, with repeats, negative values and sums of zero.
+// to 32 bits, with repeats, negative values and sums of zero, and that it comes out in
+// number order.
 func TestSumSparse(t *testing.T) {
 	seed := testSeed(t)
 	r := rand.New(rand.NewPCG(seed, 1))
@@ -173,9 +216,10 @@ func TestSumSparse(t *testing.T) {
 			hi = max(hi, it.id)
 		}
 		got := map[uint32]int64{}
-		for _, it := range run.sumSparse(buf, slices.Clone(items), lo, hi) {
-			if _, dup := got[it.id]; dup {
-				t.Fatalf("seed %d, limit %d: number %d summed twice", seed, limit, it.id)
+		sums := run.sumSparse(buf, slices.Clone(items), lo, hi)
+		for i, it := range sums {
+			if i > 0 && it.id <= sums[i-1].id {
+				t.Fatalf("seed %d, limit %d: number %d after %d, want number order", seed, limit, it.id, sums[i-1].id)
 			}
 			got[it.id] = it.v
 		}
@@ -183,8 +227,8 @@ func TestSumSparse(t *testing.T) {
 		if !maps.Equal(got, want) {
 			t.Fatalf("seed %d, limit %d: %d sums, want %d", seed, limit, len(got), len(want))
 		}
-		if slices.ContainsFunc(buf.bucket, func(v int64) bool { return v != 0 }) {
-			t.Fatalf("seed %d, limit %d: the bucket array was left dirty", seed, limit)
+		if slices.ContainsFunc(buf.bucket, func(v int64) bool { return v != 0 }) || buf.touched != [len(buf.touched)]uint64{} {
+			t.Fatalf("seed %d, limit %d: the bucket's sums or bitmap were left dirty", seed, limit)
 		}
 	}
 }

@@ -47,7 +47,8 @@ const (
 )
 
 // Maintain applies queued deltas, evicts expired hours, retries unresolved owners, starts
-// byte-order rank builds that are due (rank.go) and compacts blocks that are due. The merging runs without the lock; only the swaps take it.
+// byte order builds that are due (order.go) and compacts blocks that are due. The merging
+// runs without the lock; only the swaps take it.
 func (ix *Index) Maintain() {
 	ix.maintMu.Lock()
 	defer ix.maintMu.Unlock()
@@ -57,8 +58,8 @@ func (ix *Index) Maintain() {
 	ix.applyPendingLocked()
 	ix.evictLocked(now)
 	ix.retryOwnersLocked()
-	for _, lv := range ix.st.levels { // every id may tie: rank a large level before a query waits for it
-		ix.needRank(lv, lv.ids.len())
+	for _, lv := range ix.st.levels { // every id may tie: order a large level before a query waits for it
+		ix.needOrder(lv, lv.ids.len())
 	}
 	jobs := ix.sealLocked(now)
 	ix.mu.Unlock()

@@ -333,8 +333,8 @@ func TestModel(t *testing.T) {
 			const retention = 4 * 60
 			ix := New(Options{Retention: retention * time.Minute, Slack: time.Hour, TopLimit: c.limit, Owners: g.o, Now: clk.Now})
 			ix.bruteLimit, ix.memberLimit = c.brute, c.members
-			ix.rankMinTies = 8 // byte-order ranks built (in the background) and merged as ids come
-			defer ix.rankWG.Wait()
+			ix.orderMinTies = 8 // byte-order ranks built (in the background) and merged as ids come
+			defer ix.orderWG.Wait()
 			m := newModel()
 			queries := 0
 			for step := range 400 {
@@ -373,8 +373,8 @@ func TestModel(t *testing.T) {
 			// A rebuilt index answers the same.
 			ix2 := New(Options{Retention: retention * time.Minute, Slack: time.Hour, TopLimit: c.limit, Owners: g.o, Now: clk.Now})
 			ix2.bruteLimit, ix2.memberLimit = c.brute, c.members
-			ix2.rankMinTies = 8
-			defer ix2.rankWG.Wait()
+			ix2.orderMinTies = 8
+			defer ix2.orderWG.Wait()
 			if err := ix2.Rebuild(context.Background(), m); err != nil {
 				t.Fatal(err)
 			}

@@ -47,7 +47,7 @@
 //     than Retention+Slack ago; floor (the oldest minute still complete) only grows, and
 //     Add drops deltas below it.
 //   - Ids are never forgotten: an id keeps its number (about 40 bytes with its bytes, hash
-//     slot and ownership group, 4 more for its byte-order rank) for the life of the index,
+//     slot and ownership group, 4 more in the byte order of ids) for the life of the index,
 //     so memory grows with the number of distinct ids ever seen. A Rebuild (a restart)
 //     starts over.
 //
@@ -210,14 +210,14 @@ type Index struct {
 	// never) to drive every path with little data.
 	bruteLimit, memberLimit int
 	bruteSpare              atomic.Pointer[bruteBuf]
-	// rankMinTies is how many tied ids start a byte-order rank build (-1: never); rankWG
+	// orderMinTies is how many tied ids start a byte order build (-1: never); orderWG
 	// counts the builds running, for tests to wait on.
-	rankMinTies int
-	rankWG      sync.WaitGroup
+	orderMinTies int
+	orderWG      sync.WaitGroup
 
 	adds, deltas, dropped, queries, taQueries, fallbacks, bruteQueries, memberQueries atomic.Int64
 	candidates, compactions, compactionNanos, rebuildNanos, rebuildDeltas             atomic.Int64
-	rankBuilds, rankNanos                                                             atomic.Int64
+	orderBuilds, orderNanos                                                           atomic.Int64
 }
 
 // pendingDelta is the part of a metricstore.Delta the index keeps.
@@ -256,7 +256,7 @@ type level struct {
 	unresolved []uint32
 	minutes    map[int64]*block
 	hours      map[int64]*hourBlock
-	rank       ranking // byte order of ids, for brute force's ties (rank.go)
+	order      ordering // byte order of the ids, for brute force's ties (order.go)
 }
 
 func newState(floor int64) *state {
@@ -271,7 +271,7 @@ func newState(floor int64) *state {
 // first Add.
 func New(opts Options) *Index {
 	opts.setDefaults()
-	return &Index{opts: opts, st: newState(minInt64), bruteLimit: bruteEntries, memberLimit: memberDirect, rankMinTies: rankMinTies}
+	return &Index{opts: opts, st: newState(minInt64), bruteLimit: bruteEntries, memberLimit: memberDirect, orderMinTies: orderMinTies}
 }
 
 const minInt64 = -1 << 63
@@ -445,8 +445,8 @@ type Stats struct {
 	CompactionNanos int64
 	RebuildNanos    int64
 	RebuildDeltas   int64
-	RankBuilds      int64 // byte-order rank builds started (rank.go)
-	RankNanos       int64 // time they took
+	OrderBuilds     int64 // byte order builds started (order.go)
+	OrderNanos      int64 // time they took
 
 	IDs           [3]int // interned ids per level (ad, campaign, advertiser)
 	MinuteBlocks  int
@@ -469,7 +469,7 @@ func (ix *Index) Stats() Stats {
 		BruteQueries: ix.bruteQueries.Load(), MemberQueries: ix.memberQueries.Load(), Candidates: ix.candidates.Load(),
 		Compactions: ix.compactions.Load(), CompactionNanos: ix.compactionNanos.Load(),
 		RebuildNanos: ix.rebuildNanos.Load(), RebuildDeltas: ix.rebuildDeltas.Load(),
-		RankBuilds: ix.rankBuilds.Load(), RankNanos: ix.rankNanos.Load(),
+		OrderBuilds: ix.orderBuilds.Load(), OrderNanos: ix.orderNanos.Load(),
 	}
 	ix.pendMu.Lock()
 	s.Pending = len(ix.pending)
@@ -484,8 +484,8 @@ func (ix *Index) Stats() Stats {
 	for i, lv := range st.levels {
 		s.IDs[i] = lv.ids.len()
 		s.IDBytes += lv.ids.memBytes() + int64(cap(lv.group))*4 + int64(cap(lv.unresolved))*4
-		if rk := lv.rank.cur.Load(); rk != nil {
-			s.IDBytes += int64(cap(rk.rank)) * 4
+		if ord := lv.order.cur.Load(); ord != nil {
+			s.IDBytes += int64(cap(ord.order)) * 4
 		}
 		for _, m := range lv.members {
 			s.IDBytes += int64(cap(m))*4 + 24
