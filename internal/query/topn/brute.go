@@ -14,8 +14,9 @@ import (
 // decided by id. So brute force is built for that case, in passes that each stream through
 // memory instead of one hash-map update and one id comparison per entry:
 //
-//  1. gather every (number, value) of the window's blocks into one slice, decoding a settled
-//     block's frozen layer in place (frozen.appendMetric);
+//  1. gather every (number, value) of the window's blocks into one slice, decoding a block's
+//     frozen layer in place (frozen.appendMetric) and adding, for the few ids a late update
+//     put in a layer above it, the difference between their newest total and the frozen one;
 //  2. add up each number's values, keeping positive sums that pass the filter: in an array
 //     over the numbers' range when they are dense, else split by the numbers' high bits into
 //     buckets whose range fits a small array in the processor's cache (sumSparse);
@@ -54,22 +55,10 @@ func (r *run) brute(ctx context.Context) error {
 	m := r.m
 	all := slices.Grow(buf.a[:0], r.bruteSize())
 	lo, hi := uint32(math.MaxUint32), uint32(0)
-	gather := func(id uint32, v *vals) {
-		if v[m] != 0 {
-			all = append(all, topItem{id: id, v: v[m]})
-			lo, hi = min(lo, id), max(hi, id)
-		}
-	}
 	gatherBlock := func(b *block) {
-		if !b.settled() {
-			b.each(gather)
-			return
-		}
-		n := len(all)
-		all = b.base.appendMetric(all, m)
-		if len(all) > n { // in number order: the first and the last are the block's range
-			lo, hi = min(lo, all[n].id), max(hi, all[len(all)-1].id)
-		}
+		var bl, bh uint32
+		all, bl, bh = appendBlock(all, b, m)
+		lo, hi = min(lo, bl), max(hi, bh)
 	}
 	for i := range r.comps {
 		if err := ctx.Err(); err != nil {
@@ -112,6 +101,50 @@ func (r *run) brute(ctx context.Context) error {
 		r.offer(id, t)
 	}
 	return nil
+}
+
+// appendBlock appends to all, for every id of b whose metric m is not zero, entries that add
+// up to its total, and returns the appended entries' lowest and highest number (MaxUint32
+// and 0 when none). It decodes the frozen layer in place; for the few ids a late update put
+// in a newer layer (a cold block not compacted yet) it adds the difference between their
+// newest total and their frozen one: a lookup in the frozen layer per update instead of a map
+// lookup per frozen entry, which reading the block whole (each) costs. A block mostly in
+// newer layers is read whole.
+func appendBlock(all []topItem, b *block, m int) (out []topItem, lo, hi uint32) {
+	lo, hi = math.MaxUint32, 0
+	add := func(id uint32, v int64) {
+		all = append(all, topItem{id: id, v: v})
+		lo, hi = min(lo, id), max(hi, id)
+	}
+	newer := len(b.live) + len(b.sealed)
+	if newer > 0 && newer > b.base.entries()/8 {
+		b.each(func(id uint32, v *vals) {
+			if v[m] != 0 {
+				add(id, v[m])
+			}
+		})
+		return all, lo, hi
+	}
+	n := len(all)
+	all = b.base.appendMetric(all, m)
+	if len(all) > n { // in number order: the first and the last are the range
+		lo, hi = all[n].id, all[len(all)-1].id
+	}
+	correct := func(id uint32, v *vals) {
+		old, _ := b.base.get(id)
+		if d := v[m] - old[m]; d != 0 {
+			add(id, d)
+		}
+	}
+	for id, v := range b.sealed {
+		if _, ok := b.live[id]; !ok { // live shadows sealed
+			correct(id, &v)
+		}
+	}
+	for id, v := range b.live {
+		correct(id, &v)
+	}
+	return all, lo, hi
 }
 
 // sumByID returns the positive sums per number of all (numbers in [lo, hi]) that pass the

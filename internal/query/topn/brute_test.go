@@ -188,6 +188,66 @@ func TestFirstByOrder(t *testing.T) {
 	}
 }
 
+// TestAppendBlock checks that the entries brute force gathers from a block add up, per id,
+// to the totals reading the block whole gives, for blocks with a frozen layer, a sealed layer
+// being compacted and a live one, overlapping in every way, few and many newer entries.
+func TestAppendBlock(t *testing.T) {
+	seed := testSeed(t)
+	r := rand.New(rand.NewPCG(seed, 5))
+	randVals := func() vals {
+		var v vals
+		for m := range v {
+			if r.IntN(3) > 0 {
+				v[m] = r.Int64N(7) - 2
+			}
+		}
+		return v
+	}
+	for round := range 40 {
+		base := newFrozenBuilder(0)
+		for id := uint32(0); id < 2000; id += 1 + uint32(r.IntN(3)) {
+			v := randVals()
+			base.add(id, &v)
+		}
+		b := &block{base: base.finish()}
+		layer := func(n int) map[uint32]vals {
+			l := map[uint32]vals{}
+			for range n {
+				l[uint32(r.IntN(2200))] = randVals()
+			}
+			return l
+		}
+		few := 1 + r.IntN(60)
+		if round%4 == 0 {
+			few = 1000 // more than an eighth of the frozen layer: read whole
+		}
+		b.sealed, b.live = layer(few), layer(few)
+		if round%3 == 0 {
+			b.sealed = nil
+		}
+		for m := range numMetrics {
+			want := map[uint32]int64{}
+			b.each(func(id uint32, v *vals) {
+				if v[m] != 0 {
+					want[id] = v[m]
+				}
+			})
+			items, lo, hi := appendBlock(nil, b, m)
+			got := map[uint32]int64{}
+			for _, it := range items {
+				got[it.id] += it.v
+				if it.id < lo || it.id > hi {
+					t.Fatalf("seed %d, round %d: number %d outside the range [%d, %d]", seed, round, it.id, lo, hi)
+				}
+			}
+			maps.DeleteFunc(got, func(_ uint32, v int64) bool { return v == 0 })
+			if !maps.Equal(got, want) {
+				t.Fatalf("seed %d, round %d, metric %d: %d totals, want %d", seed, round, m, len(got), len(want))
+			}
+		}
+	}
+}
+
 // TestSumSparse checks the bucketed sum against a map over random numbers of every spread up
 // to 32 bits, with repeats, negative values and sums of zero, and that it comes out in
 // number order.
