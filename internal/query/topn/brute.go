@@ -51,7 +51,14 @@ func (ix *Index) takeBruteBuf() *bruteBuf {
 // brute sums every entry of the window's blocks and offers the top N.
 func (r *run) brute(ctx context.Context) error {
 	buf := r.ix.takeBruteBuf()
-	defer r.ix.bruteSpare.Store(buf)
+	// The scratch is kept for the next query only after a normal return: a panic (in an
+	// Owners callback, say) could leave sumSparse's arrays, which must be zero, half written.
+	done := false
+	defer func() {
+		if done {
+			r.ix.bruteSpare.Store(buf)
+		}
+	}()
 	m := r.m
 	all := slices.Grow(buf.a[:0], r.bruteSize())
 	lo, hi := uint32(math.MaxUint32), uint32(0)
@@ -100,6 +107,7 @@ func (r *run) brute(ctx context.Context) error {
 	for _, id := range r.firstByBytes(buf, ties, r.q.N-len(r.best.items)) {
 		r.offer(id, t)
 	}
+	done = true // (an early return drops the scratch too: rare, and only an allocation)
 	return nil
 }
 

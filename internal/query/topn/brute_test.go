@@ -248,6 +248,58 @@ func TestAppendBlock(t *testing.T) {
 	}
 }
 
+// panicOwners resolves every ad to advertiser a1 and campaign c1, or panics on a campaign
+// lookup while panicking is set.
+type panicOwners struct{ panicking bool }
+
+func (o *panicOwners) AdCampaign(string) (string, bool) {
+	if o.panicking {
+		panic("owners lookup failed")
+	}
+	return "c1", true
+}
+func (o *panicOwners) AdAdvertiser(string) (string, bool)       { return "a1", true }
+func (o *panicOwners) CampaignAdvertiser(string) (string, bool) { return "a1", true }
+
+// TestBrutePanicDropsScratch checks that a query that panics half way through brute force (in
+// an Owners callback, between sumSparse's adding up and its clearing) does not hand its
+// half-written scratch to the next query, which must answer as before the panic.
+func TestBrutePanicDropsScratch(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 11, 21, 10, 37, 20, 0, time.UTC)}
+	o := &panicOwners{}
+	ix := New(Options{Now: clk.Now, Owners: o})
+	ix.bruteLimit, ix.memberLimit = 1<<30, -1 // brute force, filter applied per id
+	now := ix.nowMinute()
+	var batch []metricstore.Delta
+	for i := range 500 {
+		for j := range 8 { // seen only two hours ago: the window's numbers are spread
+			batch = append(batch, metricstore.Delta{Level: metricstore.LevelAd, ID: "old" + strconv.Itoa(i*8+j), Minute: now - 120, Counts: metricstore.Counts{Clicks: 1}})
+		}
+		batch = append(batch, metricstore.Delta{Level: metricstore.LevelAd, ID: "ad" + strconv.Itoa(i), Minute: now - int64(i%60), Counts: metricstore.Counts{Clicks: int64(1 + i%3)}})
+	}
+	ix.Add(batch)
+	ix.Maintain()
+	q := Query{Level: metricstore.LevelAd, Metric: Clicks, N: 10, From: now - 59, To: now + 1, Campaign: "c1"}
+	want, err := ix.Top(context.Background(), q)
+	if err != nil || len(want) != q.N {
+		t.Fatalf("top: %v, %v", want, err)
+	}
+	o.panicking = true
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the query did not reach the panicking lookup")
+			}
+		}()
+		_, _ = ix.Top(context.Background(), q)
+	}()
+	o.panicking = false
+	got, err := ix.Top(context.Background(), q)
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("after a panicked query: %v, %v; want %v", got, err, want)
+	}
+}
+
 // TestSumSparse checks the bucketed sum against a map over random numbers of every spread up
 // to 32 bits, with repeats, negative values and sums of zero, and that it comes out in
 // number order.

@@ -50,19 +50,25 @@ type ordering struct {
 }
 
 // needOrder starts a byte order build for lv's ids if ties ids that may tie warrant one, the
-// level's order is missing or behind by more than an eighth, and no build runs. The caller holds ix.mu
-// (for reading at least: the table's records below its length are then immutable).
+// level's order is missing or behind by more than an eighth, and no build runs. The caller
+// holds ix.mu (for reading at least: the table's records below its length are then
+// immutable).
 func (ix *Index) needOrder(lv *level, ties int) {
 	if least := ix.orderMinTies; least < 0 || ties < least {
 		return
 	}
 	t := lv.ids
 	n := uint32(t.len())
-	prev := lv.order.cur.Load()
-	if prev != nil && (n-prev.n) <= prev.n/8 { // recent enough: the share past it stays small
+	recent := func(prev *byteOrder) bool { // the share of numbers past it stays small
+		return prev != nil && (n-prev.n) <= prev.n/8
+	}
+	if recent(lv.order.cur.Load()) || !lv.order.building.CompareAndSwap(false, true) {
 		return
 	}
-	if !lv.order.building.CompareAndSwap(false, true) {
+	// Read the order again now that no build runs: one may have finished since.
+	prev := lv.order.cur.Load()
+	if recent(prev) {
+		lv.order.building.Store(false)
 		return
 	}
 	recs, arena := t.recs[:n:n], t.arena[:len(t.arena):len(t.arena)]
