@@ -227,9 +227,8 @@ func (r *run) sumSparse(buf *bruteBuf, all []topItem, lo, hi uint32) []topItem {
 			acc[i] += it.v
 			touched[i/64] |= 1 << (i % 64)
 		}
-		// Read the sums out in number order, as the dense path does: the tied ids then come
-		// in number order, and their ranks (order.go) are read in a forward sweep the
-		// processor prefetches instead of at random.
+		// Read the sums out in number order, as the dense path does, and leave the array and
+		// the bitmap zero for the next bucket.
 		for w, word := range touched {
 			if word == 0 {
 				continue
