@@ -243,6 +243,7 @@ func serveFlags(fs *flag.FlagSet, c *config.Config) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long in-flight requests may take on shutdown before their connections are cut")
+	fs.StringVar(&c.MemoryLimit, "memory-limit", c.MemoryLimit, "memory budget of the whole process, such as 4GiB or 60% (of the container's limit, else of the machine's memory): the garbage collector runs as often as it must to keep within it, less what Pebble holds outside the Go heap; auto: 90% of a container's limit, none without one (GOMEMLIMIT then applies); off: none")
 	fs.DurationVar(&c.BackendTimeout, "backend-timeout", c.BackendTimeout, "deadline of every call to the event log, Redis and the other backends")
 	fs.DurationVar(&c.InFlightWait, "in-flight-wait", c.InFlightWait, "how long a retry waits for an earlier attempt of the same event to finish before answering 503")
 	fs.IntVar(&c.HotAdSalts, "hot-ad-salts", c.HotAdSalts, "spread an ad that takes a large share of the events over this many partitions (0: off; needs --dedup memory)")

@@ -131,6 +131,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"serve", "--data-dir", dir, "--listen", "bogus"}, `--listen "bogus" must be host:port or :port`},
 		{[]string{"serve", "--data-dir", dir, "--ops-listen", "127.0.0.1"}, `--ops-listen "127.0.0.1" must be host:port`},
 		{[]string{"serve", "--data-dir", dir, "--log-format", "json", "--listen", "bogus"}, `{"time":`},
+		{[]string{"serve", "--data-dir", dir, "--memory-limit", "4 gigs"}, `--memory-limit "4 gigs": want a size such as 4GiB`},
+		{[]string{"serve", "--data-dir", dir, "--memory-limit", "150%"}, `--memory-limit "150%": a share of memory is more than 0% and at most 100%`},
 	} {
 		var out, errOut bytes.Buffer
 		if code := run(tc.args, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), tc.want) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/adpulse/adpulse/internal/catalog"
+	"github.com/adpulse/adpulse/internal/memlimit"
 	"net"
 	"net/netip"
 	"net/url"
@@ -87,6 +88,9 @@ type Config struct {
 	LogFormat string // "text" or "json"
 
 	ShutdownTimeout time.Duration
+	// MemoryLimit is the process's memory budget (memlimit.Parse): "auto" (90 % of a
+	// container's limit, none without one), a size, a share of memory, or "off".
+	MemoryLimit string
 	// BackendTimeout bounds every call to the event log, the dedup store and the other
 	// backends; a request past it gets 503.
 	BackendTimeout time.Duration
@@ -260,6 +264,7 @@ func Default() Config {
 		LogLevel:                "info",
 		LogFormat:               "text",
 		ShutdownTimeout:         30 * time.Second,
+		MemoryLimit:             "auto",
 		BackendTimeout:          10 * time.Second,
 		ServingRedisPrefix:      "adpulse:",
 		InFlightWait:            3 * time.Second,
@@ -331,6 +336,9 @@ func (c *Config) Validate() error {
 	check(c.ReadyMaxLag >= 0, "--ready-max-lag must not be negative (0 turns it off)")
 	check(c.ShutdownTimeout >= 0, "--shutdown-timeout must not be negative")
 	check(c.LogFormat == "text" || c.LogFormat == "json", "--log-format must be text or json")
+	if _, err := memlimit.Parse(c.MemoryLimit); err != nil {
+		errs = append(errs, fmt.Errorf("--memory-limit %w", err))
+	}
 	check(c.RateLimitIP >= 0 && c.RateLimitKey >= 0, "--rate-limit-ip and --rate-limit-key must not be negative (0 turns a limit off)")
 	check(c.RateLimitIP == 0 || c.RateLimitIPBurst >= 1, "--rate-limit-ip-burst must be at least 1")
 	check(c.RateLimitKey == 0 || c.RateLimitKeyBurst >= 1, "--rate-limit-key-burst must be at least 1")

@@ -149,6 +149,9 @@ func (a *App) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, a.closeAll()) }()
+	if err := a.startMemoryGovernor(); err != nil {
+		return err
+	}
 
 	start := time.Now()
 	if err := a.open(ctx); err != nil {
