@@ -15,7 +15,10 @@ import (
 // TestMemoryLimitSetsTheRuntimeLimit: --memory-limit reaches the Go runtime (the budget less
 // what lives outside the runtime, never under a quarter of it) and the ops endpoint.
 func TestMemoryLimitSetsTheRuntimeLimit(t *testing.T) {
-	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1)) // the limit is the process's: restore it
+	// The limit is the process's: restore it once the server (registered later, so cleaned up
+	// first) has stopped and can no longer set it.
+	prev := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
 	s := servertest.Start(t, func(c *config.Config) { c.MemoryLimit = "1GiB" })
 	if got := debug.SetMemoryLimit(-1); got > 1<<30 || got < 1<<28 {
 		t.Fatalf("runtime limit %d with --memory-limit 1GiB", got)
@@ -36,7 +39,8 @@ func TestMemoryLimitSetsTheRuntimeLimit(t *testing.T) {
 // TestMemoryLimitOffLeavesTheRuntimeAlone: off (and auto without a container limit, the
 // default) does not touch the runtime's own setting.
 func TestMemoryLimitOffLeavesTheRuntimeAlone(t *testing.T) {
-	defer debug.SetMemoryLimit(debug.SetMemoryLimit(math.MaxInt64 - 1))
+	prev := debug.SetMemoryLimit(math.MaxInt64 - 1)
+	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
 	s := servertest.Start(t, func(c *config.Config) { c.MemoryLimit = "off" })
 	if got := debug.SetMemoryLimit(-1); got != math.MaxInt64-1 {
 		t.Fatalf("runtime limit %d with --memory-limit off", got)
