@@ -1,0 +1,6 @@
+//go:build race
+
+package memlimit
+
+// raceEnabled: the race detector keeps shadow memory outside the runtime, about twice the heap.
+const raceEnabled = true
