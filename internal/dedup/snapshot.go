@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 )
 
@@ -107,9 +108,16 @@ func (m *Memory) WriteKeys(w io.Writer, now time.Time) (n int64, err error) {
 
 // ReadKeys adds the keys WriteKeys wrote to m, skipping those whose window ended before now.
 // m should be a new store: on an error it holds part of the snapshot and must be dropped.
+//
+// A shard's entries are written in the order of its table's slots, which is nearly the order
+// of their fingerprints' first word (a key's home slot rises with it). Read back in that
+// order into a new table sized for them, each entry's place is known without probing: its
+// home, or the slot after the previous entry if that is further (readSorted, placeSorted).
+// A shard too large to read at once takes the general path.
 func (m *Memory) ReadKeys(r io.Reader, now time.Time) (n int64, err error) {
 	nowMin := uint32(now.Unix() / 60)
-	buf := make([]byte, 4096*snapEntry)
+	var buf []byte
+	var scratch []memSlot
 	for i := range m.shards {
 		s := &m.shards[i]
 		var cnt [4]byte
@@ -117,34 +125,171 @@ func (m *Memory) ReadKeys(r io.Reader, now time.Time) (n int64, err error) {
 			return n, fmt.Errorf("shard %d: %w", i, noEOF(err))
 		}
 		left := int(binary.LittleEndian.Uint32(cnt[:]))
-		if len(s.slots) == 0 && left > 0 {
-			// A hint only, bounded: a corrupt count is found by the checksum, not by memory.
-			s.slots = make([]memSlot, min(left, 1<<18)*5/4+16)
+		if left <= maxSortedRead && s.used == 0 {
+			// Bounded: a corrupt count is found by the checksum, not by memory.
+			buf = slices.Grow(buf[:0], left*snapEntry)[:left*snapEntry]
+			if _, err := io.ReadFull(r, buf); err != nil {
+				return n, fmt.Errorf("shard %d: %w", i, noEOF(err))
+			}
+			added, err := s.readSorted(buf, uint64(i), nowMin, &scratch)
+			n += added
+			if err != nil {
+				return n, fmt.Errorf("shard %d: %w", i, err)
+			}
+			continue
 		}
+		if len(s.slots) == 0 && left > 0 {
+			s.slots = make([]memSlot, min(left, maxSortedRead)*5/4+16) // a hint, bounded
+		}
+		buf = slices.Grow(buf[:0], 4096*snapEntry)[:4096*snapEntry]
 		for left > 0 {
 			k := min(left, len(buf)/snapEntry)
 			b := buf[:k*snapEntry]
 			if _, err := io.ReadFull(r, b); err != nil {
 				return n, fmt.Errorf("shard %d: %w", i, noEOF(err))
 			}
-			for j := 0; j < len(b); j += snapEntry {
-				fp := fingerprint{binary.LittleEndian.Uint64(b[j:]), binary.LittleEndian.Uint64(b[j+8:])}
-				exp := binary.LittleEndian.Uint32(b[j+16:])
-				if fp[0]%memShards != uint64(i) {
-					return n, fmt.Errorf("shard %d: key of shard %d", i, fp[0]%memShards)
-				}
-				if exp <= nowMin {
-					continue
-				}
-				if s.put(fp.key(), exp) {
-					n++
-				}
+			added, err := s.putEntries(b, uint64(i), nowMin)
+			n += added
+			if err != nil {
+				return n, fmt.Errorf("shard %d: %w", i, err)
 			}
 			left -= k
 		}
 	}
 	m.keys.Add(n)
 	return n, nil
+}
+
+// maxSortedRead is the most entries of one shard ReadKeys reads at once (5 MiB): 67 million
+// keys in all, and a corrupt count cannot make it allocate more.
+const maxSortedRead = 1 << 18
+
+// snapEntryAt decodes the j-th entry of b.
+func snapEntryAt(b []byte, j int) (fingerprint, uint32) {
+	b = b[j*snapEntry:]
+	return fingerprint{binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:])}, binary.LittleEndian.Uint32(b[16:])
+}
+
+// putEntries puts the entries in b into shard i, whatever their order, and returns how many
+// keys were new.
+func (s *memShard) putEntries(b []byte, shard uint64, nowMin uint32) (n int64, err error) {
+	for j := range len(b) / snapEntry {
+		fp, exp := snapEntryAt(b, j)
+		if fp[0]%memShards != shard {
+			return n, fmt.Errorf("key of shard %d", fp[0]%memShards)
+		}
+		if exp > nowMin && s.putLater(fp.key(), exp) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// putLater is put for a snapshot's entry: of a key written twice (which WriteKeys never
+// does), the later expiry is kept, whatever the order it is read in.
+func (s *memShard) putLater(k memKey, exp uint32) bool {
+	if old, ok := s.lookup(k); ok {
+		exp = max(exp, old)
+	}
+	return s.put(k, exp)
+}
+
+// readSorted fills the empty shard with the entries in b, all of its snapshot. It decodes the
+// live ones into scratch, brings them into the order of their first words (they are in it
+// but for the wrapped run, moved to the end, and keys sharing a home slot, whose order a table
+// of another size may swap: a few neighbours' moves), and places them with placeSorted. A
+// shard they are much further from that order in is put the general way.
+func (s *memShard) readSorted(b []byte, shard uint64, nowMin uint32, scratch *[]memSlot) (int64, error) {
+	es := (*scratch)[:0]
+	for j := range len(b) / snapEntry {
+		fp, exp := snapEntryAt(b, j)
+		if fp[0]%memShards != shard {
+			return 0, fmt.Errorf("key of shard %d", fp[0]%memShards)
+		}
+		if exp > nowMin {
+			k := fp.key()
+			es = append(es, memSlot{k.lo, k.hi, exp})
+		}
+	}
+	*scratch = es
+	if len(es) == 0 {
+		return 0, nil
+	}
+	s.slots = make([]memSlot, len(es)*5/4+16) // at most 80% full: no growth while reading
+	// The wrapped run ends at a fall of more than half the words' range: from homes near the
+	// table's end to homes near its start. Keys sharing a home are far closer than that.
+	for j := 1; j < len(es); j++ {
+		if es[j-1].lo-es[j].lo > 1<<63 && es[j-1].lo > es[j].lo {
+			slices.Reverse(es[:j])
+			slices.Reverse(es[j:])
+			slices.Reverse(es)
+			break
+		}
+	}
+	if !sortNearlySorted(es, 4*len(es)+64) {
+		var n int64
+		for _, e := range es {
+			if s.putLater(e.key(), e.exp) {
+				n++
+			}
+		}
+		return n, nil
+	}
+	var n int64
+	last := -1 // slot of the entry placed last
+	for _, e := range es {
+		added, at := s.placeSorted(e.key(), e.exp, last)
+		if added {
+			n++
+		}
+		last = at
+	}
+	return n, nil
+}
+
+// sortNearlySorted sorts es by first word with an insertion sort that gives up (false, es
+// then in another order of the same entries) after maxMoves moves.
+func sortNearlySorted(es []memSlot, maxMoves int) bool {
+	moves := 0
+	for j := 1; j < len(es); j++ {
+		e := es[j]
+		i := j
+		for ; i > 0 && es[i-1].lo > e.lo; i-- {
+			es[i] = es[i-1]
+		}
+		es[i] = e
+		if moves += j - i; moves > maxMoves {
+			return false
+		}
+	}
+	return true
+}
+
+// placeSorted puts k, whose first word is at least that of every key in the table, into a
+// table that has only ever been filled this way, the last of them into slot last (-1 before
+// the first), and returns whether k is new and the slot it is in. Each key so placed lies at
+// its home or right after the one before, so slots from a key's home up to it are full and
+// their keys' homes are not after its own: the table's order. A key that would pass the
+// table's end is put the general way, and so is every one after it (last is then past the
+// end).
+func (s *memShard) placeSorted(k memKey, exp uint32, last int) (added bool, at int) {
+	if last >= len(s.slots) {
+		return s.putLater(k, exp), len(s.slots)
+	}
+	// The same key was placed last or just before it (equal first words are adjacent).
+	for j := last; j >= 0 && s.slots[j].lo == k.lo; j-- {
+		if s.slots[j].key() == k {
+			s.slots[j].exp = max(s.slots[j].exp, exp)
+			return false, last
+		}
+	}
+	at = max(s.home(k), last+1)
+	if at == len(s.slots) {
+		return s.putLater(k, exp), len(s.slots)
+	}
+	s.slots[at] = memSlot{k.lo, k.hi, exp}
+	s.used++
+	return true, at
 }
 
 func noEOF(err error) error {
