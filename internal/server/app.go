@@ -38,6 +38,7 @@ import (
 	"github.com/adpulse/adpulse/internal/ratelimit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
 )
 
 // App is one running adpulse process.
@@ -186,13 +187,17 @@ func (a *App) open(ctx context.Context) error {
 	if err := a.b.openLog(ctx, &a.cfg, a.dir, a.logger); err != nil {
 		return err
 	}
-	if err := a.b.openCatalog(ctx, &a.cfg, a.dir, a.logger); err != nil {
+	// The catalog and the idempotency keys are independent, and at ten million ads loading
+	// each takes most of a second: they load side by side. The roles open after both, so
+	// that the work they start (the aggregator's and billing's replay of the log) does not
+	// take the cores from the loads the API listener waits for.
+	var loads errgroup.Group
+	loads.Go(func() error { return a.b.openCatalog(ctx, &a.cfg, a.dir, a.logger) })
+	loads.Go(func() error { return a.b.openDedup(ctx, &a.cfg, a.dir, a.now, a.logger) })
+	if err := loads.Wait(); err != nil {
 		return err
 	}
-	if err := a.b.openDedup(ctx, &a.cfg, a.dir, a.now, a.logger); err != nil {
-		return err
-	}
-	for _, c := range a.b.components {
+	for _, c := range a.b.takeComponents() {
 		a.components.Go(c.name, c.run)
 	}
 	if err := a.openFeeds(ctx); err != nil {

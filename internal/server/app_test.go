@@ -151,3 +151,64 @@ func topN(t *testing.T, c *http.Client, base, key string) string {
 	body, _ := io.ReadAll(resp.Body)
 	return string(body)
 }
+
+// TestOpenFailures: the idempotency keys load beside the catalog, and the roles open after
+// both. A failure of the keys' load (while the catalog loads) or of a role stops the start
+// with that failure and leaves the data dir whole and unlocked: the next start, with the
+// cause removed, serves.
+func TestOpenFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name, blocked, want string
+	}{
+		// A file where the metric store's directory goes: the process role cannot open.
+		{"a role fails", "metrics", "metric"},
+		// A file where the snapshots go: the keys cannot load (the catalog writes none here).
+		{"the keys fail", "snapshots", "snapshots dir"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			start := func() (*App, context.CancelFunc, chan error) {
+				cfg := config.Default()
+				cfg.DataDir, cfg.Listen, cfg.OpsListen = dir, "127.0.0.1:0", "127.0.0.1:0"
+				cfg.CatalogSnapshotInterval = 0
+				app, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- app.Run(ctx) }()
+				return app, cancel, done
+			}
+			blocked := filepath.Join(dir, tc.blocked)
+			if err := os.WriteFile(blocked, []byte("in the way"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			app, cancel, done := start()
+			select {
+			case <-app.Ready():
+				t.Fatal("ready although it could not open")
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("start failed with %v, want an error about %q", err, tc.want)
+				}
+			}
+			cancel()
+
+			if err := os.Remove(blocked); err != nil {
+				t.Fatal(err)
+			}
+			app, cancel, done = start()
+			defer cancel()
+			select {
+			case <-app.Ready():
+			case err := <-done:
+				t.Fatalf("second start: %v", err)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/catalog"
@@ -33,8 +34,26 @@ type backends struct {
 	// keySnapshots writes the in-process keys' snapshots (nil with Redis dedup).
 	keySnapshots *ingest.KeySnapshotter
 
-	// background work of the engines, run in the component group
+	// background work of the engines, run in the component group (guarded by mu: the
+	// keys open beside the catalog)
+	mu         sync.Mutex
 	components []namedComponent
+}
+
+// addComponents adds background work for the component group.
+func (b *backends) addComponents(cs ...namedComponent) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.components = append(b.components, cs...)
+}
+
+// takeComponents returns the background work added since the last call.
+func (b *backends) takeComponents() []namedComponent {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cs := b.components
+	b.components = nil
+	return cs
 }
 
 type namedComponent struct {
@@ -100,7 +119,7 @@ func (b *backends) openLog(ctx context.Context, cfg *config.Config, dir *dataDir
 		return out
 	}
 	// Retention, and the way a write failure the log cannot roll back stops the process.
-	b.components = append(b.components, namedComponent{"event log", l.Run})
+	b.addComponents(namedComponent{"event log", l.Run})
 	return nil
 }
 
@@ -140,7 +159,7 @@ func (b *backends) openDedup(ctx context.Context, cfg *config.Config, dir *dataD
 	b.keys = mem
 	b.keyCount = mem.Len
 	b.keySnapshots = ingest.NewKeySnapshotter(snap, mem, ld.Offsets, now)
-	b.components = append(b.components,
+	b.addComponents(
 		namedComponent{"dedup sweep", func(ctx context.Context) error { return mem.Run(ctx, time.Minute, now) }},
 		namedComponent{"dedup snapshots", b.keySnapshots.Run})
 	return nil
@@ -171,7 +190,7 @@ func (b *backends) openCatalog(ctx context.Context, cfg *config.Config, dir *dat
 	}
 	b.catalog = c
 	// The change feed: writes made through any process are in force here within 2 s.
-	b.components = append(b.components, namedComponent{"catalog feed", c.Run})
+	b.addComponents(namedComponent{"catalog feed", c.Run})
 	return nil
 }
 
