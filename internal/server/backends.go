@@ -97,6 +97,7 @@ func (b *backends) openLog(ctx context.Context, cfg *config.Config, dir *dataDir
 		}
 		return nil
 	}
+	t0 := time.Now()
 	l, err := locallog.Open(locallog.Options{
 		Dir:          dir.log(),
 		Partitions:   cfg.Partitions,
@@ -107,6 +108,7 @@ func (b *backends) openLog(ctx context.Context, cfg *config.Config, dir *dataDir
 	if err != nil {
 		return fmt.Errorf("open event log: %w", err)
 	}
+	logger.Info("event log opened", "partitions", l.Partitions(), "took", time.Since(t0).Round(time.Millisecond))
 	b.log = l
 	b.logStats = func() logStats {
 		ls := l.Stats()

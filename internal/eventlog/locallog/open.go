@@ -7,10 +7,12 @@ import (
 	"hash/crc32"
 	"io/fs"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"time"
 
 	"github.com/cockroachdb/pebble/vfs"
+	"golang.org/x/sync/errgroup"
 )
 
 // Open opens (or creates) the log in opts.Dir, recovering the tail of every partition, and
@@ -63,13 +65,7 @@ func Open(opts Options) (*Log, error) {
 	l.lock = lock
 	n, err := l.loadMeta()
 	if err == nil {
-		for i := range n {
-			var p *partition
-			if p, err = l.openPartition(i); err != nil {
-				break
-			}
-			l.parts = append(l.parts, p)
-		}
+		err = l.openPartitions(n)
 	}
 	if err == nil {
 		err = syncDir(l.fs, opts.Dir) // partition directories created above
@@ -158,6 +154,28 @@ func writeFileDurably(fsys vfs.FS, path string, data []byte) error {
 // openPartition opens partition id's segments, validating and if need be truncating the tail
 // of the last one. Older segments are only opened: their first header gives their start
 // time, and their index is built on first read.
+// openPartitions opens the n partitions side by side: each scans its last segment, which
+// takes a while for a large log, and they share nothing. On an error the partitions that
+// opened are in l.parts, for closeFiles.
+func (l *Log) openPartitions(n int) error {
+	parts := make([]*partition, n)
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for i := range parts {
+		g.Go(func() (err error) {
+			parts[i], err = l.openPartition(i)
+			return err
+		})
+	}
+	err := g.Wait()
+	for _, p := range parts {
+		if p != nil {
+			l.parts = append(l.parts, p)
+		}
+	}
+	return err
+}
+
 func (l *Log) openPartition(id int) (*partition, error) {
 	dir := l.fs.PathJoin(l.opts.Dir, "p"+strconv.Itoa(id))
 	if err := l.fs.MkdirAll(dir, 0o755); err != nil {
