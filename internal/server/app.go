@@ -191,13 +191,14 @@ func (a *App) open(ctx context.Context) error {
 	// each takes most of a second: they load side by side. The roles open after both, so
 	// that the work they start (the aggregator's and billing's replay of the log) does not
 	// take the cores from the loads the API listener waits for.
-	var loads errgroup.Group
-	loads.Go(func() error { return a.b.openCatalog(ctx, &a.cfg, a.dir, a.logger) })
-	loads.Go(func() error { return a.b.openDedup(ctx, &a.cfg, a.dir, a.now, a.logger) })
+	// A failure of either stops the other.
+	loads, lctx := errgroup.WithContext(ctx)
+	loads.Go(func() error { return a.b.openCatalog(lctx, &a.cfg, a.dir, a.logger) })
+	loads.Go(func() error { return a.b.openDedup(lctx, &a.cfg, a.dir, a.now, a.logger) })
 	if err := loads.Wait(); err != nil {
 		return err
 	}
-	for _, c := range a.b.takeComponents() {
+	for _, c := range a.b.components {
 		a.components.Go(c.name, c.run)
 	}
 	if err := a.openFeeds(ctx); err != nil {

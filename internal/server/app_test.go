@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -23,16 +22,10 @@ import (
 func TestRestartKeepsSecretsAndDedup(t *testing.T) {
 	dir := t.TempDir()
 	run := func(f func(app *App, base string)) {
-		cfg := config.Default()
-		cfg.DataDir, cfg.Listen, cfg.OpsListen = dir, "127.0.0.1:0", "127.0.0.1:0"
+		cfg := testConfig(dir)
 		cfg.IVTRules = true // its reasons must show in /metrics
-		app, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- app.Run(ctx) }()
+		app, cancel, done := runApp(t, cfg)
+		defer cancel()
 		select {
 		case <-app.Ready():
 		case err := <-done:
@@ -167,18 +160,10 @@ func TestOpenFailures(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			start := func() (*App, context.CancelFunc, chan error) {
-				cfg := config.Default()
-				cfg.DataDir, cfg.Listen, cfg.OpsListen = dir, "127.0.0.1:0", "127.0.0.1:0"
+			start := func() (*App, context.CancelFunc, <-chan error) {
+				cfg := testConfig(dir)
 				cfg.CatalogSnapshotInterval = 0
-				app, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-				if err != nil {
-					t.Fatal(err)
-				}
-				ctx, cancel := context.WithCancel(context.Background())
-				done := make(chan error, 1)
-				go func() { done <- app.Run(ctx) }()
-				return app, cancel, done
+				return runApp(t, cfg)
 			}
 			blocked := filepath.Join(dir, tc.blocked)
 			if err := os.WriteFile(blocked, []byte("in the way"), 0o600); err != nil {
@@ -211,4 +196,11 @@ func TestOpenFailures(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testConfig is the default configuration on dir, listening on free loopback ports.
+func testConfig(dir string) config.Config {
+	cfg := config.Default()
+	cfg.DataDir, cfg.Listen, cfg.OpsListen = dir, "127.0.0.1:0", "127.0.0.1:0"
+	return cfg
 }

@@ -47,15 +47,6 @@ func (b *backends) addComponents(cs ...namedComponent) {
 	b.components = append(b.components, cs...)
 }
 
-// takeComponents returns the background work added since the last call.
-func (b *backends) takeComponents() []namedComponent {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	cs := b.components
-	b.components = nil
-	return cs
-}
-
 type namedComponent struct {
 	name string
 	run  func(ctx context.Context) error

@@ -32,13 +32,7 @@ func startApp(tb testing.TB, mutate func(*config.Config)) (*App, string) {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	app, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx) }()
+	app, cancel, done := runApp(tb, cfg)
 	select {
 	case <-app.Ready():
 	case err := <-done:
@@ -53,6 +47,19 @@ func startApp(tb testing.TB, mutate func(*config.Config)) (*App, string) {
 		}
 	})
 	return app, "http://" + app.APIAddr()
+}
+
+// runApp runs an App on cfg until cancel; done yields what Run returned.
+func runApp(tb testing.TB, cfg config.Config) (app *App, cancel context.CancelFunc, done <-chan error) {
+	tb.Helper()
+	app, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- app.Run(ctx) }()
+	return app, cancel, ran
 }
 
 func mustDo(tb testing.TB, c *http.Client, method, url, body string) *http.Response {

@@ -151,9 +151,6 @@ func writeFileDurably(fsys vfs.FS, path string, data []byte) error {
 	return nil
 }
 
-// openPartition opens partition id's segments, validating and if need be truncating the tail
-// of the last one. Older segments are only opened: their first header gives their start
-// time, and their index is built on first read.
 // openPartitions opens the n partitions side by side: each scans its last segment, which
 // takes a while for a large log, and they share nothing. On an error the partitions that
 // opened are in l.parts, for closeFiles.
@@ -176,6 +173,9 @@ func (l *Log) openPartitions(n int) error {
 	return err
 }
 
+// openPartition opens partition id's segments, validating and if need be truncating the tail
+// of the last one. Older segments are only opened: their first header gives their start
+// time, and their index is built on first read.
 func (l *Log) openPartition(id int) (*partition, error) {
 	dir := l.fs.PathJoin(l.opts.Dir, "p"+strconv.Itoa(id))
 	if err := l.fs.MkdirAll(dir, 0o755); err != nil {
