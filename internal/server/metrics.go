@@ -73,6 +73,8 @@ var collectorDefs = []metricDef{
 	{"adpulse_metricstore_applies_total", "Metric store commits.", prometheus.CounterValue, nil},
 	{"adpulse_metricstore_apply_seconds_total", "Time spent in metric store commits, sync included.", prometheus.CounterValue, nil},
 	{"adpulse_metricstore_disk_bytes", "Bytes of the metric store on disk.", prometheus.GaugeValue, nil},
+	{"adpulse_metricstore_block_cache_hits_total", "Blocks the embedded metric store found in its block cache.", prometheus.CounterValue, nil},
+	{"adpulse_metricstore_block_cache_misses_total", "Blocks the embedded metric store read from its files (and decompressed).", prometheus.CounterValue, nil},
 	{"adpulse_metricstore_conflicts_total", "Metric store commits refused by the offset fence (another process committed the partition first).", prometheus.CounterValue, nil},
 	{"adpulse_process_partitions_owned", "Log partitions this process node owns in the process group.", prometheus.GaugeValue, nil},
 	{"adpulse_aggregate_fenced_total", "Partitions the aggregator resumed from the store after another process committed them.", prometheus.CounterValue, nil},
@@ -266,6 +268,8 @@ func (c *statsCollector) collectProcess(emit func(name string, v float64, labels
 	emit("adpulse_metricstore_applies_total", float64(ms.Applies))
 	emit("adpulse_metricstore_apply_seconds_total", ms.ApplyTime.Seconds())
 	emit("adpulse_metricstore_disk_bytes", float64(ms.DiskBytes))
+	emit("adpulse_metricstore_block_cache_hits_total", float64(ms.BlockCacheHits))
+	emit("adpulse_metricstore_block_cache_misses_total", float64(ms.BlockCacheMisses))
 	emit("adpulse_metricstore_conflicts_total", float64(ms.Conflicts))
 	if p.membership != nil {
 		emit("adpulse_process_partitions_owned", float64(len(p.membership.Owned())))

@@ -28,6 +28,8 @@ type metricsStats struct {
 	ApplyTime          time.Duration
 	DiskBytes          uint64
 	Queries            int64
+	// The embedded store's block cache: a query's reads from the files are its misses.
+	BlockCacheHits, BlockCacheMisses int64
 }
 
 func (a *App) openMetricStore(ctx context.Context) (*metricsSeam, error) {
@@ -70,7 +72,8 @@ func (a *App) openMetricStore(ctx context.Context) (*metricsSeam, error) {
 		store: s, scanner: s, run: s.Run,
 		stats: func() metricsStats {
 			st := s.Stats()
-			return metricsStats{Applies: st.Applies, Conflicts: st.Conflicts, ApplyTime: time.Duration(st.ApplyNanos), DiskBytes: st.DiskBytes, Queries: st.Queries}
+			return metricsStats{Applies: st.Applies, Conflicts: st.Conflicts, ApplyTime: time.Duration(st.ApplyNanos), DiskBytes: st.DiskBytes, Queries: st.Queries,
+				BlockCacheHits: st.BlockCacheHits, BlockCacheMisses: st.BlockCacheMisses}
 		},
 	}, nil
 }

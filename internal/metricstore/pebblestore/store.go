@@ -62,8 +62,13 @@ type Options struct {
 	// (default 8 MiB). Together they bound the replay: see the package comment.
 	FlushInterval   time.Duration
 	MaxUnflushedWAL uint64
-	// CacheBytes is the size of the block cache (default 128 MiB).
+	// CacheBytes is the size of the block cache (default 128 MiB): what it holds of data and
+	// index blocks while the memtables are at full size.
 	CacheBytes int64
+	// MemTableBytes is the size of a memtable (default 128 MiB). Large memtables absorb the
+	// three operands per delta of a busy second before a flush, and let a big commit stay an
+	// ordinary batch.
+	MemTableBytes int64
 	// FS is the file system; nil means the operating system's. Crash tests use
 	// vfs.NewStrictMem, which drops whatever was not synced.
 	FS vfs.FS
@@ -91,6 +96,9 @@ func (o *Options) setDefaults() {
 	if o.CacheBytes <= 0 {
 		o.CacheBytes = 128 << 20
 	}
+	if o.MemTableBytes <= 0 {
+		o.MemTableBytes = 128 << 20
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -98,6 +106,10 @@ func (o *Options) setDefaults() {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 }
+
+// memTablesReserved is how many memtables' reservations the block cache is sized for: the
+// one being written and the one Pebble keeps to reuse.
+const memTablesReserved = 2
 
 // Stats are the store's counters since Open.
 type Stats struct {
@@ -159,16 +171,20 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err := pebbleutil.CreateDir(opts.FS, dir, "metric store"); err != nil {
 		return nil, err
 	}
-	cache := pebble.NewCache(opts.CacheBytes)
+	// Pebble reserves each memtable's size in the block cache, the memtable it keeps for
+	// reuse after a flush included: a cache of CacheBytes alone holds no block at all once
+	// the memtables reach full size, and every query then reads and decompresses its index
+	// and data blocks from the files. The cache gets room for the two memtables of a store
+	// between flushes on top; while the memtables are still small, after an open, blocks may
+	// use that room too.
+	cache := pebble.NewCache(opts.CacheBytes + memTablesReserved*opts.MemTableBytes)
 	defer cache.Unref()
 	po := &pebble.Options{
-		Cache:              cache,
-		FS:                 opts.FS,
-		Merger:             merger,
-		FormatMajorVersion: pebble.FormatNewest,
-		// Large memtables absorb the three operands per delta of a busy second before a
-		// flush, and let a big commit stay an ordinary batch.
-		MemTableSize:                128 << 20,
+		Cache:                       cache,
+		FS:                          opts.FS,
+		Merger:                      merger,
+		FormatMajorVersion:          pebble.FormatNewest,
+		MemTableSize:                uint64(opts.MemTableBytes),
 		MemTableStopWritesThreshold: 4,
 		L0CompactionThreshold:       4,
 		L0StopWritesThreshold:       24,

@@ -3,6 +3,7 @@ package pebblestore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -397,5 +398,51 @@ func TestRunBoundsWALReplay(t *testing.T) {
 	}
 	if sum != clicks {
 		t.Fatalf("seed %d: %d clicks after crash, want %d", seed, sum, clicks)
+	}
+}
+
+// TestBlockCacheHoldsBlocksBesideFullMemtables writes until the memtables are at full size
+// (one being written, one kept by Pebble for reuse), then asks one query again and again:
+// once its blocks are cached it must read none from the files. Pebble reserves the memtables'
+// size in the block cache, so a cache of CacheBytes alone would hold nothing here.
+func TestBlockCacheHoldsBlocksBesideFullMemtables(t *testing.T) {
+	ctx := context.Background()
+	const memtable = 1 << 20
+	s, err := Open(t.TempDir(), Options{CacheBytes: 1 << 20, MemTableBytes: memtable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m := time.Now().Unix()/60 - 600
+	var flushed uint64
+	for i := 0; s.db.Metrics().Flush.Count < 4 || s.Stats().MemtableBytes < memtable; i++ {
+		if i > 10_000 {
+			t.Fatalf("memtables not at full size after %d commits: %d bytes, %d flushes", i, s.Stats().MemtableBytes, s.db.Metrics().Flush.Count)
+		}
+		ds := make([]metricstore.Delta, 0, 100)
+		for j := range 100 {
+			ds = append(ds, metricstore.Delta{Level: metricstore.LevelAd, ID: fmt.Sprintf("ad-%d", (i*100+j)%5000), Minute: m + int64(i%600), Counts: metricstore.Counts{Impressions: 3, Clicks: 1}})
+		}
+		if err := s.Apply(ctx, &metricstore.Commit{Consumer: "agg", Deltas: ds}); err != nil {
+			t.Fatal(err)
+		}
+		flushed = s.Stats().FlushedBytes
+	}
+	for s.db.Metrics().Compact.NumInProgress > 0 || s.db.Metrics().Flush.NumInProgress > 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	q := metricstore.Query{Level: metricstore.LevelAd, IDs: []string{"ad-1", "ad-777", "ad-2500", "ad-4999"}, Start: time.Unix(m*60, 0), End: time.Unix((m+600)*60, 0), Interval: time.Hour}
+	for round := range 2 {
+		before := s.Stats()
+		for range 20 {
+			if _, err := s.Query(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		after := s.Stats()
+		if misses := after.BlockCacheMisses - before.BlockCacheMisses; round == 1 && misses != 0 {
+			t.Fatalf("the same query read %d blocks from the files once its blocks were cached (hits %d; memtables %d bytes, %d bytes flushed)",
+				misses, after.BlockCacheHits-before.BlockCacheHits, after.MemtableBytes, flushed)
+		}
 	}
 }
