@@ -122,13 +122,23 @@ func (t *target) do(ctx context.Context, method, path, ctype string, body []byte
 
 // doAt is do against base (an ingest node of a split deployment).
 func (t *target) doAt(ctx context.Context, base, method, path, ctype string, body []byte, out any) error {
+	b, err := t.fetch(ctx, base, method, path, ctype, body)
+	if err != nil {
+		return err
+	}
+	return decodeAnswer(method, path, b, out)
+}
+
+// fetch sends a request and returns the whole body of a 2xx answer: the request's latency
+// ends when fetch returns, before the load generator decodes the answer.
+func (t *target) fetch(ctx context.Context, base, method, path, ctype string, body []byte) ([]byte, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+t.adminKey)
 	if ctype != "" {
@@ -136,20 +146,26 @@ func (t *target) doAt(ctx context.Context, base, method, path, ctype string, bod
 	}
 	resp, err := t.client.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s %s: %w", method, shortPath(path), &errStatus{resp.StatusCode, snippet(b)})
+		return nil, fmt.Errorf("%s %s: %w", method, shortPath(path), &errStatus{resp.StatusCode, snippet(b)})
 	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s %s: decode %s: %w", method, shortPath(path), snippet(b), err)
-		}
+	return b, nil
+}
+
+// decodeAnswer decodes the JSON answer b of method path into out (nil: not decoded).
+func decodeAnswer(method, path string, b []byte, out any) error {
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("%s %s: decode %s: %w", method, shortPath(path), snippet(b), err)
 	}
 	return nil
 }
