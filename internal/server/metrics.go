@@ -74,7 +74,7 @@ var collectorDefs = []metricDef{
 	{"adpulse_metricstore_apply_seconds_total", "Time spent in metric store commits, sync included.", prometheus.CounterValue, nil},
 	{"adpulse_metricstore_disk_bytes", "Bytes of the metric store on disk.", prometheus.GaugeValue, nil},
 	{"adpulse_metricstore_block_cache_hits_total", "Blocks the embedded metric store found in its block cache.", prometheus.CounterValue, nil},
-	{"adpulse_metricstore_block_cache_misses_total", "Blocks the embedded metric store read from its files (and decompressed).", prometheus.CounterValue, nil},
+	{"adpulse_metricstore_block_cache_misses_total", "Blocks the embedded metric store read from its files (and decompressed): queries, compactions and top-N rebuild scans.", prometheus.CounterValue, nil},
 	{"adpulse_metricstore_conflicts_total", "Metric store commits refused by the offset fence (another process committed the partition first).", prometheus.CounterValue, nil},
 	{"adpulse_process_partitions_owned", "Log partitions this process node owns in the process group.", prometheus.GaugeValue, nil},
 	{"adpulse_aggregate_fenced_total", "Partitions the aggregator resumed from the store after another process committed them.", prometheus.CounterValue, nil},

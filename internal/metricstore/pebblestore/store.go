@@ -63,7 +63,7 @@ type Options struct {
 	FlushInterval   time.Duration
 	MaxUnflushedWAL uint64
 	// CacheBytes is the size of the block cache (default 128 MiB): what it holds of data and
-	// index blocks while the memtables are at full size.
+	// index blocks with two full-size memtables, the usual state while flushes keep up.
 	CacheBytes int64
 	// MemTableBytes is the size of a memtable (default 128 MiB). Large memtables absorb the
 	// three operands per delta of a busy second before a flush, and let a big commit stay an
@@ -108,7 +108,9 @@ func (o *Options) setDefaults() {
 }
 
 // memTablesReserved is how many memtables' reservations the block cache is sized for: the
-// one being written and the one Pebble keeps to reuse.
+// one being written and the one Pebble keeps to reuse (or the one being flushed), the steady
+// state while flushes keep up. Memtables queued behind a slow flush reserve more, and squeeze
+// the cache until they are written.
 const memTablesReserved = 2
 
 // Stats are the store's counters since Open.
@@ -175,8 +177,8 @@ func Open(dir string, opts Options) (*Store, error) {
 	// reuse after a flush included: a cache of CacheBytes alone holds no block at all once
 	// the memtables reach full size, and every query then reads and decompresses its index
 	// and data blocks from the files. The cache gets room for the two memtables of a store
-	// between flushes on top; while the memtables are still small, after an open, blocks may
-	// use that room too.
+	// whose flushes keep up on top; while the memtables are smaller, blocks may use that room
+	// too.
 	cache := pebble.NewCache(opts.CacheBytes + memTablesReserved*opts.MemTableBytes)
 	defer cache.Unref()
 	po := &pebble.Options{

@@ -238,7 +238,7 @@ func queryLatency(ctx context.Context, t *target, n, conns int, maxDur time.Dura
 				t0 := time.Now()
 				b, err := t.fetch(ctx, t.base, http.MethodGet, p, "", nil)
 				// The latency is the server's answer, up to its last byte: decoding it is the
-				// load generator's work (0.7 ms of a 50 KB /metrics answer), done after.
+				// load generator's work (a 10-ad /metrics answer is about 50 KB), done after.
 				lat := time.Since(t0)
 				if err == nil {
 					var out json.RawMessage
