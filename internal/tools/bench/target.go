@@ -115,12 +115,8 @@ func newAPIClient(conns int) *http.Client {
 	}
 }
 
-// do sends an authenticated request and decodes a 2xx JSON answer into out (when not nil).
-func (t *target) do(ctx context.Context, method, path, ctype string, body []byte, out any) error {
-	return t.doAt(ctx, t.base, method, path, ctype, body, out)
-}
-
-// doAt is do against base (an ingest node of a split deployment).
+// doAt sends an authenticated request to base (the target, or an ingest node of a split
+// deployment) and decodes a 2xx JSON answer into out (when not nil).
 func (t *target) doAt(ctx context.Context, base, method, path, ctype string, body []byte, out any) error {
 	b, err := t.fetch(ctx, base, method, path, ctype, body)
 	if err != nil {
