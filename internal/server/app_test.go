@@ -101,7 +101,7 @@ func TestRestartKeepsSecretsAndDedup(t *testing.T) {
 		resp.Body.Close()
 		for _, name := range []string{"adpulse_eventlog_syncs_total", "adpulse_ingest_events_accepted_total 1", "adpulse_aggregate_lag_messages",
 			"adpulse_aggregate_watermark_delay_seconds", "adpulse_billing_charged_micros_total", "adpulse_http_request_duration_seconds", "adpulse_topn_bytes",
-			`adpulse_eventlog_append_wait_seconds_bucket{le="0.005"}`} {
+			`adpulse_eventlog_append_wait_seconds_bucket{le="0.005"}`, "adpulse_metricstore_block_cache_hits_total", "adpulse_metricstore_block_cache_misses_total"} {
 			if !strings.Contains(string(body), name) {
 				t.Errorf("ops /metrics lacks %s", name)
 			}

@@ -28,7 +28,8 @@ type metricsStats struct {
 	ApplyTime          time.Duration
 	DiskBytes          uint64
 	Queries            int64
-	// The embedded store's block cache: a query's reads from the files are its misses.
+	// The embedded store's block cache (zero for ClickHouse): every block read from the
+	// files is a miss, compactions' and the top-N rebuild's scans included.
 	BlockCacheHits, BlockCacheMisses int64
 }
 
