@@ -138,21 +138,10 @@ func (c *Catalog) appendChanges(ctx context.Context, tx *sql.Tx, ch *changes) er
 	}
 	ch.first, ch.last = last-n+1, last
 	at := c.nowMicros()
-	for start := 0; start < len(ch.ids); start += insertChunk {
-		end := min(start+insertChunk, len(ch.ids))
-		var b strings.Builder
-		b.WriteString(`INSERT INTO catalog_changes (seq, kind, object_id, changed_at) VALUES `)
-		args := make([]any, 0, 4*(end-start))
-		for i := start; i < end; i++ {
-			if i > start {
-				b.WriteString(", ")
-			}
-			b.WriteString("(?, ?, ?, ?)")
-			args = append(args, ch.first+int64(i), ch.kinds[i], ch.ids[i], at)
-		}
-		if _, err := tx.ExecContext(ctx, c.d.q(b.String()), args...); err != nil {
-			return fmt.Errorf("append to change feed: %w", err)
-		}
+	err := insertRows(ctx, tx, c.d, `INSERT INTO catalog_changes (seq, kind, object_id, changed_at) VALUES `, 4, len(ch.ids),
+		func(args []any, i int) []any { return append(args, ch.first+int64(i), ch.kinds[i], ch.ids[i], at) })
+	if err != nil {
+		return fmt.Errorf("append to change feed: %w", err)
 	}
 	return nil
 }
@@ -477,18 +466,42 @@ func (c *Catalog) reload(ctx context.Context) error {
 	return nil
 }
 
-// queryIn runs query, which ends in "IN (", once per chunk of ids, closing the list itself,
-// and calls each for every row.
-func (c *Catalog) queryIn(ctx context.Context, query, tail string, ids []string, each func(*sql.Rows) error) error {
+// queryIn runs query, which ends in "IN (", on db (the database or a transaction) once per
+// chunk of ids, closing the list itself, and calls each for every row. Full chunks share one
+// prepared statement: parsing a statement of inChunk placeholders costs more than running it.
+func queryIn(ctx context.Context, db interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+	PrepareContext(context.Context, string) (*sql.Stmt, error)
+}, d dialect, query, tail string, ids []string, each func(*sql.Rows) error) error {
+	var full *sql.Stmt
+	defer func() {
+		if full != nil {
+			full.Close()
+		}
+	}()
 	for start := 0; start < len(ids); start += inChunk {
 		chunk := ids[start:min(start+inChunk, len(ids))]
 		args := make([]any, len(chunk))
 		for i, id := range chunk {
 			args[i] = id
 		}
-		q := query + strings.Repeat("?, ", len(chunk)-1) + "?)" + tail
+		q := d.q(query + strings.Repeat("?, ", len(chunk)-1) + "?)" + tail)
 		if err := func() error {
-			rows, err := c.db.QueryContext(ctx, c.d.q(q), args...)
+			var rows *sql.Rows
+			var err error
+			switch {
+			case len(chunk) < inChunk:
+				rows, err = db.QueryContext(ctx, q, args...)
+			case full == nil && len(ids) < 2*inChunk:
+				rows, err = db.QueryContext(ctx, q, args...) // the only full chunk
+			default:
+				if full == nil {
+					if full, err = db.PrepareContext(ctx, q); err != nil {
+						return err
+					}
+				}
+				rows, err = full.QueryContext(ctx, args...)
+			}
 			if err != nil {
 				return err
 			}
@@ -504,6 +517,11 @@ func (c *Catalog) queryIn(ctx context.Context, query, tail string, ids []string,
 		}
 	}
 	return nil
+}
+
+// queryIn runs queryIn on the database.
+func (c *Catalog) queryIn(ctx context.Context, query, tail string, ids []string, each func(*sql.Rows) error) error {
+	return queryIn(ctx, c.db, c.d, query, tail, ids, each)
 }
 
 // refreshAdvertisers re-reads advertisers, their time zone history and their attribution

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/httpapi"
@@ -12,7 +13,8 @@ import (
 
 // Upserts are a SELECT of the existing row followed by an INSERT or an UPDATE in one
 // transaction: portable to every dialect, and the SELECT is needed anyway to keep created_at
-// and to enforce fixed ownership. Every write transaction first takes the change feed's lock
+// and to enforce fixed ownership. Bulk ads read the existing rows a chunk of ids per SELECT
+// and insert the new ones many rows per INSERT. Every write transaction first takes the change feed's lock
 // row (see feed.go), which serialises writers across all processes sharing the database, so
 // no other write can come between the SELECT and the INSERT or UPDATE.
 
@@ -261,41 +263,67 @@ func (c *Catalog) putAds(ctx context.Context, ads []Ad) ([]error, error) {
 	defer c.writeMu.Unlock()
 	now := c.nowMicros()
 	err := c.writeTx(ctx, func(tx *sql.Tx, ch *changes) error {
-		selCampaign, err := tx.PrepareContext(ctx, c.d.q(`SELECT advertiser_id FROM campaigns WHERE id = ?`))
+		// The campaigns' owners and the ads that exist are read a chunk of ids per query, and
+		// new ads written many rows per INSERT: a statement per ad made a bulk request of 10,000
+		// ads some 20,000 round trips into the database.
+		var campaignIDs, adIDs []string
+		owners := make(map[string]string) // campaign id -> advertiser id; "" when missing
+		type existing struct {
+			owner   string
+			created int64
+			pending int // 1 + index in inserts while the row is still to be inserted
+		}
+		old := make(map[string]existing, len(ads))
+		for i := range ads {
+			if errs[i] != nil {
+				continue
+			}
+			if _, ok := owners[ads[i].CampaignID]; !ok {
+				owners[ads[i].CampaignID] = ""
+				campaignIDs = append(campaignIDs, ads[i].CampaignID)
+			}
+			if _, ok := old[ads[i].ID]; !ok {
+				old[ads[i].ID] = existing{}
+				adIDs = append(adIDs, ads[i].ID)
+			}
+		}
+		clear(old)
+		err := queryIn(ctx, tx, c.d, `SELECT id, advertiser_id FROM campaigns WHERE id IN (`, ``, campaignIDs, func(r *sql.Rows) error {
+			var id, owner string
+			if err := r.Scan(&id, &owner); err != nil {
+				return err
+			}
+			owners[id] = owner
+			return nil
+		})
 		if err != nil {
 			return err
 		}
-		defer selCampaign.Close()
-		selAd, err := tx.PrepareContext(ctx, c.d.q(`SELECT c.advertiser_id, a.created_at FROM ads a JOIN campaigns c ON c.id = a.campaign_id WHERE a.id = ?`))
+		err = queryIn(ctx, tx, c.d, `SELECT a.id, c.advertiser_id, a.created_at FROM ads a JOIN campaigns c ON c.id = a.campaign_id WHERE a.id IN (`, ``, adIDs, func(r *sql.Rows) error {
+			var id string
+			var e existing
+			if err := r.Scan(&id, &e.owner, &e.created); err != nil {
+				return err
+			}
+			old[id] = e
+			return nil
+		})
 		if err != nil {
 			return err
 		}
-		defer selAd.Close()
-		ins, err := tx.PrepareContext(ctx, c.d.q(`INSERT INTO ads (id, campaign_id, landing_url, catalog_id, cpc_bid_micros, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)`))
-		if err != nil {
-			return err
-		}
-		defer ins.Close()
 		upd, err := tx.PrepareContext(ctx, c.d.q(`UPDATE ads SET campaign_id = ?, landing_url = ?, catalog_id = ?, cpc_bid_micros = ?, updated_at = ? WHERE id = ?`))
 		if err != nil {
 			return err
 		}
 		defer upd.Close()
 
-		owners := make(map[string]string) // campaign id -> advertiser id; "" when missing
+		var inserts []*Ad // in request order; an id met again replaces its pending row
 		for i := range ads {
 			if errs[i] != nil {
 				continue
 			}
 			a := &ads[i]
-			owner, ok := owners[a.CampaignID]
-			if !ok {
-				err := selCampaign.QueryRowContext(ctx, a.CampaignID).Scan(&owner)
-				if err != nil && !errors.Is(err, sql.ErrNoRows) {
-					return err
-				}
-				owners[a.CampaignID] = owner
-			}
+			owner := owners[a.CampaignID]
 			if owner == "" {
 				errs[i] = httpapi.BadField("campaign_id", "campaign "+a.CampaignID+" does not exist")
 				continue
@@ -304,27 +332,26 @@ func (c *Catalog) putAds(ctx context.Context, ads []Ad) ([]error, error) {
 			if a.CPCBidMicros != nil {
 				bid = sql.NullInt64{Int64: *a.CPCBidMicros, Valid: true}
 			}
-			var oldOwner string
-			created := now
-			err := selAd.QueryRowContext(ctx, a.ID).Scan(&oldOwner, &created)
+			e, ok := old[a.ID]
 			switch {
-			case errors.Is(err, sql.ErrNoRows):
-				created = now
-				_, err = ins.ExecContext(ctx, a.ID, a.CampaignID, a.LandingURL, nullString(a.CatalogID), bid, now, now)
-			case err == nil:
-				if oldOwner != owner {
-					errs[i] = httpapi.BadField("campaign_id", "cannot move the ad to a campaign of another advertiser")
-					continue
+			case !ok:
+				e = existing{owner: owner, created: now, pending: len(inserts) + 1}
+				inserts = append(inserts, a)
+				old[a.ID] = e
+			case e.owner != owner:
+				errs[i] = httpapi.BadField("campaign_id", "cannot move the ad to a campaign of another advertiser")
+				continue
+			case e.pending > 0:
+				inserts[e.pending-1] = a
+			default:
+				if _, err := upd.ExecContext(ctx, a.CampaignID, a.LandingURL, nullString(a.CatalogID), bid, now, a.ID); err != nil {
+					return err
 				}
-				_, err = upd.ExecContext(ctx, a.CampaignID, a.LandingURL, nullString(a.CatalogID), bid, now, a.ID)
-			}
-			if err != nil {
-				return err
 			}
 			ch.add(changeAd, a.ID)
-			a.CreatedAt, a.UpdatedAt = fromMicros(created), fromMicros(now)
+			a.CreatedAt, a.UpdatedAt = fromMicros(e.created), fromMicros(now)
 		}
-		return nil
+		return c.insertAds(ctx, tx, inserts, now)
 	}, func(ctx context.Context) error {
 		written := make([]Ad, 0, valid)
 		for i := range ads {
@@ -344,6 +371,56 @@ func (c *Catalog) putAds(ctx context.Context, ads []Ad) ([]error, error) {
 		return nil, fmt.Errorf("put %d ads: %w", valid, err)
 	}
 	return errs, nil
+}
+
+// insertAds inserts new ads, created and updated at now.
+func (c *Catalog) insertAds(ctx context.Context, tx *sql.Tx, ads []*Ad, now int64) error {
+	return insertRows(ctx, tx, c.d, `INSERT INTO ads (id, campaign_id, landing_url, catalog_id, cpc_bid_micros, created_at, updated_at) VALUES `, 7, len(ads),
+		func(args []any, i int) []any {
+			a := ads[i]
+			var bid sql.NullInt64
+			if a.CPCBidMicros != nil {
+				bid = sql.NullInt64{Int64: *a.CPCBidMicros, Valid: true}
+			}
+			return append(args, a.ID, a.CampaignID, a.LandingURL, nullString(a.CatalogID), bid, now, now)
+		})
+}
+
+// insertRows inserts n rows of cols columns, insertChunk rows per statement: head ("INSERT
+// INTO t (...) VALUES ") and a list of rows, whose arguments row appends. Full chunks share
+// one prepared statement: parsing a statement of hundreds of placeholders costs more than
+// running it.
+func insertRows(ctx context.Context, tx *sql.Tx, d dialect, head string, cols, n int, row func(args []any, i int) []any) error {
+	var full *sql.Stmt
+	defer func() {
+		if full != nil {
+			full.Close()
+		}
+	}()
+	one := "(" + strings.Repeat("?, ", cols-1) + "?)"
+	for start := 0; start < n; start += insertChunk {
+		end := min(start+insertChunk, n)
+		args := make([]any, 0, cols*(end-start))
+		for i := start; i < end; i++ {
+			args = row(args, i)
+		}
+		q := d.q(head + strings.Repeat(one+", ", end-start-1) + one)
+		var err error
+		if end-start < insertChunk || full == nil && n < 2*insertChunk {
+			_, err = tx.ExecContext(ctx, q, args...)
+		} else {
+			if full == nil {
+				if full, err = tx.PrepareContext(ctx, q); err != nil {
+					return err
+				}
+			}
+			_, err = full.ExecContext(ctx, args...)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // GetAd reads an ad from the database.
