@@ -6,7 +6,6 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -463,59 +462,6 @@ func (c *Catalog) reload(ctx context.Context) error {
 	f.appliedSeq.Store(head)
 	f.reloads.Add(1)
 	c.log.Info("catalog reloaded from the database", "seq", head, "took", time.Since(start).Round(time.Millisecond))
-	return nil
-}
-
-// queryIn runs query, which ends in "IN (", on db (the database or a transaction) once per
-// chunk of ids, closing the list itself, and calls each for every row. Full chunks share one
-// prepared statement: parsing a statement of inChunk placeholders costs more than running it.
-func queryIn(ctx context.Context, db interface {
-	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
-	PrepareContext(context.Context, string) (*sql.Stmt, error)
-}, d dialect, query, tail string, ids []string, each func(*sql.Rows) error) error {
-	var full *sql.Stmt
-	defer func() {
-		if full != nil {
-			full.Close()
-		}
-	}()
-	for start := 0; start < len(ids); start += inChunk {
-		chunk := ids[start:min(start+inChunk, len(ids))]
-		args := make([]any, len(chunk))
-		for i, id := range chunk {
-			args[i] = id
-		}
-		q := d.q(query + strings.Repeat("?, ", len(chunk)-1) + "?)" + tail)
-		if err := func() error {
-			var rows *sql.Rows
-			var err error
-			switch {
-			case len(chunk) < inChunk:
-				rows, err = db.QueryContext(ctx, q, args...)
-			case full == nil && len(ids) < 2*inChunk:
-				rows, err = db.QueryContext(ctx, q, args...) // the only full chunk
-			default:
-				if full == nil {
-					if full, err = db.PrepareContext(ctx, q); err != nil {
-						return err
-					}
-				}
-				rows, err = full.QueryContext(ctx, args...)
-			}
-			if err != nil {
-				return err
-			}
-			defer rows.Close()
-			for rows.Next() {
-				if err := each(rows); err != nil {
-					return err
-				}
-			}
-			return rows.Err()
-		}(); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 

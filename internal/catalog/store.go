@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/adpulse/adpulse/internal/httpapi"
@@ -384,43 +383,6 @@ func (c *Catalog) insertAds(ctx context.Context, tx *sql.Tx, ads []*Ad, now int6
 			}
 			return append(args, a.ID, a.CampaignID, a.LandingURL, nullString(a.CatalogID), bid, now, now)
 		})
-}
-
-// insertRows inserts n rows of cols columns, insertChunk rows per statement: head ("INSERT
-// INTO t (...) VALUES ") and a list of rows, whose arguments row appends. Full chunks share
-// one prepared statement: parsing a statement of hundreds of placeholders costs more than
-// running it.
-func insertRows(ctx context.Context, tx *sql.Tx, d dialect, head string, cols, n int, row func(args []any, i int) []any) error {
-	var full *sql.Stmt
-	defer func() {
-		if full != nil {
-			full.Close()
-		}
-	}()
-	one := "(" + strings.Repeat("?, ", cols-1) + "?)"
-	for start := 0; start < n; start += insertChunk {
-		end := min(start+insertChunk, n)
-		args := make([]any, 0, cols*(end-start))
-		for i := start; i < end; i++ {
-			args = row(args, i)
-		}
-		q := d.q(head + strings.Repeat(one+", ", end-start-1) + one)
-		var err error
-		if end-start < insertChunk || full == nil && n < 2*insertChunk {
-			_, err = tx.ExecContext(ctx, q, args...)
-		} else {
-			if full == nil {
-				if full, err = tx.PrepareContext(ctx, q); err != nil {
-					return err
-				}
-			}
-			_, err = full.ExecContext(ctx, args...)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // GetAd reads an ad from the database.
